@@ -1,0 +1,270 @@
+"""The Wan2.1 diffusion transformer, with parameter names exactly as in the original Wan checkpoints.
+
+Self-attention is delegated to an ``attend(layer, q, k, v)`` callable so that one block implementation
+serves the whole-sequence forward (with an optional block-causal mask) and the runtime's cached,
+chunk-by-chunk forwards. Modulation, the time embedding and normalisation run in float32 whatever
+the weight dtype, as in Wan.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..attention import get_backend
+from ..attention.rope import grid_positions, inv_freqs, rope_cos_sin
+from ..config import WanConfig
+
+# attend(layer_index, q, k, v) -> out, with q/k/v [B, L, H, D] (q, k after RMSNorm, not rotated).
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Parameters that stay float32 when the model is cast to bf16/fp16 (they feed the fp32 modulation).
+FP32_PREFIXES = ("time_embedding.", "time_projection.")
+FP32_SUFFIXES = ("modulation",)
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """[cos, sin] of t * 10000^(-i/half), in float64: ``[N, dim]`` for t ``[N]``."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(t.to(torch.float64), freqs)  # [N, half]
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+class AffineLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the dtype of input and weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).type_as(x)
+
+
+def layer_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+
+
+class Attention(nn.Module):
+    """Projections shared by Wan's self- and cross-attention (keys q, k, v, o, norm_q, norm_k)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))  # [B, L, H, D]
+
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads(self.norm_q(self.q(x)))
+
+    def key_value(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self.self_attn = Attention(cfg.dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.norm3 = AffineLayerNorm(cfg.dim, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = Attention(cfg.dim, cfg.num_heads, cfg.qk_norm, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, F, S, C] tokens, frame-major
+        e0: torch.Tensor,  # [B, F, 6, C] float32 per-frame modulation
+        cross_kv: tuple[torch.Tensor, torch.Tensor],  # text K, V [B, Lc, H, D]
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        cross: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        mod = (self.modulation.float().unsqueeze(0) + e0).unsqueeze(3)  # [B, F, 6, 1, C]
+        shift_sa, scale_sa, gate_sa, shift_ffn, scale_ffn, gate_ffn = mod.unbind(2)  # each [B, F, 1, C]
+        dtype = x.dtype
+
+        h = (layer_norm_fp32(x, self.eps) * (1 + scale_sa) + shift_sa).to(dtype)
+        h = h.flatten(1, 2)  # [B, L, C]
+        k, v = self.self_attn.key_value(h)
+        y = self.self_attn.o(attend(self.self_attn.query(h), k, v).flatten(2)).view_as(x)
+        x = (x.float() + y.float() * gate_sa).to(dtype)
+
+        h = self.norm3(x).flatten(1, 2)
+        y = self.cross_attn.o(cross(self.cross_attn.query(h), *cross_kv).flatten(2))
+        x = x + y.view_as(x)
+
+        h = (layer_norm_fp32(x, self.eps) * (1 + scale_ffn) + shift_ffn).to(dtype)
+        x = (x.float() + self.ffn(h).float() * gate_ffn).to(dtype)
+        return x
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * cfg.patch_volume)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        # x [B, F, S, C]; e [B, F, C] float32
+        shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3).unbind(2)  # [B, F, 1, C]
+        return self.head((layer_norm_fp32(x, self.eps) * (1 + scale) + shift).to(x.dtype))  # [B, F, S, p*out]
+
+
+class WanDiT(nn.Module):
+    def __init__(self, config: WanConfig | str = "wan2.1-1.3b"):
+        super().__init__()
+        cfg = WanConfig.from_name(config) if isinstance(config, str) else config
+        self.config = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList([WanBlock(cfg) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg)
+        self.reference_attention = get_backend("torch")
+
+    # ---- dtype ----
+    def cast(self, dtype: torch.dtype) -> "WanDiT":
+        """Cast weights to ``dtype``, keeping the modulation path (time embedding, modulation tables) float32."""
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+        for name, p in self.named_parameters():
+            keep = dtype in (torch.bfloat16, torch.float16) and (name.startswith(FP32_PREFIXES) or name.endswith(FP32_SUFFIXES))
+            p.data = p.data.to(torch.float32 if keep else dtype)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.patch_embedding.weight.device
+
+    # ---- embeddings ----
+    def check_context(self, context: torch.Tensor) -> None:
+        if context.dim() != 3 or context.shape[-1] != self.config.text_dim:
+            raise ValueError(
+                f"context must be [B, L, text_dim={self.config.text_dim}] text embeddings, got shape {tuple(context.shape)}"
+            )
+
+    def cross_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every block's cross-attention K, V ``[B, L, H, D]`` for a prompt; computed once, reused for all steps."""
+        self.check_context(context)
+        ctx = self.text_embedding(context.to(self.dtype))  # [B, L, C]
+        return [blk.cross_attn.key_value(ctx) for blk in self.blocks]
+
+    def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame timesteps ``[B, F]`` -> e ``[B, F, C]`` and e0 ``[B, F, 6, C]``, both float32."""
+        B, Fr = t.shape
+        sin = sinusoidal_embedding(self.config.freq_dim, t.reshape(-1))  # [B*F, freq_dim] float64
+        w = self.time_embedding[0].weight
+        e = self.time_embedding(sin.to(w.dtype)).float()  # [B*F, C]
+        e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()  # [B*F, 6C]
+        return e.view(B, Fr, -1), e0.view(B, Fr, 6, -1)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, in, F, H, W]`` -> tokens ``[B, F', h, w, C]``."""
+        return self.patch_embedding(x.to(self.dtype)).permute(0, 2, 3, 4, 1)
+
+    def unpatchify(self, y: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Head output ``[B, F', h*w, p*out]`` -> flow ``[B, out, F, H, W]``."""
+        (pt, ph, pw), (f, h, w) = self.config.patch_size, grid
+        y = y.reshape(y.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        y = torch.einsum("bfhwpqrc->bcfphqwr", y)
+        return y.reshape(y.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
+
+    def latent_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        """Token grid (F', h, w) of latents ``[B, in, F, H, W]``; raises a clear error on bad shapes."""
+        cfg = self.config
+        if x.dim() != 5 or x.shape[1] != cfg.in_dim:
+            raise ValueError(f"latents must be [B, {cfg.in_dim}, F, H, W], got shape {tuple(x.shape)}")
+        dims = x.shape[2:]
+        if any(d % p for d, p in zip(dims, cfg.patch_size)):
+            raise ValueError(f"latent (F, H, W) = {tuple(dims)} must be divisible by the patch size {cfg.patch_size}")
+        return tuple(d // p for d, p in zip(dims, cfg.patch_size))
+
+    def frame_timesteps(self, t: torch.Tensor | float, batch: int, frames: int, device) -> torch.Tensor:
+        """Normalise t (scalar, ``[B]`` or ``[B, F]``) to per-frame ``[B, F]`` float32."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=device)
+        if t.dim() == 0:
+            t = t.expand(batch)
+        if t.dim() == 1 and t.shape[0] == batch:
+            return t[:, None].expand(batch, frames)
+        if t.dim() == 2 and tuple(t.shape) == (batch, frames):
+            return t
+        raise ValueError(f"t must be a scalar, [B={batch}] or per-frame [B={batch}, F={frames}], got shape {tuple(t.shape)}")
+
+    # ---- forwards ----
+    def forward_tokens(
+        self,
+        x: torch.Tensor,  # [B, in, F, H, W] latents of the frames being run
+        t: torch.Tensor,  # [B, F'] per-frame timesteps
+        cross_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        attend: Attend,
+        backend=None,
+        skip_head: bool = False,
+    ) -> torch.Tensor | None:
+        """Core forward; returns the flow ``[B, out, F, H, W]``, or None when ``skip_head`` (a recache pass)."""
+        backend = backend or self.reference_attention
+        grid = self.latent_grid(x)
+        tokens = self.patchify(x)  # [B, F', h, w, C]
+        B, f, h, w, C = tokens.shape
+        tokens = tokens.reshape(B, f, h * w, C)  # [B, F, S, C]
+        e, e0 = self.time_embed(t)
+        for i, blk in enumerate(self.blocks):
+            tokens = blk(tokens, e0, cross_kv[i], lambda q, k, v, i=i: attend(i, q, k, v), backend.cross_attention)
+        if skip_head:
+            return None
+        return self.unpatchify(self.head(tokens, e), grid)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, in, F, H, W]
+        t: torch.Tensor | float,  # [B] or per-frame [B, F]
+        context: torch.Tensor,  # [B, L, text_dim]
+        block_causal: int | None = None,
+    ) -> torch.Tensor:  # flow [B, out, F, H, W]
+        """Whole-sequence forward. ``block_causal=M`` lets each chunk of M latent frames see itself and earlier chunks."""
+        f, h, w = self.latent_grid(x)
+        self.check_context(context)
+        if context.shape[0] != x.shape[0]:
+            raise ValueError(f"batch of context ({context.shape[0]}) and latents ({x.shape[0]}) differ")
+        t = self.frame_timesteps(t, x.shape[0], f, x.device)
+        positions = grid_positions(range(f), h, w, device=x.device)  # [L, 3]
+        freqs = inv_freqs(self.config.head_dim, self.config.rope_theta)
+        rope = rope_cos_sin(positions, freqs, dtype=torch.promote_types(self.dtype, torch.float32))
+        mask = None
+        if block_causal is not None:
+            if block_causal <= 0:
+                raise ValueError(f"block_causal must be a positive chunk size, got {block_causal}")
+            chunk = positions[:, 0] // block_causal  # [L]
+            mask = chunk[:, None] >= chunk[None, :]  # [L, L]
+        backend = self.reference_attention
+
+        def attend(layer: int, q, k, v):
+            return backend.self_attention(q, k, v, rope, rope, mask)
+
+        return self.forward_tokens(x, t, self.cross_kv(context), attend, backend)
