@@ -143,5 +143,5 @@ PRESETS: dict[str, WanConfig] = {
     "wan2.1-1.3b": WanConfig(),
     "wan2.1-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     # Small enough for CPU tests and the demo; head_dim 32 keeps the 3D RoPE split non-trivial (12/10/10).
-    "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32, text_len=16),
+    "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32),
 }

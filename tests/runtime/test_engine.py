@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from conftest import rel_err, random_dit
+from histream_engine import Engine, EngineConfig, SCHEDULES
+from histream_engine.runtime.sampling import renoise, sigma_of, x0_from_flow
+
+
+def block_causal_reference(dit, ctx, num_chunks, M, latent_hw, schedule, seed):
+    """The same sampling done with the uncached whole-sequence forward and a block-causal mask.
+
+    Chunk c's forward runs on [clean x0 of chunks < c at t=0, noisy chunk c at t] and keeps chunk c's output.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    B = ctx.shape[0]
+    shape = (B, dit.config.in_dim, M) + latent_hw
+    clean, outs = [], []
+    for c in range(num_chunks):
+        steps = schedule.steps(c)
+        x = torch.randn(shape, generator=gen)
+        for i, step in enumerate(steps):
+            seq = torch.cat(clean + [x], dim=2)
+            t = torch.zeros(B, seq.shape[2])
+            t[:, c * M :] = step.timestep
+            flow = dit(seq, t, ctx, block_causal=M)[:, :, c * M :]
+            x0 = x0_from_flow(x, flow, sigma_of(step.timestep))
+            if i + 1 < len(steps):
+                x = renoise(x0, torch.randn(shape, generator=gen), sigma_of(steps[i + 1].timestep))
+        clean.append(x0)
+        outs.append(x0)
+    return outs
+
+
+@pytest.mark.parametrize("batch, M, height, width", [(1, 3, 48, 80), (2, 2, 32, 48)])
+def test_cached_chunks_equal_block_causal_forward(batch, M, height, width):
+    dit = random_dit("tiny", seed=5)
+    torch.manual_seed(6)
+    ctx = torch.randn(batch, 7, dit.config.text_dim)
+    num_chunks = 3
+    frames = 4 * M * num_chunks - 3
+    engine = Engine(dit, EngineConfig(chunk_size=M))
+    chunks = list(engine.stream(ctx, frames, height, width, schedule="self_forcing", seed=11))
+    ref = block_causal_reference(dit, ctx, num_chunks, M, (height // 8, width // 8), SCHEDULES["self_forcing"], seed=11)
+    assert len(chunks) == num_chunks
+    for got, want in zip(chunks, ref):
+        assert got.latents.shape == want.shape
+        assert rel_err(got.latents, want) < 1e-5
+
+
+def test_generate_concatenates_chunks_and_accounts_frames(tiny_dit):
+    ctx = torch.randn(1, 4, tiny_dit.config.text_dim)
+    result = Engine(tiny_dit).generate(ctx, 33, 32, 32, seed=0)  # 9 latent frames, 3 chunks
+    assert result.latents.shape == (1, 16, 9, 4, 4)
+    assert [c.video_frames for c in result.chunks] == [9, 12, 12]
+    assert result.video_frames == 33
+    assert all(c.forwards == 5 for c in result.chunks)  # 4 steps + recache
+    assert torch.isfinite(result.latents).all()
+    assert result.seconds_per_frame == pytest.approx(result.seconds / 33)
+
+
+def test_same_seed_reproduces_and_other_seed_differs(tiny_dit):
+    ctx = torch.randn(1, 4, tiny_dit.config.text_dim)
+    engine = Engine(tiny_dit)
+    a = engine.generate(ctx, 9, 32, 32, seed=3).latents
+    b = engine.generate(ctx, 9, 32, 32, seed=3).latents
+    c = engine.generate(ctx, 9, 32, 32, seed=4).latents
+    assert torch.equal(a, b)
+    assert rel_err(c, a) > 0.1
+
+
+def test_prompt_without_batch_dim_is_accepted(tiny_dit):
+    ctx = torch.randn(4, tiny_dit.config.text_dim)
+    assert Engine(tiny_dit).generate(ctx, 9, 32, 32).latents.shape == (1, 16, 3, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "frames, height, width, match",
+    [
+        (10, 32, 32, "4k\\+1"),
+        (0, 32, 32, "4k\\+1"),
+        (13, 32, 32, "not a multiple of the chunk size 3"),
+        (9, 40, 32, "height must be a positive multiple of 16"),
+        (9, 32, 24, "width must be a positive multiple of 16"),
+    ],
+)
+def test_bad_video_shapes_raise_clear_errors(tiny_dit, frames, height, width, match):
+    ctx = torch.randn(1, 4, tiny_dit.config.text_dim)
+    with pytest.raises(ValueError, match=match):
+        next(Engine(tiny_dit).stream(ctx, frames, height, width))
+
+
+def test_wrong_prompt_width_and_unknown_names_raise(tiny_dit):
+    with pytest.raises(ValueError, match="text_dim=32"):
+        next(Engine(tiny_dit).stream(torch.randn(1, 4, 31), 9, 32, 32))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        next(Engine(tiny_dit).stream(torch.randn(1, 4, 32), 9, 32, 32, schedule="nope"))
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        Engine(tiny_dit, EngineConfig(attention="nope"))
