@@ -126,7 +126,6 @@ class Engine:
         return dit.forward_tokens(x, t_frames, cross_kv, attend, backend, skip_head=write)
 
     # ---- public API ----
-    @torch.no_grad()
     def stream(
         self,
         prompt_embeds: torch.Tensor,  # [B, L, text_dim] or [L, text_dim]
@@ -136,13 +135,20 @@ class Engine:
         schedule: "str | dict | Schedule" = "self_forcing",
         seed: int = 0,
     ) -> Iterator[ChunkResult]:
-        """Generate chunk by chunk, yielding each chunk's latents as soon as it is denoised."""
+        """Generate chunk by chunk, yielding each chunk's latents as soon as it is denoised.
+
+        Inputs are checked here, before the first chunk runs.
+        """
         sched = resolve_schedule(schedule)
-        dit = self.dit
-        device = dit.device
         if prompt_embeds.dim() == 2:
             prompt_embeds = prompt_embeds.unsqueeze(0)
         shape = self.video_shape(prompt_embeds, num_frames, height, width)
+        return self._run(prompt_embeds, shape, sched, seed)
+
+    @torch.no_grad()
+    def _run(self, prompt_embeds, shape: VideoShape, sched: Schedule, seed: int) -> Iterator[ChunkResult]:
+        dit = self.dit
+        device = dit.device
         M = self.config.chunk_size
         cfg = dit.config
         gh, gw = shape.latent_height // cfg.patch_size[1], shape.latent_width // cfg.patch_size[2]
