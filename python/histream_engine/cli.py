@@ -20,7 +20,7 @@ def table_header() -> str:
 
 
 def table_row(c: ChunkResult) -> str:
-    cells = (c.index, c.forwards, c.video_frames, f"{c.seconds:.3f}", f"{1e3 * c.seconds / c.video_frames:.1f}")
+    cells = (c.index, c.total_forwards, c.video_frames, f"{c.seconds:.3f}", f"{1e3 * c.seconds / c.video_frames:.1f}")
     return "  ".join(str(v).rjust(w) for v, (_, w) in zip(cells, TABLE))
 
 

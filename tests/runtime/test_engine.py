@@ -53,7 +53,7 @@ def test_generate_concatenates_chunks_and_accounts_frames(tiny_dit):
     assert result.latents.shape == (1, 16, 9, 4, 4)
     assert [c.video_frames for c in result.chunks] == [9, 12, 12]
     assert result.video_frames == 33
-    assert all(c.forwards == 5 for c in result.chunks)  # 4 steps + recache
+    assert all(c.total_forwards == 5 for c in result.chunks)  # 4 steps + recache
     assert torch.isfinite(result.latents).all()
     assert result.seconds_per_frame == pytest.approx(result.seconds / 33)
 

@@ -1,4 +1,10 @@
-"""The streaming engine: chunk-by-chunk causal generation with cached K/V and few-step flow sampling."""
+"""The streaming engine: chunk-by-chunk causal generation over ring KV caches, driven by a schedule.
+
+Per chunk the schedule lists (resolution, timestep) steps. Low-res steps attend the low-res cache; the
+low-res x0 is upsampled and renoised for the high-res steps, which attend the high-res cache. After the
+last step, a t=0 recache writes the final x0's K/V at high res and, when the schedule keeps a low-res
+cache, the area-downsampled x0's K/V at low res, so both caches agree with the output.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,14 @@ from typing import Iterator
 import torch
 
 from ..attention import get_backend
-from ..attention.rope import grid_positions, inv_freqs, rope_cos_sin
+from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT
-from .kv_cache import FullKVCache
+from .cached_attention import WindowAttention
+from .kv_cache import RingKVCache
+from .resample import downsample_latents, upsample_latents
 from .sampling import renoise, sigma_of, x0_from_flow
-from .schedules import Schedule, resolve_schedule
+from .schedules import RESOLUTIONS, Schedule, resolve_schedule
+from .window import WindowPlan
 
 # Wan VAE: 4x temporal, 8x spatial compression; the first latent frame decodes to one video frame.
 VAE_TIME_STRIDE = 4
@@ -33,10 +42,17 @@ class EngineConfig:
 @dataclass
 class ChunkResult:
     index: int
-    latents: torch.Tensor  # [B, 16, M, h, w] float32, the chunk's final x0
+    latents: torch.Tensor  # [B, 16, M, h, w] float32, the chunk's final x0 at high resolution
     seconds: float  # wall time of the chunk (device-synchronised at its end)
-    forwards: int  # DiT forwards run, recache included
     video_frames: int  # frames this chunk decodes to
+    forwards: dict[str, int]  # denoising forwards per resolution
+    recache: dict[str, int]  # t=0 recache forwards per resolution
+    tokens_attended: int  # key tokens attended, summed over this chunk's forwards (per layer)
+    cache_bytes: int  # bytes held by all self-attention K/V caches
+
+    @property
+    def total_forwards(self) -> int:
+        return sum(self.forwards.values()) + sum(self.recache.values())
 
 
 @dataclass
@@ -62,9 +78,22 @@ class GenerationResult:
 class VideoShape:
     batch: int
     latent_frames: int
-    latent_height: int
+    latent_height: int  # high resolution
     latent_width: int
     num_chunks: int
+
+    def video_frames(self, chunk: int, chunk_size: int) -> int:
+        return VAE_TIME_STRIDE * chunk_size - (VAE_TIME_STRIDE - 1 if chunk == 0 else 0)
+
+
+@dataclass
+class _Resolution:
+    """Everything one resolution needs during a stream: latent shape, token grid, RoPE frequencies, cache."""
+
+    latent_hw: tuple[int, int]
+    grid: tuple[int, int]
+    freqs: torch.Tensor  # [head_dim / 2] float64, NTK-scaled when the schedule asks
+    cache: RingKVCache
 
 
 class Engine:
@@ -74,7 +103,7 @@ class Engine:
         self.attention = get_backend(self.config.attention)
 
     # ---- input checks ----
-    def video_shape(self, prompt_embeds: torch.Tensor, num_frames: int, height: int, width: int) -> VideoShape:
+    def video_shape(self, prompt_embeds: torch.Tensor, num_frames: int, height: int, width: int, sched: Schedule) -> VideoShape:
         M = self.config.chunk_size
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % VAE_TIME_STRIDE:
             raise ValueError(f"num_frames must be a positive integer of the form 4k+1 (e.g. 81), got {num_frames!r}")
@@ -86,9 +115,12 @@ class Engine:
                 f"(frames - 1) / 4 + 1 must be divisible by {M}: use e.g. {ok}"
             )
         unit = VAE_SPACE_STRIDE * max(self.dit.config.patch_size[1:])
+        if sched.uses_low:
+            unit *= sched.low_factor
         for name, v in (("height", height), ("width", width)):
             if not isinstance(v, int) or v <= 0 or v % unit:
-                raise ValueError(f"{name} must be a positive multiple of {unit} (VAE stride x patch size), got {v!r}")
+                why = f" (16 at the low resolution, which is 1/{sched.low_factor} of it)" if sched.uses_low else ""
+                raise ValueError(f"{name} must be a positive multiple of {unit}{why} for schedule {sched.name!r}, got {v!r}")
         self.dit.check_context(prompt_embeds)
         return VideoShape(
             batch=prompt_embeds.shape[0],
@@ -98,32 +130,37 @@ class Engine:
             num_chunks=latent_frames // M,
         )
 
-    # ---- one forward of a chunk against the cache ----
-    def _chunk_forward(self, x, t: float, frame_start: int, cross_kv, cache: FullKVCache, rope_freqs, write: bool):
-        """Run the DiT on a chunk ``x`` ``[B, 16, M, h, w]`` at timestep t; ``write`` stores its K/V (recache)."""
-        dit = self.dit
-        B, _, M, H, W = x.shape
-        pt, ph, pw = dit.config.patch_size
-        gh, gw = H // ph, W // pw
-        frame_end = frame_start + M
-        rope_dtype = torch.promote_types(dit.dtype, torch.float32)
-        q_pos = grid_positions(range(frame_start, frame_end), gh, gw, device=x.device)  # [M*S, 3]
-        k_pos = grid_positions(range(frame_end), gh, gw, device=x.device)  # [(start+M)*S, 3]
-        q_rope = rope_cos_sin(q_pos, rope_freqs, rope_dtype)
-        k_rope = rope_cos_sin(k_pos, rope_freqs, rope_dtype)
-        backend = self.attention
+    def window_plan(self, sched: Schedule, latent_frames: int) -> WindowPlan:
+        return WindowPlan(
+            chunk_size=self.config.chunk_size,
+            anchor_frames=sched.anchor_frames if sched.window == "anchor" else 0,
+            history_frames=sched.history_frames(self.config.chunk_size),
+            total_frames=latent_frames,
+            positions=sched.positions,
+        )
 
-        def attend(layer: int, q, k, v):
-            if write:
-                cache.write(layer, frame_start, k, v)
-                keys, values = cache.read(layer, frame_end)
-            else:
-                ck, cv = cache.read(layer, frame_start)
-                keys, values = torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1)
-            return backend.self_attention(q, keys, values, q_rope, k_rope)
+    def _check_positions(self, plan: WindowPlan, shape: VideoShape, sched: Schedule) -> None:
+        cfg = self.dit.config
+        limit = cfg.rope_max_positions
+        last = plan.max_temporal_position(shape.num_chunks)
+        if last >= limit:
+            raise ValueError(
+                f"{shape.latent_frames} latent frames need temporal RoPE position {last}, past the model's {limit} trained "
+                f"positions with positions={plan.positions!r}; use a schedule with positions='window' (re-indexed inside "
+                "the sliding window) for long or unbounded streams"
+            )
+        grid = (shape.latent_height // cfg.patch_size[1], shape.latent_width // cfg.patch_size[2])
+        if max(grid) > limit:
+            raise ValueError(f"token grid {grid} exceeds the model's {limit} RoPE positions; lower the resolution")
 
-        t_frames = torch.full((B, M), float(t), device=x.device)  # [B, M]
-        return dit.forward_tokens(x, t_frames, cross_kv, attend, backend, skip_head=write)
+    def _resolution(self, name: str, shape: VideoShape, sched: Schedule, plan: WindowPlan) -> _Resolution:
+        cfg = self.dit.config
+        factor = sched.low_factor if name == "low" else 1
+        h, w = shape.latent_height // factor, shape.latent_width // factor
+        gh, gw = h // cfg.patch_size[1], w // cfg.patch_size[2]
+        scale = (1.0, max(1.0, gh / cfg.train_grid[0]), max(1.0, gw / cfg.train_grid[1])) if sched.ntk else (1.0, 1.0, 1.0)
+        cache = RingKVCache(plan, cfg.num_layers, shape.batch, gh * gw, cfg.num_heads, cfg.head_dim, self.dit.dtype, self.dit.device)
+        return _Resolution((h, w), (gh, gw), inv_freqs(cfg.head_dim, cfg.rope_theta, scale), cache)
 
     # ---- public API ----
     def stream(
@@ -142,42 +179,68 @@ class Engine:
         sched = resolve_schedule(schedule)
         if prompt_embeds.dim() == 2:
             prompt_embeds = prompt_embeds.unsqueeze(0)
-        shape = self.video_shape(prompt_embeds, num_frames, height, width)
-        return self._run(prompt_embeds, shape, sched, seed)
+        shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
+        plan = self.window_plan(sched, shape.latent_frames)
+        self._check_positions(plan, shape, sched)
+        return self._run(prompt_embeds, shape, sched, plan, seed)
 
     @torch.no_grad()
-    def _run(self, prompt_embeds, shape: VideoShape, sched: Schedule, seed: int) -> Iterator[ChunkResult]:
-        dit = self.dit
+    def _run(self, prompt_embeds, shape: VideoShape, sched: Schedule, plan: WindowPlan, seed: int) -> Iterator[ChunkResult]:
+        dit, M = self.dit, self.config.chunk_size
         device = dit.device
-        M = self.config.chunk_size
-        cfg = dit.config
-        gh, gw = shape.latent_height // cfg.patch_size[1], shape.latent_width // cfg.patch_size[2]
         cross_kv = dit.cross_kv(prompt_embeds.to(device))
-        cache = FullKVCache(cfg.num_layers, shape.batch, shape.latent_frames, gh * gw, cfg.num_heads, cfg.head_dim, dit.dtype, device)
-        rope_freqs = inv_freqs(cfg.head_dim, cfg.rope_theta)
+        used = ("low", "high") if sched.uses_low else ("high",)
+        res = {name: self._resolution(name, shape, sched, plan) for name in used}
+        cache_bytes = sum(r.cache.nbytes for r in res.values())
+        rope_dtype = torch.promote_types(dit.dtype, torch.float32)
         gen = torch.Generator(device=device).manual_seed(seed)
-        chunk_shape = (shape.batch, cfg.in_dim, M, shape.latent_height, shape.latent_width)
+
+        def noise(name: str) -> torch.Tensor:
+            return torch.randn((shape.batch, dit.config.in_dim, M) + res[name].latent_hw, generator=gen, device=device)  # [B, 16, M, h, w]
 
         for c in range(shape.num_chunks):
             start = time.perf_counter()
+            attn = {name: WindowAttention(r.cache, c, r.grid, r.freqs, self.attention, rope_dtype) for name, r in res.items()}
+            forwards = dict.fromkeys(RESOLUTIONS, 0)
+            tokens = 0
+
+            def forward(name: str, x: torch.Tensor, t: float, recache: bool):
+                t_frames = torch.full((shape.batch, M), float(t), device=device)  # [B, M]
+                return dit.forward_tokens(x, t_frames, cross_kv, attn[name], self.attention, skip_head=recache)
+
             steps = sched.steps(c)
-            x = torch.randn(chunk_shape, generator=gen, device=device)  # [B, 16, M, h, w] pure noise
-            for i, step in enumerate(steps):
+            x0, prev = None, None
+            for step in steps:
                 sigma = sigma_of(step.timestep)
-                flow = self._chunk_forward(x, step.timestep, c * M, cross_kv, cache, rope_freqs, write=False)
+                if x0 is None:
+                    x = noise(step.resolution)
+                else:
+                    base = x0 if step.resolution == prev else upsample_latents(x0, sched.low_factor, sched.upsample)
+                    x = renoise(base, noise(step.resolution), sigma)
+                flow = forward(step.resolution, x, step.timestep, recache=False)
                 x0 = x0_from_flow(x, flow.float(), sigma)
-                if i + 1 < len(steps):
-                    noise = torch.randn(chunk_shape, generator=gen, device=device)
-                    x = renoise(x0, noise, sigma_of(steps[i + 1].timestep))
-            self._chunk_forward(x0, 0.0, c * M, cross_kv, cache, rope_freqs, write=True)
+                forwards[step.resolution] += 1
+                tokens += attn[step.resolution].key_tokens
+                prev = step.resolution
+            recache = dict.fromkeys(RESOLUTIONS, 0)
+            forward("high", x0, 0.0, recache=True)
+            recache["high"] += 1
+            tokens += attn["high"].key_tokens
+            if "low" in res:
+                forward("low", downsample_latents(x0, sched.low_factor), 0.0, recache=True)
+                recache["low"] += 1
+                tokens += attn["low"].key_tokens
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             yield ChunkResult(
                 index=c,
                 latents=x0,
                 seconds=time.perf_counter() - start,
-                forwards=len(steps) + 1,
-                video_frames=VAE_TIME_STRIDE * M - (VAE_TIME_STRIDE - 1 if c == 0 else 0),
+                video_frames=shape.video_frames(c, M),
+                forwards=forwards,
+                recache=recache,
+                tokens_attended=tokens,
+                cache_bytes=cache_bytes,
             )
 
     def generate(self, prompt_embeds, num_frames: int, height: int, width: int, schedule="self_forcing", seed: int = 0) -> GenerationResult:

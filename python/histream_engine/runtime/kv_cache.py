@@ -1,30 +1,41 @@
-"""Self-attention K/V caches. K is stored after RMSNorm and before RoPE; rotation happens when attending."""
+"""Self-attention K/V storage for one resolution: preallocated once, written in place by slot.
+
+K is stored after RMSNorm and before RoPE, so positions can be re-indexed when attending
+(``window`` mode) and a kernel can rotate on the fly. Which frame lives in which slot is decided by
+``window.WindowPlan``; this class only moves tensors.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from .window import WindowPlan
 
-class FullKVCache:
-    """Self-Forcing's cache: K/V of every finished latent frame, preallocated for the whole video."""
 
-    def __init__(self, num_layers: int, batch: int, frames: int, tokens_per_frame: int, heads: int, head_dim: int, dtype, device):
+class RingKVCache:
+    def __init__(self, plan: WindowPlan, num_layers: int, batch: int, tokens_per_frame: int, heads: int, head_dim: int, dtype, device):
+        self.plan = plan
         self.tokens_per_frame = tokens_per_frame
-        shape = (num_layers, batch, frames * tokens_per_frame, heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, F*S, H, D]
-        self.v = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, F*S, H, D]
+        shape = (num_layers, batch, plan.slots * tokens_per_frame, heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, slots*S, H, D]
+        self.v = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, slots*S, H, D]
 
-    def write(self, layer: int, frame_start: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store a chunk's K/V ``[B, M*S, H, D]`` starting at latent frame ``frame_start``."""
-        a = frame_start * self.tokens_per_frame
-        self.k[layer, :, a : a + k.shape[1]] = k
-        self.v[layer, :, a : a + v.shape[1]] = v
+    def rows(self, frames: list[int]) -> torch.Tensor:
+        """Token rows ``[len(frames) * S]`` (long, on the cache's device) holding ``frames``, in the given order."""
+        S = self.tokens_per_frame
+        slots = torch.tensor([self.plan.slot_of(f) for f in frames], dtype=torch.long)
+        rows = (slots[:, None] * S + torch.arange(S)[None, :]).reshape(-1)
+        return rows.to(self.k.device)
 
-    def read(self, layer: int, frame_end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Views of the K/V ``[B, frame_end*S, H, D]`` of latent frames ``[0, frame_end)``."""
-        n = frame_end * self.tokens_per_frame
-        return self.k[layer, :, :n], self.v[layer, :, :n]
+    def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store a chunk's K/V ``[B, M*S, H, D]`` at ``rows``."""
+        self.k[layer].index_copy_(1, rows, k.to(self.k.dtype))
+        self.v[layer].index_copy_(1, rows, v.to(self.v.dtype))
+
+    def gather(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V ``[B, len(rows), H, D]`` of ``rows`` (a copy: the torch reference path; kernels read in place)."""
+        return self.k[layer].index_select(1, rows), self.v[layer].index_select(1, rows)
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        return 2 * self.k.numel() * self.k.element_size()
