@@ -3,6 +3,7 @@
 Importing the package touches no GPU and imports no optional dependency.
 """
 
+from . import flops
 from .attention import attention_backends
 from .checkpoint import CheckpointError, load_dit, save_dit
 from .config import PRESETS, WanConfig
@@ -24,6 +25,7 @@ __all__ = [
     "WanConfig",
     "WanDiT",
     "attention_backends",
+    "flops",
     "load_dit",
     "save_dit",
 ]

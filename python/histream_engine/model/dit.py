@@ -246,22 +246,35 @@ class WanDiT(nn.Module):
         t: torch.Tensor | float,  # [B] or per-frame [B, F]
         context: torch.Tensor,  # [B, L, text_dim]
         block_causal: int | None = None,
+        frame_mask: torch.Tensor | None = None,  # [F', F'] bool: latent frame i may attend frame j
+        ntk_scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> torch.Tensor:  # flow [B, out, F, H, W]
-        """Whole-sequence forward. ``block_causal=M`` lets each chunk of M latent frames see itself and earlier chunks."""
+        """Whole-sequence forward, the uncached reference of the chunked runtime.
+
+        ``block_causal=M`` lets each chunk of M latent frames see itself and earlier chunks; ``frame_mask``
+        states any frame-level visibility (a sliding window); ``ntk_scale`` stretches RoPE per (t, h, w) axis.
+        """
         f, h, w = self.latent_grid(x)
         self.check_context(context)
         if context.shape[0] != x.shape[0]:
             raise ValueError(f"batch of context ({context.shape[0]}) and latents ({x.shape[0]}) differ")
+        if block_causal is not None and frame_mask is not None:
+            raise ValueError("pass block_causal or frame_mask, not both")
         t = self.frame_timesteps(t, x.shape[0], f, x.device)
         positions = grid_positions(range(f), h, w, device=x.device)  # [L, 3]
-        freqs = inv_freqs(self.config.head_dim, self.config.rope_theta)
+        freqs = inv_freqs(self.config.head_dim, self.config.rope_theta, ntk_scale)
         rope = rope_cos_sin(positions, freqs, dtype=torch.promote_types(self.dtype, torch.float32))
-        mask = None
         if block_causal is not None:
             if block_causal <= 0:
                 raise ValueError(f"block_causal must be a positive chunk size, got {block_causal}")
-            chunk = positions[:, 0] // block_causal  # [L]
-            mask = chunk[:, None] >= chunk[None, :]  # [L, L]
+            chunk = torch.arange(f, device=x.device) // block_causal
+            frame_mask = chunk[:, None] >= chunk[None, :]  # [F, F]
+        mask = None
+        if frame_mask is not None:
+            if tuple(frame_mask.shape) != (f, f):
+                raise ValueError(f"frame_mask must be [F, F] = [{f}, {f}], got {tuple(frame_mask.shape)}")
+            frame = positions[:, 0]
+            mask = frame_mask.to(x.device)[frame][:, frame]  # [L, L]
         backend = self.reference_attention
 
         def attend(layer: int, q, k, v):

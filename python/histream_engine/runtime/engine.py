@@ -130,15 +130,6 @@ class Engine:
             num_chunks=latent_frames // M,
         )
 
-    def window_plan(self, sched: Schedule, latent_frames: int) -> WindowPlan:
-        return WindowPlan(
-            chunk_size=self.config.chunk_size,
-            anchor_frames=sched.anchor_frames if sched.window == "anchor" else 0,
-            history_frames=sched.history_frames(self.config.chunk_size),
-            total_frames=latent_frames,
-            positions=sched.positions,
-        )
-
     def _check_positions(self, plan: WindowPlan, shape: VideoShape, sched: Schedule) -> None:
         cfg = self.dit.config
         limit = cfg.rope_max_positions
@@ -180,7 +171,7 @@ class Engine:
         if prompt_embeds.dim() == 2:
             prompt_embeds = prompt_embeds.unsqueeze(0)
         shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
-        plan = self.window_plan(sched, shape.latent_frames)
+        plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
         self._check_positions(plan, shape, sched)
         return self._run(prompt_embeds, shape, sched, plan, seed)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .sampling import NUM_TRAIN_TIMESTEPS, warp_timesteps
 
-from .window import POSITION_MODES
+from .window import POSITION_MODES, WindowPlan
 
 RESOLUTIONS = ("low", "high")
 # "full": every earlier latent frame stays attended (Self-Forcing); "anchor": anchor + M-1 previous frames (AGSW).
@@ -70,8 +70,16 @@ class Schedule:
         """Whether a low-res cache is kept (and recached after every chunk)."""
         return any(s.resolution == "low" for s in self.first + self.later)
 
-    def history_frames(self, chunk_size: int) -> int | None:
-        return None if self.window == "full" else chunk_size - 1
+    def window_plan(self, chunk_size: int, latent_frames: int) -> WindowPlan:
+        """The cache layout this schedule's window implies for a video of ``latent_frames``."""
+        anchor = self.window == "anchor"
+        return WindowPlan(
+            chunk_size=chunk_size,
+            anchor_frames=self.anchor_frames if anchor else 0,
+            history_frames=chunk_size - 1 if anchor else None,
+            total_frames=latent_frames,
+            positions=self.positions,
+        )
 
     def steps(self, chunk_index: int) -> tuple[Step, ...]:
         return self.first if chunk_index == 0 else self.later

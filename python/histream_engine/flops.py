@@ -1,0 +1,100 @@
+"""FLOP model: what each forward, chunk and output frame of a schedule costs, from the config alone.
+
+Counts multiply-adds as 2 FLOPs. Per DiT forward over Lq query tokens attending Lk key tokens:
+- linear: per token and layer, self-attn q/k/v/o (4 d^2), cross-attn q/o (2 d^2; the text K/V are
+  computed once per prompt), FFN (2 d f); plus patch embedding and (except for recache) the head;
+- self-attention: QK^T and PV, 4 Lq Lk d per layer;
+- cross-attention: 4 Lq L_text d per layer.
+Elementwise work (norms, RoPE, modulation, softmax) is left out.
+
+It shares ``Schedule.window_plan`` with the runtime, so it counts exactly the frames the runtime attends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import WanConfig
+from .runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from .runtime.schedules import Schedule, resolve_schedule
+
+
+@dataclass(frozen=True)
+class Flops:
+    linear: float = 0.0
+    self_attn: float = 0.0
+    cross_attn: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.linear + self.self_attn + self.cross_attn
+
+    def __add__(self, other: "Flops") -> "Flops":
+        return Flops(self.linear + other.linear, self.self_attn + other.self_attn, self.cross_attn + other.cross_attn)
+
+    def scaled(self, k: float) -> "Flops":
+        return Flops(self.linear * k, self.self_attn * k, self.cross_attn * k)
+
+
+def forward_flops(cfg: WanConfig, query_tokens: int, key_tokens: int, text_len: int | None = None, head: bool = True) -> Flops:
+    d, f, L = cfg.dim, cfg.ffn_dim, cfg.num_layers
+    text_len = cfg.text_len if text_len is None else text_len
+    per_token = L * 2 * (6 * d * d + 2 * d * f) + 2 * cfg.in_dim * cfg.patch_volume * d
+    if head:
+        per_token += 2 * d * cfg.out_dim * cfg.patch_volume
+    return Flops(
+        linear=float(per_token * query_tokens),
+        self_attn=float(4 * query_tokens * key_tokens * d * L),
+        cross_attn=float(4 * query_tokens * text_len * d * L),
+    )
+
+
+@dataclass(frozen=True)
+class ChunkFlops:
+    index: int
+    denoise: Flops  # the schedule's steps
+    recache: Flops  # the t=0 forwards that refresh the caches
+    video_frames: int
+
+    @property
+    def total(self) -> float:
+        return self.denoise.total + self.recache.total
+
+
+def tokens_per_frame(cfg: WanConfig, height: int, width: int) -> int:
+    """Tokens of one latent frame of a ``height`` x ``width`` video."""
+    return (height // VAE_SPACE_STRIDE // cfg.patch_size[1]) * (width // VAE_SPACE_STRIDE // cfg.patch_size[2])
+
+
+def schedule_flops(
+    cfg: WanConfig,
+    schedule: "str | dict | Schedule",
+    num_frames: int,
+    height: int,
+    width: int,
+    chunk_size: int = 3,
+    text_len: int | None = None,
+) -> list[ChunkFlops]:
+    """FLOPs of every chunk of a video generated with ``schedule`` at ``height`` x ``width`` (the high resolution)."""
+    sched = resolve_schedule(schedule)
+    latent_frames = (num_frames - 1) // VAE_TIME_STRIDE + 1
+    plan = sched.window_plan(chunk_size, latent_frames)
+    S = {"high": tokens_per_frame(cfg, height, width)}
+    if sched.uses_low:
+        S["low"] = tokens_per_frame(cfg, height // sched.low_factor, width // sched.low_factor)
+    chunks = []
+    for c in range(latent_frames // chunk_size):
+        visible = len(plan.visible_frames(c))
+        cost = {r: forward_flops(cfg, chunk_size * s, visible * s, text_len) for r, s in S.items()}
+        recache_cost = {r: forward_flops(cfg, chunk_size * s, visible * s, text_len, head=False) for r, s in S.items()}
+        denoise = sum((cost[step.resolution] for step in sched.steps(c)), Flops())
+        recache = sum(recache_cost.values(), Flops())
+        frames = VAE_TIME_STRIDE * chunk_size - (VAE_TIME_STRIDE - 1 if c == 0 else 0)
+        chunks.append(ChunkFlops(c, denoise, recache, frames))
+    return chunks
+
+
+def flops_per_frame(cfg: WanConfig, schedule, num_frames: int, height: int, width: int, chunk_size: int = 3) -> float:
+    """All FLOPs (denoising + recache) of a video divided by its output frames."""
+    chunks = schedule_flops(cfg, schedule, num_frames, height, width, chunk_size)
+    return sum(c.total for c in chunks) / sum(c.video_frames for c in chunks)

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from conftest import random_dit
+from histream_engine import Engine, WanConfig, flops
+
+
+def test_design_1080p_and_544p_forward_figures():
+    cfg = WanConfig.from_name("wan2.1-1.3b")
+    f = flops.forward_flops(cfg, query_tokens=3 * 8160, key_tokens=6 * 8160)
+    assert f.total == pytest.approx(284.6e12, rel=0.01)
+    assert f.linear == pytest.approx(61.2e12, rel=0.01)
+    assert f.self_attn == pytest.approx(220.9e12, rel=0.01)
+    assert f.cross_attn == pytest.approx(2.3e12, rel=0.01)
+    low = flops.forward_flops(cfg, query_tokens=3 * 2040, key_tokens=6 * 2040)
+    assert low.total == pytest.approx(29.8e12, rel=0.01)
+    assert flops.tokens_per_frame(cfg, 1088, 1920) == 8160
+    assert flops.tokens_per_frame(cfg, 544, 960) == 2040
+
+
+def test_sliding_window_chunks_cost_the_same_full_cache_grows():
+    cfg = WanConfig.from_name("wan2.1-1.3b")
+    hs = flops.schedule_flops(cfg, "histream", 81, 1088, 1920)
+    sf = flops.schedule_flops(cfg, "self_forcing", 81, 1088, 1920)
+    assert hs[2].total == hs[6].total
+    assert all(a.total < b.total for a, b in zip(sf, sf[1:]))
+    # the steady histream chunk: 2 low + 2 high forwards over 6 frames, plus one recache at each resolution
+    high = flops.forward_flops(cfg, 3 * 8160, 6 * 8160)
+    low = flops.forward_flops(cfg, 3 * 2040, 6 * 2040)
+    assert hs[6].denoise.total == pytest.approx(2 * high.total + 2 * low.total)
+    ratio = flops.flops_per_frame(cfg, "self_forcing", 81, 1088, 1920) / flops.flops_per_frame(cfg, "histream", 81, 1088, 1920)
+    assert 2.0 < ratio < 3.5
+    assert flops.flops_per_frame(cfg, "histream_plus", 81, 1088, 1920) < flops.flops_per_frame(cfg, "histream", 81, 1088, 1920)
+
+
+@pytest.mark.parametrize("schedule", ["self_forcing", "no_drc"])
+def test_self_attention_flops_agree_with_the_runtime_token_count(schedule):
+    dit = random_dit("tiny")
+    cfg = dit.config
+    ctx = torch.randn(1, 4, cfg.text_dim)
+    chunks = list(Engine(dit).stream(ctx, 45, 64, 96, schedule=schedule))
+    model = flops.schedule_flops(cfg, schedule, 45, 64, 96)
+    S = flops.tokens_per_frame(cfg, 64, 96)
+    for run, est in zip(chunks, model):
+        attn = est.denoise.self_attn + est.recache.self_attn
+        assert attn == 4 * 3 * S * run.tokens_attended * cfg.dim * cfg.num_layers
+        assert run.video_frames == est.video_frames
