@@ -12,7 +12,10 @@ from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult
 
 
-TABLE = (("chunk", 5), ("forwards", 8), ("frames", 6), ("seconds", 8), ("ms/frame", 9))
+TABLE = (
+    ("chunk", 5), ("low", 3), ("high", 4), ("recache", 7), ("frames", 6),
+    ("keys", 8), ("cache MiB", 9), ("seconds", 8), ("ms/frame", 9),
+)
 
 
 def table_header() -> str:
@@ -20,7 +23,10 @@ def table_header() -> str:
 
 
 def table_row(c: ChunkResult) -> str:
-    cells = (c.index, c.total_forwards, c.video_frames, f"{c.seconds:.3f}", f"{1e3 * c.seconds / c.video_frames:.1f}")
+    cells = (
+        c.index, c.forwards["low"], c.forwards["high"], sum(c.recache.values()), c.video_frames,
+        c.tokens_attended, f"{c.cache_bytes / 2**20:.2f}", f"{c.seconds:.3f}", f"{1e3 * c.seconds / c.video_frames:.1f}",
+    )
     return "  ".join(str(v).rjust(w) for v, (_, w) in zip(cells, TABLE))
 
 
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=45, help="video frames, 4k+1 with (frames-1)/4+1 divisible by 3")
     demo.add_argument("--height", type=int, default=256)
     demo.add_argument("--width", type=int, default=256)
-    demo.add_argument("--schedule", default="self_forcing", choices=sorted(SCHEDULES))
+    demo.add_argument("--schedule", default="histream", choices=sorted(SCHEDULES))
     demo.add_argument("--attention", default="torch")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=run_demo)
