@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import WanConfig
-from .runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from .runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, chunk_video_frames
 from .runtime.schedules import Schedule, resolve_schedule
 
 
@@ -89,8 +89,7 @@ def schedule_flops(
         recache_cost = {r: forward_flops(cfg, chunk_size * s, visible * s, text_len, head=False) for r, s in S.items()}
         denoise = sum((cost[step.resolution] for step in sched.steps(c)), Flops())
         recache = sum(recache_cost.values(), Flops())
-        frames = VAE_TIME_STRIDE * chunk_size - (VAE_TIME_STRIDE - 1 if c == 0 else 0)
-        chunks.append(ChunkFlops(c, denoise, recache, frames))
+        chunks.append(ChunkFlops(c, denoise, recache, chunk_video_frames(c, chunk_size)))
     return chunks
 
 

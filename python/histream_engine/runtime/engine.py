@@ -29,6 +29,11 @@ VAE_TIME_STRIDE = 4
 VAE_SPACE_STRIDE = 8
 
 
+def chunk_video_frames(chunk: int, chunk_size: int) -> int:
+    """Video frames a chunk decodes to: 4 per latent frame, except the very first latent frame (1)."""
+    return VAE_TIME_STRIDE * chunk_size - (VAE_TIME_STRIDE - 1 if chunk == 0 else 0)
+
+
 @dataclass
 class EngineConfig:
     chunk_size: int = 3  # latent frames per chunk (M)
@@ -82,8 +87,6 @@ class VideoShape:
     latent_width: int
     num_chunks: int
 
-    def video_frames(self, chunk: int, chunk_size: int) -> int:
-        return VAE_TIME_STRIDE * chunk_size - (VAE_TIME_STRIDE - 1 if chunk == 0 else 0)
 
 
 @dataclass
@@ -130,7 +133,7 @@ class Engine:
             num_chunks=latent_frames // M,
         )
 
-    def _check_positions(self, plan: WindowPlan, shape: VideoShape, sched: Schedule) -> None:
+    def _check_positions(self, plan: WindowPlan, shape: VideoShape) -> None:
         cfg = self.dit.config
         limit = cfg.rope_max_positions
         last = plan.max_temporal_position(shape.num_chunks)
@@ -172,7 +175,7 @@ class Engine:
             prompt_embeds = prompt_embeds.unsqueeze(0)
         shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
         plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
-        self._check_positions(plan, shape, sched)
+        self._check_positions(plan, shape)
         return self._run(prompt_embeds, shape, sched, plan, seed)
 
     @torch.no_grad()
@@ -227,7 +230,7 @@ class Engine:
                 index=c,
                 latents=x0,
                 seconds=time.perf_counter() - start,
-                video_frames=shape.video_frames(c, M),
+                video_frames=chunk_video_frames(c, M),
                 forwards=forwards,
                 recache=recache,
                 tokens_attended=tokens,
