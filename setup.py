@@ -24,7 +24,8 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=8", "diffusers>=0.33"],
+        "triton": ["triton>=3.0"],
+        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )

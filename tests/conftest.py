@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Kernels read TRITON_INTERPRET when they are defined, so it is set before anything imports them:
+# without a GPU they run in Triton's CPU interpreter (a logic check; rerun compiled on a GPU).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from histream_engine import WanConfig, WanDiT
 

@@ -5,6 +5,7 @@ import torch
 
 from conftest import rel_err
 from histream_engine.attention import get_backend
+from histream_engine.model.dit import RMSNorm
 from histream_engine.attention.rope import axis_dims, inv_freqs, ntk_theta
 from histream_engine.runtime.cached_attention import WindowAttention
 from histream_engine.runtime.kv_cache import RingKVCache
@@ -38,10 +39,11 @@ def explicit_reference(q, store, chunk, M, anchor, grid, positions, head_dim, sc
     return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
 
 
+@pytest.mark.parametrize("backend_name", ["torch", "triton"])
 @pytest.mark.parametrize("positions", ["absolute", "window"])
 @pytest.mark.parametrize("scales", [(1.0, 1.0, 1.0), (1.0, 1.7, 2.3)])
 @pytest.mark.parametrize("anchor", [1, 2])
-def test_ring_attention_equals_explicit_concatenation(positions, scales, anchor):
+def test_ring_attention_equals_explicit_concatenation(backend_name, positions, scales, anchor):
     torch.manual_seed(0)
     M, grid, B, H, D = 3, (3, 5), 2, 2, 32  # 15 tokens per frame, odd grid
     S = grid[0] * grid[1]
@@ -49,13 +51,19 @@ def test_ring_attention_equals_explicit_concatenation(positions, scales, anchor)
     cache = RingKVCache(plan, num_layers=2, batch=B, tokens_per_frame=S, heads=H, head_dim=D, dtype=torch.float32, device="cpu")
     layer0_before = cache.k[0].clone()
     freqs = inv_freqs(D, 10000.0, scales)
-    backend = get_backend("torch")
+    backend = get_backend(backend_name)
+    norm_k = RMSNorm(H * D, 1e-6)
+    norm_k.weight.data = torch.rand(H * D) + 0.5
     store = {}
-    for c in range(12):  # ring of 2M-1 = 5 slots wraps 7 times
+    for c in range(8):  # 24 frames through a ring of 2M-1 = 5 slots: it wraps 4 times
         attn = WindowAttention(cache, c, grid, freqs, backend, torch.float32)
         for _ in range(2):  # a noisy denoising write, then the recache that overwrites it
-            q, k, v = (torch.randn(B, M * S, H, D) for _ in range(3))
-            out = attn(1, q, k, v)
+            q = torch.randn(B, M * S, H, D)
+            k_proj, v_proj = 3 * torch.randn(B, M * S, H * D), torch.randn(B, M * S, H * D)
+            out = attn(1, q, k_proj, v_proj, norm_k)
+            k64 = k_proj.double()
+            k = (k64 * torch.rsqrt(k64.pow(2).mean(-1, keepdim=True) + 1e-6) * norm_k.weight.double()).unflatten(-1, (H, D))
+            v = v_proj.unflatten(-1, (H, D))
             for i, f in enumerate(range(c * M, c * M + M)):
                 store[f] = (k[:, i * S : (i + 1) * S], v[:, i * S : (i + 1) * S])
             ref = explicit_reference(q, store, c, M, anchor, grid, positions, D, scales)

@@ -1,14 +1,17 @@
-"""Attention backends behind one interface, registered in one explicit list.
+"""Attention backends behind one interface (see ``torch_ref``), registered in one explicit list.
 
-A backend provides ``self_attention(q, k, v, q_rope, k_rope, mask)`` and ``cross_attention(q, k, v, mask)``.
-Each registry entry says how to check availability (with a human-readable reason) and how to build the
-backend; a backend whose dependency is missing is never imported.
+Each entry says how to check availability, with a human-readable reason, and how to build the backend;
+a backend whose dependency is missing is never imported.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -19,14 +22,50 @@ class BackendEntry:
     build: Callable[[], object]
 
 
-def _torch_build():
+def _missing(package: str) -> str | None:
+    if importlib.util.find_spec(package) is None:
+        return f"the {package} package is not installed (pip install {package})"
+    return None
+
+
+def _triton_reason() -> str | None:
+    if reason := _missing("triton"):
+        return reason
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        return "no CUDA GPU is visible (TRITON_INTERPRET=1 runs the kernels in Triton's CPU interpreter, for testing only)"
+    return None
+
+
+def _flash_reason() -> str | None:
+    if reason := _missing("flash_attn"):
+        return reason
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def _build_torch():
     from .torch_ref import TorchAttention
 
     return TorchAttention()
 
 
+def _build_triton():
+    from .triton_backend import TritonAttention
+
+    return TritonAttention()
+
+
+def _build_flash():
+    from .flash_backend import FlashAttention
+
+    return FlashAttention()
+
+
 BACKENDS: tuple[BackendEntry, ...] = (
-    BackendEntry("torch", lambda: None, _torch_build),
+    BackendEntry("torch", lambda: None, _build_torch),
+    BackendEntry("triton", _triton_reason, _build_triton),
+    BackendEntry("flash_attn", _flash_reason, _build_flash),
 )
 
 

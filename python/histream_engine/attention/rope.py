@@ -71,3 +71,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     s = sin.to(work)[None, :, None, :]
     out = torch.stack((re * c - im * s, re * s + im * c), dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+def rope_table(num_positions: int, freqs: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of ``p * freq_i`` for every position p < num_positions and pair i: each ``[NPOS, D/2]`` float32.
+
+    Kernels index it with the token's position on the pair's own axis, so one table serves t, h and w.
+    """
+    angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * freqs.cpu()[None, :]  # [NPOS, D/2]
+    return angles.cos().float().to(device), angles.sin().float().to(device)

@@ -1,6 +1,10 @@
-"""The reference attention backend: rotate with plain torch ops, then ``scaled_dot_product_attention``.
+"""The reference backend: plain torch ops (gather, rotate, ``scaled_dot_product_attention``).
 
-Every faster backend is tested against this one.
+Every faster backend is tested against this one. A backend provides:
+- ``self_attention(q, k, v, q_rope, k_rope, mask)`` and ``cross_attention(q, k, v, mask)``: whole sequences;
+- ``write_kv(k_store, v_store, rows, k_proj, v_proj, norm_k)``: K RMSNorm + in-place write into ring rows;
+- ``ring_attention(q, k_store, v_store, view)``: a chunk's queries over its ring window (``RingView``);
+- ``downsample_patches(x, factor, patch_size)``: area downsampling + patchify for the low-res recache.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .ring import RingView
 from .rope import apply_rope
 
 
@@ -23,9 +28,7 @@ class TorchAttention:
         k_rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin [Lk, D/2]
         mask: torch.Tensor | None = None,  # [Lq, Lk] bool, True = may attend
     ) -> torch.Tensor:  # [B, Lq, H, D]
-        q = apply_rope(q, *q_rope)
-        k = apply_rope(k, *k_rope)
-        return self.cross_attention(q, k, v, mask)
+        return self.cross_attention(apply_rope(q, *q_rope), apply_rope(k, *k_rope), v, mask)
 
     def cross_attention(
         self,
@@ -36,3 +39,32 @@ class TorchAttention:
     ) -> torch.Tensor:  # [B, Lq, H, D]
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
         return out.transpose(1, 2)
+
+    def write_kv(
+        self,
+        k_store: torch.Tensor,  # [B, R, H, D] one layer's ring storage
+        v_store: torch.Tensor,  # [B, R, H, D]
+        rows: torch.Tensor,  # [L] long destination rows
+        k_proj: torch.Tensor,  # [B, L, H*D] K projection before RMSNorm
+        v_proj: torch.Tensor,  # [B, L, H*D]
+        norm_k,  # the model's K RMSNorm (or Identity)
+    ) -> None:
+        H, D = k_store.shape[2:]
+        k_store.index_copy_(1, rows, norm_k(k_proj).unflatten(-1, (H, D)).to(k_store.dtype))
+        v_store.index_copy_(1, rows, v_proj.unflatten(-1, (H, D)).to(v_store.dtype))
+
+    def gather(self, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's K/V as contiguous copies ``[B, Lk, H, D]`` (what kernels avoid)."""
+        return k_store.index_select(1, view.rows), v_store.index_select(1, view.rows)
+
+    def ring_attention(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> torch.Tensor:
+        k, v = self.gather(k_store, v_store, view)  # [B, Lk, H, D]
+        return self.self_attention(q, k, v, view.q_rope, view.k_rope)
+
+    def downsample_patches(self, x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:
+        """``x`` ``[B, C, F, H, W]`` -> area-downsampled patch vectors ``[B, F/pt, h, w, C*pt*ph*pw]``."""
+        B, C, Fr, H, W = x.shape
+        pt, ph, pw = patch_size
+        low = F.avg_pool3d(x, (1, factor, factor))  # [B, C, F, H/r, W/r]
+        low = low.reshape(B, C, Fr // pt, pt, H // factor // ph, ph, W // factor // pw, pw)
+        return low.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(B, Fr // pt, H // factor // ph, W // factor // pw, -1)

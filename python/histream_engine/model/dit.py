@@ -18,8 +18,9 @@ from ..attention import get_backend
 from ..attention.rope import grid_positions, inv_freqs, rope_cos_sin
 from ..config import WanConfig
 
-# attend(layer_index, q, k, v) -> out, with q/k/v [B, L, H, D] (q, k after RMSNorm, not rotated).
-Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# attend(layer, q, k_proj, v_proj, norm_k) -> out [B, L, H, D]: q [B, L, H, D] after RMSNorm, not rotated;
+# k_proj, v_proj [B, L, C] raw projections, K's RMSNorm left to the callee so a cache write can fuse it.
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
 
 # Parameters that stay float32 when the model is cast to bf16/fp16 (they feed the fp32 modulation).
 FP32_PREFIXES = ("time_embedding.", "time_projection.")
@@ -97,7 +98,7 @@ class WanBlock(nn.Module):
         x: torch.Tensor,  # [B, F, S, C] tokens, frame-major
         e0: torch.Tensor,  # [B, F, 6, C] float32 per-frame modulation
         cross_kv: tuple[torch.Tensor, torch.Tensor],  # text K, V [B, Lc, H, D]
-        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor],
         cross: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         mod = (self.modulation.float().unsqueeze(0) + e0).unsqueeze(3)  # [B, F, 6, 1, C]
@@ -106,8 +107,8 @@ class WanBlock(nn.Module):
 
         h = (layer_norm_fp32(x, self.eps) * (1 + scale_sa) + shift_sa).to(dtype)
         h = h.flatten(1, 2)  # [B, L, C]
-        k, v = self.self_attn.key_value(h)
-        y = self.self_attn.o(attend(self.self_attn.query(h), k, v).flatten(2)).view_as(x)
+        sa = self.self_attn
+        y = sa.o(attend(sa.query(h), sa.k(h), sa.v(h), sa.norm_k).flatten(2)).view_as(x)
         x = (x.float() + y.float() * gate_sa).to(dtype)
 
         h = self.norm3(x).flatten(1, 2)
@@ -217,10 +218,18 @@ class WanDiT(nn.Module):
             return t
         raise ValueError(f"t must be a scalar, [B={batch}] or per-frame [B={batch}, F={frames}], got shape {tuple(t.shape)}")
 
+    def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patch vectors ``[B, F', h, w, in*pt*ph*pw]`` (order c, dt, dy, dx) -> tokens ``[B, F', h, w, C]``.
+
+        The patch embedding as a matmul, for callers that patchify themselves (the fused low-res recache).
+        """
+        w = self.patch_embedding.weight  # [C, in, pt, ph, pw]
+        return F.linear(patches.to(w.dtype), w.reshape(w.shape[0], -1), self.patch_embedding.bias)
+
     # ---- forwards ----
     def forward_tokens(
         self,
-        x: torch.Tensor,  # [B, in, F, H, W] latents of the frames being run
+        tokens: torch.Tensor,  # [B, F', h, w, C] embedded patches
         t: torch.Tensor,  # [B, F'] per-frame timesteps
         cross_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
         attend: Attend,
@@ -229,16 +238,19 @@ class WanDiT(nn.Module):
     ) -> torch.Tensor | None:
         """Core forward; returns the flow ``[B, out, F, H, W]``, or None when ``skip_head`` (a recache pass)."""
         backend = backend or self.reference_attention
-        grid = self.latent_grid(x)
-        tokens = self.patchify(x)  # [B, F', h, w, C]
         B, f, h, w, C = tokens.shape
-        tokens = tokens.reshape(B, f, h * w, C)  # [B, F, S, C]
+        x = tokens.reshape(B, f, h * w, C)  # [B, F, S, C]
         e, e0 = self.time_embed(t)
         for i, blk in enumerate(self.blocks):
-            tokens = blk(tokens, e0, cross_kv[i], lambda q, k, v, i=i: attend(i, q, k, v), backend.cross_attention)
+            x = blk(x, e0, cross_kv[i], lambda q, k, v, norm_k, i=i: attend(i, q, k, v, norm_k), backend.cross_attention)
         if skip_head:
             return None
-        return self.unpatchify(self.head(tokens, e), grid)
+        return self.unpatchify(self.head(x, e), (f, h, w))
+
+    def forward_latents(self, x: torch.Tensor, t, cross_kv, attend: Attend, backend=None, skip_head: bool = False):
+        """``forward_tokens`` on latents ``[B, in, F, H, W]`` (shape-checked and patchified here)."""
+        self.latent_grid(x)
+        return self.forward_tokens(self.patchify(x), t, cross_kv, attend, backend, skip_head)
 
     def forward(
         self,
@@ -276,8 +288,10 @@ class WanDiT(nn.Module):
             frame = positions[:, 0]
             mask = frame_mask.to(x.device)[frame][:, frame]  # [L, L]
         backend = self.reference_attention
+        heads = self.config.num_heads
 
-        def attend(layer: int, q, k, v):
-            return backend.self_attention(q, k, v, rope, rope, mask)
+        def attend(layer: int, q, k_proj, v_proj, norm_k):
+            k = norm_k(k_proj).unflatten(-1, (heads, -1))  # [B, L, H, D]
+            return backend.self_attention(q, k, v_proj.unflatten(-1, (heads, -1)), rope, rope, mask)
 
-        return self.forward_tokens(x, t, self.cross_kv(context), attend, backend)
+        return self.forward_latents(x, t, self.cross_kv(context), attend, backend)

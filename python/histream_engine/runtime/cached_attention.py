@@ -8,32 +8,22 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.rope import grid_positions, rope_cos_sin
 from .kv_cache import RingKVCache
 
 
 class WindowAttention:
-    """Built once per (resolution, chunk); called by the DiT as ``attend(layer, q, k, v)``."""
+    """Built once per (resolution, chunk); called by the DiT as ``attend(layer, q, k_proj, v_proj, norm_k)``."""
 
     def __init__(self, cache: RingKVCache, chunk: int, grid: tuple[int, int], freqs: torch.Tensor, backend, rope_dtype):
-        plan = cache.plan
-        gh, gw = grid
-        device = cache.k.device
         self.cache, self.backend = cache, backend
-        self.write_rows = cache.rows(plan.chunk_frames(chunk))  # [M*S]
-        self.read_rows = cache.rows(plan.visible_frames(chunk))  # [Lk]
-        temporal = plan.temporal_positions(chunk)
-        k_pos = grid_positions(temporal, gh, gw, device=device)  # [Lk, 3]
-        q_pos = grid_positions(temporal[-plan.chunk_size :], gh, gw, device=device)  # [M*S, 3]
-        self.q_rope = rope_cos_sin(q_pos, freqs, rope_dtype)
-        self.k_rope = rope_cos_sin(k_pos, freqs, rope_dtype)
+        self.view = cache.view(chunk, grid, freqs, rope_dtype)
 
     @property
     def key_tokens(self) -> int:
-        return self.read_rows.numel()
+        return self.view.key_tokens
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q, k, v: [B, M*S, H, D], q and k after RMSNorm, not rotated
-        self.cache.write(layer, self.write_rows, k, v)
-        keys, values = self.cache.gather(layer, self.read_rows)  # [B, Lk, H, D]
-        return self.backend.self_attention(q, keys, values, self.q_rope, self.k_rope)
+    def __call__(self, layer: int, q: torch.Tensor, k_proj: torch.Tensor, v_proj: torch.Tensor, norm_k) -> torch.Tensor:
+        # q: [B, M*S, H, D] after RMSNorm, not rotated; k_proj, v_proj: [B, M*S, C]
+        k_store, v_store = self.cache.k[layer], self.cache.v[layer]  # [B, slots*S, H, D]
+        self.backend.write_kv(k_store, v_store, self.view.write_rows, k_proj, v_proj, norm_k)
+        return self.backend.ring_attention(q, k_store, v_store, self.view)

@@ -19,7 +19,7 @@ from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT
 from .cached_attention import WindowAttention
 from .kv_cache import RingKVCache
-from .resample import downsample_latents, upsample_latents
+from .resample import upsample_latents
 from .sampling import renoise, sigma_of, x0_from_flow
 from .schedules import RESOLUTIONS, Schedule, resolve_schedule
 from .window import WindowPlan
@@ -198,9 +198,11 @@ class Engine:
             forwards = dict.fromkeys(RESOLUTIONS, 0)
             tokens = 0
 
-            def forward(name: str, x: torch.Tensor, t: float, recache: bool):
+            t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
+
+            def forward(name: str, x: torch.Tensor, t: float):
                 t_frames = torch.full((shape.batch, M), float(t), device=device)  # [B, M]
-                return dit.forward_tokens(x, t_frames, cross_kv, attn[name], self.attention, skip_head=recache)
+                return dit.forward_latents(x, t_frames, cross_kv, attn[name], self.attention)
 
             steps = sched.steps(c)
             x0, prev = None, None
@@ -211,17 +213,18 @@ class Engine:
                 else:
                     base = x0 if step.resolution == prev else upsample_latents(x0, sched.low_factor, sched.upsample)
                     x = renoise(base, noise(step.resolution), sigma)
-                flow = forward(step.resolution, x, step.timestep, recache=False)
+                flow = forward(step.resolution, x, step.timestep)
                 x0 = x0_from_flow(x, flow.float(), sigma)
                 forwards[step.resolution] += 1
                 tokens += attn[step.resolution].key_tokens
                 prev = step.resolution
             recache = dict.fromkeys(RESOLUTIONS, 0)
-            forward("high", x0, 0.0, recache=True)
+            dit.forward_tokens(dit.patchify(x0), t_clean, cross_kv, attn["high"], self.attention, skip_head=True)
             recache["high"] += 1
             tokens += attn["high"].key_tokens
             if "low" in res:
-                forward("low", downsample_latents(x0, sched.low_factor), 0.0, recache=True)
+                patches = self.attention.downsample_patches(x0, sched.low_factor, dit.config.patch_size)  # [B, M, h, w, P]
+                dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], self.attention, skip_head=True)
                 recache["low"] += 1
                 tokens += attn["low"].key_tokens
             if device.type == "cuda":

@@ -2,13 +2,14 @@
 
 K is stored after RMSNorm and before RoPE, so positions can be re-indexed when attending
 (``window`` mode) and a kernel can rotate on the fly. Which frame lives in which slot is decided by
-``window.WindowPlan``; this class only moves tensors.
+``window.WindowPlan``; this class holds the tensors and turns the plan into per-chunk ``RingView``s.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..attention.ring import RingView
 from .window import WindowPlan
 
 
@@ -20,21 +21,19 @@ class RingKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, slots*S, H, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, slots*S, H, D]
 
-    def rows(self, frames: list[int]) -> torch.Tensor:
-        """Token rows ``[len(frames) * S]`` (long, on the cache's device) holding ``frames``, in the given order."""
-        S = self.tokens_per_frame
-        slots = torch.tensor([self.plan.slot_of(f) for f in frames], dtype=torch.long)
-        rows = (slots[:, None] * S + torch.arange(S)[None, :]).reshape(-1)
-        return rows.to(self.k.device)
-
-    def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store a chunk's K/V ``[B, M*S, H, D]`` at ``rows``."""
-        self.k[layer].index_copy_(1, rows, k.to(self.k.dtype))
-        self.v[layer].index_copy_(1, rows, v.to(self.v.dtype))
-
-    def gather(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K/V ``[B, len(rows), H, D]`` of ``rows`` (a copy: the torch reference path; kernels read in place)."""
-        return self.k[layer].index_select(1, rows), self.v[layer].index_select(1, rows)
+    def view(self, chunk: int, grid: tuple[int, int], freqs: torch.Tensor, rope_dtype=torch.float32) -> RingView:
+        """Chunk ``chunk``'s window: the slots and temporal positions of the frames it attends."""
+        plan = self.plan
+        return RingView(
+            slots=[plan.slot_of(f) for f in plan.visible_frames(chunk)],
+            frame_pos=plan.temporal_positions(chunk),
+            query_frames=plan.chunk_size,
+            grid=grid,
+            num_slots=plan.slots,
+            freqs=freqs,
+            device=self.k.device,
+            rope_dtype=rope_dtype,
+        )
 
     @property
     def nbytes(self) -> int:

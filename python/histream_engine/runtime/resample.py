@@ -1,4 +1,6 @@
-"""Latent-space resolution changes for dual-resolution caching."""
+"""Latent-space upsampling of the low-res x0 for dual-resolution caching.
+
+The downsampling direction (low-res recache) is a backend op: ``downsample_patches``."""
 
 from __future__ import annotations
 
@@ -22,8 +24,3 @@ def upsample_latents(x: torch.Tensor, factor: int, mode: str) -> torch.Tensor:
     y = F.interpolate(_frames_as_images(x), scale_factor=factor, mode=mode, **extra)
     return _images_as_frames(y, B, Fr)
 
-
-def downsample_latents(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Area downsampling ``[B, C, F, H, W]`` -> ``[B, C, F, H/factor, W/factor]`` (mean of each factor x factor block)."""
-    B, _, Fr, _, _ = x.shape
-    return _images_as_frames(F.avg_pool2d(_frames_as_images(x), factor), B, Fr)

@@ -1,0 +1,141 @@
+"""The low-res recache path in two passes, neither materialising an intermediate tensor.
+
+- ``downsample_patchify``: final high-res latent chunk -> low-res patch vectors (area downsample by r and
+  Wan's (1, 2, 2) patchify in one read of the latent), ready for the patch embedding's matmul.
+- ``recache_write``: a layer's K projection -> K RMSNorm -> the ring slot rows, and V -> its rows, in place.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _downsample_patchify_kernel(
+    X,  # [B, C, F, H, W] high-res latents
+    Out,  # [N, P] with N = B * F/pt * h * w tokens, P = C * pt * ph * pw, row-major (c, dt, dy, dx)
+    stride_xb, stride_xc, stride_xf, stride_xh, stride_xw,
+    N, FT, GH, GW,  # tokens, token frames, token grid (low res)
+    P: tl.constexpr,
+    BLOCK_P: tl.constexpr,  # next power of two >= P
+    PT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    R: tl.constexpr,  # area downsampling factor
+    BLOCK_T: tl.constexpr,
+):
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    p = tl.arange(0, BLOCK_P)
+    ok = (tok < N)[:, None] & (p < P)[None, :]
+    gx = tok % GW
+    gy = (tok // GW) % GH
+    gf = (tok // (GW * GH)) % FT
+    b = (tok // (GW * GH * FT)).to(tl.int64)
+    c = p // (PT * PH * PW)
+    dt = (p // (PH * PW)) % PT
+    dy = (p // PW) % PH
+    dx = p % PW
+    frame = gf[:, None] * PT + dt[None, :]
+    y0 = (gy[:, None] * PH + dy[None, :]) * R
+    x0 = (gx[:, None] * PW + dx[None, :]) * R
+    base = X + b[:, None] * stride_xb + c[None, :].to(tl.int64) * stride_xc + frame.to(tl.int64) * stride_xf
+    acc = tl.zeros((BLOCK_T, BLOCK_P), tl.float32)
+    for u in tl.static_range(R):
+        for v in tl.static_range(R):
+            acc += tl.load(base + (y0 + u) * stride_xh + (x0 + v) * stride_xw, mask=ok, other=0.0).to(tl.float32)
+    tl.store(Out + tok[:, None].to(tl.int64) * P + p[None, :], (acc / (R * R)).to(Out.dtype.element_ty), mask=ok)
+
+
+def downsample_patchify(x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """``x`` ``[B, C, F, H, W]`` -> low-res patch vectors ``[B, F/pt, H/(r*ph), W/(r*pw), C*pt*ph*pw]``."""
+    if x.dim() != 5:
+        raise ValueError(f"latents must be [B, C, F, H, W], got {tuple(x.shape)}")
+    B, C, Fr, H, W = x.shape
+    pt, ph, pw = patch_size
+    if Fr % pt or H % (factor * ph) or W % (factor * pw):
+        raise ValueError(f"latent {tuple(x.shape[2:])} is not divisible by downsampling {factor} x patch {patch_size}")
+    if x.device.type != "cuda" and not INTERPRET:
+        raise RuntimeError("downsample_patchify needs a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    FT, GH, GW = Fr // pt, H // (factor * ph), W // (factor * pw)
+    P = C * pt * ph * pw
+    out = torch.empty((B, FT, GH, GW, P), dtype=x.dtype, device=x.device)  # [B, F', h, w, P]
+    N = B * FT * GH * GW
+    BLOCK_T = 16
+    _downsample_patchify_kernel[(triton.cdiv(N, BLOCK_T),)](
+        x, out, *x.stride(), N, FT, GH, GW,
+        P=P, BLOCK_P=triton.next_power_of_2(P), PT=pt, PH=ph, PW=pw, R=factor, BLOCK_T=BLOCK_T,
+    )
+    return out
+
+
+@triton.jit
+def _recache_write_kernel(
+    KProj,  # [B, L, C] K projection before RMSNorm (rows contiguous)
+    VProj,  # [B, L, C]
+    Weight,  # [C] RMSNorm weight (unused when APPLY_NORM is False)
+    Rows,  # [L] int64 destination row of each token in the ring storage
+    KStore,  # [B, R, C] one layer's K storage, (H, D) flattened to C
+    VStore,  # [B, R, C]
+    stride_kb, stride_kl, stride_vb, stride_vl,
+    stride_sb, stride_sl, stride_tb, stride_tl,
+    L, eps,
+    C: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    APPLY_NORM: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    b = tl.program_id(1).to(tl.int64)
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ch = tl.arange(0, BLOCK_C)
+    t_ok = tok < L
+    ok = t_ok[:, None] & (ch < C)[None, :]
+    row = tl.load(Rows + tok, mask=t_ok, other=0)
+    k = tl.load(KProj + b * stride_kb + tok[:, None].to(tl.int64) * stride_kl + ch[None, :], mask=ok, other=0.0)
+    if APPLY_NORM:
+        kf = k.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(kf * kf, 1) / C + eps)
+        w = tl.load(Weight + ch, mask=ch < C, other=0.0)
+        k = (kf * rstd[:, None]).to(KProj.dtype.element_ty) * w.to(KProj.dtype.element_ty)
+    tl.store(KStore + b * stride_sb + row[:, None] * stride_sl + ch[None, :], k.to(KStore.dtype.element_ty), mask=ok)
+    v = tl.load(VProj + b * stride_vb + tok[:, None].to(tl.int64) * stride_vl + ch[None, :], mask=ok, other=0.0)
+    tl.store(VStore + b * stride_tb + row[:, None] * stride_tl + ch[None, :], v.to(VStore.dtype.element_ty), mask=ok)
+
+
+def recache_write(
+    k_proj: torch.Tensor,  # [B, L, C] K projection before RMSNorm
+    v_proj: torch.Tensor,  # [B, L, C]
+    norm_weight: torch.Tensor | None,  # [C], None when the model has no qk norm
+    eps: float,
+    rows: torch.Tensor,  # [L] int64 destination rows
+    k_store: torch.Tensor,  # [B, R, H, D] one layer's ring storage, H * D = C
+    v_store: torch.Tensor,  # [B, R, H, D]
+) -> None:
+    B, L, C = k_proj.shape
+    if v_proj.shape != k_proj.shape:
+        raise ValueError(f"k_proj {tuple(k_proj.shape)} and v_proj {tuple(v_proj.shape)} differ")
+    if k_store.shape != v_store.shape or k_store.dim() != 4 or k_store.shape[0] != B or k_store.shape[2] * k_store.shape[3] != C:
+        raise ValueError(f"storage {tuple(k_store.shape)} does not hold [B={B}, rows, H, D] with H*D = {C}")
+    if rows.shape != (L,) or rows.dtype != torch.int64:
+        raise ValueError(f"rows must be int64 [{L}], got {rows.dtype} {tuple(rows.shape)}")
+    if norm_weight is not None and norm_weight.shape != (C,):
+        raise ValueError(f"norm weight must be [{C}], got {tuple(norm_weight.shape)}")
+    for t in (k_proj, v_proj):
+        if t.stride(-1) != 1:
+            raise ValueError("k_proj and v_proj need a contiguous last dim")
+    for t in (k_store, v_store):
+        if t.stride(3) != 1 or t.stride(2) != t.shape[3]:
+            raise ValueError("ring storage needs contiguous (H, D) rows")
+    if k_proj.device.type != "cuda" and not INTERPRET:
+        raise RuntimeError("recache_write needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    BLOCK_T = 16 if INTERPRET else 4  # the interpreter pays per program, a GPU wants many small ones
+    _recache_write_kernel[(triton.cdiv(L, BLOCK_T), B)](
+        k_proj, v_proj, norm_weight if norm_weight is not None else k_proj, rows, k_store, v_store,
+        k_proj.stride(0), k_proj.stride(1), v_proj.stride(0), v_proj.stride(1),
+        k_store.stride(0), k_store.stride(1), v_store.stride(0), v_store.stride(1),
+        L, eps,
+        C=C, BLOCK_C=triton.next_power_of_2(C), APPLY_NORM=norm_weight is not None, BLOCK_T=BLOCK_T,
+    )

@@ -1,0 +1,80 @@
+"""A chunk's view of a ring KV cache: which slot holds each visible frame, and its RoPE positions.
+
+Built once per (resolution, chunk) from plain Python lists, checked there, and handed to a backend's
+``write_kv`` / ``ring_attention``. Each backend uses only the derived tensors it needs (all cached):
+the torch reference gathers ``rows`` and rotates with ``k_rope``; kernels read ``slot_index``,
+``position_index`` and ``rope_table`` and never gather.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from .rope import grid_positions, rope_cos_sin, rope_table
+
+
+@dataclass
+class RingView:
+    slots: list[int]  # ring slot of each visible frame, in window order
+    frame_pos: list[int]  # temporal RoPE position of each visible frame
+    query_frames: int  # the chunk: the last ``query_frames`` visible frames
+    grid: tuple[int, int]  # (gh, gw) tokens per frame
+    num_slots: int  # ring capacity in frames
+    freqs: torch.Tensor  # [D/2] float64 inverse frequencies (NTK-scaled where asked)
+    device: torch.device
+    rope_dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        if len(self.slots) != len(self.frame_pos) or not 0 < self.query_frames <= len(self.slots):
+            raise ValueError(f"bad ring view: {len(self.slots)} slots, {len(self.frame_pos)} positions, {self.query_frames} query frames")
+        if min(self.slots) < 0 or max(self.slots) >= self.num_slots or len(set(self.slots)) != len(self.slots):
+            raise ValueError(f"ring slots {self.slots} must be distinct and inside [0, {self.num_slots})")
+        if min(self.frame_pos) < 0:
+            raise ValueError(f"negative temporal position in {self.frame_pos}")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def key_tokens(self) -> int:
+        return len(self.slots) * self.tokens_per_frame
+
+    @cached_property
+    def rows(self) -> torch.Tensor:
+        """Storage row of every visible key token, window order: ``[NV*S]`` long."""
+        S = self.tokens_per_frame
+        slots = torch.tensor(self.slots, dtype=torch.long)
+        return (slots[:, None] * S + torch.arange(S)[None, :]).reshape(-1).to(self.device)
+
+    @cached_property
+    def write_rows(self) -> torch.Tensor:
+        """Storage rows of the chunk's own tokens: ``[M*S]`` long."""
+        return self.rows[-self.query_frames * self.tokens_per_frame :]
+
+    @cached_property
+    def k_rope(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = grid_positions(self.frame_pos, *self.grid, device=self.device)  # [NV*S, 3]
+        return rope_cos_sin(pos, self.freqs, self.rope_dtype)
+
+    @cached_property
+    def q_rope(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.query_frames * self.tokens_per_frame
+        cos, sin = self.k_rope
+        return cos[-n:], sin[-n:]
+
+    @cached_property
+    def slot_index(self) -> torch.Tensor:
+        return torch.tensor(self.slots, dtype=torch.int32, device=self.device)  # [NV]
+
+    @cached_property
+    def position_index(self) -> torch.Tensor:
+        return torch.tensor(self.frame_pos, dtype=torch.int32, device=self.device)  # [NV]
+
+    @cached_property
+    def rope_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max(max(self.frame_pos) + 1, *self.grid)
+        return rope_table(n, self.freqs, self.device)
