@@ -1,4 +1,5 @@
-"""Installs histream_engine (python/histream_engine) and its Triton kernels (kernels/ -> histream_engine.kernels)."""
+"""Installs histream_engine (python/histream_engine), its Triton kernels (kernels/ -> histream_engine.kernels)
+and its benchmark suite (bench/ -> histream_engine.bench)."""
 
 from setuptools import setup
 
@@ -10,6 +11,7 @@ setup(
     package_dir={
         "histream_engine": "python/histream_engine",
         "histream_engine.kernels": "kernels",
+        "histream_engine.bench": "bench",
     },
     packages=[
         "histream_engine",
@@ -17,6 +19,7 @@ setup(
         "histream_engine.attention",
         "histream_engine.runtime",
         "histream_engine.kernels",
+        "histream_engine.bench",
     ],
     install_requires=[
         "torch>=2.5",
@@ -25,7 +28,8 @@ setup(
     ],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0"],
+        "bench": ["diffusers>=0.33", "matplotlib"],
+        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )

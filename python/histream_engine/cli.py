@@ -64,10 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--attention", default="torch")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=run_demo)
+    # Listed for --help; its arguments belong to the suite's own parser (see main).
+    sub.add_parser("bench", help="latency-per-frame benchmark suite (histream bench --help)", add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench.suite import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -8,7 +8,6 @@ cache, the area-downsampled x0's K/V at low res, so both caches agree with the o
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -22,6 +21,7 @@ from .kv_cache import RingKVCache
 from .resample import upsample_latents
 from .sampling import renoise, sigma_of, x0_from_flow
 from .schedules import RESOLUTIONS, Schedule, resolve_schedule
+from .timing import ChunkTimer
 from .window import WindowPlan
 
 # Wan VAE: 4x temporal, 8x spatial compression; the first latent frame decodes to one video frame.
@@ -48,7 +48,7 @@ class EngineConfig:
 class ChunkResult:
     index: int
     latents: torch.Tensor  # [B, 16, M, h, w] float32, the chunk's final x0 at high resolution
-    seconds: float  # wall time of the chunk (device-synchronised at its end)
+    seconds: float  # wall time of the chunk (CUDA events on a GPU)
     video_frames: int  # frames this chunk decodes to
     forwards: dict[str, int]  # denoising forwards per resolution
     recache: dict[str, int]  # t=0 recache forwards per resolution
@@ -188,12 +188,13 @@ class Engine:
         cache_bytes = sum(r.cache.nbytes for r in res.values())
         rope_dtype = torch.promote_types(dit.dtype, torch.float32)
         gen = torch.Generator(device=device).manual_seed(seed)
+        timer = ChunkTimer(device)
 
         def noise(name: str) -> torch.Tensor:
             return torch.randn((shape.batch, dit.config.in_dim, M) + res[name].latent_hw, generator=gen, device=device)  # [B, 16, M, h, w]
 
         for c in range(shape.num_chunks):
-            start = time.perf_counter()
+            timer.start()
             attn = {name: WindowAttention(r.cache, c, r.grid, r.freqs, self.attention, rope_dtype) for name, r in res.items()}
             forwards = dict.fromkeys(RESOLUTIONS, 0)
             tokens = 0
@@ -227,12 +228,10 @@ class Engine:
                 dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], self.attention, skip_head=True)
                 recache["low"] += 1
                 tokens += attn["low"].key_tokens
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
             yield ChunkResult(
                 index=c,
                 latents=x0,
-                seconds=time.perf_counter() - start,
+                seconds=timer.stop(),
                 video_frames=chunk_video_frames(c, M),
                 forwards=forwards,
                 recache=recache,

@@ -1,0 +1,95 @@
+"""The suite's outputs: the JSON record, the markdown table, the per-chunk latency plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import torch
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) of the GPUs we report utilisation for.
+DEVICE_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def device_peak(device_name: str, dtype: str) -> float | None:
+    if dtype not in ("bfloat16", "float16"):
+        return None
+    return next((peak for key, peak in DEVICE_PEAKS.items() if key in device_name), None)
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({torch.get_num_threads()} threads)"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "git_commit": commit,
+    }
+
+
+def markdown_table(record: dict) -> str:
+    head = ("schedule", "s/frame", "first chunk s", "steady s/frame", "speedup vs SF", "FLOP-model speedup", "vs Wan2.1", "TFLOP/s", "peak %")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for name, r in record["schedules"].items():
+        lines.append(
+            "| " + " | ".join((
+                name, fmt(r["seconds_per_frame"], ".4f"), fmt(r["first_chunk_seconds"], ".3f"),
+                fmt(r["steady_seconds_per_frame"], ".4f"), fmt(r["speedup_vs_self_forcing"], ".2f"),
+                fmt(r["predicted_speedup_vs_self_forcing"], ".2f"), fmt(r["speedup_vs_wan_baseline"], ".1f"),
+                fmt(r["achieved_tflops"], ".2f"), fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
+            )) + " |"
+        )
+    base = record["wan_baseline"]
+    if "seconds_per_frame" in base:
+        lines.append(f"\nWan2.1 bidirectional baseline: {base['seconds_per_frame']:.4f} s/frame ({base['note']}).")
+    else:
+        lines.append(f"\nWan2.1 bidirectional baseline: {base.get('skipped', 'not run')}.")
+    return "\n".join(lines)
+
+
+def write_json(record: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+
+
+def plot_chunks(record: dict, path: Path) -> str | None:
+    """Per-chunk latency against chunk index, one line per schedule; returns why not, if not drawn."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'histream_engine[bench]')"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in record["schedules"].items():
+        ax.plot(range(len(r["per_chunk_seconds"])), r["per_chunk_seconds"], marker="o", label=name)
+    ax.set_xlabel("chunk index")
+    ax.set_ylabel("seconds per chunk (median over repeats)")
+    ax.set_title(f"{record['preset']} on {record['environment']['device']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None

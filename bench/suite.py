@@ -1,0 +1,145 @@
+"""``histream bench``: latency per frame of every schedule, baselines in the same run, FLOP-model utilisation.
+
+Per schedule: one warm-up video (not timed), then ``repeats`` videos; per-chunk times are medians over
+repeats (CUDA events on a GPU). Reported: denoising seconds per output frame (the paper's measure), the
+first chunk and the steady state separately, peak GPU memory, achieved TFLOP/s from the FLOP model and
+its fraction of the device's peak, and speedups over ``self_forcing`` and the Wan2.1 bidirectional
+baseline measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from histream_engine import SCHEDULES, Engine, EngineConfig, WanConfig, WanDiT, flops
+from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+
+from .baseline import wan_baseline
+from .presets import PRESETS, BenchPreset
+from .report import device_peak, environment, markdown_table, plot_chunks, write_json
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="histream bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
+    p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=sorted(SCHEDULES), help="default: every preset schedule")
+    p.add_argument("--attention", default="torch", help="attention backend (see histream_engine.attention_backends())")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the preset's")
+    p.add_argument("--repeats", type=int, help="timed videos per schedule; default: the preset's")
+    p.add_argument("--frames", type=int, help="video frames; default: the preset's")
+    p.add_argument("--height", type=int, help="high-resolution height; default: the preset's")
+    p.add_argument("--width", type=int, help="high-resolution width; default: the preset's")
+    p.add_argument("--no-baseline", action="store_true", help="skip the Wan2.1 bidirectional baseline")
+    p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
+    p.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def random_model(cfg: WanConfig, dtype: torch.dtype, device: torch.device) -> WanDiT:
+    torch.manual_seed(0)
+    with torch.device(device):
+        dit = WanDiT(cfg)
+    return dit.cast(dtype).eval().requires_grad_(False)
+
+
+def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, dtype: str) -> dict:
+    device = engine.dit.device
+    cfg = engine.dit.config
+    engine.generate(prompt, frames, preset.height, preset.width, schedule=name)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    runs = [engine.generate(prompt, frames, preset.height, preset.width, schedule=name) for _ in range(repeats)]
+    per_chunk = [statistics.median(r.chunks[i].seconds for r in runs) for i in range(len(runs[0].chunks))]
+    chunk_frames = [c.video_frames for c in runs[0].chunks]
+    seconds_per_frame = statistics.median(r.seconds_per_frame for r in runs)
+    model = flops.schedule_flops(cfg, name, frames, preset.height, preset.width, engine.config.chunk_size)
+    flops_per_frame = sum(c.total for c in model) / sum(c.video_frames for c in model)
+    achieved = flops_per_frame / seconds_per_frame
+    peak = device_peak(environment(device)["device"], dtype)
+    steady = per_chunk[1:] or per_chunk
+    return {
+        "seconds_per_frame": seconds_per_frame,
+        "first_chunk_seconds": per_chunk[0],
+        "steady_seconds_per_frame": statistics.median(s / f for s, f in zip(steady, chunk_frames[1:] or chunk_frames)),
+        "end_to_end_seconds_per_frame": seconds_per_frame,  # the VAE is not part of this suite yet
+        "per_chunk_seconds": per_chunk,
+        "per_chunk_flops": [c.total for c in model],
+        "flops_per_frame": flops_per_frame,
+        "achieved_tflops": achieved / 1e12,
+        "peak_fraction": None if peak is None else achieved / peak,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "cache_bytes": runs[0].chunks[0].cache_bytes,
+        "forwards_per_chunk": [c.forwards for c in runs[0].chunks],
+        "recache_per_chunk": [c.recache for c in runs[0].chunks],
+    }
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = PRESETS[args.preset]
+    preset = dataclasses.replace(preset, height=args.height or preset.height, width=args.width or preset.width)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype or preset.dtype
+    repeats = args.repeats or preset.repeats
+    frames = args.frames or preset.frames
+    cfg = WanConfig.from_name(preset.model)
+    dit = random_model(cfg, getattr(torch, dtype_name), device)
+    engine = Engine(dit, EngineConfig(attention=args.attention))
+    engine.video_shape(torch.zeros(1, 1, cfg.text_dim), frames, preset.height, preset.width, SCHEDULES["histream"])
+    prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
+    env = environment(device)
+    print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, "
+          f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats", flush=True)
+
+    schedules = {}
+    for name in args.schedules:
+        t0 = time.perf_counter()
+        schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, dtype_name)
+        print(f"  {name:>14}: {schedules[name]['seconds_per_frame']:.4f} s/frame ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    if args.no_baseline or preset.baseline_steps == 0:
+        baseline = {"skipped": "--no-baseline" if args.no_baseline else f"preset {preset.name} runs no baseline"}
+    else:
+        latent = ((frames - 1) // VAE_TIME_STRIDE + 1, preset.height // VAE_SPACE_STRIDE, preset.width // VAE_SPACE_STRIDE)
+        baseline = wan_baseline(dit, prompt, latent, frames, preset.baseline_steps)
+
+    sf = schedules.get("self_forcing")
+    for r in schedules.values():
+        r["speedup_vs_self_forcing"] = sf["seconds_per_frame"] / r["seconds_per_frame"] if sf else None
+        r["predicted_speedup_vs_self_forcing"] = sf["flops_per_frame"] / r["flops_per_frame"] if sf else None
+        base = baseline.get("seconds_per_frame")
+        r["speedup_vs_wan_baseline"] = base / r["seconds_per_frame"] if base else None
+
+    record = {
+        "preset": preset.name,
+        "command": "histream bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "environment": env,
+        "model": preset.model,
+        "video": {"frames": frames, "height": preset.height, "width": preset.width},
+        "dtype": dtype_name,
+        "attention": args.attention,
+        "repeats": repeats,
+        "cuda_graphs": False,
+        "torch_compile": False,
+        "wan_baseline": baseline,
+        "schedules": schedules,
+    }
+    slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
+    out = args.out or RESULTS / f"{record['date']}-{slug}-{preset.name}.json"
+    write_json(record, out)
+    print("\n" + markdown_table(record))
+    print(f"\nwrote {out}")
+    if not args.no_plot:
+        why = plot_chunks(record, out.with_suffix(".png"))
+        print(f"plot: {why}" if why else f"wrote {out.with_suffix('.png')}")
+    return 0
