@@ -51,7 +51,8 @@ def random_model(cfg: WanConfig, dtype: torch.dtype, device: torch.device) -> Wa
     return dit.cast(dtype).eval().requires_grad_(False)
 
 
-def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, dtype: str) -> dict:
+def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, peak: float | None = None) -> dict:
+    """Time one schedule; ``peak`` is the device's FLOP/s for the run's dtype, when known."""
     device = engine.dit.device
     cfg = engine.dit.config
     engine.generate(prompt, frames, preset.height, preset.width, schedule=name)  # warm-up
@@ -64,7 +65,6 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
     model = flops.schedule_flops(cfg, name, frames, preset.height, preset.width, engine.config.chunk_size)
     flops_per_frame = sum(c.total for c in model) / sum(c.video_frames for c in model)
     achieved = flops_per_frame / seconds_per_frame
-    peak = device_peak(environment(device)["device"], dtype)
     steady = per_chunk[1:] or per_chunk
     return {
         "seconds_per_frame": seconds_per_frame,
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     schedules = {}
     for name in args.schedules:
         t0 = time.perf_counter()
-        schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, dtype_name)
+        schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, device_peak(env["device"], dtype_name))
         print(f"  {name:>14}: {schedules[name]['seconds_per_frame']:.4f} s/frame ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     if args.no_baseline or preset.baseline_steps == 0:

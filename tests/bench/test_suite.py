@@ -49,7 +49,7 @@ def test_histream_chunk_latency_stays_flat_while_self_forcing_flops_grow():
     torch.set_num_threads(1)  # one core: timings stay steady even if the machine's other core is busy
     try:
         # Three separate runs, each judged on its own, so a load change during one run cannot decide the test.
-        runs = [run_schedule(Engine(dit), prompt, preset, frames, "histream", repeats=1, dtype="float32") for _ in range(3)]
+        runs = [run_schedule(Engine(dit), prompt, preset, frames, "histream", repeats=1) for _ in range(3)]
     finally:
         torch.set_num_threads(threads)
     ratios = []

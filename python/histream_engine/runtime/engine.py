@@ -189,6 +189,7 @@ class Engine:
         rope_dtype = torch.promote_types(dit.dtype, torch.float32)
         gen = torch.Generator(device=device).manual_seed(seed)
         timer = ChunkTimer(device)
+        t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
 
         def noise(name: str) -> torch.Tensor:
             return torch.randn((shape.batch, dit.config.in_dim, M) + res[name].latent_hw, generator=gen, device=device)  # [B, 16, M, h, w]
@@ -198,8 +199,6 @@ class Engine:
             attn = {name: WindowAttention(r.cache, c, r.grid, r.freqs, self.attention, rope_dtype) for name, r in res.items()}
             forwards = dict.fromkeys(RESOLUTIONS, 0)
             tokens = 0
-
-            t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
 
             def forward(name: str, x: torch.Tensor, t: float):
                 t_frames = torch.full((shape.batch, M), float(t), device=device)  # [B, M]
