@@ -8,7 +8,9 @@ from .attention import attention_backends
 from .checkpoint import CheckpointError, load_dit, save_dit
 from .config import PRESETS, WanConfig
 from .model import WanDiT
+from .model.vae import VAEConfig, WanVAEDecoder, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
+from .vae_checkpoint import load_vae, save_vae
 
 __version__ = "0.1.0"
 
@@ -22,10 +24,15 @@ __all__ = [
     "SCHEDULES",
     "Schedule",
     "Step",
+    "VAEConfig",
     "WanConfig",
     "WanDiT",
+    "WanVAEDecoder",
     "attention_backends",
     "flops",
     "load_dit",
+    "load_vae",
     "save_dit",
+    "save_vae",
+    "to_uint8_frames",
 ]

@@ -1,0 +1,206 @@
+"""The Wan2.1 VAE decoder, streaming: one latent frame at a time, its causal-conv history carried across calls.
+
+Parameter names are those of ``Wan2.1_VAE.pth`` (``conv2`` = post-quant conv, ``decoder.*``). Every causal
+convolution keeps the last frames of its own input stream in a ``DecodeState``, so decoding a video in
+pieces (chunk by chunk, as the DiT produces them) gives exactly what decoding it at once gives. The first
+latent frame decodes to 1 video frame, every later one to 4 (two temporal upsamplings that skip frame 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Per-channel latent statistics of the Wan2.1 VAE (z = latent * std + mean before decoding).
+WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)  # encoder view; the decoder reverses it
+    latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
+    latents_std: tuple[float, ...] = WAN21_LATENTS_STD
+
+    def __post_init__(self):
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(f"latents_mean/std need {self.z_dim} entries")
+
+    @property
+    def decoder_dims(self) -> list[int]:
+        return [self.dim * m for m in (self.dim_mult[-1],) + tuple(self.dim_mult[::-1])]
+
+    @property
+    def temporal_upsample(self) -> tuple[bool, ...]:
+        return tuple(self.temporal_downsample[::-1])
+
+
+class DecodeState:
+    """The streaming history of one video: per causal conv, the last frames of its input stream."""
+
+    def __init__(self):
+        self.frames: dict[nn.Module, torch.Tensor] = {}
+        self.started: set[nn.Module] = set()  # temporal upsamplers that have seen their first frame
+        self.latent_frames = 0
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d padded only towards the past in time; with a state, the past comes from earlier calls."""
+
+    def __init__(self, cin: int, cout: int, kernel, padding=(0, 0, 0)):
+        super().__init__(cin, cout, kernel, padding=0)
+        self.pad_t, self.pad_h, self.pad_w = 2 * padding[0], padding[1], padding[2]
+
+    def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        # x [B, C, T, H, W]
+        front = self.pad_t
+        if state is not None and self.pad_t:
+            prev = state.frames.get(self)
+            stream = x if prev is None else torch.cat([prev, x], dim=2)
+            state.frames[self] = stream[:, :, -self.pad_t :].detach().clone()
+            if prev is not None:
+                x, front = stream, self.pad_t - prev.shape[2]
+        x = F.pad(x, (self.pad_w, self.pad_w, self.pad_h, self.pad_h, front, 0))
+        return super().forward(x)
+
+
+class RMSNorm(nn.Module):
+    """Wan's channel RMS norm: L2-normalise over channels, times sqrt(C) and a per-channel gain."""
+
+    def __init__(self, dim: int, spatial_dims: int):
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones((dim,) + (1,) * spatial_dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1).to(x.dtype) * self.scale * self.gamma
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        # indices follow Wan's nn.Sequential: norm, SiLU, conv, norm, SiLU, dropout, conv
+        self.residual = nn.ModuleDict({
+            "0": RMSNorm(cin, 3), "2": CausalConv3d(cin, cout, 3, (1, 1, 1)),
+            "3": RMSNorm(cout, 3), "6": CausalConv3d(cout, cout, 3, (1, 1, 1)),
+        })
+        self.shortcut = CausalConv3d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor, state: DecodeState | None) -> torch.Tensor:
+        r = self.residual
+        h = r["2"](F.silu(r["0"](x)), state)
+        h = r["6"](F.silu(r["3"](h)), state)
+        return h + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the pixels of each frame."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, 2)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
+        q, k, v = self.to_qkv(self.norm(frames)).reshape(B * T, 3 * C, H * W).transpose(1, 2).chunk(3, dim=-1)  # [BT, HW, C]
+        y = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]  # [BT, HW, C]
+        y = self.proj(y.transpose(1, 2).reshape(B * T, C, H, W))
+        return x + y.reshape(B, T, C, H, W).permute(0, 2, 1, 3, 4)
+
+
+class Upsample(nn.Module):
+    """2x spatial upsampling (nearest-exact, then a conv halving channels); optionally 2x in time first."""
+
+    def __init__(self, dim: int, temporal: bool):
+        super().__init__()
+        self.resample = nn.ModuleDict({"1": nn.Conv2d(dim, dim // 2, 3, padding=1)})
+        self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), (1, 0, 0)) if temporal else None
+
+    def forward(self, x: torch.Tensor, state: DecodeState | None) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        # The very first frame is not doubled in time: a video's first latent frame is one video frame.
+        if self.time_conv is not None and state is not None:
+            if self in state.started:
+                y = self.time_conv(x, state).reshape(B, 2, C, T, H, W)
+                x = torch.stack((y[:, 0], y[:, 1]), dim=3).reshape(B, C, 2 * T, H, W)
+                T = 2 * T
+            else:
+                state.started.add(self)
+        frames = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
+        frames = F.interpolate(frames.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
+        frames = self.resample["1"](frames)
+        return frames.reshape(B, T, C // 2, 2 * H, 2 * W).permute(0, 2, 1, 3, 4)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = cfg.decoder_dims
+        self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, (1, 1, 1))
+        self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]), ResidualBlock(dims[0], dims[0])])
+        ups: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            cin = cin // 2 if i > 0 else cin  # each Upsample halved the channels
+            for _ in range(cfg.num_res_blocks + 1):
+                ups.append(ResidualBlock(cin, cout))
+                cin = cout
+            if i != len(cfg.dim_mult) - 1:
+                ups.append(Upsample(cout, temporal=cfg.temporal_upsample[i]))
+        self.upsamples = nn.ModuleList(ups)
+        self.head = nn.ModuleDict({"0": RMSNorm(dims[-1], 3), "2": CausalConv3d(dims[-1], 3, 3, (1, 1, 1))})
+
+    def forward(self, z: torch.Tensor, state: DecodeState | None) -> torch.Tensor:
+        x = self.conv1(z, state)
+        for layer in list(self.middle) + list(self.upsamples):
+            x = layer(x, state)
+        return self.head["2"](F.silu(self.head["0"](x)), state)
+
+
+class WanVAEDecoder(nn.Module):
+    def __init__(self, config: VAEConfig | None = None):
+        super().__init__()
+        self.config = config or VAEConfig()
+        self.conv2 = CausalConv3d(self.config.z_dim, self.config.z_dim, 1)
+        self.decoder = Decoder(self.config)
+        self.register_buffer("latents_mean", torch.tensor(self.config.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("latents_std", torch.tensor(self.config.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv2.weight.dtype
+
+    def new_state(self) -> DecodeState:
+        return DecodeState()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+        """Normalised latents ``[B, 16, F, h, w]`` -> video ``[B, 3, T, 8h, 8w]`` in [-1, 1].
+
+        T = 4F, or 4F - 3 when these are the video's first latent frames. Pass the same ``state`` for
+        consecutive pieces of one video; without one, ``latents`` is a whole video.
+        """
+        if latents.dim() != 5 or latents.shape[1] != self.config.z_dim:
+            raise ValueError(f"latents must be [B, {self.config.z_dim}, F, h, w], got {tuple(latents.shape)}")
+        state = state or DecodeState()
+        z = latents.to(self.dtype) * self.latents_std.to(self.dtype) + self.latents_mean.to(self.dtype)
+        z = self.conv2(z)
+        out = [self.decoder(z[:, :, i : i + 1], state) for i in range(z.shape[2])]
+        state.latent_frames += z.shape[2]
+        return torch.cat(out, dim=2).clamp(-1.0, 1.0)
+
+
+def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, T, H, W]`` in [-1, 1] -> ``[B, T, H, W, 3]`` uint8."""
+    return ((video.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1)

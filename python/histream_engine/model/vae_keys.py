@@ -1,0 +1,51 @@
+"""VAE decoder parameter names: diffusers' AutoencoderKLWan -> Wan's ``Wan2.1_VAE.pth`` (ours), and back."""
+
+from __future__ import annotations
+
+import re
+
+_RESNET = (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."), ("norm2.gamma", "residual.3.gamma"),
+           ("conv2.", "residual.6."), ("conv_shortcut.", "shortcut."))
+_FIXED = (("post_quant_conv.", "conv2."), ("decoder.conv_in.", "decoder.conv1."), ("decoder.norm_out.gamma", "decoder.head.0.gamma"),
+          ("decoder.conv_out.", "decoder.head.2."), ("decoder.mid_block.attentions.0.", "decoder.middle.1."))
+
+
+def _swap(name: str, pairs, src: int) -> str | None:
+    for pair in pairs:
+        old, new = pair[src], pair[1 - src]
+        if name == old or (old.endswith(".") and name.startswith(old)):
+            return new + name[len(old) :]
+    return None
+
+
+def diffusers_to_wan_vae(state: dict, num_res_blocks: int = 2) -> dict:
+    """Decoder keys only (``decoder.*``, ``post_quant_conv.*``); encoder keys are dropped."""
+    per_stage = num_res_blocks + 2  # resnets + one upsampler in Wan's flat list
+    out = {}
+    for key, value in state.items():
+        if (new := _swap(key, _FIXED, 0)) is not None:
+            out[new] = value
+        elif m := re.match(r"decoder\.mid_block\.resnets\.(\d)\.(.*)$", key):
+            out[f"decoder.middle.{2 * int(m[1])}.{_swap(m[2], _RESNET, 0)}"] = value
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)$", key):
+            out[f"decoder.upsamples.{int(m[1]) * per_stage + int(m[2])}.{_swap(m[3], _RESNET, 0)}"] = value
+        elif m := re.match(r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.*)$", key):
+            out[f"decoder.upsamples.{int(m[1]) * per_stage + num_res_blocks + 1}.{m[2]}"] = value
+    return out
+
+
+def wan_to_diffusers_vae(state: dict, num_res_blocks: int = 2) -> dict:
+    per_stage = num_res_blocks + 2
+    out = {}
+    for key, value in state.items():
+        if (new := _swap(key, _FIXED, 1)) is not None:
+            out[new] = value
+        elif m := re.match(r"decoder\.middle\.([02])\.(.*)$", key):
+            out[f"decoder.mid_block.resnets.{int(m[1]) // 2}.{_swap(m[2], _RESNET, 1)}"] = value
+        elif m := re.match(r"decoder\.upsamples\.(\d+)\.(.*)$", key):
+            stage, pos = divmod(int(m[1]), per_stage)
+            if pos <= num_res_blocks:
+                out[f"decoder.up_blocks.{stage}.resnets.{pos}.{_swap(m[2], _RESNET, 1)}"] = value
+            else:
+                out[f"decoder.up_blocks.{stage}.upsamplers.0.{m[2]}"] = value
+    return out

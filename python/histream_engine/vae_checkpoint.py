@@ -1,0 +1,115 @@
+"""Load and save the Wan2.1 VAE decoder: ``Wan2.1_VAE.pth`` (Wan keys) or a diffusers ``AutoencoderKLWan`` folder.
+
+Only the decoder (and the post-quant conv) is loaded; encoder tensors in the file are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors_dir
+from .model.dit import SUPPORTED_DTYPES
+from .model.vae import VAEConfig, WanVAEDecoder
+from .model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
+
+VAE_FORMATS = ("wan", "diffusers")
+
+
+def _is_decoder_key(key: str) -> bool:
+    return key.startswith(("decoder.", "conv2."))
+
+
+def _config_from_diffusers(raw: dict) -> VAEConfig:
+    if raw.get("is_residual") or raw.get("patch_size"):
+        raise CheckpointError("this is a Wan2.2-style VAE (residual / patchified); histream_engine decodes Wan2.1 latents")
+    kwargs = dict(
+        dim=raw.get("base_dim", 96),
+        z_dim=raw.get("z_dim", 16),
+        dim_mult=tuple(raw.get("dim_mult", (1, 2, 4, 4))),
+        num_res_blocks=raw.get("num_res_blocks", 2),
+        temporal_downsample=tuple(raw.get("temperal_downsample", (False, True, True))),
+    )
+    if "latents_mean" in raw:
+        kwargs.update(latents_mean=tuple(raw["latents_mean"]), latents_std=tuple(raw["latents_std"]))
+    return VAEConfig(**kwargs)
+
+
+def _diffusers_config(cfg: VAEConfig) -> dict:
+    return {
+        "_class_name": "AutoencoderKLWan",
+        "base_dim": cfg.dim,
+        "z_dim": cfg.z_dim,
+        "dim_mult": list(cfg.dim_mult),
+        "num_res_blocks": cfg.num_res_blocks,
+        "temperal_downsample": list(cfg.temporal_downsample),
+        "latents_mean": list(cfg.latents_mean),
+        "latents_std": list(cfg.latents_std),
+    }
+
+
+def load_vae(
+    path: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    config: VAEConfig | None = None,
+) -> WanVAEDecoder:
+    """The VAE decoder from ``Wan2.1_VAE.pth`` or a diffusers folder (``vae/`` or its parent)."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"VAE checkpoint {path} does not exist")
+    if path.is_dir():
+        if (path / "vae").is_dir():
+            path = path / "vae"
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path} is not a diffusers VAE folder: config.json is missing")
+        config = config or _config_from_diffusers(_read_json(path / "config.json"))
+        state = diffusers_to_wan_vae(_read_safetensors_dir(path), config.num_res_blocks)
+    elif path.suffix in (".pth", ".pt"):
+        state = {k: v for k, v in _read_pickle(path).items() if _is_decoder_key(k)}
+        if "decoder.head.2.weight" in state and config is None:
+            config = VAEConfig(dim=state["decoder.head.2.weight"].shape[1], z_dim=state["conv2.weight"].shape[0])
+    else:
+        raise CheckpointError(f"unrecognised VAE checkpoint {path}: expected Wan2.1_VAE.pth or a diffusers folder")
+    config = config or VAEConfig()
+    with torch.device("meta"):
+        model = WanVAEDecoder(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
+    if missing or unexpected or misshaped:
+        def show(keys):
+            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+        raise CheckpointError(
+            f"{path} is not a Wan2.1 VAE matching {config}: missing [{show(missing)}], unexpected [{show(unexpected)}], "
+            f"mis-shaped [{show(misshaped)}]"
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    # the latent statistics are buffers made at construction (on meta): rebuild them for real
+    model.latents_mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
+    model.latents_std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
+    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def save_vae(model: WanVAEDecoder, path: str | os.PathLike, format: str = "wan") -> Path:
+    """``wan``: a ``.pth`` state dict with Wan keys; ``diffusers``: a folder (decoder tensors only)."""
+    if format not in VAE_FORMATS:
+        raise ValueError(f"unknown VAE format {format!r}; use one of {VAE_FORMATS}")
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if format == "wan":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, str(path))
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(_diffusers_config(model.config), indent=2))
+    save_file(wan_to_diffusers_vae(state, model.config.num_res_blocks), str(path / "diffusion_pytorch_model.safetensors"))
+    return path

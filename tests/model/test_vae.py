@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from conftest import rel_err
+from histream_engine import CheckpointError, VAEConfig, WanVAEDecoder, load_vae, save_vae, to_uint8_frames
+from histream_engine.model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def vae_pair():
+    """diffusers' AutoencoderKLWan with small random weights, and our decoder holding the same ones."""
+    torch.manual_seed(0)
+    ref = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0.0, 0.2)
+    ours = WanVAEDecoder(VAEConfig(dim=8)).eval()
+    ours.load_state_dict(diffusers_to_wan_vae(ref.state_dict()), strict=True)
+    return ref, ours
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7])
+def test_decode_matches_diffusers(vae_pair, frames):
+    ref, ours = vae_pair
+    latents = torch.randn(2, 16, frames, 4, 6)
+    with torch.no_grad():  # diffusers decodes denormalised latents
+        want = ref.decode(latents * ours.latents_std + ours.latents_mean, return_dict=False)[0]
+    got = ours.decode(latents)
+    assert got.shape == (2, 3, 4 * frames - 3, 32, 48)
+    assert rel_err(got, want) < 1e-4
+    assert got.min() >= -1 and got.max() <= 1
+
+
+def test_streaming_decode_equals_whole_video(vae_pair):
+    _, ours = vae_pair
+    latents = torch.randn(1, 16, 7, 4, 6)
+    whole = ours.decode(latents)
+    state = ours.new_state()
+    pieces = [ours.decode(latents[:, :, a:b], state) for a, b in ((0, 3), (3, 4), (4, 7))]  # uneven chunks
+    assert [p.shape[2] for p in pieces] == [9, 4, 12]
+    assert torch.equal(torch.cat(pieces, dim=2), whole)
+
+
+def test_key_maps_cover_the_diffusers_decoder(vae_pair):
+    ref, ours = vae_pair
+    decoder_keys = {k for k in ref.state_dict() if k.startswith(("decoder.", "post_quant_conv."))}
+    assert set(wan_to_diffusers_vae(ours.state_dict())) == decoder_keys
+
+
+def test_loads_a_folder_written_by_diffusers(tmp_path, vae_pair):
+    ref, ours = vae_pair
+    ref.save_pretrained(tmp_path / "model" / "vae")
+    loaded = load_vae(tmp_path / "model")
+    latents = torch.randn(1, 16, 2, 4, 6)
+    assert torch.equal(loaded.decode(latents), ours.decode(latents))
+
+
+@pytest.mark.parametrize("fmt", ["wan", "diffusers"])
+def test_save_load_round_trip(tmp_path, vae_pair, fmt):
+    _, ours = vae_pair
+    target = tmp_path / ("Wan2.1_VAE.pth" if fmt == "wan" else "vae")
+    save_vae(ours, target, format=fmt)
+    loaded = load_vae(target)
+    assert loaded.config == ours.config
+    latents = torch.randn(1, 16, 3, 4, 6)
+    assert torch.equal(loaded.decode(latents), ours.decode(latents))
+
+
+def test_wan_file_with_encoder_tensors_loads_the_decoder_only(tmp_path, vae_pair):
+    _, ours = vae_pair
+    state = dict(ours.state_dict())
+    state["encoder.conv1.weight"] = torch.zeros(8, 3, 3, 3, 3)
+    state["conv1.weight"] = torch.zeros(32, 32, 1, 1, 1)
+    torch.save(state, tmp_path / "full.pth")
+    assert load_vae(tmp_path / "full.pth").config.dim == 8
+
+
+def test_uint8_frames():
+    video = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1, 1).expand(1, 3, 2, 2, 2)
+    frames = to_uint8_frames(video)
+    assert frames.shape == (1, 2, 2, 2, 3) and frames.dtype == torch.uint8
+    assert frames[0, 0, 0, 0].tolist() == [0, 128, 255]
+
+
+def test_bad_vae_inputs(tmp_path, vae_pair):
+    _, ours = vae_pair
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_vae(tmp_path / "missing.pth")
+    (tmp_path / "bad.pth").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_vae(tmp_path / "bad.pth")
+    state = dict(ours.state_dict())
+    state.pop("decoder.head.0.gamma")
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="missing \\[decoder.head.0.gamma\\]"):
+        load_vae(tmp_path / "partial.pth")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_vae(tmp_path / "empty")
+    with pytest.raises(ValueError, match="latents must be"):
+        ours.decode(torch.randn(1, 15, 1, 4, 4))
