@@ -96,3 +96,18 @@ def test_wrong_prompt_width_and_unknown_names_raise(tiny_dit):
         next(Engine(tiny_dit).stream(torch.randn(1, 4, 32), 9, 32, 32, schedule="nope"))
     with pytest.raises(ValueError, match="unknown attention backend"):
         Engine(tiny_dit, EngineConfig(attention="nope"))
+
+
+def test_engine_with_vae_yields_decoded_frames_per_chunk(tiny_dit):
+    from histream_engine import VAEConfig, WanVAEDecoder, to_uint8_frames
+
+    torch.manual_seed(2)
+    vae = WanVAEDecoder(VAEConfig(dim=8)).eval()
+    ctx = torch.randn(1, 4, tiny_dit.config.text_dim)
+    result = Engine(tiny_dit, vae=vae).generate(ctx, 33, 32, 64, schedule="histream", seed=1)
+    assert [c.frames.shape for c in result.chunks] == [(1, 9, 32, 64, 3), (1, 12, 32, 64, 3), (1, 12, 32, 64, 3)]
+    assert all(c.vae_seconds > 0 for c in result.chunks)
+    # chunk-by-chunk streaming decode equals decoding the finished latents at once
+    assert torch.equal(result.frames, to_uint8_frames(vae.decode(result.latents)))
+    plain = Engine(tiny_dit).generate(ctx, 33, 32, 64, schedule="histream", seed=1)
+    assert torch.equal(plain.latents, result.latents) and plain.frames is None

@@ -16,6 +16,7 @@ import torch
 from ..attention import get_backend
 from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT
+from ..model.vae import WanVAEDecoder, to_uint8_frames
 from .cached_attention import WindowAttention
 from .kv_cache import RingKVCache
 from .resample import upsample_latents
@@ -54,6 +55,8 @@ class ChunkResult:
     recache: dict[str, int]  # t=0 recache forwards per resolution
     tokens_attended: int  # key tokens attended, summed over this chunk's forwards (per layer)
     cache_bytes: int  # bytes held by all self-attention K/V caches
+    frames: torch.Tensor | None = None  # [B, T, H, W, 3] uint8 video frames, when the engine has a VAE
+    vae_seconds: float = 0.0  # time decoding this chunk (not part of ``seconds``)
 
     @property
     def total_forwards(self) -> int:
@@ -78,6 +81,13 @@ class GenerationResult:
         """Denoising seconds per output video frame (the paper's latency measure)."""
         return self.seconds / self.video_frames
 
+    @property
+    def frames(self) -> torch.Tensor | None:
+        """All decoded frames ``[B, T, H, W, 3]`` uint8, when the engine has a VAE."""
+        if self.chunks and self.chunks[0].frames is not None:
+            return torch.cat([c.frames for c in self.chunks], dim=1)
+        return None
+
 
 @dataclass(frozen=True)
 class VideoShape:
@@ -100,10 +110,13 @@ class _Resolution:
 
 
 class Engine:
-    def __init__(self, dit: WanDiT, config: EngineConfig | None = None):
+    def __init__(self, dit: WanDiT, config: EngineConfig | None = None, vae: WanVAEDecoder | None = None):
         self.dit = dit
         self.config = config or EngineConfig()
         self.attention = get_backend(self.config.attention)
+        self.vae = vae
+        if vae is not None and vae.config.z_dim != dit.config.out_dim:
+            raise ValueError(f"the VAE decodes {vae.config.z_dim}-channel latents but the DiT makes {dit.config.out_dim}")
 
     # ---- input checks ----
     def video_shape(self, prompt_embeds: torch.Tensor, num_frames: int, height: int, width: int, sched: Schedule) -> VideoShape:
@@ -189,6 +202,7 @@ class Engine:
         rope_dtype = torch.promote_types(dit.dtype, torch.float32)
         gen = torch.Generator(device=device).manual_seed(seed)
         timer = ChunkTimer(device)
+        decode_state = self.vae.new_state() if self.vae is not None else None
         t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
 
         def noise(name: str) -> torch.Tensor:
@@ -227,10 +241,18 @@ class Engine:
                 dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], self.attention, skip_head=True)
                 recache["low"] += 1
                 tokens += attn["low"].key_tokens
+            seconds = timer.stop()
+            frames, vae_seconds = None, 0.0
+            if self.vae is not None:
+                timer.start()
+                frames = to_uint8_frames(self.vae.decode(x0.to(self.vae.conv2.weight.device), decode_state))
+                vae_seconds = timer.stop()
             yield ChunkResult(
                 index=c,
                 latents=x0,
-                seconds=timer.stop(),
+                seconds=seconds,
+                frames=frames,
+                vae_seconds=vae_seconds,
                 video_frames=chunk_video_frames(c, M),
                 forwards=forwards,
                 recache=recache,
