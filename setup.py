@@ -29,7 +29,9 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "bench": ["diffusers>=0.33", "matplotlib"],
-        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib"],
+        "text": ["transformers>=4.45"],
+        "video": ["imageio-ffmpeg"],
+        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "imageio-ffmpeg"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )

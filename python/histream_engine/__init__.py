@@ -10,6 +10,7 @@ from .config import PRESETS, WanConfig
 from .model import WanDiT
 from .model.vae import VAEConfig, WanVAEDecoder, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
+from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
 from .vae_checkpoint import load_vae, save_vae
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "SCHEDULES",
     "Schedule",
     "Step",
+    "TextEncoder",
     "VAEConfig",
     "WanConfig",
     "WanDiT",
@@ -31,6 +33,8 @@ __all__ = [
     "attention_backends",
     "flops",
     "load_dit",
+    "load_prompt_embeds",
+    "load_text_encoder",
     "load_vae",
     "save_dit",
     "save_vae",
