@@ -25,13 +25,13 @@ setup(
         "torch>=2.5",
         "safetensors>=0.4",
         "numpy",
+        "imageio-ffmpeg",
     ],
     extras_require={
         "triton": ["triton>=3.0"],
         "bench": ["diffusers>=0.33", "matplotlib"],
         "text": ["transformers>=4.45"],
-        "video": ["imageio-ffmpeg"],
-        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "imageio-ffmpeg"],
+        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )

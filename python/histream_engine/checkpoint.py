@@ -132,6 +132,11 @@ def infer_config(state: dict[str, torch.Tensor]) -> WanConfig:
         raise CheckpointError(f"cannot infer a Wan config from these tensors (missing {exc}); pass config=") from exc
 
 
+def read_config(path: str | os.PathLike) -> WanConfig | None:
+    """The DiT config in ``path`` (a folder) or beside it (a file), if there is one."""
+    return _config_near(Path(path))
+
+
 def _config_near(path: Path) -> WanConfig | None:
     folder = path if path.is_dir() else path.parent
     cfg_path = folder / "config.json"

@@ -1,20 +1,25 @@
-"""The ``histream`` command line."""
+"""The ``histream`` command line: ``demo``, ``generate``, ``bench``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from .checkpoint import CheckpointError
 from .model import WanDiT
+from .model.vae import VAEConfig, WanVAEDecoder
 from .runtime import SCHEDULES, Engine, EngineConfig
-from .runtime.engine import ChunkResult
-
+from .runtime.engine import ChunkResult, check_video_request
+from .runtime.schedules import resolve_schedule
+from .text_encoder import load_prompt_embeds
+from .video import Mp4Writer
 
 TABLE = (
     ("chunk", 5), ("low", 3), ("high", 4), ("recache", 7), ("frames", 6),
-    ("keys", 8), ("cache MiB", 9), ("seconds", 8), ("ms/frame", 9),
+    ("keys", 8), ("cache MiB", 9), ("seconds", 8), ("ms/frame", 9), ("vae s", 6),
 )
 
 
@@ -26,44 +31,113 @@ def table_row(c: ChunkResult) -> str:
     cells = (
         c.index, c.forwards["low"], c.forwards["high"], sum(c.recache.values()), c.video_frames,
         c.tokens_attended, f"{c.cache_bytes / 2**20:.2f}", f"{c.seconds:.3f}", f"{1e3 * c.seconds / c.video_frames:.1f}",
+        f"{c.vae_seconds:.3f}",
     )
     return "  ".join(str(v).rjust(w) for v, (_, w) in zip(cells, TABLE))
 
 
+def summary(chunks: list[ChunkResult]) -> str:
+    frames = sum(c.video_frames for c in chunks)
+    denoise = sum(c.seconds for c in chunks)
+    vae = sum(c.vae_seconds for c in chunks)
+    return (f"{frames} frames: denoise {denoise:.3f} s ({denoise / frames:.4f} s/frame), "
+            f"VAE {vae:.3f} s ({vae / frames:.4f} s/frame), total {denoise + vae:.3f} s")
+
+
+def stream_to_mp4(stream, out: Path, width: int, height: int, num_chunks: int, table: bool) -> list[ChunkResult]:
+    """Write each chunk's frames as it arrives; on any failure the partial file is removed."""
+    done: list[ChunkResult] = []
+    with Mp4Writer(out, width, height) as writer:
+        if table:
+            print(table_header())
+        for chunk in stream:
+            writer.write(chunk.frames[0])
+            done.append(chunk)
+            if table:
+                print(table_row(chunk), flush=True)
+            else:
+                bar = "#" * len(done) + "-" * (num_chunks - len(done))
+                print(f"[{bar}] chunk {len(done)}/{num_chunks}: {chunk.video_frames} frames, "
+                      f"denoise {chunk.seconds:.2f} s, VAE {chunk.vae_seconds:.2f} s", flush=True)
+    return done
+
+
 def run_demo(args) -> int:
-    """End to end on the embedded ``tiny`` model with random weights: no downloads, seconds on a CPU."""
+    """End to end on the embedded tiny models with random weights: no downloads, seconds on a CPU."""
+    sched = resolve_schedule(args.schedule)
+    num_chunks = check_video_request(args.frames, args.height, args.width, EngineConfig().chunk_size, sched) // EngineConfig().chunk_size
     torch.manual_seed(args.seed)
     dit = WanDiT("tiny").eval().requires_grad_(False)
+    vae = WanVAEDecoder(VAEConfig(dim=8)).eval().requires_grad_(False)
     prompt = torch.zeros(1, dit.config.text_len, dit.config.text_dim)  # [1, 512, text_dim], zero-padded like T5 output
     prompt[:, :12] = torch.randn(1, 12, dit.config.text_dim)
-    engine = Engine(dit, EngineConfig(attention=args.attention))
+    engine = Engine(dit, EngineConfig(attention=args.attention), vae=vae)
     print(
-        f"histream demo: tiny Wan DiT ({sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params, random weights), "
-        f"{args.frames} frames at {args.width}x{args.height}, schedule {args.schedule}, attention {args.attention}"
+        f"histream demo: tiny Wan DiT ({sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params) and tiny VAE, random weights "
+        f"(the picture is noise; the path is the real one), {args.frames} frames at {args.width}x{args.height}, "
+        f"schedule {args.schedule}, attention {args.attention}"
     )
-    chunks = engine.stream(prompt, args.frames, args.height, args.width, schedule=args.schedule, seed=args.seed)
-    print(table_header())
-    done: list[ChunkResult] = []
-    for chunk in chunks:
-        print(table_row(chunk), flush=True)
-        done.append(chunk)
-    total = sum(c.seconds for c in done)
-    frames = sum(c.video_frames for c in done)
-    print(f"denoising: {total:.3f} s for {frames} frames = {1e3 * total / frames:.1f} ms/frame (CPU, tiny model)")
+    stream = engine.stream(prompt, args.frames, args.height, args.width, schedule=sched, seed=args.seed)
+    chunks = stream_to_mp4(stream, args.out, args.width, args.height, num_chunks, table=True)
+    print(summary(chunks) + " (CPU, tiny models)")
+    print(f"wrote {args.out.resolve()}")
+    return 0
+
+
+def run_generate(args) -> int:
+    sched = resolve_schedule(args.schedule)
+    config = EngineConfig(attention=args.attention)
+    num_chunks = check_video_request(args.frames, args.height, args.width, config.chunk_size, sched) // config.chunk_size  # before loading gigabytes
+    if args.out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out must name an .mp4 file, got {args.out}")
+    dtype = getattr(torch, args.dtype)
+    engine = Engine.from_pretrained(
+        args.model_dir, checkpoint=args.checkpoint, dtype=dtype, device=args.device,
+        config=config, text_encoder=args.prompt is not None,
+    )
+    if args.prompt is not None:
+        embeds = engine.text_encoder.encode(args.prompt)
+        engine.text_encoder.free()
+    else:
+        embeds = load_prompt_embeds(args.prompt_embeds, engine.dit.config.text_dim)
+    stream = engine.stream(embeds[:1], args.frames, args.height, args.width, schedule=sched, seed=args.seed)
+    chunks = stream_to_mp4(stream, args.out, args.width, args.height, num_chunks, table=False)
+    print(summary(chunks))
+    print(f"wrote {args.out.resolve()}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="histream", description="HiStream inference engine")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the embedded tiny model end to end (CPU, seconds)")
+
+    demo = sub.add_parser("demo", help="run the embedded tiny model end to end and write an mp4 (CPU, seconds)")
     demo.add_argument("--frames", type=int, default=45, help="video frames, 4k+1 with (frames-1)/4+1 divisible by 3")
     demo.add_argument("--height", type=int, default=256)
     demo.add_argument("--width", type=int, default=256)
     demo.add_argument("--schedule", default="histream", choices=sorted(SCHEDULES))
     demo.add_argument("--attention", default="torch")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("histream_demo.mp4"))
     demo.set_defaults(func=run_demo)
+
+    gen = sub.add_parser("generate", help="prompt to mp4 with a Wan2.1 model folder")
+    gen.add_argument("--model-dir", required=True, type=Path, help="Wan2.1 folder (DiT, Wan2.1_VAE.pth, T5, google/umt5-xxl) or diffusers layout")
+    gen.add_argument("--checkpoint", type=Path, help="causal DiT weights replacing the folder's (Self-Forcing / HiStream .pt)")
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="text prompt (needs the T5 encoder and tokenizer in --model-dir)")
+    prompt.add_argument("--prompt-embeds", type=Path, help="precomputed UMT5 embeddings (.safetensors or .pt, [512, 4096])")
+    gen.add_argument("--schedule", default="histream", help=f"one of {sorted(SCHEDULES)} or a schedule .json")
+    gen.add_argument("--height", type=int, default=1088)
+    gen.add_argument("--width", type=int, default=1920)
+    gen.add_argument("--frames", type=int, default=81)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--attention", default="torch")
+    gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    gen.add_argument("--out", type=Path, default=Path("out.mp4"))
+    gen.set_defaults(func=run_generate)
+
     # Listed for --help; its arguments belong to the suite's own parser (see main).
     sub.add_parser("bench", help="latency-per-frame benchmark suite (histream bench --help)", add_help=False)
     return parser
@@ -78,7 +152,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
         print(f"histream: error: {exc}", file=sys.stderr)
         return 2
 

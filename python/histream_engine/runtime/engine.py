@@ -35,6 +35,28 @@ def chunk_video_frames(chunk: int, chunk_size: int) -> int:
     return VAE_TIME_STRIDE * chunk_size - (VAE_TIME_STRIDE - 1 if chunk == 0 else 0)
 
 
+def check_video_request(num_frames, height, width, chunk_size: int, sched: Schedule, patch_size=(1, 2, 2)) -> int:
+    """Check a requested video against the VAE, patch, chunk and schedule constraints; returns its latent frames."""
+    M = chunk_size
+    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % VAE_TIME_STRIDE:
+        raise ValueError(f"num_frames must be a positive integer of the form 4k+1 (e.g. 81), got {num_frames!r}")
+    latent_frames = (num_frames - 1) // VAE_TIME_STRIDE + 1
+    if latent_frames % M:
+        ok = [(VAE_TIME_STRIDE * M * n - VAE_TIME_STRIDE + 1) for n in range(1, 8)]
+        raise ValueError(
+            f"num_frames={num_frames} gives {latent_frames} latent frames, not a multiple of the chunk size {M}; "
+            f"(frames - 1) / 4 + 1 must be divisible by {M}: use e.g. {ok}"
+        )
+    unit = VAE_SPACE_STRIDE * max(patch_size[1:])
+    if sched.uses_low:
+        unit *= sched.low_factor
+    for name, v in (("height", height), ("width", width)):
+        if not isinstance(v, int) or v <= 0 or v % unit:
+            why = f" (16 at the low resolution, which is 1/{sched.low_factor} of it)" if sched.uses_low else ""
+            raise ValueError(f"{name} must be a positive multiple of {unit}{why} for schedule {sched.name!r}, got {v!r}")
+    return latent_frames
+
+
 @dataclass
 class EngineConfig:
     chunk_size: int = 3  # latent frames per chunk (M)
@@ -115,35 +137,50 @@ class Engine:
         self.config = config or EngineConfig()
         self.attention = get_backend(self.config.attention)
         self.vae = vae
+        self.text_encoder = None  # set by from_pretrained
         if vae is not None and vae.config.z_dim != dit.config.out_dim:
             raise ValueError(f"the VAE decodes {vae.config.z_dim}-channel latents but the DiT makes {dit.config.out_dim}")
 
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir,
+        checkpoint=None,
+        dtype: torch.dtype = torch.bfloat16,
+        device=None,
+        config: EngineConfig | None = None,
+        text_encoder: bool = True,
+    ) -> "Engine":
+        """DiT, VAE and (when ``text_encoder``) UMT5 + tokenizer from a Wan2.1 folder; ``checkpoint`` (for example
+        a Self-Forcing .pt) replaces the folder's DiT weights. The encoder is kept on ``engine.text_encoder``."""
+        from ..checkpoint import load_dit, read_config
+        from ..model_dir import find_model_files
+        from ..text_encoder import load_text_encoder
+        from ..vae_checkpoint import load_vae
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        need = ("vae", "text_encoder", "tokenizer") if text_encoder else ("vae",)
+        files = find_model_files(model_dir, need if checkpoint else ("dit",) + need)
+        if checkpoint is not None:
+            base = read_config(files.dit) if files.dit is not None else None
+            dit = load_dit(checkpoint, dtype=dtype, device=device, config=base)
+        else:
+            dit = load_dit(files.dit, dtype=dtype, device=device)
+        vae_dtype = torch.float32 if device.type == "cpu" else dtype
+        engine = cls(dit, config, vae=load_vae(files.vae, dtype=vae_dtype, device=device))
+        engine.text_encoder = load_text_encoder(files.text_encoder, files.tokenizer, dtype=dtype, device=device) if text_encoder else None
+        return engine
+
     # ---- input checks ----
     def video_shape(self, prompt_embeds: torch.Tensor, num_frames: int, height: int, width: int, sched: Schedule) -> VideoShape:
-        M = self.config.chunk_size
-        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % VAE_TIME_STRIDE:
-            raise ValueError(f"num_frames must be a positive integer of the form 4k+1 (e.g. 81), got {num_frames!r}")
-        latent_frames = (num_frames - 1) // VAE_TIME_STRIDE + 1
-        if latent_frames % M:
-            ok = [(VAE_TIME_STRIDE * M * n - VAE_TIME_STRIDE + 1) for n in range(1, 8)]
-            raise ValueError(
-                f"num_frames={num_frames} gives {latent_frames} latent frames, not a multiple of the chunk size {M}; "
-                f"(frames - 1) / 4 + 1 must be divisible by {M}: use e.g. {ok}"
-            )
-        unit = VAE_SPACE_STRIDE * max(self.dit.config.patch_size[1:])
-        if sched.uses_low:
-            unit *= sched.low_factor
-        for name, v in (("height", height), ("width", width)):
-            if not isinstance(v, int) or v <= 0 or v % unit:
-                why = f" (16 at the low resolution, which is 1/{sched.low_factor} of it)" if sched.uses_low else ""
-                raise ValueError(f"{name} must be a positive multiple of {unit}{why} for schedule {sched.name!r}, got {v!r}")
+        latent_frames = check_video_request(num_frames, height, width, self.config.chunk_size, sched, self.dit.config.patch_size)
         self.dit.check_context(prompt_embeds)
         return VideoShape(
             batch=prompt_embeds.shape[0],
             latent_frames=latent_frames,
             latent_height=height // VAE_SPACE_STRIDE,
             latent_width=width // VAE_SPACE_STRIDE,
-            num_chunks=latent_frames // M,
+            num_chunks=latent_frames // self.config.chunk_size,
         )
 
     def _check_positions(self, plan: WindowPlan, shape: VideoShape) -> None:

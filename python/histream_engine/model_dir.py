@@ -1,0 +1,46 @@
+"""Where the parts of a Wan2.1 model live in a model folder (Wan's own layout, or diffusers')."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+
+# (what, Wan layout name, diffusers layout name)
+PARTS = (
+    ("dit", "diffusion_pytorch_model*.safetensors", "transformer"),
+    ("vae", "Wan2.1_VAE.pth", "vae"),
+    ("text_encoder", "models_t5_umt5-xxl-enc-bf16.pth", "text_encoder"),
+    ("tokenizer", "google/umt5-xxl", "tokenizer"),
+)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    dit: Path | None
+    vae: Path | None
+    text_encoder: Path | None
+    tokenizer: Path | None
+
+
+def find_model_files(model_dir: str | os.PathLike, need: tuple[str, ...] = ("dit", "vae", "text_encoder", "tokenizer")) -> ModelFiles:
+    """Locate each part; a clear error lists every needed part that is missing and the names looked for."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"model folder {root} does not exist")
+    found, missing = {}, []
+    for name, wan_name, diffusers_name in PARTS:
+        if name == "dit":
+            hit = root if any(root.glob(wan_name)) else None
+        else:
+            hit = root / wan_name if (root / wan_name).exists() else None
+        if hit is None and (root / diffusers_name).is_dir():
+            hit = root / diffusers_name
+        found[name] = hit
+        if hit is None and name in need:
+            missing.append(f"{name} ({wan_name} or {diffusers_name}/)")
+    if missing:
+        raise CheckpointError(f"{root} is missing: " + "; ".join(missing))
+    return ModelFiles(**found)
