@@ -45,3 +45,9 @@ def test_self_attention_flops_agree_with_the_runtime_token_count(schedule):
         attn = est.denoise.self_attn + est.recache.self_attn
         assert attn == 4 * 3 * S * run.tokens_attended * cfg.dim * cfg.num_layers
         assert run.video_frames == est.video_frames
+
+
+def test_vae_decoder_flops_per_1080p_frame():
+    assert flops.vae_flops_per_frame(1088, 1920) == pytest.approx(18e12, rel=0.02)
+    # convolutions scale with pixels; the mid-block attention with pixels squared
+    assert flops.vae_flops_per_frame(544, 960) < flops.vae_flops_per_frame(1088, 1920) / 4

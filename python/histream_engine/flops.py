@@ -97,3 +97,41 @@ def flops_per_frame(cfg: WanConfig, schedule, num_frames: int, height: int, widt
     """All FLOPs (denoising + recache) of a video divided by its output frames."""
     chunks = schedule_flops(cfg, schedule, num_frames, height, width, chunk_size)
     return sum(c.total for c in chunks) / sum(c.video_frames for c in chunks)
+
+
+def vae_flops_per_frame(height: int, width: int, config=None) -> float:
+    """Decoder FLOPs per output video frame in the steady state (one latent frame -> 4 frames).
+
+    Counted exactly by running the decoder on meta tensors (shapes only, no arithmetic) with hooks on every
+    convolution (2 * out elements * in channels * kernel volume) and the per-frame attention (4 * (HW)^2 * C).
+    """
+    import torch
+
+    from .model.vae import AttentionBlock, VAEConfig, WanVAEDecoder
+
+    config = config or VAEConfig()
+    total = [0.0]
+
+    def conv_hook(module, inputs, output):
+        k = 1
+        for s in module.kernel_size:
+            k *= s
+        total[0] += 2.0 * output.numel() * (module.in_channels // module.groups) * k
+
+    def attn_hook(module, inputs, output):
+        B, C, T, H, W = inputs[0].shape
+        total[0] += 4.0 * B * T * (H * W) ** 2 * C
+
+    with torch.device("meta"):
+        vae = WanVAEDecoder(config)
+    for m in vae.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            m.register_forward_hook(conv_hook)
+        elif isinstance(m, AttentionBlock):
+            m.register_forward_hook(attn_hook)
+    state = vae.new_state()
+    z = torch.zeros(1, config.z_dim, 1, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE, device="meta")
+    vae.decode(z, state)  # the first latent frame (1 video frame) primes the causal history
+    total[0] = 0.0
+    vae.decode(z, state)  # a steady-state latent frame: 4 video frames
+    return total[0] / VAE_TIME_STRIDE
