@@ -111,3 +111,20 @@ def test_engine_with_vae_yields_decoded_frames_per_chunk(tiny_dit):
     assert torch.equal(result.frames, to_uint8_frames(vae.decode(result.latents)))
     plain = Engine(tiny_dit).generate(ctx, 33, 32, 64, schedule="histream", seed=1)
     assert torch.equal(plain.latents, result.latents) and plain.frames is None
+
+
+def test_lagged_decoder_releases_each_chunk_once_its_successor_is_submitted(tiny_dit):
+    from histream_engine import VAEConfig, WanVAEDecoder
+    from histream_engine.runtime.decoding import ChunkDecoder
+
+    torch.manual_seed(3)
+    vae = WanVAEDecoder(VAEConfig(dim=8)).eval()
+    ctx = torch.randn(1, 4, tiny_dit.config.text_dim)
+    chunks = list(Engine(tiny_dit).stream(ctx, 33, 32, 32, seed=2))
+    inline = ChunkDecoder(vae, torch.device("cpu"))
+    lagged = ChunkDecoder(vae, torch.device("cpu"), lag=True)  # the GPU ordering, without a GPU
+    released = [[c.index for c in lagged.submit(chunk)] for chunk in chunks]
+    assert released == [[], [0], [1]]
+    assert [c.index for c in lagged.flush()] == [2]
+    whole = [inline.submit(copy)[0].frames for copy in list(Engine(tiny_dit).stream(ctx, 33, 32, 32, seed=2))]
+    assert all(torch.equal(a.frames, b) for a, b in zip(chunks, whole))

@@ -16,8 +16,9 @@ import torch
 from ..attention import get_backend
 from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT
-from ..model.vae import WanVAEDecoder, to_uint8_frames
+from ..model.vae import WanVAEDecoder
 from .cached_attention import WindowAttention
+from .decoding import ChunkDecoder
 from .kv_cache import RingKVCache
 from .resample import upsample_latents
 from .sampling import renoise, sigma_of, x0_from_flow
@@ -78,7 +79,7 @@ class ChunkResult:
     tokens_attended: int  # key tokens attended, summed over this chunk's forwards (per layer)
     cache_bytes: int  # bytes held by all self-attention K/V caches
     frames: torch.Tensor | None = None  # [B, T, H, W, 3] uint8 video frames, when the engine has a VAE
-    vae_seconds: float = 0.0  # time decoding this chunk (not part of ``seconds``)
+    vae_seconds: float = 0.0  # time decoding this chunk (not part of ``seconds``; overlaps the next chunk on a GPU)
 
     @property
     def total_forwards(self) -> int:
@@ -239,7 +240,7 @@ class Engine:
         rope_dtype = torch.promote_types(dit.dtype, torch.float32)
         gen = torch.Generator(device=device).manual_seed(seed)
         timer = ChunkTimer(device)
-        decode_state = self.vae.new_state() if self.vae is not None else None
+        decoder = ChunkDecoder(self.vae, device) if self.vae is not None else None
         t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
 
         def noise(name: str) -> torch.Tensor:
@@ -278,24 +279,22 @@ class Engine:
                 dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], self.attention, skip_head=True)
                 recache["low"] += 1
                 tokens += attn["low"].key_tokens
-            seconds = timer.stop()
-            frames, vae_seconds = None, 0.0
-            if self.vae is not None:
-                timer.start()
-                frames = to_uint8_frames(self.vae.decode(x0.to(self.vae.conv2.weight.device), decode_state))
-                vae_seconds = timer.stop()
-            yield ChunkResult(
+            result = ChunkResult(
                 index=c,
                 latents=x0,
-                seconds=seconds,
-                frames=frames,
-                vae_seconds=vae_seconds,
+                seconds=timer.stop(),
                 video_frames=chunk_video_frames(c, M),
                 forwards=forwards,
                 recache=recache,
                 tokens_attended=tokens,
                 cache_bytes=cache_bytes,
             )
+            if decoder is None:
+                yield result
+            else:
+                yield from decoder.submit(result)
+        if decoder is not None:
+            yield from decoder.flush()
 
     def generate(self, prompt_embeds, num_frames: int, height: int, width: int, schedule="self_forcing", seed: int = 0) -> GenerationResult:
         """Run the whole video; returns all latents ``[B, 16, F, h, w]`` and per-chunk timings."""
