@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import random_dit
-from histream_engine import VAEConfig, WanVAEDecoder, save_dit, save_vae
+from histream_engine import VAEConfig, WanVAE, save_dit, save_vae
 from histream_engine.cli import main
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
@@ -56,7 +56,7 @@ def model_dir(tmp_path):
     dit = random_dit("tiny", seed=3, std=0.05)
     save_dit(dit, folder, format="wan")
     torch.manual_seed(4)
-    save_vae(WanVAEDecoder(VAEConfig(dim=8)), folder / "Wan2.1_VAE.pth")
+    save_vae(WanVAE(VAEConfig(dim=8)), folder / "Wan2.1_VAE.pth")
     torch.save(torch.randn(512, dit.config.text_dim), tmp_path / "prompt.pt")
     return folder
 

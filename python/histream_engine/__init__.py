@@ -8,7 +8,7 @@ from .attention import attention_backends
 from .checkpoint import CheckpointError, load_dit, save_dit
 from .config import PRESETS, WanConfig
 from .model import WanDiT
-from .model.vae import VAEConfig, WanVAEDecoder, to_uint8_frames
+from .model.vae import VAEConfig, WanVAE, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
 from .vae_checkpoint import load_vae, save_vae
@@ -29,7 +29,7 @@ __all__ = [
     "VAEConfig",
     "WanConfig",
     "WanDiT",
-    "WanVAEDecoder",
+    "WanVAE",
     "attention_backends",
     "flops",
     "load_dit",

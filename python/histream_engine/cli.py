@@ -10,7 +10,7 @@ import torch
 
 from .checkpoint import CheckpointError
 from .model import WanDiT
-from .model.vae import VAEConfig, WanVAEDecoder
+from .model.vae import VAEConfig, WanVAE
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
 from .runtime.schedules import resolve_schedule
@@ -68,7 +68,7 @@ def run_demo(args) -> int:
     num_chunks = check_video_request(args.frames, args.height, args.width, EngineConfig().chunk_size, sched) // EngineConfig().chunk_size
     torch.manual_seed(args.seed)
     dit = WanDiT("tiny").eval().requires_grad_(False)
-    vae = WanVAEDecoder(VAEConfig(dim=8)).eval().requires_grad_(False)
+    vae = WanVAE(VAEConfig(dim=8)).eval().requires_grad_(False)
     prompt = torch.zeros(1, dit.config.text_len, dit.config.text_dim)  # [1, 512, text_dim], zero-padded like T5 output
     prompt[:, :12] = torch.randn(1, 12, dit.config.text_dim)
     engine = Engine(dit, EngineConfig(attention=args.attention), vae=vae)

@@ -107,7 +107,7 @@ def vae_flops_per_frame(height: int, width: int, config=None) -> float:
     """
     import torch
 
-    from .model.vae import AttentionBlock, VAEConfig, WanVAEDecoder
+    from .model.vae import AttentionBlock, VAEConfig, WanVAE
 
     config = config or VAEConfig()
     total = [0.0]
@@ -123,7 +123,7 @@ def vae_flops_per_frame(height: int, width: int, config=None) -> float:
         total[0] += 4.0 * B * T * (H * W) ** 2 * C
 
     with torch.device("meta"):
-        vae = WanVAEDecoder(config)
+        vae = WanVAE(config)
     for m in vae.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
             m.register_forward_hook(conv_hook)

@@ -1,6 +1,7 @@
-"""Load and save the Wan2.1 VAE decoder: ``Wan2.1_VAE.pth`` (Wan keys) or a diffusers ``AutoencoderKLWan`` folder.
+"""Load and save the Wan2.1 VAE: ``Wan2.1_VAE.pth`` (Wan keys) or a diffusers ``AutoencoderKLWan`` folder.
 
-Only the decoder (and the post-quant conv) is loaded; encoder tensors in the file are skipped.
+By default only the decoder (and the post-quant conv) is loaded and encoder tensors are skipped; the
+encoder is loaded when asked for (``encoder=True``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from safetensors.torch import save_file
 
 from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors_dir
 from .model.dit import SUPPORTED_DTYPES
-from .model.vae import VAEConfig, WanVAEDecoder
+from .model.vae import VAEConfig, WanVAE
 from .model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
 
 VAE_FORMATS = ("wan", "diffusers")
 
 
-def _is_decoder_key(key: str) -> bool:
-    return key.startswith(("decoder.", "conv2."))
+def _wanted(key: str, encoder: bool) -> bool:
+    return key.startswith(("decoder.", "conv2.")) or (encoder and key.startswith(("encoder.", "conv1.")))
 
 
 def _config_from_diffusers(raw: dict) -> VAEConfig:
@@ -57,8 +58,9 @@ def load_vae(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     config: VAEConfig | None = None,
-) -> WanVAEDecoder:
-    """The VAE decoder from ``Wan2.1_VAE.pth`` or a diffusers folder (``vae/`` or its parent)."""
+    encoder: bool = False,
+) -> WanVAE:
+    """The VAE from ``Wan2.1_VAE.pth`` or a diffusers folder (``vae/`` or its parent); decoder only unless ``encoder``."""
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
     path = Path(path)
@@ -70,16 +72,16 @@ def load_vae(
         if not (path / "config.json").exists():
             raise CheckpointError(f"{path} is not a diffusers VAE folder: config.json is missing")
         config = config or _config_from_diffusers(_read_json(path / "config.json"))
-        state = diffusers_to_wan_vae(_read_safetensors_dir(path), config.num_res_blocks)
+        state = {k: v for k, v in diffusers_to_wan_vae(_read_safetensors_dir(path), config.num_res_blocks).items() if _wanted(k, encoder)}
     elif path.suffix in (".pth", ".pt"):
-        state = {k: v for k, v in _read_pickle(path).items() if _is_decoder_key(k)}
+        state = {k: v for k, v in _read_pickle(path).items() if _wanted(k, encoder)}
         if "decoder.head.2.weight" in state and config is None:
             config = VAEConfig(dim=state["decoder.head.2.weight"].shape[1], z_dim=state["conv2.weight"].shape[0])
     else:
         raise CheckpointError(f"unrecognised VAE checkpoint {path}: expected Wan2.1_VAE.pth or a diffusers folder")
     config = config or VAEConfig()
     with torch.device("meta"):
-        model = WanVAEDecoder(config)
+        model = WanVAE(config, with_encoder=encoder)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -99,8 +101,8 @@ def load_vae(
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def save_vae(model: WanVAEDecoder, path: str | os.PathLike, format: str = "wan") -> Path:
-    """``wan``: a ``.pth`` state dict with Wan keys; ``diffusers``: a folder (decoder tensors only)."""
+def save_vae(model: WanVAE, path: str | os.PathLike, format: str = "wan") -> Path:
+    """``wan``: a ``.pth`` state dict with Wan keys; ``diffusers``: a folder (the tensors the model holds)."""
     if format not in VAE_FORMATS:
         raise ValueError(f"unknown VAE format {format!r}; use one of {VAE_FORMATS}")
     path = Path(path)

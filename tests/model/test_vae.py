@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import rel_err
-from histream_engine import CheckpointError, VAEConfig, WanVAEDecoder, load_vae, save_vae, to_uint8_frames
+from histream_engine import CheckpointError, VAEConfig, WanVAE, load_vae, save_vae, to_uint8_frames
 from histream_engine.model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
 
 diffusers = pytest.importorskip("diffusers")
@@ -16,8 +16,9 @@ def vae_pair():
     with torch.no_grad():
         for p in ref.parameters():
             p.normal_(0.0, 0.2)
-    ours = WanVAEDecoder(VAEConfig(dim=8)).eval()
-    ours.load_state_dict(diffusers_to_wan_vae(ref.state_dict()), strict=True)
+    ours = WanVAE(VAEConfig(dim=8)).eval()
+    mapped = diffusers_to_wan_vae(ref.state_dict())
+    ours.load_state_dict({k: v for k, v in mapped.items() if k.startswith(("decoder.", "conv2."))}, strict=True)
     return ref, ours
 
 
@@ -43,10 +44,11 @@ def test_streaming_decode_equals_whole_video(vae_pair):
     assert torch.equal(torch.cat(pieces, dim=2), whole)
 
 
-def test_key_maps_cover_the_diffusers_decoder(vae_pair):
-    ref, ours = vae_pair
-    decoder_keys = {k for k in ref.state_dict() if k.startswith(("decoder.", "post_quant_conv."))}
-    assert set(wan_to_diffusers_vae(ours.state_dict())) == decoder_keys
+def test_key_maps_cover_the_whole_diffusers_vae(vae_pair):
+    ref, _ = vae_pair
+    full = WanVAE(VAEConfig(dim=8), with_encoder=True)
+    assert set(wan_to_diffusers_vae(full.state_dict())) == set(ref.state_dict())
+    assert set(diffusers_to_wan_vae(ref.state_dict())) == set(full.state_dict())
 
 
 def test_loads_a_folder_written_by_diffusers(tmp_path, vae_pair):
@@ -101,3 +103,23 @@ def test_bad_vae_inputs(tmp_path, vae_pair):
         load_vae(tmp_path / "empty")
     with pytest.raises(ValueError, match="latents must be"):
         ours.decode(torch.randn(1, 15, 1, 4, 4))
+
+
+def test_encoder_matches_diffusers_and_loads_only_when_asked(tmp_path, vae_pair):
+    ref, _ = vae_pair
+    ref.save_pretrained(tmp_path / "vae")
+    assert not load_vae(tmp_path / "vae").has_encoder
+    full = load_vae(tmp_path / "vae", encoder=True)
+    video = torch.rand(1, 3, 9, 32, 48) * 2 - 1  # 9 frames -> 3 latent frames
+    with torch.no_grad():
+        mu = ref.encode(video).latent_dist.mean
+    want = (mu - full.latents_mean) / full.latents_std
+    got = full.encode(video)
+    assert got.shape == (1, 16, 3, 4, 6)
+    assert rel_err(got, want) < 1e-4
+    save_vae(full, tmp_path / "full.pth")
+    assert rel_err(load_vae(tmp_path / "full.pth", encoder=True).encode(video), want) < 1e-4
+    with pytest.raises(RuntimeError, match="encoder=True"):
+        load_vae(tmp_path / "vae").encode(video)
+    with pytest.raises(ValueError, match="4k\\+1"):
+        full.encode(torch.zeros(1, 3, 4, 32, 48))

@@ -99,10 +99,10 @@ def test_wrong_prompt_width_and_unknown_names_raise(tiny_dit):
 
 
 def test_engine_with_vae_yields_decoded_frames_per_chunk(tiny_dit):
-    from histream_engine import VAEConfig, WanVAEDecoder, to_uint8_frames
+    from histream_engine import VAEConfig, WanVAE, to_uint8_frames
 
     torch.manual_seed(2)
-    vae = WanVAEDecoder(VAEConfig(dim=8)).eval()
+    vae = WanVAE(VAEConfig(dim=8)).eval()
     ctx = torch.randn(1, 4, tiny_dit.config.text_dim)
     result = Engine(tiny_dit, vae=vae).generate(ctx, 33, 32, 64, schedule="histream", seed=1)
     assert [c.frames.shape for c in result.chunks] == [(1, 9, 32, 64, 3), (1, 12, 32, 64, 3), (1, 12, 32, 64, 3)]
@@ -114,11 +114,11 @@ def test_engine_with_vae_yields_decoded_frames_per_chunk(tiny_dit):
 
 
 def test_lagged_decoder_releases_each_chunk_once_its_successor_is_submitted(tiny_dit):
-    from histream_engine import VAEConfig, WanVAEDecoder
+    from histream_engine import VAEConfig, WanVAE
     from histream_engine.runtime.decoding import ChunkDecoder
 
     torch.manual_seed(3)
-    vae = WanVAEDecoder(VAEConfig(dim=8)).eval()
+    vae = WanVAE(VAEConfig(dim=8)).eval()
     ctx = torch.randn(1, 4, tiny_dit.config.text_dim)
     chunks = list(Engine(tiny_dit).stream(ctx, 33, 32, 32, seed=2))
     inline = ChunkDecoder(vae, torch.device("cpu"))

@@ -1,6 +1,7 @@
-"""The Wan2.1 VAE decoder, streaming: one latent frame at a time, its causal-conv history carried across calls.
+"""The Wan2.1 VAE, streaming: decoding one latent frame at a time, its causal-conv history carried across calls.
 
-Parameter names are those of ``Wan2.1_VAE.pth`` (``conv2`` = post-quant conv, ``decoder.*``). Every causal
+Parameter names are those of ``Wan2.1_VAE.pth`` (``conv2`` = post-quant conv, ``decoder.*``; with the
+encoder, ``conv1`` = quant conv and ``encoder.*``). The encoder is built only when asked for. Every causal
 convolution keeps the last frames of its own input stream in a ``DecodeState``, so decoding a video in
 pieces (chunk by chunk, as the DiT produces them) gives exactly what decoding it at once gives. The first
 latent frame decodes to 1 video frame, every later one to 4 (two temporal upsamplings that skip frame 0).
@@ -144,6 +145,50 @@ class Upsample(nn.Module):
         return frames.reshape(B, T, C // 2, 2 * H, 2 * W).permute(0, 2, 1, 3, 4)
 
 
+class Downsample(nn.Module):
+    """2x spatial downsampling (pad right/bottom, stride-2 conv); optionally 2x in time after it."""
+
+    def __init__(self, dim: int, temporal: bool):
+        super().__init__()
+        self.resample = nn.ModuleDict({"1": nn.Conv2d(dim, dim, 3, stride=2)})
+        self.time_conv = nn.Conv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
+
+    def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        frames = F.pad(x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W), (0, 1, 0, 1))
+        frames = self.resample["1"](frames)
+        x = frames.reshape(B, T, C, frames.shape[-2], frames.shape[-1]).permute(0, 2, 1, 3, 4)
+        if self.time_conv is None:
+            return x
+        # The first frame passes alone; later groups are convolved together with the frame before them.
+        prev = state.frames.get(self)
+        state.frames[self] = x[:, :, -1:].detach().clone()
+        return x if prev is None else self.time_conv(torch.cat([prev, x], dim=2))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = [cfg.dim * m for m in (1,) + tuple(cfg.dim_mult)]
+        self.conv1 = CausalConv3d(3, dims[0], 3, (1, 1, 1))
+        downs: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                downs.append(ResidualBlock(cin, cout))
+                cin = cout
+            if i != len(cfg.dim_mult) - 1:
+                downs.append(Downsample(cout, temporal=cfg.temporal_downsample[i]))
+        self.downsamples = nn.ModuleList(downs)
+        self.middle = nn.ModuleList([ResidualBlock(dims[-1], dims[-1]), AttentionBlock(dims[-1]), ResidualBlock(dims[-1], dims[-1])])
+        self.head = nn.ModuleDict({"0": RMSNorm(dims[-1], 3), "2": CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, (1, 1, 1))})
+
+    def forward(self, x: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        x = self.conv1(x, state)
+        for layer in list(self.downsamples) + list(self.middle):
+            x = layer(x, state)
+        return self.head["2"](F.silu(self.head["0"](x)), state)
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -168,12 +213,15 @@ class Decoder(nn.Module):
         return self.head["2"](F.silu(self.head["0"](x)), state)
 
 
-class WanVAEDecoder(nn.Module):
-    def __init__(self, config: VAEConfig | None = None):
+class WanVAE(nn.Module):
+    def __init__(self, config: VAEConfig | None = None, with_encoder: bool = False):
         super().__init__()
         self.config = config or VAEConfig()
         self.conv2 = CausalConv3d(self.config.z_dim, self.config.z_dim, 1)
         self.decoder = Decoder(self.config)
+        if with_encoder:
+            self.conv1 = CausalConv3d(2 * self.config.z_dim, 2 * self.config.z_dim, 1)
+            self.encoder = Encoder(self.config)
         self.register_buffer("latents_mean", torch.tensor(self.config.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("latents_std", torch.tensor(self.config.latents_std).view(1, -1, 1, 1, 1), persistent=False)
 
@@ -199,6 +247,25 @@ class WanVAEDecoder(nn.Module):
         out = [self.decoder(z[:, :, i : i + 1], state) for i in range(z.shape[2])]
         state.latent_frames += z.shape[2]
         return torch.cat(out, dim=2).clamp(-1.0, 1.0)
+
+    @property
+    def has_encoder(self) -> bool:
+        return hasattr(self, "encoder")
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Video ``[B, 3, T, H, W]`` in [-1, 1], T = 4k+1, H and W multiples of 8 -> normalised latents (the mean)."""
+        if not self.has_encoder:
+            raise RuntimeError("this VAE was loaded without its encoder; load it with load_vae(..., encoder=True)")
+        if video.dim() != 5 or video.shape[1] != 3 or (video.shape[2] - 1) % 4 or video.shape[3] % 8 or video.shape[4] % 8:
+            raise ValueError(f"video must be [B, 3, 4k+1, 8m, 8n], got {tuple(video.shape)}")
+        state = DecodeState()
+        x = video.to(self.dtype)
+        # the first frame alone, then groups of 4: each group becomes one latent frame
+        pieces = [x[:, :, :1]] + [x[:, :, i : i + 4] for i in range(1, x.shape[2], 4)]
+        h = self.conv1(torch.cat([self.encoder(p, state) for p in pieces], dim=2))
+        mu = h[:, : self.config.z_dim]
+        return (mu - self.latents_mean.to(mu.dtype)) / self.latents_std.to(mu.dtype)
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:

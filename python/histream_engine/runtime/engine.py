@@ -16,7 +16,7 @@ import torch
 from ..attention import get_backend
 from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT
-from ..model.vae import WanVAEDecoder
+from ..model.vae import WanVAE
 from .cached_attention import WindowAttention
 from .decoding import ChunkDecoder
 from .kv_cache import RingKVCache
@@ -133,7 +133,7 @@ class _Resolution:
 
 
 class Engine:
-    def __init__(self, dit: WanDiT, config: EngineConfig | None = None, vae: WanVAEDecoder | None = None):
+    def __init__(self, dit: WanDiT, config: EngineConfig | None = None, vae: WanVAE | None = None):
         self.dit = dit
         self.config = config or EngineConfig()
         self.attention = get_backend(self.config.attention)
