@@ -176,7 +176,13 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], W
     return _normalise_keys(state), _config_near(path)
 
 
-def _check_keys(model: WanDiT, state: dict[str, torch.Tensor], source: Path) -> None:
+def check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+
+
+def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, what: str) -> None:
+    """Every parameter present with its shape, nothing extra; the error names the keys and says what to check."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -192,8 +198,8 @@ def _check_keys(model: WanDiT, state: dict[str, torch.Tensor], source: Path) -> 
             problems.append(f"{label}: {shown}")
     if problems:
         raise CheckpointError(
-            f"{source} does not match the Wan DiT config {model.config}:\n  " + "\n  ".join(problems)
-            + "\nCheck that the checkpoint is a Wan2.1 text-to-video DiT and that the config (config= or config.json) matches it."
+            f"{source} does not match the {what} config {model.config}:\n  " + "\n  ".join(problems)
+            + f"\nCheck that the checkpoint is a Wan2.1 {what} and that the config (config= or config.json) matches it."
         )
 
 
@@ -204,15 +210,14 @@ def load_dit(
     config: WanConfig | str | None = None,
 ) -> WanDiT:
     """Load a Wan2.1 DiT from any supported checkpoint format (see the module docstring)."""
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+    check_dtype(dtype)
     state, found = read_state_dict(path)
     if isinstance(config, str):
         config = WanConfig.from_name(config)
     config = config or found or infer_config(state)
     with torch.device("meta"):
         model = WanDiT(config)
-    _check_keys(model, state, Path(path))
+    check_keys(model, state, Path(path), "text-to-video DiT")
     model.load_state_dict(state, strict=True, assign=True)
     return model.cast(dtype).to(device).eval().requires_grad_(False)
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors_dir
-from .model.dit import SUPPORTED_DTYPES
+from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors_dir, check_dtype, check_keys
 from .model.vae import VAEConfig, WanVAE
 from .model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
 
@@ -61,8 +60,7 @@ def load_vae(
     encoder: bool = False,
 ) -> WanVAE:
     """The VAE from ``Wan2.1_VAE.pth`` or a diffusers folder (``vae/`` or its parent); decoder only unless ``encoder``."""
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+    check_dtype(dtype)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"VAE checkpoint {path} does not exist")
@@ -82,18 +80,7 @@ def load_vae(
     config = config or VAEConfig()
     with torch.device("meta"):
         model = WanVAE(config, with_encoder=encoder)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-    if missing or unexpected or misshaped:
-        def show(keys):
-            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-
-        raise CheckpointError(
-            f"{path} is not a Wan2.1 VAE matching {config}: missing [{show(missing)}], unexpected [{show(unexpected)}], "
-            f"mis-shaped [{show(misshaped)}]"
-        )
+    check_keys(model, state, path, "VAE")
     model.load_state_dict(state, strict=True, assign=True)
     # the latent statistics are buffers made at construction (on meta): rebuild them for real
     model.latents_mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)

@@ -36,19 +36,20 @@ _BLOCK_KEY = re.compile(r"^(blocks\.\d+\.)(.*)$")
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
 
-def _swap(name: str, pairs, src: int) -> str:
+def swap_prefix(name: str, pairs, src: int) -> str | None:
+    """Rename ``name`` by the first (a, b) pair whose side ``src`` matches it (a prefix ending in '.', or exactly)."""
     for pair in pairs:
         old, new = pair[src], pair[1 - src]
         if name == old or (old.endswith(".") and name.startswith(old)):
             return new + name[len(old) :]
-    return name
+    return None
 
 
 def _rename(key: str, src: int) -> str:
     m = _BLOCK_KEY.match(key)
     if m:
-        return m.group(1) + _swap(m.group(2), _BLOCK, src)
-    return _swap(key, _TOP, src)
+        return m.group(1) + (swap_prefix(m.group(2), _BLOCK, src) or m.group(2))
+    return swap_prefix(key, _TOP, src) or key
 
 
 def wan_to_diffusers(state: dict) -> dict:

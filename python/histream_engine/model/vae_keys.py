@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from .keys import swap_prefix as _swap
+
 _RESNET = (("norm1.gamma", "residual.0.gamma"), ("conv1.", "residual.2."), ("norm2.gamma", "residual.3.gamma"),
            ("conv2.", "residual.6."), ("conv_shortcut.", "shortcut."))
 _FIXED = (
@@ -17,14 +19,6 @@ _FIXED = (
     ("decoder.conv_out.", "decoder.head.2."), ("encoder.conv_out.", "encoder.head.2."),
     ("decoder.mid_block.attentions.0.", "decoder.middle.1."), ("encoder.mid_block.attentions.0.", "encoder.middle.1."),
 )
-
-
-def _swap(name: str, pairs, src: int) -> str | None:
-    for pair in pairs:
-        old, new = pair[src], pair[1 - src]
-        if name == old or (old.endswith(".") and name.startswith(old)):
-            return new + name[len(old) :]
-    return None
 
 
 def _resnet(rest: str, src: int) -> str:
