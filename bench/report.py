@@ -43,7 +43,8 @@ def environment(device: torch.device) -> dict:
 
 
 def markdown_table(record: dict) -> str:
-    head = ("schedule", "s/frame", "first chunk s", "steady s/frame", "speedup vs SF", "FLOP-model speedup", "vs Wan2.1", "TFLOP/s", "peak %")
+    head = ("schedule", "s/frame", "first chunk s", "steady s/frame", "VAE s/frame", "end-to-end s/frame", "speedup vs SF",
+            "FLOP-model speedup", "vs Wan2.1", "TFLOP/s", "peak %")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(v, spec):
@@ -53,7 +54,8 @@ def markdown_table(record: dict) -> str:
         lines.append(
             "| " + " | ".join((
                 name, fmt(r["seconds_per_frame"], ".4f"), fmt(r["first_chunk_seconds"], ".3f"),
-                fmt(r["steady_seconds_per_frame"], ".4f"), fmt(r["speedup_vs_self_forcing"], ".2f"),
+                fmt(r["steady_seconds_per_frame"], ".4f"), fmt(r["vae_seconds_per_frame"], ".4f"),
+                fmt(r["end_to_end_seconds_per_frame"], ".4f"), fmt(r["speedup_vs_self_forcing"], ".2f"),
                 fmt(r["predicted_speedup_vs_self_forcing"], ".2f"), fmt(r["speedup_vs_wan_baseline"], ".1f"),
                 fmt(r["achieved_tflops"], ".2f"), fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
             )) + " |"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from histream_engine import SCHEDULES, Engine, EngineConfig, WanConfig, WanDiT, flops
+from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanDiT, WanVAE, flops
 from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
 
 from .baseline import wan_baseline
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="high-resolution height; default: the preset's")
     p.add_argument("--width", type=int, help="high-resolution width; default: the preset's")
     p.add_argument("--no-baseline", action="store_true", help="skip the Wan2.1 bidirectional baseline")
+    p.add_argument("--vae", action="store_true", help="decode every chunk too (random VAE of the preset's width); reports VAE and end-to-end s/frame")
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
     return p
@@ -58,7 +59,11 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
     engine.generate(prompt, frames, preset.height, preset.width, schedule=name)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    runs = [engine.generate(prompt, frames, preset.height, preset.width, schedule=name) for _ in range(repeats)]
+    runs, walls = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        runs.append(engine.generate(prompt, frames, preset.height, preset.width, schedule=name))
+        walls.append(time.perf_counter() - t0)  # includes decoding, overlapped with denoising on a GPU
     per_chunk = [statistics.median(r.chunks[i].seconds for r in runs) for i in range(len(runs[0].chunks))]
     chunk_frames = [c.video_frames for c in runs[0].chunks]
     seconds_per_frame = statistics.median(r.seconds_per_frame for r in runs)
@@ -70,7 +75,8 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
         "seconds_per_frame": seconds_per_frame,
         "first_chunk_seconds": per_chunk[0],
         "steady_seconds_per_frame": statistics.median(s / f for s, f in zip(steady, chunk_frames[1:] or chunk_frames)),
-        "end_to_end_seconds_per_frame": seconds_per_frame,  # the VAE is not part of this suite yet
+        "vae_seconds_per_frame": statistics.median(sum(c.vae_seconds for c in r.chunks) / frames for r in runs) if engine.vae else None,
+        "end_to_end_seconds_per_frame": statistics.median(walls) / frames,
         "per_chunk_seconds": per_chunk,
         "per_chunk_flops": [c.total for c in model],
         "flops_per_frame": flops_per_frame,
@@ -93,7 +99,13 @@ def main(argv=None) -> int:
     frames = args.frames or preset.frames
     cfg = WanConfig.from_name(preset.model)
     dit = random_model(cfg, getattr(torch, dtype_name), device)
-    engine = Engine(dit, EngineConfig(attention=args.attention))
+    vae = None
+    if args.vae:
+        torch.manual_seed(1)
+        with torch.device(device):
+            vae = WanVAE(VAEConfig(dim=preset.vae_dim))
+        vae = vae.to(getattr(torch, dtype_name)).eval().requires_grad_(False)
+    engine = Engine(dit, EngineConfig(attention=args.attention), vae=vae)
     engine.video_shape(torch.zeros(1, 1, cfg.text_dim), frames, preset.height, preset.width, SCHEDULES["histream"])
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     env = environment(device)
@@ -131,6 +143,7 @@ def main(argv=None) -> int:
         "repeats": repeats,
         "cuda_graphs": False,
         "torch_compile": False,
+        "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim))} if args.vae else None,
         "wan_baseline": baseline,
         "schedules": schedules,
     }
