@@ -217,8 +217,10 @@ class Engine:
         schedule: "str | dict | Schedule" = "self_forcing",
         seed: int = 0,
     ) -> Iterator[ChunkResult]:
-        """Generate chunk by chunk, yielding each chunk's latents as soon as it is denoised.
+        """Generate chunk by chunk, yielding each chunk as soon as it is ready.
 
+        Without a VAE that is when it is denoised. With one, results carry decoded frames; on a GPU the
+        decode of chunk k overlaps the denoising of chunk k+1, so chunk k arrives after chunk k+1 denoised.
         Inputs are checked here, before the first chunk runs.
         """
         sched = resolve_schedule(schedule)
