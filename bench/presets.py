@@ -26,7 +26,7 @@ PRESETS: dict[str, BenchPreset] = {
                     "the real 1.3B architecture at 1920x1088 (low 960x544), 81 frames, on a GPU"),
         BenchPreset("1080p-1.3b-long", "wan2.1-1.3b", 1088, 1920, 357, "bfloat16", 1, 0, 96,
                     "as 1080p-1.3b with 30 chunks, to show per-chunk cost staying flat"),
-        BenchPreset("cpu-small", "tiny", 384, 384, 81, "float32", 2, 2, 8,
+        BenchPreset("cpu-small", "tiny", 384, 384, 81, "float32", 2, 2, 16,
                     "the tiny model on a 48x48 latent grid: attention-dominated, minutes on a 2-core CPU"),
     )
 }
