@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import WanConfig
-from .model.dit import SUPPORTED_DTYPES, WanDiT
+from .model.dit import WanDiT, check_dtype
 from .model.keys import diffusers_to_wan, strip_wrappers, wan_to_diffusers
 
 FORMATS = ("wan", "diffusers", "self_forcing")
@@ -174,11 +174,6 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], W
     else:
         raise CheckpointError(f"unrecognised checkpoint {path}: expected a directory, .safetensors, or .pt/.pth")
     return _normalise_keys(state), _config_near(path)
-
-
-def check_dtype(dtype: torch.dtype) -> None:
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
 
 
 def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path, what: str) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors_dir, check_dtype, check_keys
+from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors_dir, check_keys
+from .model.dit import check_dtype
 from .model.vae import VAEConfig, WanVAE
 from .model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
 

@@ -128,3 +128,12 @@ def test_lagged_decoder_releases_each_chunk_once_its_successor_is_submitted(tiny
     assert [c.index for c in lagged.flush()] == [2]
     whole = [inline.submit(copy)[0].frames for copy in list(Engine(tiny_dit).stream(ctx, 33, 32, 32, seed=2))]
     assert all(torch.equal(a.frames, b) for a, b in zip(chunks, whole))
+
+
+def test_vae_on_another_device_is_refused(tiny_dit):
+    from histream_engine import VAEConfig, WanVAE
+
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig(dim=8))
+    with pytest.raises(ValueError, match="move them to one device"):
+        Engine(tiny_dit, vae=vae)

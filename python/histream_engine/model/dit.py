@@ -29,6 +29,11 @@ FP32_SUFFIXES = ("modulation",)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
+def check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+
+
 def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     """[cos, sin] of t * 10000^(-i/half), in float64: ``[N, dim]`` for t ``[N]``."""
     half = dim // 2
@@ -149,8 +154,7 @@ class WanDiT(nn.Module):
     # ---- dtype ----
     def cast(self, dtype: torch.dtype) -> "WanDiT":
         """Cast weights to ``dtype``, keeping the modulation path (time embedding, modulation tables) float32."""
-        if dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"unsupported dtype {dtype}; use one of {[str(d) for d in SUPPORTED_DTYPES]}")
+        check_dtype(dtype)
         for name, p in self.named_parameters():
             keep = dtype in (torch.bfloat16, torch.float16) and (name.startswith(FP32_PREFIXES) or name.endswith(FP32_SUFFIXES))
             p.data = p.data.to(torch.float32 if keep else dtype)

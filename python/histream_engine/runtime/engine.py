@@ -121,7 +121,6 @@ class VideoShape:
     num_chunks: int
 
 
-
 @dataclass
 class _Resolution:
     """Everything one resolution needs during a stream: latent shape, token grid, RoPE frequencies, cache."""
@@ -141,6 +140,8 @@ class Engine:
         self.text_encoder = None  # set by from_pretrained
         if vae is not None and vae.config.z_dim != dit.config.out_dim:
             raise ValueError(f"the VAE decodes {vae.config.z_dim}-channel latents but the DiT makes {dit.config.out_dim}")
+        if vae is not None and vae.conv2.weight.device != dit.device:
+            raise ValueError(f"the VAE is on {vae.conv2.weight.device} but the DiT on {dit.device}; move them to one device")
 
     @classmethod
     def from_pretrained(
