@@ -5,6 +5,10 @@ repeats (CUDA events on a GPU). Reported: denoising seconds per output frame (th
 first chunk and the steady state separately, peak GPU memory, achieved TFLOP/s from the FLOP model and
 its fraction of the device's peak, and speedups over ``self_forcing`` and the Wan2.1 bidirectional
 baseline measured in the same process.
+
+With ``--cuda-graphs`` every video captures its own graphs: its first steady chunk runs eagerly and
+the second captures, so the steady-state median (chunks 1 and later) is a replay time once a video has
+five or more chunks; ``run_modes`` records how each chunk of the first timed video ran.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="high-resolution height; default: the preset's")
     p.add_argument("--width", type=int, help="high-resolution width; default: the preset's")
     p.add_argument("--no-baseline", action="store_true", help="skip the Wan2.1 bidirectional baseline")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay steady-state chunks as CUDA graphs (GPU only; full-cache schedules stay eager)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the blocks' elementwise parts")
     p.add_argument("--vae", action="store_true", help="decode every chunk too (random VAE of the preset's width); reports VAE and end-to-end s/frame")
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
@@ -85,15 +91,19 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "cache_bytes": runs[0].chunks[0].cache_bytes,
         "forwards_per_chunk": [c.forwards for c in runs[0].chunks],
+        "run_modes": [c.run_mode for c in runs[0].chunks],
         "recache_per_chunk": [c.recache for c in runs[0].chunks],
     }
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     preset = dataclasses.replace(preset, height=args.height or preset.height, width=args.width or preset.width)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs needs a CUDA device and none is visible; drop the flag on this machine")
     dtype_name = args.dtype or preset.dtype
     repeats = args.repeats or preset.repeats
     frames = args.frames or preset.frames
@@ -105,12 +115,13 @@ def main(argv=None) -> int:
         with torch.device(device):
             vae = WanVAE(VAEConfig(dim=preset.vae_dim))
         vae = vae.to(getattr(torch, dtype_name)).eval().requires_grad_(False)
-    engine = Engine(dit, EngineConfig(attention=args.attention), vae=vae)
+    engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile), vae=vae)
     engine.video_shape(torch.zeros(1, 1, cfg.text_dim), frames, preset.height, preset.width, SCHEDULES["histream"])
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     env = environment(device)
     print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, "
-          f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats", flush=True)
+          f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats, cuda graphs {'on' if args.cuda_graphs else 'off'}, "
+          f"torch.compile {'on' if args.compile else 'off'}", flush=True)
 
     schedules = {}
     for name in args.schedules:
@@ -141,8 +152,8 @@ def main(argv=None) -> int:
         "dtype": dtype_name,
         "attention": args.attention,
         "repeats": repeats,
-        "cuda_graphs": False,
-        "torch_compile": False,
+        "cuda_graphs": args.cuda_graphs,
+        "torch_compile": args.compile,
         "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim))} if args.vae else None,
         "wan_baseline": baseline,
         "schedules": schedules,

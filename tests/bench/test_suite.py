@@ -11,7 +11,7 @@ from histream_engine.bench.suite import main, random_model, run_schedule
 SCHEDULE_FIELDS = {
     "seconds_per_frame", "first_chunk_seconds", "steady_seconds_per_frame", "vae_seconds_per_frame", "end_to_end_seconds_per_frame",
     "per_chunk_seconds", "per_chunk_flops", "flops_per_frame", "achieved_tflops", "peak_fraction",
-    "peak_memory_bytes", "cache_bytes", "forwards_per_chunk", "recache_per_chunk",
+    "peak_memory_bytes", "cache_bytes", "forwards_per_chunk", "recache_per_chunk", "run_modes",
     "speedup_vs_self_forcing", "predicted_speedup_vs_self_forcing", "speedup_vs_wan_baseline",
 }
 
@@ -20,11 +20,12 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
     out = tmp_path / "r.json"
     # the cpu-small preset, trimmed to 3 chunks and one repeat to keep CI fast
     assert main(["--preset", "cpu-small", "--schedules", "self_forcing", "histream_plus", "--repeats", "1", "--frames", "33",
-                 "--out", str(out)]) == 0
+                 "--compile", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert {"preset", "command", "date", "environment", "model", "video", "dtype", "attention", "repeats",
             "cuda_graphs", "torch_compile", "wan_baseline", "schedules"} <= set(record)
     assert {"device", "torch", "triton", "cuda", "git_commit"} <= set(record["environment"])
+    assert record["torch_compile"] is True and record["cuda_graphs"] is False
     assert record["wan_baseline"]["seconds_per_frame"] > 0
     preset = PRESETS["cpu-small"]
     cfg = WanConfig.from_name(preset.model)
@@ -35,6 +36,7 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
         assert r["flops_per_frame"] == pytest.approx(sum(c.total for c in model) / 33)
         assert r["achieved_tflops"] == pytest.approx(r["flops_per_frame"] / r["seconds_per_frame"] / 1e12)
         assert len(r["per_chunk_seconds"]) == 3 and all(s > 0 for s in r["per_chunk_seconds"])
+        assert r["run_modes"] == ["eager"] * 3
     assert record["schedules"]["self_forcing"]["speedup_vs_self_forcing"] == 1.0
     assert record["vae"] is None and all(r["vae_seconds_per_frame"] is None for r in record["schedules"].values())
     assert out.with_suffix(".png").stat().st_size > 1000
@@ -80,3 +82,11 @@ def test_cli_dispatches_bench_with_the_vae(tmp_path):
     assert r["vae_seconds_per_frame"] > 0
     # decoding is sequential on a CPU, so end to end covers denoising and decoding
     assert r["end_to_end_seconds_per_frame"] >= 0.9 * (r["seconds_per_frame"] + r["vae_seconds_per_frame"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_cuda_graphs_flag_refused_without_a_gpu(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--preset", "cpu-small", "--cuda-graphs"])
+    assert exit_info.value.code == 2
+    assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err

@@ -4,6 +4,10 @@ Built once per (resolution, chunk) from plain Python lists, checked there, and h
 ``write_kv`` / ``ring_attention``. Each backend uses only the derived tensors it needs (all cached):
 the torch reference gathers ``rows`` and rotates with ``k_rope``; kernels read ``slot_index``,
 ``position_index`` and ``rope_table`` and never gather.
+
+A CUDA graph bakes in the addresses of the tensors it read at capture, so a captured view is refreshed
+in place (``load``) from the next chunk's view instead of being replaced; every derived tensor then has
+a shape that depends only on the window size, never on the chunk index.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class RingView:
     freqs: torch.Tensor  # [D/2] float64 inverse frequencies (NTK-scaled where asked)
     device: torch.device
     rope_dtype: torch.dtype = torch.float32
+    rope_positions: int = 0  # rows of ``rope_table``; 0 = just enough for this chunk (a graph needs the stream's bound)
 
     def __post_init__(self):
         if len(self.slots) != len(self.frame_pos) or not 0 < self.query_frames <= len(self.slots):
@@ -34,6 +39,8 @@ class RingView:
             raise ValueError(f"ring slots {self.slots} must be distinct and inside [0, {self.num_slots})")
         if min(self.frame_pos) < 0:
             raise ValueError(f"negative temporal position in {self.frame_pos}")
+        if self.rope_positions and self.rope_positions < max(max(self.frame_pos) + 1, *self.grid):
+            raise ValueError(f"rope_positions={self.rope_positions} is too few for positions {self.frame_pos} on grid {self.grid}")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -76,5 +83,34 @@ class RingView:
 
     @cached_property
     def rope_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = max(max(self.frame_pos) + 1, *self.grid)
+        n = self.rope_positions or max(max(self.frame_pos) + 1, *self.grid)
         return rope_table(n, self.freqs, self.device)
+
+    def same_shapes(self, other: "RingView") -> bool:
+        """Whether ``other``'s tensors have this view's shapes (same window size, grid and RoPE table)."""
+        return (len(self.slots), self.query_frames, self.grid, self.num_slots, self.rope_positions) == (
+            len(other.slots), other.query_frames, other.grid, other.num_slots, other.rope_positions)
+
+    def load(self, other: "RingView") -> None:
+        """Copy ``other``'s tensors into this view's, in place, for the tensors this view has built so far.
+
+        The Python lists (``slots``, ``frame_pos``) keep describing the chunk this view was built for: a
+        replayed graph only sees tensors, so nothing may read those lists after capture.
+        """
+        if not self.same_shapes(other):
+            raise ValueError(f"cannot load a view of {len(other.slots)} frames on grid {other.grid} into one of {len(self.slots)} on {self.grid}")
+        if not torch.equal(self.freqs, other.freqs):
+            raise ValueError("cannot load a view with other RoPE frequencies (another resolution or NTK scale)")
+        for name in _LOADABLE:
+            if name in self.__dict__:
+                mine, theirs = self.__dict__[name], getattr(other, name)
+                for dst, src in zip(_tensors(mine), _tensors(theirs)):
+                    dst.copy_(src)
+
+
+# Tensors that own storage; ``write_rows`` and ``q_rope`` are slices of them and follow.
+_LOADABLE = ("rows", "k_rope", "slot_index", "position_index", "rope_table")
+
+
+def _tensors(value) -> tuple[torch.Tensor, ...]:
+    return value if isinstance(value, tuple) else (value,)

@@ -8,6 +8,7 @@ the weight dtype, as in Wan.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -65,6 +66,33 @@ def layer_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
 
 
+def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm(x) * (1 + scale) + shift in float32, back in x's dtype; x ``[B, F, S, C]``, shift/scale ``[B, F, 1, C]``."""
+    return (layer_norm_fp32(x, eps) * (1 + scale) + shift).to(x.dtype)
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate in float32, back in x's dtype; x, y ``[B, F, S, C]``, gate ``[B, F, 1, C]``."""
+    return (x.float() + y.float() * gate).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class BlockOps:
+    """The elementwise parts of a block: about 10 memory-bound passes over the activations, which
+    ``torch.compile`` fuses into a few kernels. Matmuls and attention are not in here."""
+
+    modulated_norm: Callable = modulated_norm
+    gated_residual: Callable = gated_residual
+
+
+EAGER_OPS = BlockOps()
+
+
+def compiled_ops() -> BlockOps:
+    """``BlockOps`` through ``torch.compile`` with static shapes (one compile per token-grid shape)."""
+    return BlockOps(torch.compile(modulated_norm, dynamic=False), torch.compile(gated_residual, dynamic=False))
+
+
 class Attention(nn.Module):
     """Projections shared by Wan's self- and cross-attention (keys q, k, v, o, norm_q, norm_k)."""
 
@@ -105,24 +133,22 @@ class WanBlock(nn.Module):
         cross_kv: tuple[torch.Tensor, torch.Tensor],  # text K, V [B, Lc, H, D]
         attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor],
         cross: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        ops: BlockOps = EAGER_OPS,
     ) -> torch.Tensor:
         mod = (self.modulation.float().unsqueeze(0) + e0).unsqueeze(3)  # [B, F, 6, 1, C]
         shift_sa, scale_sa, gate_sa, shift_ffn, scale_ffn, gate_ffn = mod.unbind(2)  # each [B, F, 1, C]
-        dtype = x.dtype
 
-        h = (layer_norm_fp32(x, self.eps) * (1 + scale_sa) + shift_sa).to(dtype)
-        h = h.flatten(1, 2)  # [B, L, C]
+        h = ops.modulated_norm(x, shift_sa, scale_sa, self.eps).flatten(1, 2)  # [B, L, C]
         sa = self.self_attn
         y = sa.o(attend(sa.query(h), sa.k(h), sa.v(h), sa.norm_k).flatten(2)).view_as(x)
-        x = (x.float() + y.float() * gate_sa).to(dtype)
+        x = ops.gated_residual(x, y, gate_sa)
 
         h = self.norm3(x).flatten(1, 2)
         y = self.cross_attn.o(cross(self.cross_attn.query(h), *cross_kv).flatten(2))
         x = x + y.view_as(x)
 
-        h = (layer_norm_fp32(x, self.eps) * (1 + scale_ffn) + shift_ffn).to(dtype)
-        x = (x.float() + self.ffn(h).float() * gate_ffn).to(dtype)
-        return x
+        h = ops.modulated_norm(x, shift_ffn, scale_ffn, self.eps)
+        return ops.gated_residual(x, self.ffn(h), gate_ffn)
 
 
 class Head(nn.Module):
@@ -135,7 +161,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # x [B, F, S, C]; e [B, F, C] float32
         shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unsqueeze(3).unbind(2)  # [B, F, 1, C]
-        return self.head((layer_norm_fp32(x, self.eps) * (1 + scale) + shift).to(x.dtype))  # [B, F, S, p*out]
+        return self.head(modulated_norm(x, shift, scale, self.eps))  # [B, F, S, p*out]
 
 
 class WanDiT(nn.Module):
@@ -239,6 +265,7 @@ class WanDiT(nn.Module):
         attend: Attend,
         backend=None,
         skip_head: bool = False,
+        ops: BlockOps = EAGER_OPS,
     ) -> torch.Tensor | None:
         """Core forward; returns the flow ``[B, out, F, H, W]``, or None when ``skip_head`` (a recache pass)."""
         backend = backend or self.reference_attention
@@ -246,15 +273,15 @@ class WanDiT(nn.Module):
         x = tokens.reshape(B, f, h * w, C)  # [B, F, S, C]
         e, e0 = self.time_embed(t)
         for i, blk in enumerate(self.blocks):
-            x = blk(x, e0, cross_kv[i], lambda q, k, v, norm_k, i=i: attend(i, q, k, v, norm_k), backend.cross_attention)
+            x = blk(x, e0, cross_kv[i], lambda q, k, v, norm_k, i=i: attend(i, q, k, v, norm_k), backend.cross_attention, ops)
         if skip_head:
             return None
         return self.unpatchify(self.head(x, e), (f, h, w))
 
-    def forward_latents(self, x: torch.Tensor, t, cross_kv, attend: Attend, backend=None, skip_head: bool = False):
+    def forward_latents(self, x: torch.Tensor, t, cross_kv, attend: Attend, backend=None, skip_head: bool = False, ops: BlockOps = EAGER_OPS):
         """``forward_tokens`` on latents ``[B, in, F, H, W]`` (shape-checked and patchified here)."""
         self.latent_grid(x)
-        return self.forward_tokens(self.patchify(x), t, cross_kv, attend, backend, skip_head)
+        return self.forward_tokens(self.patchify(x), t, cross_kv, attend, backend, skip_head, ops)
 
     def forward(
         self,

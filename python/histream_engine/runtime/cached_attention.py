@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import torch
 
+from ..attention.ring import RingView
 from .kv_cache import RingKVCache
 
 
 class WindowAttention:
-    """Built once per (resolution, chunk); called by the DiT as ``attend(layer, q, k_proj, v_proj, norm_k)``."""
+    """Built once per (resolution, chunk) over that chunk's view of the cache; called by the DiT as
+    ``attend(layer, q, k_proj, v_proj, norm_k)``."""
 
-    def __init__(self, cache: RingKVCache, chunk: int, grid: tuple[int, int], freqs: torch.Tensor, backend, rope_dtype):
-        self.cache, self.backend = cache, backend
-        self.view = cache.view(chunk, grid, freqs, rope_dtype)
+    def __init__(self, cache: RingKVCache, view: RingView, backend):
+        self.cache, self.view, self.backend = cache, view, backend
 
     @property
     def key_tokens(self) -> int:

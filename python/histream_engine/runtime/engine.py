@@ -15,9 +15,10 @@ import torch
 
 from ..attention import get_backend
 from ..attention.rope import inv_freqs
-from ..model.dit import WanDiT
+from ..model.dit import EAGER_OPS, WanDiT, compiled_ops
 from ..model.vae import WanVAE
 from .cached_attention import WindowAttention
+from .chunk_graphs import ChunkGraphs, cuda_graph_factory
 from .decoding import ChunkDecoder
 from .kv_cache import RingKVCache
 from .resample import upsample_latents
@@ -62,6 +63,8 @@ def check_video_request(num_frames, height, width, chunk_size: int, sched: Sched
 class EngineConfig:
     chunk_size: int = 3  # latent frames per chunk (M)
     attention: str = "torch"  # attention backend name, see histream_engine.attention_backends()
+    cuda_graphs: bool = False  # replay steady-state chunks as CUDA graphs (see runtime.chunk_graphs); CUDA only
+    compile: bool = False  # torch.compile the blocks' elementwise parts (model.dit.BlockOps)
 
     def __post_init__(self):
         if self.chunk_size < 1:
@@ -80,6 +83,7 @@ class ChunkResult:
     cache_bytes: int  # bytes held by all self-attention K/V caches
     frames: torch.Tensor | None = None  # [B, T, H, W, 3] uint8 video frames, when the engine has a VAE
     vae_seconds: float = 0.0  # time decoding this chunk (not part of ``seconds``; overlaps the next chunk on a GPU)
+    run_mode: str = "eager"  # "eager", or with CUDA graphs "captured" / "replayed"
 
     @property
     def total_forwards(self) -> int:
@@ -142,6 +146,13 @@ class Engine:
             raise ValueError(f"the VAE decodes {vae.config.z_dim}-channel latents but the DiT makes {dit.config.out_dim}")
         if vae is not None and vae.conv2.weight.device != dit.device:
             raise ValueError(f"the VAE is on {vae.conv2.weight.device} but the DiT on {dit.device}; move them to one device")
+        if self.config.cuda_graphs and dit.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {dit.device}; set cuda_graphs=False")
+        self.ops = compiled_ops() if self.config.compile else EAGER_OPS
+
+    def graph_factory(self):
+        """What makes a chunk's graph, or None to run every chunk eagerly."""
+        return cuda_graph_factory() if self.config.cuda_graphs else None
 
     @classmethod
     def from_pretrained(
@@ -241,47 +252,29 @@ class Engine:
         res = {name: self._resolution(name, shape, sched, plan) for name in used}
         cache_bytes = sum(r.cache.nbytes for r in res.values())
         rope_dtype = torch.promote_types(dit.dtype, torch.float32)
+        rope_positions = max(plan.max_temporal_position(shape.num_chunks) + 1, *(g for r in res.values() for g in r.grid))
         gen = torch.Generator(device=device).manual_seed(seed)
         timer = ChunkTimer(device)
         decoder = ChunkDecoder(self.vae, device) if self.vae is not None else None
+        graphs = ChunkGraphs(self.graph_factory())
         t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
 
-        def noise(name: str) -> torch.Tensor:
-            return torch.randn((shape.batch, dit.config.in_dim, M) + res[name].latent_hw, generator=gen, device=device)  # [B, 16, M, h, w]
+        def body(steps, noises: list[torch.Tensor], views: dict) -> torch.Tensor:
+            attn = {name: WindowAttention(res[name].cache, view, self.attention) for name, view in views.items()}
+            return self._denoise_chunk(steps, noises, attn, sched, cross_kv, t_clean)
 
         for c in range(shape.num_chunks):
             timer.start()
-            attn = {name: WindowAttention(r.cache, c, r.grid, r.freqs, self.attention, rope_dtype) for name, r in res.items()}
-            forwards = dict.fromkeys(RESOLUTIONS, 0)
-            tokens = 0
-
-            def forward(name: str, x: torch.Tensor, t: float):
-                t_frames = torch.full((shape.batch, M), float(t), device=device)  # [B, M]
-                return dit.forward_latents(x, t_frames, cross_kv, attn[name], self.attention)
-
             steps = sched.steps(c)
-            x0, prev = None, None
-            for step in steps:
-                sigma = sigma_of(step.timestep)
-                if x0 is None:
-                    x = noise(step.resolution)
-                else:
-                    base = x0 if step.resolution == prev else upsample_latents(x0, sched.low_factor, sched.upsample)
-                    x = renoise(base, noise(step.resolution), sigma)
-                flow = forward(step.resolution, x, step.timestep)
-                x0 = x0_from_flow(x, flow.float(), sigma)
-                forwards[step.resolution] += 1
-                tokens += attn[step.resolution].key_tokens
-                prev = step.resolution
-            recache = dict.fromkeys(RESOLUTIONS, 0)
-            dit.forward_tokens(dit.patchify(x0), t_clean, cross_kv, attn["high"], self.attention, skip_head=True)
-            recache["high"] += 1
-            tokens += attn["high"].key_tokens
-            if "low" in res:
-                patches = self.attention.downsample_patches(x0, sched.low_factor, dit.config.patch_size)  # [B, M, h, w, P]
-                dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], self.attention, skip_head=True)
-                recache["low"] += 1
-                tokens += attn["low"].key_tokens
+            views = {name: r.cache.view(c, r.grid, r.freqs, rope_dtype, rope_positions) for name, r in res.items()}
+            noises = [
+                torch.randn((shape.batch, dit.config.in_dim, M) + res[s.resolution].latent_hw, generator=gen, device=device)  # [B, 16, M, h, w]
+                for s in steps
+            ]
+            x0, mode = graphs.run(steps, noises, views, body)
+            forwards = {name: sum(s.resolution == name for s in steps) for name in RESOLUTIONS}
+            recache = {name: int(name in res) for name in RESOLUTIONS}
+            passes = [s.resolution for s in steps] + list(res)
             result = ChunkResult(
                 index=c,
                 latents=x0,
@@ -289,8 +282,9 @@ class Engine:
                 video_frames=chunk_video_frames(c, M),
                 forwards=forwards,
                 recache=recache,
-                tokens_attended=tokens,
+                tokens_attended=sum(views[name].key_tokens for name in passes),
                 cache_bytes=cache_bytes,
+                run_mode=mode,
             )
             if decoder is None:
                 yield result
@@ -298,6 +292,31 @@ class Engine:
                 yield from decoder.submit(result)
         if decoder is not None:
             yield from decoder.flush()
+
+    def _denoise_chunk(self, steps, noises, attn: dict[str, WindowAttention], sched: Schedule, cross_kv, t_clean) -> torch.Tensor:
+        """One chunk's device work: the schedule's steps, then the t=0 recache of every resolution's cache.
+
+        Everything chunk-dependent arrives as tensors (``noises``, the views inside ``attn``), so this same
+        function runs eagerly or inside a CUDA graph. Returns the final x0 ``[B, 16, M, h, w]`` float32.
+        """
+        dit, backend, ops = self.dit, self.attention, self.ops
+        x0, prev = None, None
+        for step, noise in zip(steps, noises):
+            sigma = sigma_of(step.timestep)
+            if x0 is None:
+                x = noise
+            else:
+                base = x0 if step.resolution == prev else upsample_latents(x0, sched.low_factor, sched.upsample)
+                x = renoise(base, noise, sigma)
+            t_frames = torch.full_like(t_clean, step.timestep)  # [B, M]
+            flow = dit.forward_latents(x, t_frames, cross_kv, attn[step.resolution], backend, ops=ops)
+            x0 = x0_from_flow(x, flow.float(), sigma)
+            prev = step.resolution
+        dit.forward_tokens(dit.patchify(x0), t_clean, cross_kv, attn["high"], backend, skip_head=True, ops=ops)
+        if "low" in attn:
+            patches = backend.downsample_patches(x0, sched.low_factor, dit.config.patch_size)  # [B, M, h, w, P]
+            dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], backend, skip_head=True, ops=ops)
+        return x0
 
     def generate(self, prompt_embeds, num_frames: int, height: int, width: int, schedule="self_forcing", seed: int = 0) -> GenerationResult:
         """Run the whole video; returns all latents ``[B, 16, F, h, w]`` and per-chunk timings."""

@@ -21,8 +21,10 @@ class RingKVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, slots*S, H, D]
         self.v = torch.zeros(shape, dtype=dtype, device=device)  # [layers, B, slots*S, H, D]
 
-    def view(self, chunk: int, grid: tuple[int, int], freqs: torch.Tensor, rope_dtype=torch.float32) -> RingView:
-        """Chunk ``chunk``'s window: the slots and temporal positions of the frames it attends."""
+    def view(self, chunk: int, grid: tuple[int, int], freqs: torch.Tensor, rope_dtype=torch.float32, rope_positions: int = 0) -> RingView:
+        """Chunk ``chunk``'s window: the slots and temporal positions of the frames it attends.
+
+        ``rope_positions`` fixes the kernels' RoPE table length for the whole stream (see ``RingView``)."""
         plan = self.plan
         return RingView(
             slots=[plan.slot_of(f) for f in plan.visible_frames(chunk)],
@@ -33,6 +35,7 @@ class RingKVCache:
             freqs=freqs,
             device=self.k.device,
             rope_dtype=rope_dtype,
+            rope_positions=rope_positions,
         )
 
     @property
