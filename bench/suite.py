@@ -27,6 +27,7 @@ from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
 
 from .baseline import wan_baseline
 from .presets import PRESETS, BenchPreset
+from .profile import profile_last_chunk
 from .report import device_peak, environment, markdown_table, plot_chunks, write_json
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the Wan2.1 bidirectional baseline")
     p.add_argument("--cuda-graphs", action="store_true", help="replay steady-state chunks as CUDA graphs (GPU only; full-cache schedules stay eager)")
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks' elementwise parts")
+    p.add_argument("--profile", action="store_true", help="profile each schedule's last chunk (torch.profiler): top ops in the JSON, tables beside it")
     p.add_argument("--vae", action="store_true", help="decode every chunk too (random VAE of the preset's width); reports VAE and end-to-end s/frame")
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
@@ -123,11 +125,13 @@ def main(argv=None) -> int:
           f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats, cuda graphs {'on' if args.cuda_graphs else 'off'}, "
           f"torch.compile {'on' if args.compile else 'off'}", flush=True)
 
-    schedules = {}
+    schedules, profiles = {}, {}
     for name in args.schedules:
         t0 = time.perf_counter()
         schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, device_peak(env["device"], dtype_name))
         print(f"  {name:>14}: {schedules[name]['seconds_per_frame']:.4f} s/frame ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if args.profile:
+            profiles[name] = profile_last_chunk(engine, prompt, frames, preset.height, preset.width, name)
 
     if args.no_baseline or preset.baseline_steps == 0:
         baseline = {"skipped": "--no-baseline" if args.no_baseline else f"preset {preset.name} runs no baseline"}
@@ -157,12 +161,20 @@ def main(argv=None) -> int:
         "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim))} if args.vae else None,
         "wan_baseline": baseline,
         "schedules": schedules,
+        "profiles": {name: {k: v for k, v in prof.items() if k != "table"} for name, prof in profiles.items()} or None,
     }
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
     out = args.out or RESULTS / f"{record['date']}-{slug}-{preset.name}.json"
     write_json(record, out)
     print("\n" + markdown_table(record))
     print(f"\nwrote {out}")
+    if profiles:
+        tables = out.with_suffix(".profile.txt")
+        tables.write_text("".join(f"== {name}: chunk {p['chunk']} ({p['run_mode']}), {p['clock']} ==\n{p['table']}\n" for name, p in profiles.items()))
+        for name, prof in profiles.items():
+            top = ", ".join(f"{op['name']} {100 * op['share']:.0f}%" for op in prof["ops"][:4])
+            print(f"profile {name} (chunk {prof['chunk']}, {prof['total_seconds']:.3f} s of {prof['clock']} self time): {top}")
+        print(f"wrote {tables}")
     if not args.no_plot:
         why = plot_chunks(record, out.with_suffix(".png"))
         print(f"plot: {why}" if why else f"wrote {out.with_suffix('.png')}")

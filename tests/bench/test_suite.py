@@ -20,10 +20,10 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
     out = tmp_path / "r.json"
     # the cpu-small preset, trimmed to 3 chunks and one repeat to keep CI fast
     assert main(["--preset", "cpu-small", "--schedules", "self_forcing", "histream_plus", "--repeats", "1", "--frames", "33",
-                 "--compile", "--out", str(out)]) == 0
+                 "--compile", "--profile", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert {"preset", "command", "date", "environment", "model", "video", "dtype", "attention", "repeats",
-            "cuda_graphs", "torch_compile", "wan_baseline", "schedules"} <= set(record)
+            "cuda_graphs", "torch_compile", "wan_baseline", "schedules", "profiles"} <= set(record)
     assert {"device", "torch", "triton", "cuda", "git_commit"} <= set(record["environment"])
     assert record["torch_compile"] is True and record["cuda_graphs"] is False
     assert record["wan_baseline"]["seconds_per_frame"] > 0
@@ -40,6 +40,12 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
     assert record["schedules"]["self_forcing"]["speedup_vs_self_forcing"] == 1.0
     assert record["vae"] is None and all(r["vae_seconds_per_frame"] is None for r in record["schedules"].values())
     assert out.with_suffix(".png").stat().st_size > 1000
+    for name, prof in record["profiles"].items():
+        assert prof["chunk"] == 2 and prof["total_seconds"] > 0
+        shares = [op["share"] for op in prof["ops"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+        assert any("attention" in op["name"] for op in prof["ops"]), [op["name"] for op in prof["ops"]]
+    assert "== histream_plus: chunk 2" in out.with_suffix(".profile.txt").read_text()
     text = capsys.readouterr().out
     assert "| histream_plus |" in text and "Wan2.1 bidirectional baseline" in text
 
