@@ -14,6 +14,9 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DOWNSAMPLE_BLOCK_T = 16  # tokens per program
+# The interpreter pays per program, a GPU wants many small ones.
+RECACHE_BLOCK_T = 16 if INTERPRET else 4
 
 
 @triton.jit
@@ -64,10 +67,9 @@ def downsample_patchify(x: torch.Tensor, factor: int, patch_size: tuple[int, int
     P = C * pt * ph * pw
     out = torch.empty((B, FT, GH, GW, P), dtype=x.dtype, device=x.device)  # [B, F', h, w, P]
     N = B * FT * GH * GW
-    BLOCK_T = 16
-    _downsample_patchify_kernel[(triton.cdiv(N, BLOCK_T),)](
+    _downsample_patchify_kernel[(triton.cdiv(N, DOWNSAMPLE_BLOCK_T),)](
         x, out, *x.stride(), N, FT, GH, GW,
-        P=P, BLOCK_P=triton.next_power_of_2(P), PT=pt, PH=ph, PW=pw, R=factor, BLOCK_T=BLOCK_T,
+        P=P, BLOCK_P=triton.next_power_of_2(P), PT=pt, PH=ph, PW=pw, R=factor, BLOCK_T=DOWNSAMPLE_BLOCK_T,
     )
     return out
 
@@ -131,11 +133,10 @@ def recache_write(
             raise ValueError("ring storage needs contiguous (H, D) rows")
     if k_proj.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("recache_write needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
-    BLOCK_T = 16 if INTERPRET else 4  # the interpreter pays per program, a GPU wants many small ones
-    _recache_write_kernel[(triton.cdiv(L, BLOCK_T), B)](
+    _recache_write_kernel[(triton.cdiv(L, RECACHE_BLOCK_T), B)](
         k_proj, v_proj, norm_weight if norm_weight is not None else k_proj, rows, k_store, v_store,
         k_proj.stride(0), k_proj.stride(1), v_proj.stride(0), v_proj.stride(1),
         k_store.stride(0), k_store.stride(1), v_store.stride(0), v_store.stride(1),
         L, eps,
-        C=C, BLOCK_C=triton.next_power_of_2(C), APPLY_NORM=norm_weight is not None, BLOCK_T=BLOCK_T,
+        C=C, BLOCK_C=triton.next_power_of_2(C), APPLY_NORM=norm_weight is not None, BLOCK_T=RECACHE_BLOCK_T,
     )

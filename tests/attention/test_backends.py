@@ -6,13 +6,16 @@ import torch
 from conftest import rel_err, random_dit
 from histream_engine import Engine, EngineConfig, attention_backends
 from histream_engine.attention import get_backend
+from histream_engine.attention.auto import AUTO_CHOICES, ReferenceFallback
+from histream_engine.attention.prepass_backend import PrepassAttention
 
 
 def test_registry_lists_every_backend_with_a_reason():
     listed = {name: (ok, reason) for name, ok, reason in attention_backends()}
-    assert list(listed) == ["torch", "triton", "flash_attn"]
-    assert listed["torch"] == (True, "")
+    assert list(listed) == ["torch", "triton", "cudnn", "flash_attn", "auto"]
+    assert listed["torch"] == (True, "") and listed["auto"] == (True, "")
     assert listed["triton"][0] is True  # installed with the test extras; interpreter on CPU (conftest)
+    assert listed["cudnn"][0] is True  # on CPU under the interpreter SDPA's CPU kernel stands in
     if importlib.util.find_spec("flash_attn") is None:
         assert listed["flash_attn"] == (False, "the flash_attn package is not installed (pip install flash_attn)")
 
@@ -21,20 +24,50 @@ def test_unavailable_backend_says_why(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if torch.cuda.is_available():
         pytest.skip("a GPU makes triton available")
-    with pytest.raises(RuntimeError, match="triton.*unavailable: no CUDA GPU"):
-        get_backend("triton")
+    for name in ("triton", "cudnn"):
+        with pytest.raises(RuntimeError, match=f"{name}.*unavailable: no CUDA GPU"):
+            get_backend(name)
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(RuntimeError, match="flash_attn package is not installed"):
             Engine(random_dit("tiny"), EngineConfig(attention="flash_attn"))
+    with pytest.raises(ValueError, match="unknown attention backend 'fa3'.*registered"):
+        get_backend("fa3")
 
 
-def test_triton_engine_equals_torch_engine():
+def test_auto_without_any_core_falls_back_to_the_reference_and_says_why(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU makes the cores available")
+    backend = get_backend("auto")
+    assert isinstance(backend, ReferenceFallback)
+    assert "triton: no CUDA GPU" in backend.reason and backend.reason.endswith("using the torch reference")
+
+
+@pytest.mark.parametrize("attention", ["triton", "cudnn", "auto"])
+def test_prepass_engines_equal_torch_engine(attention):
     # histream_plus exercises both resolutions, the fused low-res recache and a wrapping ring.
     schedule = "histream_plus"
     dit = random_dit("tiny", seed=8)
     ctx = torch.randn(2, 5, dit.config.text_dim)
     args = (ctx, 33, 64, 96)  # 3 chunks, batch 2, 8x12 high-res tokens, 4x6 low-res
     ref = Engine(dit, EngineConfig(attention="torch")).generate(*args, schedule=schedule, seed=1)
-    got = Engine(dit, EngineConfig(attention="triton")).generate(*args, schedule=schedule, seed=1)
+    engine = Engine(dit, EngineConfig(attention=attention))
+    assert isinstance(engine.attention, PrepassAttention) and engine.attention.name == attention
+    got = engine.generate(*args, schedule=schedule, seed=1)
     assert [c.forwards for c in got.chunks] == [c.forwards for c in ref.chunks]
     assert rel_err(got.latents, ref.latents) < 1e-4
+
+
+def test_auto_measures_each_shape_once_per_process():
+    dit = random_dit("tiny", seed=8)
+    ctx = torch.randn(1, 5, dit.config.text_dim)
+    AUTO_CHOICES.clear()
+    Engine(dit, EngineConfig(attention="auto")).generate(ctx, 21, 64, 64, schedule="two_step")
+    # two resolutions x (first chunk: 3 visible frames, later: 6): four shapes, each timed on both cores
+    choices = dict(AUTO_CHOICES)
+    assert len(choices) == 4
+    for choice in choices.values():
+        assert set(choice.seconds) == {"triton", "cudnn"} and choice.core in choice.seconds
+        assert all(s > 0 for s in choice.seconds.values())
+    Engine(dit, EngineConfig(attention="auto")).generate(ctx, 21, 64, 64, schedule="two_step")
+    assert AUTO_CHOICES == choices and all(AUTO_CHOICES[k] is choices[k] for k in choices)  # nothing re-measured

@@ -39,7 +39,7 @@ def explicit_reference(q, store, chunk, M, anchor, grid, positions, head_dim, sc
     return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
 
 
-@pytest.mark.parametrize("backend_name", ["torch", "triton"])
+@pytest.mark.parametrize("backend_name", ["torch", "triton", "cudnn", "auto"])
 @pytest.mark.parametrize("positions", ["absolute", "window"])
 @pytest.mark.parametrize("scales", [(1.0, 1.0, 1.0), (1.0, 1.7, 2.3)])
 @pytest.mark.parametrize("anchor", [1, 2])

@@ -68,7 +68,7 @@ def test_full_cache_schedule_never_replays():
 
 
 def test_replay_through_triton_kernels_equals_torch_eager():
-    """The kernels read other view tensors (slot and position indices, the RoPE table) than the torch path."""
+    """The kernels read other view tensors (slot and query positions, the RoPE table) than the torch path."""
     dit = random_dit("tiny", seed=2)
     frames = 4 * 15 - 3  # 5 chunks: eager, eager, captured, replayed, replayed
     eager = run(Engine(dit), "histream_plus", frames, height=32, width=64)
@@ -83,16 +83,17 @@ def test_view_load_refreshes_every_built_tensor():
     cache = RingKVCache(plan, 1, 1, 6, 1, 32, torch.float32, "cpu")
     freqs = inv_freqs(32, 10000.0, (1.0, 1.5, 1.0))
     static = cache.view(2, (2, 3), freqs, rope_positions=40)
-    built = (static.rows, static.write_rows, static.k_rope, static.q_rope, static.slot_index, static.position_index, static.rope_table)
+    built = (static.rows, static.write_rows, static.k_rope, static.q_rope, static.slot_position_index, static.query_position_index, static.rope_table)
     for c in (3, 4, 7):
         fresh = cache.view(c, (2, 3), freqs, rope_positions=40)
         static.load(fresh)
-        after = (static.rows, static.write_rows, static.k_rope, static.q_rope, static.slot_index, static.position_index, static.rope_table)
-        for name, old, new in zip(("rows", "write_rows", "k_rope", "q_rope", "slot_index", "position_index", "rope_table"), built, after):
+        after = (static.rows, static.write_rows, static.k_rope, static.q_rope, static.slot_position_index, static.query_position_index, static.rope_table)
+        for name, old, new in zip(("rows", "write_rows", "k_rope", "q_rope", "slot_position_index", "query_position_index", "rope_table"), built, after):
             assert all(a is b for a, b in zip(old if isinstance(old, tuple) else (old,), new if isinstance(new, tuple) else (new,))), name
         assert torch.equal(static.rows, fresh.rows) and torch.equal(static.write_rows, fresh.write_rows)
         assert torch.equal(static.k_rope[0], fresh.k_rope[0]) and torch.equal(static.q_rope[1], fresh.q_rope[1])
-        assert torch.equal(static.slot_index, fresh.slot_index) and torch.equal(static.position_index, fresh.position_index)
+        assert torch.equal(static.slot_position_index, fresh.slot_position_index)
+        assert torch.equal(static.query_position_index, fresh.query_position_index)
     with pytest.raises(ValueError, match="cannot load"):
         static.load(cache.view(0, (2, 3), freqs, rope_positions=40))  # chunk 0 sees 2 frames, not 4
     with pytest.raises(ValueError, match="RoPE frequencies"):

@@ -2,6 +2,12 @@
 
 Each entry says how to check availability, with a human-readable reason, and how to build the backend;
 a backend whose dependency is missing is never imported.
+
+- ``torch``: the reference (gather the window, rotate, SDPA).
+- ``triton``, ``cudnn``, ``flash_attn``: the Triton RoPE pre-pass, then that attention core
+  (``prepass_backend``, ``cores``).
+- ``auto``: the pre-pass, then whichever available core measured fastest for the shape (``auto``); the
+  torch reference where no core can run.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ class BackendEntry:
     # Returns None when usable, else the reason it is not (missing package, no GPU).
     unavailable_reason: Callable[[], str | None]
     build: Callable[[], object]
+    core: str | None = None  # pre-pass backends: their core's function in ``cores``, what ``auto`` chooses among
 
 
 def _missing(package: str) -> str | None:
@@ -36,12 +43,24 @@ def _triton_reason() -> str | None:
     return None
 
 
+def _cudnn_reason() -> str | None:
+    if reason := _triton_reason():  # the RoPE pre-pass in front of the core is a Triton kernel
+        return reason
+    if not torch.cuda.is_available():
+        return None  # the CPU interpreter: SDPA's CPU kernel stands in for cuDNN (tests only)
+    if not torch.backends.cudnn.is_available():
+        return "this torch build has no cuDNN"
+    if not torch.backends.cuda.cudnn_sdp_enabled():
+        return "cuDNN attention is disabled in this process (torch.backends.cuda.enable_cudnn_sdp(True) turns it on)"
+    return None
+
+
 def _flash_reason() -> str | None:
     if reason := _missing("flash_attn"):
         return reason
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"
-    return None
+    return _triton_reason()
 
 
 def _build_torch():
@@ -50,22 +69,41 @@ def _build_torch():
     return TorchAttention()
 
 
-def _build_triton():
-    from .triton_backend import TritonAttention
+def _prepass(name: str, unavailable_reason: Callable[[], str | None], core: str) -> BackendEntry:
+    def build():
+        from . import cores
+        from .prepass_backend import PrepassAttention
 
-    return TritonAttention()
+        return PrepassAttention(name, getattr(cores, core))
+
+    return BackendEntry(name, unavailable_reason, build, core)
 
 
-def _build_flash():
-    from .flash_backend import FlashAttention
+def _build_auto():
+    """The pre-pass with the fastest measured core; the torch reference when no core can run here."""
+    from . import cores
+    from .auto import AutoCore, ReferenceFallback
+    from .prepass_backend import PrepassAttention
 
-    return FlashAttention()
+    available, unavailable = {}, {}
+    for entry in BACKENDS:
+        if entry.core is not None:
+            reason = entry.unavailable_reason()
+            if reason is None:
+                available[entry.name] = getattr(cores, entry.core)
+            else:
+                unavailable[entry.name] = reason
+    if not available:
+        return ReferenceFallback("no attention core can run here (" + "; ".join(f"{n}: {r}" for n, r in unavailable.items()) + ")")
+    return PrepassAttention("auto", AutoCore(available, unavailable))
 
 
 BACKENDS: tuple[BackendEntry, ...] = (
     BackendEntry("torch", lambda: None, _build_torch),
-    BackendEntry("triton", _triton_reason, _build_triton),
-    BackendEntry("flash_attn", _flash_reason, _build_flash),
+    _prepass("triton", _triton_reason, "triton_core"),
+    _prepass("cudnn", _cudnn_reason, "cudnn_core"),
+    _prepass("flash_attn", _flash_reason, "flash_core"),
+    BackendEntry("auto", lambda: None, _build_auto),
 )
 
 

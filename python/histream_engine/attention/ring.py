@@ -2,8 +2,8 @@
 
 Built once per (resolution, chunk) from plain Python lists, checked there, and handed to a backend's
 ``write_kv`` / ``ring_attention``. Each backend uses only the derived tensors it needs (all cached):
-the torch reference gathers ``rows`` and rotates with ``k_rope``; kernels read ``slot_index``,
-``position_index`` and ``rope_table`` and never gather.
+the torch reference gathers ``rows`` and rotates with ``k_rope``; the kernels' RoPE pre-pass reads
+``query_position_index``, ``slot_position_index`` and ``rope_table`` and never gathers.
 
 A CUDA graph bakes in the addresses of the tensors it read at capture, so a captured view is refreshed
 in place (``load``) from the next chunk's view instead of being replaced; every derived tensor then has
@@ -74,12 +74,28 @@ class RingView:
         return cos[-n:], sin[-n:]
 
     @cached_property
-    def slot_index(self) -> torch.Tensor:
-        return torch.tensor(self.slots, dtype=torch.int32, device=self.device)  # [NV]
+    def slot_positions(self) -> list[int]:
+        """Temporal position of the frame in each of the ring's first NV slots, in slot order.
+
+        A window plan always fills a prefix of the ring (anchor slots first, then at most a ring's worth of
+        consecutive frames, which wrap onto every ring slot only once they fill it), and softmax attention
+        does not care about key order: so kernels attend ring rows ``[0, NV*S)`` as they lie, no gather.
+        """
+        nv = len(self.slots)
+        if sorted(self.slots) != list(range(nv)):
+            raise ValueError(f"visible slots {self.slots} are not the ring's first {nv} slots; kernels read a prefix of the ring")
+        pos = [0] * nv
+        for slot, p in zip(self.slots, self.frame_pos):
+            pos[slot] = p
+        return pos
 
     @cached_property
-    def position_index(self) -> torch.Tensor:
-        return torch.tensor(self.frame_pos, dtype=torch.int32, device=self.device)  # [NV]
+    def slot_position_index(self) -> torch.Tensor:
+        return torch.tensor(self.slot_positions, dtype=torch.int32, device=self.device)  # [NV]
+
+    @cached_property
+    def query_position_index(self) -> torch.Tensor:
+        return torch.tensor(self.frame_pos[-self.query_frames :], dtype=torch.int32, device=self.device)  # [M]
 
     @cached_property
     def rope_table(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +125,7 @@ class RingView:
 
 
 # Tensors that own storage; ``write_rows`` and ``q_rope`` are slices of them and follow.
-_LOADABLE = ("rows", "k_rope", "slot_index", "position_index", "rope_table")
+_LOADABLE = ("rows", "k_rope", "slot_position_index", "query_position_index", "rope_table")
 
 
 def _tensors(value) -> tuple[torch.Tensor, ...]:

@@ -1,0 +1,154 @@
+"""The attention microbenchmark: every backend at a real 1.3B shape, pre-pass and core timed apart.
+
+    python bench/attention.py [--resolution 1088x1920 | 544x960] [--repeats 20] [--out PATH.json]
+
+Shape (DESIGN 6/8): a 3-frame chunk (68x120 = 8160 tokens per frame at 1088x1920, 34x60 at 544x960)
+attending anchor + 2 history frames + itself in a wrapped 6-slot ring, 12 heads x 128, bf16, NTK-scaled
+RoPE. Each backend's time counts every pass of its cached path after the K/V write: the torch reference
+gathers, rotates and runs SDPA; the pre-pass backends rotate once (``rope_prepass``) and run their core,
+and those two are also timed alone. TFLOP/s count 4 * Lq * Lk * D * H. Errors are ||out - ref|| / ||ref||
+against the torch reference on float32-upcast inputs, beside the bf16 torch reference's own error.
+Targets on an H100 (issue 10): the engine's path (the best backend) >= 550 TFLOP/s, our Triton core >= 450.
+``--small`` runs a tiny shape, for checking the script on a CPU (timings meaningless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from histream_engine.attention import BACKENDS, get_backend
+from histream_engine.attention.auto import auto_choices
+from histream_engine.attention.ring import RingView
+from histream_engine.attention.rope import inv_freqs
+
+GRIDS = {"1088x1920": (68, 120), "544x960": (34, 60)}
+TRAIN_GRID = (30, 52)
+TARGETS_TFLOPS = {"engine_path": 550.0, "triton_core": 450.0}
+
+
+def timed(fn, repeats: int, device) -> list[float]:
+    """Seconds per call: CUDA events on GPU, wall clock elsewhere; three warm-up calls first."""
+    for _ in range(3):
+        fn()
+    out = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+        else:
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resolution", default="1088x1920", choices=sorted(GRIDS))
+    p.add_argument("--small", action="store_true", help="a tiny shape, for checking the script on a CPU")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    grid, heads, head_dim = ((4, 6), 2, 64) if args.small else (GRIDS[args.resolution], 12, 128)
+    S = grid[0] * grid[1]
+    ntk = (1.0, max(1.0, grid[0] / TRAIN_GRID[0]), max(1.0, grid[1] / TRAIN_GRID[1]))
+    # a wrapped ring: anchor in slot 0, history frames in slots 4, 5, the chunk in slots 1, 2, 3
+    view = RingView(slots=[0, 4, 5, 1, 2, 3], frame_pos=[0, 10, 11, 12, 13, 14], query_frames=3, grid=grid, num_slots=6,
+                    freqs=inv_freqs(head_dim, 10000.0, ntk), device=device)
+    torch.manual_seed(0)
+    q = torch.randn(1, 3 * S, heads, head_dim, device=device, dtype=dtype)  # [B, Lq, H, D]
+    k_store = torch.randn(1, 6 * S, heads, head_dim, device=device, dtype=dtype)  # [B, slots*S, H, D]
+    v_store = torch.randn(1, 6 * S, heads, head_dim, device=device, dtype=dtype)
+    reference = get_backend("torch")
+    ref = reference.ring_attention(q.float(), k_store.float(), v_store.float(), view)
+    flop = 4 * q.shape[1] * view.key_tokens * head_dim * heads
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})"
+    print(f"attention at {'small' if args.small else args.resolution}: Lq {q.shape[1]}, Lk {view.key_tokens}, {heads} x {head_dim}, "
+          f"{args.dtype}, {device_name}", flush=True)
+
+    def report(name, secs):
+        return {"seconds": secs, "tflops": flop / secs / 1e12}
+
+    results = {}
+    for entry in BACKENDS:
+        reason = entry.unavailable_reason()
+        if reason is not None:
+            results[entry.name] = {"skipped": reason}
+            print(f"{entry.name:>10}: skipped, {reason}", flush=True)
+            continue
+        backend = get_backend(entry.name)
+        try:
+            out = backend.ring_attention(q, k_store, v_store, view)
+            r = report(entry.name, statistics.median(timed(lambda: backend.ring_attention(q, k_store, v_store, view), args.repeats, device)))
+        except Exception as e:  # noqa: BLE001 - one backend failing at this shape is a result; the others still run
+            results[entry.name] = {"failed": f"{type(e).__name__}: {e}"}
+            print(f"{entry.name:>10}: FAILED {type(e).__name__}: {e}", flush=True)
+            continue
+        r["rel_err"] = rel_err(out, ref)
+        line = f"{entry.name:>10}: {r['seconds'] * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}"
+        if hasattr(backend, "prepass"):
+            q_rot, k_rot = backend.prepass(q, k_store, view)
+            r["prepass_seconds"] = statistics.median(timed(lambda: backend.prepass(q, k_store, view), args.repeats, device))
+            core = statistics.median(timed(lambda: backend.core(q_rot, k_rot, v_store, view.key_tokens), args.repeats, device))
+            r["core_seconds"], r["core_tflops"] = core, flop / core / 1e12
+            line += f"  (pre-pass {r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)"
+        results[entry.name] = r
+        print(line, flush=True)
+
+    timed_ok = {n: r for n, r in results.items() if "tflops" in r}
+    torch_err = results.get("torch", {}).get("rel_err")
+    for r in timed_ok.values():
+        r["err_over_torch"] = r["rel_err"] / torch_err if torch_err else None
+    best = max(timed_ok, key=lambda n: timed_ok[n]["tflops"]) if timed_ok else None
+    targets = {
+        "engine_path_tflops": timed_ok[best]["tflops"] if best else None,
+        "engine_path_backend": best,
+        "triton_core_tflops": results.get("triton", {}).get("core_tflops"),
+        **{f"{k}_target": v for k, v in TARGETS_TFLOPS.items()},
+    }
+    if best:
+        print(f"fastest path: {best} at {targets['engine_path_tflops']:.1f} TFLOP/s (target {TARGETS_TFLOPS['engine_path']:.0f} on an H100); "
+              f"triton core alone: {targets['triton_core_tflops'] or float('nan'):.1f} (target {TARGETS_TFLOPS['triton_core']:.0f})")
+    if args.out:
+        record = {
+            "command": "python bench/attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "device": device_name,
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+            "shape": {"resolution": "small" if args.small else args.resolution, "Lq": q.shape[1], "Lk": view.key_tokens,
+                      "heads": heads, "head_dim": head_dim, "dtype": args.dtype, "flop": flop},
+            "repeats": args.repeats,
+            "backends": results,
+            "auto_choices": auto_choices(),
+            "targets": targets,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

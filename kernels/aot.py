@@ -1,0 +1,368 @@
+"""Ahead-of-time compile of every Triton kernel variant at the real 1.3B shapes, for a GPU this machine lacks.
+
+    python -m histream_engine.kernels.aot --arch sm_90a --out DIR [--only attention_core ...]
+
+For each variant the autotuner or a launcher may pick (attention core configs, the RoPE pre-pass, the
+recache write, the downsample-patchify) at 1920x1088 (68x120 tokens per frame) and 960x544 (34x60), bf16
+and fp16, this compiles with Triton for the target, re-runs Triton's own ptxas with ``-v`` (registers,
+spills), reads shared memory from the kernel metadata, disassembles the cubin (nvdisasm from the Triton
+wheel) and counts the instructions of the hot loop. DIR gets each variant's PTX and cubin and
+``summary.json``; the exit code is 1 when any variant breaks a check (``check``).
+
+Arguments are specialised as ``triton.jit`` does at launch for that shape (pointers and ints divisible by
+16 marked so, ints equal to 1 made constants), so the code is what would run on the GPU.
+
+``issue_over_tensor`` compares the hot loop's instruction issue with its tensor-core work, per SM:
+(SASS instructions per iteration per warp x warps / 4 schedulers) over (4 * BLOCK_M * BLOCK_N * D flop /
+4096 dense bf16 flop per clock on an H100). Above 1.0 the loop is bound by issuing instructions, not by
+the tensor cores. It is an estimate from static code, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import triton
+from triton import knobs
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import attention_core, downsample_recache, rope_prepass
+
+ARCHS = {"sm_90a": GPUTarget("cuda", 90, 32), "sm_80": GPUTarget("cuda", 80, 32)}
+SMEM_PER_BLOCK = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024}  # opt-in maximum for one block
+TENSOR_FLOP_PER_CLOCK = 4096  # dense bf16/fp16 per SM per clock on an H100 (989 TFLOP/s at 1.83 GHz, 132 SMs)
+MAX_ISSUE_OVER_TENSOR = 1.0
+
+# Wan2.1 1.3B: 12 heads x 128; a 3-frame chunk attending anchor + 2 history frames + itself in a 6-slot ring.
+HEADS, HEAD_DIM, CHUNK_FRAMES, VISIBLE_FRAMES, RING_SLOTS, LATENT_CHANNELS = 12, 128, 3, 6, 6, 16
+SHAPES = {"1088x1920": (68, 120), "544x960": (34, 60)}  # token grid (gh, gw) at each resolution
+DTYPES = ("bf16", "fp16")
+
+
+@dataclass
+class Variant:
+    tag: str
+    kernel: object  # the @triton.jit function (under any autotune wrapper)
+    types: dict  # argument name -> Triton type string, for non-constexpr arguments
+    values: dict  # integer arguments' runtime values at this shape (for specialisation)
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    tensor_core: bool = False  # has dots that must lower to wgmma
+    block: tuple[int, int, int] | None = None  # (BLOCK_M, BLOCK_N, D) of the hot loop, for issue_over_tensor
+    record: dict = field(default_factory=dict)
+
+
+def jit_fn(kernel):
+    """The ``@triton.jit`` function under any autotune/heuristics wrappers."""
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def specialise(fn, types: dict, values: dict, constexprs: dict):
+    """(signature, constexprs, attrs) as ``triton.jit`` builds them for these runtime values."""
+    signature, consts, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        ty = types[name]
+        v = values.get(name)
+        if ty.startswith("*"):
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned (and far more)
+        elif ty in ("i32", "i64") and v is not None:
+            if v == 1:
+                signature[name] = "constexpr"
+                consts[name] = 1
+                continue
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        signature[name] = ty
+    return signature, consts, attrs
+
+
+# ---------- the variants ------------------------------------------------------------------------
+
+def attention_core_variants():
+    fn = jit_fn(attention_core._attention_core_kernel)
+    H, D = HEADS, HEAD_DIM
+    for shape, (gh, gw) in SHAPES.items():
+        S = gh * gw
+        Lq, Lk, R = CHUNK_FRAMES * S, VISIBLE_FRAMES * S, RING_SLOTS * S
+        values = dict(stride_ob=Lq * H * D, stride_ol=H * D, stride_oh=D, Lq=Lq, Lk=Lk, R=R, H=H)
+        for dt in DTYPES:
+            for bm, bn, w, s in attention_core.CONFIGS:
+                types = {n: "i32" for n in values}
+                types.update(desc_q=f"tensordesc<{dt}[{bm},{D}]>", desc_k=f"tensordesc<{dt}[{bn},{D}]>",
+                             desc_v=f"tensordesc<{dt}[{bn},{D}]>", Out=f"*{dt}", qk_scale="fp32")
+                consts = dict(D=D, PRECISION="tf32", BLOCK_M=bm, BLOCK_N=bn)
+                yield Variant(f"attention_core_{shape}_{dt}_M{bm}_N{bn}_w{w}_s{s}", fn, types, values, consts, w, s,
+                              tensor_core=True, block=(bm, bn, D))
+
+
+def rope_prepass_variants():
+    fn = jit_fn(rope_prepass._rope_prepass_kernel)
+    H, D = HEADS, HEAD_DIM
+    for shape, (gh, gw) in SHAPES.items():
+        S = gh * gw
+        Lq, Lk, R = CHUNK_FRAMES * S, VISIBLE_FRAMES * S, RING_SLOTS * S
+        values = dict(stride_qb=Lq * H * D, stride_ql=H * D, stride_qh=D, stride_kb=R * H * D, stride_kl=H * D, stride_kh=D,
+                      Lq=Lq, Lk=Lk, R=R, S=S, GW=gw, H=H, q_blocks=triton.cdiv(Lq, rope_prepass.BLOCK_T))
+        for dt in DTYPES:
+            types = {n: "i32" for n in values}
+            types.update(Q=f"*{dt}", KStore=f"*{dt}", QOut=f"*{dt}", KOut=f"*{dt}", QPos="*i32", SlotPos="*i32",
+                         Cos="*fp32", Sin="*fp32")
+            consts = dict(HALF=D // 2, PT=22, PH=21, BLOCK_T=rope_prepass.BLOCK_T)
+            yield Variant(f"rope_prepass_{shape}_{dt}", fn, types, values, consts, 4, 3)
+
+
+def recache_write_variants():
+    fn = jit_fn(downsample_recache._recache_write_kernel)
+    C = HEADS * HEAD_DIM
+    for shape, (gh, gw) in SHAPES.items():
+        S = gh * gw
+        L, R = CHUNK_FRAMES * S, RING_SLOTS * S
+        values = dict(stride_kb=L * C, stride_kl=C, stride_vb=L * C, stride_vl=C,
+                      stride_sb=R * C, stride_sl=C, stride_tb=R * C, stride_tl=C, L=L)
+        for dt in DTYPES:
+            for norm in (True, False):
+                types = {n: "i32" for n in values}
+                types.update(KProj=f"*{dt}", VProj=f"*{dt}", Weight=f"*{dt}", Rows="*i64", KStore=f"*{dt}",
+                             VStore=f"*{dt}", eps="fp32")
+                consts = dict(C=C, BLOCK_C=triton.next_power_of_2(C), APPLY_NORM=norm, BLOCK_T=downsample_recache.RECACHE_BLOCK_T)
+                yield Variant(f"recache_write_{shape}_{dt}_norm{int(norm)}", fn, types, values, consts, 4, 3)
+
+
+def downsample_variants():
+    fn = jit_fn(downsample_recache._downsample_patchify_kernel)
+    # the final high-res x0 (float32, as the engine keeps it) -> low-res patch vectors; the 1088x1920 latent only
+    (gh, gw), r, (pt, ph, pw) = SHAPES["1088x1920"], 2, (1, 2, 2)
+    C, Fr, Hh, Ww = LATENT_CHANNELS, CHUNK_FRAMES, gh * ph, gw * pw
+    FT, GH, GW = Fr // pt, Hh // (r * ph), Ww // (r * pw)
+    values = dict(stride_xb=C * Fr * Hh * Ww, stride_xc=Fr * Hh * Ww, stride_xf=Hh * Ww, stride_xh=Ww, stride_xw=1,
+                  N=FT * GH * GW, FT=FT, GH=GH, GW=GW)
+    for dt in ("fp32", "bf16"):
+        types = {n: "i32" for n in values}
+        types.update(X=f"*{dt}", Out=f"*{dt}")
+        P = C * pt * ph * pw
+        consts = dict(P=P, BLOCK_P=triton.next_power_of_2(P), PT=pt, PH=ph, PW=pw, R=r, BLOCK_T=downsample_recache.DOWNSAMPLE_BLOCK_T)
+        yield Variant(f"downsample_patchify_1088x1920_{dt}", fn, types, values, consts, 4, 3)
+
+
+KERNELS = {
+    "attention_core": attention_core_variants,
+    "rope_prepass": rope_prepass_variants,
+    "recache_write": recache_write_variants,
+    "downsample_patchify": downsample_variants,
+}
+
+
+# ---------- compile and inspect -----------------------------------------------------------------
+
+def ptxas_log(ptx: str, arch: str) -> str:
+    """Triton's own ptxas (the flags of its make_cubin) re-run with -v: registers, spills, stack."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(int(re.sub(r"\D", "", arch))).path
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        Path(src).write_text(ptx)
+        cmd = [ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", src, "-o", os.path.join(d, "k.o")]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        return r.stderr + r.stdout
+
+
+def parse_ptxas(log: str) -> dict:
+    def grab(pattern, n=1):
+        m = re.search(pattern, log)
+        return tuple(int(g) for g in m.groups()) if m else (None,) * n
+
+    (regs,) = grab(r"Used (\d+) registers")
+    spill_stores, spill_loads = grab(r"(\d+) bytes spill stores, (\d+) bytes spill loads", 2)
+    return {"regs": regs, "spill_stores": spill_stores, "spill_loads": spill_loads}
+
+
+def sass_text(cubin: bytes) -> str:
+    nvdisasm = os.path.join(os.path.dirname(knobs.nvidia.cuobjdump.path), "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        r = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"nvdisasm failed: {r.stderr.strip()}")
+        return r.stdout
+    finally:
+        os.remove(path)
+
+
+SASS_KEYS = ("HGMMA", "HMMA", "UTMALDG", "LDGSTS", "LDG", "STG", "LDS", "LDSM", "STS", "MUFU.EX2", "FFMA", "FMUL",
+             "FADD", "FMNMX", "F2FP", "IMAD", "IADD3", "ISETP", "SHFL", "BAR", "SYNCS")
+
+
+def sass_instructions(sass: str) -> list[tuple[str | None, str | None, str, bool]]:
+    """(label or None, opcode, text, predicated) in program order."""
+    out = []
+    for line in sass.splitlines():
+        m = re.match(r"^\s*(\.L_x_\d+):", line)
+        if m:
+            out.append((m.group(1), None, line, False))
+            continue
+        m = re.match(r"^\s*/\*[0-9a-f]{4,}\*/\s+(.*?);", line)
+        if m:
+            ins = m.group(1).strip()
+            pred = re.match(r"^@!?U?P[T0-9]+\s+", ins) is not None
+            ins = re.sub(r"^@!?U?P[T0-9]+\s+", "", ins)
+            out.append((None, ins.split()[0] if ins else "", ins, pred))
+    return out
+
+
+def sass_count(instrs) -> collections.Counter:
+    c = collections.Counter()
+    for _label, op, _text, _pred in instrs:
+        if op is None:
+            continue
+        c["total"] += 1
+        for key in SASS_KEYS:
+            if op == key or op.startswith(key + "."):
+                c[key] += 1
+                break
+    return c
+
+
+def sass_hot_loop(sass: str) -> dict | None:
+    """Instruction mix of the hot loop: of the loops (conditional backward branches), the one holding the
+    most tensor-core instructions, else the largest."""
+    instrs = sass_instructions(sass)
+    where = {label: i for i, (label, _op, _t, _p) in enumerate(instrs) if label}
+    best = None
+    for i, (_label, op, text, pred) in enumerate(instrs):
+        if op and op.startswith("BRA") and pred:
+            m = re.search(r"`\((\.L_x_\d+)\)", text)
+            if m and m.group(1) in where and where[m.group(1)] < i:
+                c = sass_count(instrs[where[m.group(1)]:i + 1])
+                rank = (c["HGMMA"] + c["HMMA"], c["total"])
+                if best is None or rank > best[0]:
+                    best = (rank, c)
+    return dict(best[1]) if best else None
+
+
+def compile_variant(v: Variant, arch: str, out_dir: Path | None) -> dict:
+    fn = v.kernel
+    signature, consts, attrs = specialise(fn, v.types, v.values, v.constexprs)
+    rec = {"tag": v.tag, "arch": arch, "num_warps": v.num_warps, "num_stages": v.num_stages,
+           "constexprs": {k: val for k, val in v.constexprs.items()}, "tensor_core": v.tensor_core}
+    t0 = time.perf_counter()
+    try:
+        src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
+        k = triton.compile(src, target=ARCHS[arch], options={"num_warps": v.num_warps, "num_stages": v.num_stages})
+    except Exception as e:  # noqa: BLE001 - a compile failure is a result to report, verbatim
+        rec.update(ok=False, error=f"{type(e).__name__}: {e}"[-4000:], traceback=traceback.format_exc()[-4000:])
+        return rec
+    ptx, cubin = k.asm["ptx"], k.asm["cubin"]
+    log = ptxas_log(ptx, arch)
+    sass = sass_text(cubin)
+    hot = sass_hot_loop(sass)
+    rec.update(ok=True, compile_seconds=round(time.perf_counter() - t0, 2), shared=k.metadata.shared, **parse_ptxas(log))
+    rec["ptxas_log"] = log.strip()
+    rec["smem_limit"] = SMEM_PER_BLOCK[arch]
+    rec["sass_total"] = dict(sass_count(sass_instructions(sass)))
+    rec["sass_hot_loop"] = hot
+    rec["tma_loads_ptx"] = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
+    rec["wgmma_ptx"] = len(re.findall(r"\bwgmma\.mma_async\b", ptx))
+    if v.block and hot:
+        bm, bn, d = v.block
+        tensor_clk = 4 * bm * bn * d / TENSOR_FLOP_PER_CLOCK
+        issue_clk = hot["total"] * v.num_warps / 4
+        rec["issue_over_tensor"] = round(issue_clk / tensor_clk, 3)
+    if out_dir is not None:
+        (out_dir / f"{v.tag}.ptx").write_text(ptx)
+        (out_dir / f"{v.tag}.cubin").write_bytes(cubin)
+    return rec
+
+
+def check(rec: dict) -> list[str]:
+    """What a compiled variant breaks: compile, spills, shared memory, tensor cores, instruction issue."""
+    if not rec.get("ok"):
+        return [f"does not compile: {rec.get('error', '?').splitlines()[0]}"]
+    bad = []
+    if rec["regs"] is None or rec["spill_stores"] is None:
+        bad.append("ptxas -v printed no register/spill line")
+    elif rec["spill_stores"] or rec["spill_loads"]:
+        bad.append(f"spills {rec['spill_stores']} B stored / {rec['spill_loads']} B loaded")
+    if rec["shared"] > rec["smem_limit"]:
+        bad.append(f"{rec['shared']} B of shared memory, over the {rec['smem_limit']} B a block may use")
+    if rec["tensor_core"]:
+        hot = rec["sass_hot_loop"] or {}
+        mma = "HGMMA" if rec["arch"] == "sm_90a" else "HMMA"
+        if not hot.get(mma):
+            bad.append(f"no {mma} in the hot loop: the dots do not run on the tensor cores as they should")
+        iot = rec.get("issue_over_tensor")
+        if rec["arch"] == "sm_90a" and (iot is None or iot > MAX_ISSUE_OVER_TENSOR):
+            bad.append(f"issue_over_tensor {iot} > {MAX_ISSUE_OVER_TENSOR}: the loop issues more than its wgmmas take")
+    return bad
+
+
+def run(arch: str, out_dir: Path | None, only: list[str] | None = None, log=print) -> dict:
+    """Compile every variant; returns ``{"arch", "variants": {tag: record}, "failures": {tag: [reasons]}}``."""
+    knobs.compilation.always_compile = True  # a cached kernel would skip the compile being checked
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    variants, failures = {}, {}
+    for name, gen in KERNELS.items():
+        if only and name not in only:
+            continue
+        for v in gen():
+            rec = compile_variant(v, arch, out_dir)
+            rec["violations"] = check(rec)
+            variants[v.tag] = rec
+            if rec["violations"]:
+                failures[v.tag] = rec["violations"]
+            log(summary_line(rec))
+    result = {"arch": arch, "triton": triton.__version__, "variants": variants, "failures": failures}
+    if out_dir is not None:
+        (out_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def summary_line(rec: dict) -> str:
+    if not rec.get("ok"):
+        return f"{rec['tag']:52s} FAILED  {rec['violations'][0]}"
+    hot = rec["sass_hot_loop"] or {}
+    iot = rec.get("issue_over_tensor")
+    status = "ok" if not rec["violations"] else "BAD: " + "; ".join(rec["violations"])
+    return (f"{rec['tag']:52s} regs={rec['regs']:>3} spill={rec['spill_stores']}/{rec['spill_loads']} smem={rec['shared']:>6} "
+            f"tma={rec['tma_loads_ptx']} loop: HGMMA={hot.get('HGMMA', 0)} instrs={hot.get('total', 0)}"
+            f"{f' issue/tensor={iot}' if iot is not None else ''}  {status}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m histream_engine.kernels.aot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="sm_90a", choices=sorted(ARCHS))
+    p.add_argument("--out", type=Path, required=True, help="folder for <variant>.ptx, <variant>.cubin and summary.json")
+    p.add_argument("--only", nargs="+", choices=sorted(KERNELS), help="compile only these kernels")
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        p.error("TRITON_INTERPRET=1 is set: the interpreter does not compile; unset it for this command")
+    result = run(args.arch, args.out, args.only)
+    n, bad = len(result["variants"]), len(result["failures"])
+    print(f"{n - bad}/{n} variants pass for {args.arch} (Triton {triton.__version__}); wrote {args.out / 'summary.json'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
