@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanDiT, WanVAE, flops
-from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanDiT, WanVAE, attention_backends, flops
+from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
 
 from .baseline import wan_baseline
 from .presets import PRESETS, BenchPreset
@@ -51,6 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
     return p
+
+
+def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, frames: int, repeats: int, cfg: WanConfig) -> None:
+    """Every argument checked before a model is built (minutes at 1080p): a bad one exits 2 with one line."""
+
+    def fail(msg: str):
+        parser.exit(2, f"{parser.prog}: error: {msg}\n")
+
+    if repeats < 1:
+        fail(f"--repeats must be >= 1, got {repeats}")
+    backends = {name: why for name, _ok, why in attention_backends()}
+    if args.attention not in backends:
+        fail(f"unknown --attention {args.attention!r}; registered: {sorted(backends)}")
+    if backends[args.attention]:
+        fail(f"--attention {args.attention} is unavailable here: {backends[args.attention]}")
+    for name in args.schedules:
+        try:
+            check_video_request(frames, preset.height, preset.width, EngineConfig().chunk_size, SCHEDULES[name], cfg.patch_size)
+        except ValueError as e:
+            fail(str(e))
 
 
 def random_model(cfg: WanConfig, dtype: torch.dtype, device: torch.device) -> WanDiT:
@@ -102,14 +122,16 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    preset = dataclasses.replace(preset, height=args.height or preset.height, width=args.width or preset.width)
+    preset = dataclasses.replace(preset, height=preset.height if args.height is None else args.height,
+                                 width=preset.width if args.width is None else args.width)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cuda_graphs and device.type != "cuda":
         parser.error("--cuda-graphs needs a CUDA device and none is visible; drop the flag on this machine")
     dtype_name = args.dtype or preset.dtype
-    repeats = args.repeats or preset.repeats
-    frames = args.frames or preset.frames
+    repeats = preset.repeats if args.repeats is None else args.repeats
+    frames = preset.frames if args.frames is None else args.frames
     cfg = WanConfig.from_name(preset.model)
+    check_arguments(parser, args, preset, frames, repeats, cfg)
     dit = random_model(cfg, getattr(torch, dtype_name), device)
     vae = None
     if args.vae:
@@ -118,7 +140,6 @@ def main(argv=None) -> int:
             vae = WanVAE(VAEConfig(dim=preset.vae_dim))
         vae = vae.to(getattr(torch, dtype_name)).eval().requires_grad_(False)
     engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile), vae=vae)
-    engine.video_shape(torch.zeros(1, 1, cfg.text_dim), frames, preset.height, preset.width, SCHEDULES["histream"])
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     env = environment(device)
     print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, "

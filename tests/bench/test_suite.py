@@ -96,3 +96,26 @@ def test_cuda_graphs_flag_refused_without_a_gpu(capsys):
         main(["--preset", "cpu-small", "--cuda-graphs"])
     assert exit_info.value.code == 2
     assert "--cuda-graphs needs a CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "80"], "num_frames must be a positive integer of the form 4k+1"),
+        (["--frames", "0"], "num_frames must be a positive integer"),
+        (["--height", "100"], "height must be a positive multiple of 16"),
+        (["--schedules", "histream", "--width", "400"], "width must be a positive multiple of 32"),
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--attention", "fa9"], "unknown --attention 'fa9'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line_before_any_model_is_built(args, message, capsys, monkeypatch):
+    from histream_engine.cli import main as cli_main
+    from histream_engine.bench import suite
+
+    monkeypatch.setattr(suite, "random_model", lambda *a: pytest.fail("a model was built before the arguments were checked"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "--preset", "cpu-small", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("histream bench: error: ") and message in err

@@ -1,0 +1,309 @@
+"""Every GPU check in one command, for a lent H100/H200: ``bench/gpu_suite.sh`` (which installs the package first).
+
+    bench/gpu_suite.sh [--dry-run] [--steps env,tests,aot,attention,vae,bench,graphs,bench_full] [--frames 57] [--out DIR]
+
+Steps (each a subprocess with its own time limit, its output in its own log; a step that cannot run here
+is skipped with the reason printed):
+
+- ``env``: GPU, driver, versions, the attention backends and why any is unavailable;
+- ``tests``: the test suite's kernel, attention and runtime tests, compiled on the GPU;
+- ``aot``: the sm_90a static report (``kernels.aot``) with the Triton installed there;
+- ``attention``: the attention microbenchmark (``bench/attention.py``) at 1088x1920 and 544x960, every backend;
+- ``vae``: ``histream bench --preset 1080p-1.3b --vae`` on ``histream_plus``;
+- ``bench``: ``histream bench --preset 1080p-1.3b --attention auto`` on the sliding-window schedules, eager;
+- ``graphs``: the same with ``--cuda-graphs``;
+- ``bench_full``: the full-cache schedules (``self_forcing``, ``no_agsw``) eager, with the Wan2.1 baseline
+  where diffusers is installed. They never replay a graph (their cache grows every chunk), so they have no
+  ``--cuda-graphs`` run.
+
+The device tool limits one command to 10 minutes, so the README runs the steps in three calls, the most
+telling first. Everything
+goes to one folder (``$OUT/gpu_suite`` on the device machine): ``summary.md`` (printed last), ``summary.json``,
+``suite.log`` and ``results.tar.gz`` (every step's JSON, logs and compiled kernels), few enough files for the
+device tool to bring back. ``--dry-run`` prints the plan and every command without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full")
+SLIDING_WINDOW_SCHEDULES = ("histream", "histream_plus", "no_drc", "two_step")
+FULL_CACHE_SCHEDULES = ("self_forcing", "no_agsw")
+# 5 chunks: the first, then a steady chunk that runs eagerly, one that captures, two that replay.
+DEFAULT_FRAMES = 57
+
+
+@dataclass
+class Step:
+    name: str
+    what: str
+    commands: list[list[str]]
+    timeout: int  # seconds for all of the step's commands
+    skip: Callable[[], str | None] = lambda: None  # the reason it cannot run here, or None
+    outputs: list[str] = field(default_factory=list)  # files (in the work folder) the summary reads
+
+
+def _has(module: str) -> str | None:
+    import importlib.util
+
+    return None if importlib.util.find_spec(module) else f"{module} is not installed here"
+
+
+def plan(frames: int, work: Path) -> list[Step]:
+    py = sys.executable
+    bench = [py, "-m", "bench", "--preset", "1080p-1.3b", "--frames", str(frames), "--repeats", "1", "--attention", "auto"]
+    return [
+        Step("env", "GPU, driver, versions, attention backends", [
+            ["nvidia-smi"],
+            [py, "-m", "bench.gpu_suite", "--write-env", str(work / "env.json")],
+        ], 120, outputs=["env.json"]),
+        Step("tests", "kernel, attention and runtime tests, compiled on the GPU", [
+            [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={work / 'tests.xml'}",
+             "tests/kernels", "tests/attention", "tests/runtime", "--ignore=tests/kernels/test_aot.py"],  # the aot step runs that
+        ], 600, skip=lambda: _has("pytest"), outputs=["tests.xml"]),
+        Step("aot", "sm_90a static report with this machine's Triton", [
+            [py, "-m", "histream_engine.kernels.aot", "--arch", "sm_90a", "--out", str(work / "aot")],
+        ], 300, outputs=["aot/summary.json"]),
+        Step("attention", "attention microbenchmark, every backend, both resolutions", [
+            [py, "bench/attention.py", "--resolution", res, "--out", str(work / f"attention-{res}.json")]
+            for res in ("1088x1920", "544x960")
+        ], 400, outputs=["attention-1088x1920.json", "attention-544x960.json"]),
+        Step("vae", "1080p latency with the VAE decoding every chunk (histream_plus)", [
+            bench + ["--schedules", "histream_plus", "--vae", "--no-baseline", "--out", str(work / "bench-vae.json")],
+        ], 540, outputs=["bench-vae.json"]),
+        Step("bench", "1080p latency per frame, sliding-window schedules, eager, with a profile of each last chunk", [
+            bench + ["--schedules", *SLIDING_WINDOW_SCHEDULES, "--no-baseline", "--profile", "--out", str(work / "bench-eager.json")],
+        ], 400, outputs=["bench-eager.json"]),
+        Step("graphs", "the same with CUDA graphs", [
+            bench + ["--schedules", *SLIDING_WINDOW_SCHEDULES, "--no-baseline", "--cuda-graphs", "--out", str(work / "bench-graphs.json")],
+        ], 300, outputs=["bench-graphs.json"]),
+        Step("bench_full", "1080p latency per frame, full-cache schedules (self_forcing, no_agsw), eager, Wan2.1 baseline", [
+            bench + ["--schedules", *FULL_CACHE_SCHEDULES, "--out", str(work / "bench-full.json")],
+        ], 590, outputs=["bench-full.json"]),
+    ]
+
+
+def write_env(path: Path) -> None:
+    from histream_engine import attention_backends
+
+    import triton
+
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": triton.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "capability": list(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None,
+        "sms": torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else None,
+        "attention_backends": [{"name": n, "available": ok, "reason": why} for n, ok, why in attention_backends()],
+        "optional_packages": {m: _has(m) is None for m in ("flash_attn", "diffusers", "transformers", "pytest", "matplotlib")},
+        "git_commit": _git_commit(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    print(json.dumps(record, indent=2))
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_step(step: Step, work: Path, log) -> dict:
+    """Runs a step's commands in order; the first failure or the time limit ends the step."""
+    reason = step.skip()
+    if reason:
+        log(f"[{step.name}] skipped: {reason}")
+        return {"status": "skipped", "reason": reason, "seconds": 0.0}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled kernels, never the interpreter
+    env["PYTHONUNBUFFERED"] = "1"
+    t0 = time.perf_counter()
+    with open(work / f"{step.name}.log", "w") as out:
+        for cmd in step.commands:
+            left = step.timeout - (time.perf_counter() - t0)
+            log(f"[{step.name}] $ {shlex.join(cmd)}")
+            out.write(f"$ {shlex.join(cmd)}\n")
+            out.flush()
+            if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
+                log(f"[{step.name}] skipped: {cmd[0]} is not on this machine")
+                continue
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=max(left, 1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                log(f"[{step.name}] TIMED OUT after {step.timeout} s (log: {step.name}.log)")
+                return {"status": "timed out", "seconds": time.perf_counter() - t0}
+            if rc != 0:
+                log(f"[{step.name}] FAILED with exit code {rc} (log: {step.name}.log)")
+                return {"status": "failed", "exit_code": rc, "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    log(f"[{step.name}] ok in {seconds:.0f} s")
+    return {"status": "ok", "seconds": seconds}
+
+
+# ---------- the summary ---------------------------------------------------------------------------
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
+    facts: dict = {"steps": statuses}
+    lines = ["# GPU suite", ""]
+    env = _load(work / "env.json")
+    if env:
+        facts["env"] = env
+        lines += [f"{env['device']} (sm_{''.join(map(str, env['capability'] or []))}, {env['sms']} SMs), torch {env['torch']}, "
+                  f"CUDA {env['cuda']}, cuDNN {env['cudnn']}, Triton {env['triton']}, commit {env['git_commit']}", ""]
+    lines += ["| step | status | seconds |", "|---|---|---|"]
+    lines += [f"| {n} | {s['status']}{': ' + s['reason'] if s.get('reason') else ''} | {s['seconds']:.0f} |" for n, s in statuses.items()]
+    tests = _junit(work / "tests.xml")
+    if tests:
+        facts["tests"] = tests
+        lines += ["", f"Tests: {tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"]
+    aot = _load(work / "aot" / "summary.json")
+    if aot:
+        facts["aot_failures"] = aot["failures"]
+        lines += ["", f"sm_90a static checks (Triton {aot['triton']}): {len(aot['variants']) - len(aot['failures'])}/{len(aot['variants'])} variants pass"]
+    for res in ("1088x1920", "544x960"):
+        att = _load(work / f"attention-{res}.json")
+        if not att:
+            continue
+        facts[f"attention_{res}"] = att
+        lines += ["", f"Attention at {res} ({att['shape']['dtype']}, Lq {att['shape']['Lq']}, Lk {att['shape']['Lk']}):", "",
+                  "| backend | ms | TFLOP/s | pre-pass ms | core TFLOP/s | rel err | err / torch's |", "|---|---|---|---|---|---|---|"]
+        for name, r in att["backends"].items():
+            if "tflops" in r:
+                pre = f"{r['prepass_seconds'] * 1e3:.3f}" if "prepass_seconds" in r else ""
+                core = f"{r['core_tflops']:.1f}" if "core_tflops" in r else ""
+                ratio = f"{r['err_over_torch']:.2f}" if r.get("err_over_torch") is not None else ""
+                lines.append(f"| {name} | {r['seconds'] * 1e3:.3f} | {r['tflops']:.1f} | {pre} | {core} | {r['rel_err']:.2e} | {ratio} |")
+            else:
+                lines.append(f"| {name} | {r.get('skipped') or r.get('failed')} | | | | | |")
+    for tag in ("eager", "graphs", "full", "vae"):
+        b = _load(work / f"bench-{tag}.json")
+        if not b:
+            continue
+        facts[f"bench_{tag}"] = {n: {k: r[k] for k in ("seconds_per_frame", "steady_seconds_per_frame", "achieved_tflops",
+                                                        "vae_seconds_per_frame", "end_to_end_seconds_per_frame", "run_modes")}
+                                 for n, r in b["schedules"].items()}
+        lines += ["", f"1080p bench ({tag}: {b['command']}):", "",
+                  "| schedule | s/frame | steady s/frame | TFLOP/s | VAE s/frame | end-to-end s/frame |", "|---|---|---|---|---|---|"]
+        for n, r in b["schedules"].items():
+            vae = f"{r['vae_seconds_per_frame']:.4f}" if r["vae_seconds_per_frame"] is not None else ""
+            lines.append(f"| {n} | {r['seconds_per_frame']:.4f} | {r['steady_seconds_per_frame']:.4f} | {r['achieved_tflops']:.1f} | "
+                         f"{vae} | {r['end_to_end_seconds_per_frame']:.4f} |")
+    return facts, "\n".join(lines) + "\n"
+
+
+def _junit(path: Path) -> dict | None:
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase") if c.find("failure") is not None or c.find("error") is not None]
+    return {"passed": counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"], "failed": counts["failures"],
+            "errors": counts["errors"], "skipped": counts["skipped"], "failing": failed}
+
+
+def write_results(work: Path, out: Path, statuses: dict) -> str:
+    facts, md = summarise(work, statuses)
+    (work / "summary.md").write_text(md)
+    (out / "summary.md").write_text(md)
+    (out / "summary.json").write_text(json.dumps(facts, indent=1, default=str))
+    with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
+        tar.add(work, arcname="gpu_suite")
+    return md
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/gpu_suite.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and every command; run nothing")
+    p.add_argument("--steps", default=",".join(STEP_NAMES), help=f"comma-separated, from {','.join(STEP_NAMES)} (default: all, in that order)")
+    p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"video frames for the 1080p bench (default {DEFAULT_FRAMES}; 81 is the paper's)")
+    p.add_argument("--out", type=Path, help="result folder (default $OUT/gpu_suite on the device machine, else bench/results/gpu-suite-<date>)")
+    p.add_argument("--write-env", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.write_env:
+        write_env(args.write_env)
+        return 0
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = sorted(set(steps) - set(STEP_NAMES))
+    if unknown or not steps:
+        p.error(f"unknown step(s) {unknown}; choose from {','.join(STEP_NAMES)}")
+    if args.frames < 1 or (args.frames - 1) % 4 or ((args.frames - 1) // 4 + 1) % 3:
+        p.error(f"--frames must be 4k+1 with (frames - 1) / 4 + 1 divisible by 3 (e.g. 57, 81), got {args.frames}")
+    out = args.out or (Path(os.environ["OUT"]) / "gpu_suite" if os.environ.get("OUT") else
+                       REPO / "bench" / "results" / f"gpu-suite-{time.strftime('%Y-%m-%d-%H%M')}")
+    work = Path(tempfile.mkdtemp(prefix="histream-gpu-suite-")) if not args.dry_run else out / "raw"
+    chosen = [s for s in plan(args.frames, work) if s.name in steps]
+
+    if args.dry_run:
+        print(f"gpu suite plan: {len(chosen)} steps, results to {out}")
+        for s in chosen:
+            reason = s.skip()
+            print(f"\n[{s.name}] {s.what} (time limit {s.timeout} s){'; would skip here: ' + reason if reason else ''}")
+            for cmd in s.commands:
+                print("  $ " + shlex.join(cmd))
+        print(f"\nthen: {out}/summary.md, summary.json, suite.log and results.tar.gz (every log, JSON and compiled kernel)")
+        return 0
+    if not torch.cuda.is_available():
+        print("gpu_suite: no CUDA GPU is visible; this suite is for a lent H100/H200 (README: 'GPU suite'). "
+              "--dry-run prints its plan.", file=sys.stderr)
+        return 2
+
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "suite.log", "w")
+
+    def log(msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    log(f"gpu suite: steps {','.join(steps)}, {args.frames} frames, work folder {work}, results to {out}")
+    statuses = {}
+    for s in chosen:
+        statuses[s.name] = run_step(s, work, log)
+        md = write_results(work, out, statuses)  # after every step: a call cut off at its limit still brings back the rest
+    log(f"wrote {out}/summary.md, summary.json, results.tar.gz")
+    log_file.close()
+    print("\n" + md)
+    return 0 if all(s["status"] in ("ok", "skipped") for s in statuses.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from histream_engine.bench import gpu_suite
+from histream_engine.bench.suite import main as bench_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_dry_run_plans_every_step_and_prints_its_commands():
+    proc = subprocess.run(["bash", "bench/gpu_suite.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for step in gpu_suite.STEP_NAMES:
+        assert f"[{step}]" in text
+    for piece in ("nvidia-smi", "-m pytest", "tests/kernels tests/attention tests/runtime", "histream_engine.kernels.aot --arch sm_90a",
+                  "bench/attention.py --resolution 1088x1920", "bench/attention.py --resolution 544x960",
+                  "--preset 1080p-1.3b", "--cuda-graphs", "--vae", "--attention auto", "self_forcing no_agsw",
+                  "histream histream_plus no_drc two_step", "results.tar.gz"):
+        assert piece in text, piece
+    assert "$ " in text and text.count("--preset 1080p-1.3b") == 4
+
+
+def test_steps_and_frames_are_checked(capsys):
+    with pytest.raises(SystemExit) as e:
+        gpu_suite.main(["--dry-run", "--steps", "tests,warp"])
+    assert e.value.code == 2 and "unknown step(s) ['warp']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_suite.main(["--dry-run", "--frames", "80"])
+    assert "--frames must be 4k+1" in capsys.readouterr().err
+    assert gpu_suite.main(["--dry-run", "--steps", "attention"]) == 0
+    out = capsys.readouterr().out
+    assert "[attention]" in out and "[tests]" not in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_refuses_to_run_without_a_gpu(capsys, tmp_path):
+    assert gpu_suite.main(["--steps", "env", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+def test_a_step_reports_ok_failed_timed_out_and_skipped(tmp_path):
+    py = sys.executable
+    lines = []
+    ok = gpu_suite.Step("a", "ok", [[py, "-c", "print('hello')"]], 30)
+    assert gpu_suite.run_step(ok, tmp_path, lines.append)["status"] == "ok"
+    assert "hello" in (tmp_path / "a.log").read_text()
+    failed = gpu_suite.Step("b", "fails", [[py, "-c", "raise SystemExit(3)"], [py, "-c", "print('never')"]], 30)
+    assert gpu_suite.run_step(failed, tmp_path, lines.append) == {"status": "failed", "exit_code": 3, "seconds": pytest.approx(0, abs=30)}
+    assert "never" not in (tmp_path / "b.log").read_text()
+    slow = gpu_suite.Step("c", "sleeps", [[py, "-c", "import time; time.sleep(30)"]], 1)
+    assert gpu_suite.run_step(slow, tmp_path, lines.append)["status"] == "timed out"
+    skipped = gpu_suite.Step("d", "cannot", [[py, "-c", "1"]], 30, skip=lambda: "flash_attn is not installed here")
+    assert gpu_suite.run_step(skipped, tmp_path, lines.append)["reason"] == "flash_attn is not installed here"
+    assert any("TIMED OUT" in line for line in lines) and any("FAILED with exit code 3" in line for line in lines)
+
+
+def test_summary_reads_real_step_outputs(tmp_path):
+    """The summary is built from the files the steps write: a real (small) attention and bench record here."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    attention = subprocess.run([sys.executable, "bench/attention.py", "--small", "--repeats", "1", "--out", str(work / "attention-1088x1920.json")],
+                               cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert attention.returncode == 0, attention.stderr
+    assert bench_main(["--preset", "cpu-small", "--schedules", "histream", "--repeats", "1", "--frames", "21", "--height", "64",
+                       "--width", "64", "--no-baseline", "--no-plot", "--out", str(work / "bench-eager.json")]) == 0
+    statuses = {"attention": {"status": "ok", "seconds": 3.0}, "bench": {"status": "ok", "seconds": 5.0},
+                "graphs": {"status": "skipped", "reason": "no GPU", "seconds": 0.0}}
+    md = gpu_suite.write_results(work, out, statuses)
+    assert "| graphs | skipped: no GPU | 0 |" in md
+    assert "Attention at 1088x1920" in md and "| torch |" in md and "| flash_attn | the flash_attn package is not installed" in md
+    assert "| histream |" in md
+    facts = json.loads((out / "summary.json").read_text())
+    assert facts["bench_eager"]["histream"]["seconds_per_frame"] > 0
+    assert facts["attention_1088x1920"]["backends"]["torch"]["rel_err"] < 1e-2
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = tar.getnames()
+    assert "gpu_suite/bench-eager.json" in names and "gpu_suite/summary.md" in names
