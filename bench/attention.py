@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from histream_engine.attention import BACKENDS, get_backend
-from histream_engine.attention.auto import auto_choices
+from histream_engine.attention.auto import auto_choices, device_seconds
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs
 
@@ -34,24 +34,8 @@ TRAIN_GRID = (30, 52)
 TARGETS_TFLOPS = {"engine_path": 550.0, "triton_core": 450.0}
 
 
-def timed(fn, repeats: int, device) -> list[float]:
-    """Seconds per call: CUDA events on GPU, wall clock elsewhere; three warm-up calls first."""
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            out.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-    return out
+def median_seconds(fn, repeats: int, device) -> float:
+    return statistics.median(device_seconds(fn, device, warmup=3, repeats=repeats))
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -88,7 +72,7 @@ def main(argv=None) -> int:
     print(f"attention at {'small' if args.small else args.resolution}: Lq {q.shape[1]}, Lk {view.key_tokens}, {heads} x {head_dim}, "
           f"{args.dtype}, {device_name}", flush=True)
 
-    def report(name, secs):
+    def report(secs):
         return {"seconds": secs, "tflops": flop / secs / 1e12}
 
     results = {}
@@ -101,7 +85,7 @@ def main(argv=None) -> int:
         backend = get_backend(entry.name)
         try:
             out = backend.ring_attention(q, k_store, v_store, view)
-            r = report(entry.name, statistics.median(timed(lambda: backend.ring_attention(q, k_store, v_store, view), args.repeats, device)))
+            r = report(median_seconds(lambda: backend.ring_attention(q, k_store, v_store, view), args.repeats, device))
         except Exception as e:  # noqa: BLE001 - one backend failing at this shape is a result; the others still run
             results[entry.name] = {"failed": f"{type(e).__name__}: {e}"}
             print(f"{entry.name:>10}: FAILED {type(e).__name__}: {e}", flush=True)
@@ -110,8 +94,8 @@ def main(argv=None) -> int:
         line = f"{entry.name:>10}: {r['seconds'] * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}"
         if hasattr(backend, "prepass"):
             q_rot, k_rot = backend.prepass(q, k_store, view)
-            r["prepass_seconds"] = statistics.median(timed(lambda: backend.prepass(q, k_store, view), args.repeats, device))
-            core = statistics.median(timed(lambda: backend.core(q_rot, k_rot, v_store, view.key_tokens), args.repeats, device))
+            r["prepass_seconds"] = median_seconds(lambda: backend.prepass(q, k_store, view), args.repeats, device)
+            core = median_seconds(lambda: backend.core(q_rot, k_rot, v_store, view.key_tokens), args.repeats, device)
             r["core_seconds"], r["core_tflops"] = core, flop / core / 1e12
             line += f"  (pre-pass {r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)"
         results[entry.name] = r

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanDiT, WanVAE, attention_backends, flops
+from histream_engine.attention.auto import auto_choices
 from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
 
 from .baseline import wan_baseline
@@ -183,6 +184,7 @@ def main(argv=None) -> int:
         "wan_baseline": baseline,
         "schedules": schedules,
         "profiles": {name: {k: v for k, v in prof.items() if k != "table"} for name, prof in profiles.items()} or None,
+        "attention_auto": auto_choices() if args.attention == "auto" else None,
     }
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
     out = args.out or RESULTS / f"{record['date']}-{slug}-{preset.name}.json"

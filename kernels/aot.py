@@ -96,12 +96,17 @@ def specialise(fn, types: dict, values: dict, constexprs: dict):
 
 # ---------- the variants ------------------------------------------------------------------------
 
+def ring_shapes():
+    """(name, tokens per frame, grid width, query tokens, visible key tokens, ring rows) at each resolution."""
+    for shape, (gh, gw) in SHAPES.items():
+        S = gh * gw
+        yield shape, S, gw, CHUNK_FRAMES * S, VISIBLE_FRAMES * S, RING_SLOTS * S
+
+
 def attention_core_variants():
     fn = jit_fn(attention_core._attention_core_kernel)
     H, D = HEADS, HEAD_DIM
-    for shape, (gh, gw) in SHAPES.items():
-        S = gh * gw
-        Lq, Lk, R = CHUNK_FRAMES * S, VISIBLE_FRAMES * S, RING_SLOTS * S
+    for shape, _S, _gw, Lq, Lk, R in ring_shapes():
         values = dict(stride_ob=Lq * H * D, stride_ol=H * D, stride_oh=D, Lq=Lq, Lk=Lk, R=R, H=H)
         for dt in DTYPES:
             for bm, bn, w, s in attention_core.CONFIGS:
@@ -116,9 +121,7 @@ def attention_core_variants():
 def rope_prepass_variants():
     fn = jit_fn(rope_prepass._rope_prepass_kernel)
     H, D = HEADS, HEAD_DIM
-    for shape, (gh, gw) in SHAPES.items():
-        S = gh * gw
-        Lq, Lk, R = CHUNK_FRAMES * S, VISIBLE_FRAMES * S, RING_SLOTS * S
+    for shape, S, gw, Lq, Lk, R in ring_shapes():
         values = dict(stride_qb=Lq * H * D, stride_ql=H * D, stride_qh=D, stride_kb=R * H * D, stride_kl=H * D, stride_kh=D,
                       Lq=Lq, Lk=Lk, R=R, S=S, GW=gw, H=H, q_blocks=triton.cdiv(Lq, rope_prepass.BLOCK_T))
         for dt in DTYPES:
@@ -132,9 +135,7 @@ def rope_prepass_variants():
 def recache_write_variants():
     fn = jit_fn(downsample_recache._recache_write_kernel)
     C = HEADS * HEAD_DIM
-    for shape, (gh, gw) in SHAPES.items():
-        S = gh * gw
-        L, R = CHUNK_FRAMES * S, RING_SLOTS * S
+    for shape, _S, _gw, L, _Lk, R in ring_shapes():
         values = dict(stride_kb=L * C, stride_kl=C, stride_vb=L * C, stride_vl=C,
                       stride_sb=R * C, stride_sl=C, stride_tb=R * C, stride_tl=C, L=L)
         for dt in DTYPES:

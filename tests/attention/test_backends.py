@@ -16,8 +16,8 @@ def test_registry_lists_every_backend_with_a_reason():
     assert listed["torch"] == (True, "") and listed["auto"] == (True, "")
     assert listed["triton"][0] is True  # installed with the test extras; interpreter on CPU (conftest)
     assert listed["cudnn"][0] is True  # on CPU under the interpreter SDPA's CPU kernel stands in
-    if importlib.util.find_spec("flash_attn") is None:
-        assert listed["flash_attn"] == (False, "the flash_attn package is not installed (pip install flash_attn)")
+    if importlib.util.find_spec("flash_attn") is None and importlib.util.find_spec("flash_attn_interface") is None:
+        assert listed["flash_attn"] == (False, "neither FlashAttention-3 (flash_attn_interface) nor FlashAttention-2 (pip install flash_attn) is installed")
 
 
 def test_unavailable_backend_says_why(monkeypatch):
@@ -27,8 +27,8 @@ def test_unavailable_backend_says_why(monkeypatch):
     for name in ("triton", "cudnn"):
         with pytest.raises(RuntimeError, match=f"{name}.*unavailable: no CUDA GPU"):
             get_backend(name)
-    if importlib.util.find_spec("flash_attn") is None:
-        with pytest.raises(RuntimeError, match="flash_attn package is not installed"):
+    if importlib.util.find_spec("flash_attn") is None and importlib.util.find_spec("flash_attn_interface") is None:
+        with pytest.raises(RuntimeError, match="flash_attn.*unavailable: neither FlashAttention-3"):
             Engine(random_dit("tiny"), EngineConfig(attention="flash_attn"))
     with pytest.raises(ValueError, match="unknown attention backend 'fa3'.*registered"):
         get_backend("fa3")

@@ -75,7 +75,7 @@ def test_summary_reads_real_step_outputs(tmp_path):
                 "graphs": {"status": "skipped", "reason": "no GPU", "seconds": 0.0}}
     md = gpu_suite.write_results(work, out, statuses)
     assert "| graphs | skipped: no GPU | 0 |" in md
-    assert "Attention at 1088x1920" in md and "| torch |" in md and "| flash_attn | the flash_attn package is not installed" in md
+    assert "Attention at 1088x1920" in md and "| torch |" in md and "| flash_attn | neither FlashAttention-3" in md
     assert "| histream |" in md
     facts = json.loads((out / "summary.json").read_text())
     assert facts["bench_eager"]["histream"]["seconds_per_frame"] > 0

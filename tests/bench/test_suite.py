@@ -23,7 +23,8 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
                  "--compile", "--profile", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert {"preset", "command", "date", "environment", "model", "video", "dtype", "attention", "repeats",
-            "cuda_graphs", "torch_compile", "wan_baseline", "schedules", "profiles"} <= set(record)
+            "cuda_graphs", "torch_compile", "wan_baseline", "schedules", "profiles", "attention_auto"} <= set(record)
+    assert record["attention_auto"] is None  # --attention torch
     assert {"device", "torch", "triton", "cuda", "git_commit"} <= set(record["environment"])
     assert record["torch_compile"] is True and record["cuda_graphs"] is False
     assert record["wan_baseline"]["seconds_per_frame"] > 0

@@ -4,7 +4,7 @@ Each entry says how to check availability, with a human-readable reason, and how
 a backend whose dependency is missing is never imported.
 
 - ``torch``: the reference (gather the window, rotate, SDPA).
-- ``triton``, ``cudnn``, ``flash_attn``: the Triton RoPE pre-pass, then that attention core
+- ``triton``, ``cudnn``, ``flash_attn`` (FlashAttention-3 or -2): the Triton RoPE pre-pass, then that attention core
   (``prepass_backend``, ``cores``).
 - ``auto``: the pre-pass, then whichever available core measured fastest for the shape (``auto``); the
   torch reference where no core can run.
@@ -56,8 +56,8 @@ def _cudnn_reason() -> str | None:
 
 
 def _flash_reason() -> str | None:
-    if reason := _missing("flash_attn"):
-        return reason
+    if _missing("flash_attn_interface") and _missing("flash_attn"):
+        return "neither FlashAttention-3 (flash_attn_interface) nor FlashAttention-2 (pip install flash_attn) is installed"
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     return _triton_reason()

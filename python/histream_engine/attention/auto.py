@@ -11,6 +11,7 @@ chunk of the same shapes, so choices exist by then, and a capture that meets an 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -47,11 +48,12 @@ def shape_name(key: tuple) -> str:
     return f"q{list(q)} k{list(k)} keys={lk} {str(dtype).replace('torch.', '')} {device}"
 
 
-def _seconds(fn: Callable[[], object], device: torch.device) -> float:
-    for _ in range(WARMUP):
+def device_seconds(fn: Callable[[], object], device: torch.device, warmup: int = WARMUP, repeats: int = REPEATS) -> list[float]:
+    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones: CUDA events on a GPU, wall clock elsewhere."""
+    for _ in range(warmup):
         fn()
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -63,7 +65,7 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
             t0 = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return times
 
 
 class AutoCore:
@@ -88,7 +90,8 @@ class AutoCore:
         seconds, failed = {}, {}
         for name, core in self.cores.items():
             try:
-                seconds[name] = _seconds(lambda core=core: core(q_rot, k_rot, v_store, key_tokens), q_rot.device)
+                times = device_seconds(lambda core=core: core(q_rot, k_rot, v_store, key_tokens), q_rot.device)
+                seconds[name] = statistics.median(times)
             except Exception as e:  # noqa: BLE001 - a core that cannot run this shape is skipped, and the reason kept
                 failed[name] = f"{type(e).__name__}: {e}"
         if not seconds:

@@ -43,10 +43,19 @@ def cudnn_core(q_rot: torch.Tensor, k_rot: torch.Tensor, v_store: torch.Tensor, 
 
 
 def flash_core(q_rot: torch.Tensor, k_rot: torch.Tensor, v_store: torch.Tensor, key_tokens: int) -> torch.Tensor:
-    """FlashAttention's ``flash_attn_func`` (FlashAttention-2 or -3, whichever is installed as ``flash_attn``)."""
-    from flash_attn import flash_attn_func
-
+    """FlashAttention-3 (``flash_attn_interface``, Hopper) where installed, else FlashAttention-2 (``flash_attn``)."""
     if q_rot.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"the flash_attn attention core needs fp16 or bf16, got {q_rot.dtype}; load the model in bf16")
     k = k_rot[:, :, :key_tokens].transpose(1, 2)  # [B, Lk, H, D]
-    return flash_attn_func(q_rot.transpose(1, 2), k, v_store[:, :key_tokens])  # [B, Lq, H, D]
+    out = flash_attn_func()(q_rot.transpose(1, 2), k, v_store[:, :key_tokens])  # [B, Lq, H, D]
+    return out[0] if isinstance(out, tuple) else out  # some FlashAttention-3 releases also return the log-sum-exp
+
+
+def flash_attn_func():
+    try:
+        from flash_attn_interface import flash_attn_func as fa3
+    except ImportError:
+        from flash_attn import flash_attn_func as fa2
+
+        return fa2
+    return fa3
