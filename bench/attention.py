@@ -4,9 +4,10 @@
 
 Shape (DESIGN 6/8): a 3-frame chunk (68x120 = 8160 tokens per frame at 1088x1920, 34x60 at 544x960)
 attending anchor + 2 history frames + itself in a wrapped 6-slot ring, 12 heads x 128, bf16, NTK-scaled
-RoPE. Each backend's time counts every pass of its cached path after the K/V write: the torch reference
-gathers, rotates and runs SDPA; the pre-pass backends rotate once (``rope_prepass``) and run their core,
-and those two are also timed alone. TFLOP/s count 4 * Lq * Lk * D * H. Errors are ||out - ref|| / ||ref||
+RoPE, with ``absolute`` positions (K cached rotated: only Q is rotated per call) and ``window`` positions
+(the visible K rotated per call too). Each backend's time counts every pass of its cached path after the
+K/V write: the torch backend rotates and runs SDPA on slices of the ring; the pre-pass backends rotate
+(``rope_prepass``) and run their core, and those two are also timed alone. TFLOP/s count 4 * Lq * Lk * D * H. Errors are ||out - ref|| / ||ref||
 against the torch reference on float32-upcast inputs, beside the bf16 torch reference's own error.
 Targets on an H100 (issue 10): the engine's path (the best backend) >= 550 TFLOP/s, our Triton core >= 450.
 ``--small`` runs a tiny shape, for checking the script on a CPU (timings meaningless).
@@ -42,9 +43,46 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:
+    """Every registered backend on one view: time, TFLOP/s, error against the float32 reference; pre-pass and core apart."""
+    ref = get_backend("torch").ring_attention(q.float(), k_store.float(), v_store.float(), view)
+    results = {}
+    for entry in BACKENDS:
+        reason = entry.unavailable_reason()
+        if reason is not None:
+            results[entry.name] = {"skipped": reason}
+            print(f"{entry.name:>10}: skipped, {reason}", flush=True)
+            continue
+        backend = get_backend(entry.name)
+        try:
+            out = backend.ring_attention(q, k_store, v_store, view)
+            secs = median_seconds(lambda: backend.ring_attention(q, k_store, v_store, view), repeats, device)
+        except Exception as e:  # noqa: BLE001 - one backend failing at this shape is a result; the others still run
+            results[entry.name] = {"failed": f"{type(e).__name__}: {e}"}
+            print(f"{entry.name:>10}: FAILED {type(e).__name__}: {e}", flush=True)
+            continue
+        r = {"seconds": secs, "tflops": flop / secs / 1e12, "rel_err": rel_err(out, ref)}
+        line = f"{entry.name:>10}: {secs * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}"
+        if hasattr(backend, "prepass"):
+            core_inputs = backend.prepass(q, k_store, v_store, view)
+            r["prepass_seconds"] = median_seconds(lambda: backend.prepass(q, k_store, v_store, view), repeats, device)
+            core = median_seconds(lambda: backend.core(*core_inputs), repeats, device)
+            r["core_seconds"], r["core_tflops"] = core, flop / core / 1e12
+            line += f"  (pre-pass {r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)"
+        results[entry.name] = r
+        print(line, flush=True)
+    torch_err = results.get("torch", {}).get("rel_err")
+    for r in results.values():
+        if "rel_err" in r:
+            r["err_over_torch"] = r["rel_err"] / torch_err if torch_err else None
+    return results
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", default="1088x1920", choices=sorted(GRIDS))
+    p.add_argument("--positions", nargs="+", default=["absolute", "window"], choices=["absolute", "window"],
+                   help="absolute: K cached rotated, Q-only pre-pass (every preset); window: the visible K rotated per call")
     p.add_argument("--small", action="store_true", help="a tiny shape, for checking the script on a CPU")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -58,73 +96,45 @@ def main(argv=None) -> int:
     grid, heads, head_dim = ((4, 6), 2, 64) if args.small else (GRIDS[args.resolution], 12, 128)
     S = grid[0] * grid[1]
     ntk = (1.0, max(1.0, grid[0] / TRAIN_GRID[0]), max(1.0, grid[1] / TRAIN_GRID[1]))
-    # a wrapped ring: anchor in slot 0, history frames in slots 4, 5, the chunk in slots 1, 2, 3
-    view = RingView(slots=[0, 4, 5, 1, 2, 3], frame_pos=[0, 10, 11, 12, 13, 14], query_frames=3, grid=grid, num_slots=6,
-                    freqs=inv_freqs(head_dim, 10000.0, ntk), device=device)
     torch.manual_seed(0)
     q = torch.randn(1, 3 * S, heads, head_dim, device=device, dtype=dtype)  # [B, Lq, H, D]
     k_store = torch.randn(1, 6 * S, heads, head_dim, device=device, dtype=dtype)  # [B, slots*S, H, D]
     v_store = torch.randn(1, 6 * S, heads, head_dim, device=device, dtype=dtype)
-    reference = get_backend("torch")
-    ref = reference.ring_attention(q.float(), k_store.float(), v_store.float(), view)
-    flop = 4 * q.shape[1] * view.key_tokens * head_dim * heads
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})"
-    print(f"attention at {'small' if args.small else args.resolution}: Lq {q.shape[1]}, Lk {view.key_tokens}, {heads} x {head_dim}, "
-          f"{args.dtype}, {device_name}", flush=True)
-
-    def report(secs):
-        return {"seconds": secs, "tflops": flop / secs / 1e12}
-
+    flop = 4 * 3 * S * 6 * S * head_dim * heads
     results = {}
-    for entry in BACKENDS:
-        reason = entry.unavailable_reason()
-        if reason is not None:
-            results[entry.name] = {"skipped": reason}
-            print(f"{entry.name:>10}: skipped, {reason}", flush=True)
-            continue
-        backend = get_backend(entry.name)
-        try:
-            out = backend.ring_attention(q, k_store, v_store, view)
-            r = report(median_seconds(lambda: backend.ring_attention(q, k_store, v_store, view), args.repeats, device))
-        except Exception as e:  # noqa: BLE001 - one backend failing at this shape is a result; the others still run
-            results[entry.name] = {"failed": f"{type(e).__name__}: {e}"}
-            print(f"{entry.name:>10}: FAILED {type(e).__name__}: {e}", flush=True)
-            continue
-        r["rel_err"] = rel_err(out, ref)
-        line = f"{entry.name:>10}: {r['seconds'] * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}"
-        if hasattr(backend, "prepass"):
-            q_rot, k_rot = backend.prepass(q, k_store, view)
-            r["prepass_seconds"] = median_seconds(lambda: backend.prepass(q, k_store, view), args.repeats, device)
-            core = median_seconds(lambda: backend.core(q_rot, k_rot, v_store, view.key_tokens), args.repeats, device)
-            r["core_seconds"], r["core_tflops"] = core, flop / core / 1e12
-            line += f"  (pre-pass {r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)"
-        results[entry.name] = r
-        print(line, flush=True)
+    for positions in args.positions:
+        # a wrapped ring: anchor in slot 0, history frames in slots 4, 5, the chunk in slots 1, 2, 3
+        frame_pos = [0, 10, 11, 12, 13, 14] if positions == "absolute" else [0, 1, 2, 3, 4, 5]
+        view = RingView(slots=[0, 4, 5, 1, 2, 3], frame_pos=frame_pos, query_frames=3, grid=grid, num_slots=6,
+                        freqs=inv_freqs(head_dim, 10000.0, ntk), device=device, rotated_keys=positions == "absolute")
+        print(f"attention at {'small' if args.small else args.resolution}, {positions} positions "
+              f"({'K cached rotated' if view.rotated_keys else 'K rotated per call'}): Lq {3 * S}, Lk {view.key_tokens}, "
+              f"{heads} x {head_dim}, {args.dtype}, {device_name}", flush=True)
+        results[positions] = run_backends(q, k_store, v_store, view, flop, args.repeats, device)
 
-    timed_ok = {n: r for n, r in results.items() if "tflops" in r}
-    torch_err = results.get("torch", {}).get("rel_err")
-    for r in timed_ok.values():
-        r["err_over_torch"] = r["rel_err"] / torch_err if torch_err else None
-    best = max(timed_ok, key=lambda n: timed_ok[n]["tflops"]) if timed_ok else None
+    timed_ok = {(pos, n): r for pos, rs in results.items() for n, r in rs.items() if "tflops" in r}
+    best = max(timed_ok, key=lambda key: timed_ok[key]["tflops"]) if timed_ok else None
     targets = {
         "engine_path_tflops": timed_ok[best]["tflops"] if best else None,
-        "engine_path_backend": best,
-        "triton_core_tflops": results.get("triton", {}).get("core_tflops"),
+        "engine_path": list(best) if best else None,
+        "triton_core_tflops": max((r.get("core_tflops") or 0.0 for (pos, n), r in timed_ok.items() if n == "triton"), default=None),
         **{f"{k}_target": v for k, v in TARGETS_TFLOPS.items()},
     }
     if best:
-        print(f"fastest path: {best} at {targets['engine_path_tflops']:.1f} TFLOP/s (target {TARGETS_TFLOPS['engine_path']:.0f} on an H100); "
-              f"triton core alone: {targets['triton_core_tflops'] or float('nan'):.1f} (target {TARGETS_TFLOPS['triton_core']:.0f})")
+        print(f"fastest path: {best[1]} ({best[0]} positions) at {targets['engine_path_tflops']:.1f} TFLOP/s "
+              f"(target {TARGETS_TFLOPS['engine_path']:.0f} on an H100); triton core alone: {targets['triton_core_tflops'] or float('nan'):.1f} "
+              f"(target {TARGETS_TFLOPS['triton_core']:.0f})")
     if args.out:
         record = {
             "command": "python bench/attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "device": device_name,
             "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d"),
-            "shape": {"resolution": "small" if args.small else args.resolution, "Lq": q.shape[1], "Lk": view.key_tokens,
+            "shape": {"resolution": "small" if args.small else args.resolution, "Lq": 3 * S, "Lk": 6 * S,
                       "heads": heads, "head_dim": head_dim, "dtype": args.dtype, "flop": flop},
             "repeats": args.repeats,
-            "backends": results,
+            "positions": results,
             "auto_choices": auto_choices(),
             "targets": targets,
         }

@@ -199,16 +199,17 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
         if not att:
             continue
         facts[f"attention_{res}"] = att
-        lines += ["", f"Attention at {res} ({att['shape']['dtype']}, Lq {att['shape']['Lq']}, Lk {att['shape']['Lk']}):", "",
-                  "| backend | ms | TFLOP/s | pre-pass ms | core TFLOP/s | rel err | err / torch's |", "|---|---|---|---|---|---|---|"]
-        for name, r in att["backends"].items():
-            if "tflops" in r:
-                pre = f"{r['prepass_seconds'] * 1e3:.3f}" if "prepass_seconds" in r else ""
-                core = f"{r['core_tflops']:.1f}" if "core_tflops" in r else ""
-                ratio = f"{r['err_over_torch']:.2f}" if r.get("err_over_torch") is not None else ""
-                lines.append(f"| {name} | {r['seconds'] * 1e3:.3f} | {r['tflops']:.1f} | {pre} | {core} | {r['rel_err']:.2e} | {ratio} |")
-            else:
-                lines.append(f"| {name} | {r.get('skipped') or r.get('failed')} | | | | | |")
+        for positions, backends in att["positions"].items():
+            lines += ["", f"Attention at {res}, {positions} positions ({att['shape']['dtype']}, Lq {att['shape']['Lq']}, Lk {att['shape']['Lk']}):", "",
+                      "| backend | ms | TFLOP/s | pre-pass ms | core TFLOP/s | rel err | err / torch's |", "|---|---|---|---|---|---|---|"]
+            for name, r in backends.items():
+                if "tflops" in r:
+                    pre = f"{r['prepass_seconds'] * 1e3:.3f}" if "prepass_seconds" in r else ""
+                    core = f"{r['core_tflops']:.1f}" if "core_tflops" in r else ""
+                    ratio = f"{r['err_over_torch']:.2f}" if r.get("err_over_torch") is not None else ""
+                    lines.append(f"| {name} | {r['seconds'] * 1e3:.3f} | {r['tflops']:.1f} | {pre} | {core} | {r['rel_err']:.2e} | {ratio} |")
+                else:
+                    lines.append(f"| {name} | {r.get('skipped') or r.get('failed')} | | | | | |")
     for tag in ("eager", "graphs", "full", "vae"):
         b = _load(work / f"bench-{tag}.json")
         if not b:

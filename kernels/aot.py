@@ -3,7 +3,7 @@
     python -m histream_engine.kernels.aot --arch sm_90a --out DIR [--only attention_core ...]
 
 For each variant the autotuner or a launcher may pick (attention core configs, the RoPE pre-pass, the
-recache write, the downsample-patchify) at 1920x1088 (68x120 tokens per frame) and 960x544 (34x60), bf16
+recache write with and without its fused RMSNorm and RoPE, the downsample-patchify) at 1920x1088 (68x120 tokens per frame) and 960x544 (34x60), bf16
 and fp16, this compiles with Triton for the target, re-runs Triton's own ptxas with ``-v`` (registers,
 spills), reads shared memory from the kernel metadata, disassembles the cubin (nvdisasm from the Triton
 wheel) and counts the instructions of the hot loop. DIR gets each variant's PTX and cubin and
@@ -104,15 +104,16 @@ def ring_shapes():
 
 
 def attention_core_variants():
+    """K and V views of ring storage and of scratch differ only in runtime strides: one compile covers both."""
     fn = jit_fn(attention_core._attention_core_kernel)
     H, D = HEADS, HEAD_DIM
-    for shape, _S, _gw, Lq, Lk, R in ring_shapes():
-        values = dict(stride_ob=Lq * H * D, stride_ol=H * D, stride_oh=D, Lq=Lq, Lk=Lk, R=R, H=H)
+    for shape, _S, _gw, Lq, Lk, _R in ring_shapes():
+        values = dict(stride_ob=Lq * H * D, stride_ol=H * D, stride_oh=D, Lq=Lq, Lk=Lk, H=H)
         for dt in DTYPES:
             for bm, bn, w, s in attention_core.CONFIGS:
                 types = {n: "i32" for n in values}
-                types.update(desc_q=f"tensordesc<{dt}[{bm},{D}]>", desc_k=f"tensordesc<{dt}[{bn},{D}]>",
-                             desc_v=f"tensordesc<{dt}[{bn},{D}]>", Out=f"*{dt}", qk_scale="fp32")
+                types.update(desc_q=f"tensordesc<{dt}[1,1,{bm},{D}]>", desc_k=f"tensordesc<{dt}[1,1,{bn},{D}]>",
+                             desc_v=f"tensordesc<{dt}[1,1,{bn},{D}]>", Out=f"*{dt}", qk_scale="fp32")
                 consts = dict(D=D, PRECISION="tf32", BLOCK_M=bm, BLOCK_N=bn)
                 yield Variant(f"attention_core_{shape}_{dt}_M{bm}_N{bn}_w{w}_s{s}", fn, types, values, consts, w, s,
                               tensor_core=True, block=(bm, bn, D))
@@ -134,17 +135,20 @@ def rope_prepass_variants():
 
 def recache_write_variants():
     fn = jit_fn(downsample_recache._recache_write_kernel)
-    C = HEADS * HEAD_DIM
-    for shape, _S, _gw, L, _Lk, R in ring_shapes():
+    H, D = HEADS, HEAD_DIM
+    C = H * D
+    for shape, S, gw, L, _Lk, R in ring_shapes():
         values = dict(stride_kb=L * C, stride_kl=C, stride_vb=L * C, stride_vl=C,
-                      stride_sb=R * C, stride_sl=C, stride_tb=R * C, stride_tl=C, L=L)
+                      stride_sb=R * C, stride_sl=C, stride_tb=R * C, stride_tl=C, L=L, S=S, GW=gw)
         for dt in DTYPES:
             for norm in (True, False):
-                types = {n: "i32" for n in values}
-                types.update(KProj=f"*{dt}", VProj=f"*{dt}", Weight=f"*{dt}", Rows="*i64", KStore=f"*{dt}",
-                             VStore=f"*{dt}", eps="fp32")
-                consts = dict(C=C, BLOCK_C=triton.next_power_of_2(C), APPLY_NORM=norm, BLOCK_T=downsample_recache.RECACHE_BLOCK_T)
-                yield Variant(f"recache_write_{shape}_{dt}_norm{int(norm)}", fn, types, values, consts, 4, 3)
+                for rotate in (True, False):
+                    types = {n: "i32" for n in values}
+                    types.update(KProj=f"*{dt}", VProj=f"*{dt}", Weight=f"*{dt}", Rows="*i64", KStore=f"*{dt}",
+                                 VStore=f"*{dt}", Pos="*i32", Cos="*fp32", Sin="*fp32", eps="fp32")
+                    consts = dict(H=H, D=D, BLOCK_H=triton.next_power_of_2(H), APPLY_NORM=norm, ROTATE=rotate, PT=22, PH=21,
+                                  BLOCK_T=downsample_recache.RECACHE_BLOCK_T)
+                    yield Variant(f"recache_write_{shape}_{dt}_norm{int(norm)}_rope{int(rotate)}", fn, types, values, consts, 4, 3)
 
 
 def downsample_variants():

@@ -1,16 +1,15 @@
 """Flash attention of pre-rotated queries over a ring cache's visible prefix: the core behind the RoPE pre-pass.
 
-Everything irregular about the ring is settled before this kernel runs (``rope_prepass``): Q and K arrive
-rotated and de-interleaved, K in ring slot order, and the visible frames are always the first ``Lk / S``
-slots of the ring (``RingView.slot_positions`` checks it). Softmax attention does not depend on the order
-of its keys, so K and V are read as they lie in slot order, V straight from the ring storage, with no
-gather. Every load is a TMA tile of a 2D tensor descriptor and the score is one K=D dot, so the key loop
-is the plain flash-attention loop that the Hopper compiler pipelines (wgmma + TMA, no spills; see
-``kernels/aot.py``).
+Everything irregular about the ring is settled before this kernel runs: Q arrives rotated (``rope_prepass``),
+K rotated in the ring or in the pre-pass's scratch, and the visible frames are always the first ``Lk / S``
+slots of the ring (``RingView.slot_positions`` checks it). Softmax attention does not depend on the order of
+its keys, so K and V are read as they lie in slot order, with no gather. Q, K and V reach the kernel as
+``[B, H, L, D]`` views with any strides (ring storage is ``[B, R, H, D]``, scratch ``[B, H, R, D]``), each
+loaded through a 4D TMA tensor descriptor bounded at its visible length, and the score is one K=D dot: the
+plain flash-attention loop that the Hopper compiler pipelines (wgmma + TMA, no spills; see ``kernels/aot.py``).
 
-The key loop runs unmasked over whole blocks and once more, masked, over the partial last block: rows past
-``Lk`` belong to slots that are not visible (or to the next head), so their scores are forced to -inf with
-``tl.where``, which also discards anything non-finite that a stale row might hold.
+The key loop runs unmasked over whole blocks and once more, masked, over the partial last block: TMA fills
+rows past ``Lk`` with zeros, whose scores must still be excluded from the softmax.
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner may pick on a GPU. Each one compiles for sm_90a
-# with no spills and a hot loop issued in less time than its wgmmas take (kernels/aot.py, tests/kernels/test_aot.py).
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner may pick on a GPU. Each compiles for sm_90a with no
+# spills and a hot loop issued in less time than its wgmmas take (kernels/aot.py, tests/kernels/test_aot.py).
 CONFIGS = ((128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3))
 INTERPRET_CONFIG = (32, 32, 4, 1)  # the interpreter pays per program; tests use sizes that leave partial blocks
 
@@ -34,9 +33,9 @@ INTERPRET_CONFIG = (32, 32, 4, 1)  # the interpreter pays per program; tests use
 def _set_block_shapes(nargs):
     """Host tensor descriptors carry their tile shape, so each autotune config sets its own before launch."""
     bm, bn, d = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["D"]
-    nargs["desc_q"].block_shape = [bm, d]
-    nargs["desc_k"].block_shape = [bn, d]
-    nargs["desc_v"].block_shape = [bn, d]
+    nargs["desc_q"].block_shape = [1, 1, bm, d]
+    nargs["desc_k"].block_shape = [1, 1, bn, d]
+    nargs["desc_v"].block_shape = [1, 1, bn, d]
 
 
 def _configs():
@@ -48,10 +47,10 @@ def _configs():
 
 
 @triton.jit
-def _attend_block(q, desc_k, desc_v, k_row, v_row, v_col, n0, Lk, m_i, l_i, acc, qk_scale,
-                  MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr):
+def _attend_block(q, desc_k, desc_v, b, h, n0, Lk, m_i, l_i, acc, qk_scale,
+                  MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
     """One key block of the online softmax; ``MASK`` only for the partial last block."""
-    k = desc_k.load([k_row + n0, 0])  # [BLOCK_N, D]
+    k = desc_k.load([b, h, n0, 0]).reshape(BLOCK_N, D)
     s = tl.dot(q, k.T, input_precision=PRECISION)  # [BLOCK_M, BLOCK_N] float32
     if MASK:
         s = tl.where((n0 + tl.arange(0, BLOCK_N) < Lk)[None, :], s, float("-inf"))
@@ -59,20 +58,20 @@ def _attend_block(q, desc_k, desc_v, k_row, v_row, v_col, n0, Lk, m_i, l_i, acc,
     p = tl.math.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = desc_v.load([v_row + n0, v_col])  # [BLOCK_N, D]
+    v = desc_v.load([b, h, n0, 0]).reshape(BLOCK_N, D)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return m_new, l_i, acc
 
 
-@triton.autotune(configs=_configs(), key=["D", "PRECISION", "Lq", "Lk"])
+@triton.autotune(configs=_configs(), key=["D", "PRECISION", "Lq"])
 @triton.jit
 def _attention_core_kernel(
-    desc_q,  # [B*H*Lq, D] rotated queries, rows of [B, H, Lq, D]
-    desc_k,  # [B*H*R, D] rotated keys in ring slot order, rows of [B, H, R, D]
-    desc_v,  # [B*R, H*D] one layer's ring V storage [B, R, H, D]
+    desc_q,  # [B, H, Lq, D] rotated queries
+    desc_k,  # [B, H, Lk, D] rotated keys, ring slot order
+    desc_v,  # [B, H, Lk, D] values, ring slot order
     Out,  # [B, Lq, H, D]
     stride_ob, stride_ol, stride_oh,
-    Lq, Lk, R, H,  # query tokens, visible key tokens (a prefix of the ring), ring rows, heads
+    Lq, Lk, H,  # query tokens, visible key tokens, heads
     qk_scale,  # softmax scale * log2(e)
     D: tl.constexpr,  # head dim
     PRECISION: tl.constexpr,  # tl.dot input precision: "ieee" for fp32 inputs, "tf32" otherwise (ignored for fp16/bf16)
@@ -84,21 +83,18 @@ def _attention_core_kernel(
     b = pid_bh // H
     h = pid_bh % H
     m0 = pid_m * BLOCK_M
-    q = desc_q.load([pid_bh * Lq + m0, 0])  # [BLOCK_M, D]; rows past Lq are never stored
-    k_row = pid_bh * R
-    v_row = b * R
-    v_col = h * D
+    q = desc_q.load([b, h, m0, 0]).reshape(BLOCK_M, D)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, D), tl.float32)
     full = (Lk // BLOCK_N) * BLOCK_N
     for n0 in range(0, full, BLOCK_N):
-        m_i, l_i, acc = _attend_block(q, desc_k, desc_v, k_row, v_row, v_col, n0, Lk, m_i, l_i, acc, qk_scale,
-                                      MASK=False, PRECISION=PRECISION, BLOCK_N=BLOCK_N)
+        m_i, l_i, acc = _attend_block(q, desc_k, desc_v, b, h, n0, Lk, m_i, l_i, acc, qk_scale,
+                                      MASK=False, PRECISION=PRECISION, BLOCK_N=BLOCK_N, D=D)
     if full < Lk:
-        m_i, l_i, acc = _attend_block(q, desc_k, desc_v, k_row, v_row, v_col, full, Lk, m_i, l_i, acc, qk_scale,
-                                      MASK=True, PRECISION=PRECISION, BLOCK_N=BLOCK_N)
+        m_i, l_i, acc = _attend_block(q, desc_k, desc_v, b, h, full, Lk, m_i, l_i, acc, qk_scale,
+                                      MASK=True, PRECISION=PRECISION, BLOCK_N=BLOCK_N, D=D)
 
     offs_m = m0 + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
@@ -111,47 +107,47 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (32, 64, 128)
 
 
+def _descriptor(t: torch.Tensor, name: str) -> TensorDescriptor:
+    """A 4D TMA descriptor over a ``[B, H, L, D]`` view; TMA needs 16-byte aligned strides and base."""
+    size = t.element_size()
+    if t.stride(-1) != 1 or any(s * size % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
+        raise ValueError(f"{name} {tuple(t.shape)} with strides {t.stride()} is not TMA-compatible: the last dim must be "
+                         "contiguous and the other strides and the base 16-byte aligned")
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, t.shape[-1]])  # tile set per config
+
+
 def attention_core(
-    q_rot: torch.Tensor,  # [B, H, Lq, D] rotated, de-interleaved queries (contiguous)
-    k_rot: torch.Tensor,  # [B, H, R, D] rotated, de-interleaved keys in ring slot order (contiguous)
-    v_store: torch.Tensor,  # [B, R, H, D] one layer's ring V storage (contiguous)
-    key_tokens: int,  # Lk: the visible keys are rows [0, Lk) of k_rot and v_store
+    q: torch.Tensor,  # [B, H, Lq, D] rotated queries (a view; last dim contiguous)
+    k: torch.Tensor,  # [B, H, Lk, D] rotated keys (a view of ring storage or scratch)
+    v: torch.Tensor,  # [B, H, Lk, D] values (a view of ring storage)
     out: torch.Tensor | None = None,  # [B, Lq, H, D]
 ) -> torch.Tensor:  # [B, Lq, H, D]
-    B, H, Lq, D = q_rot.shape
-    R = k_rot.shape[2]
-    if q_rot.dtype not in SUPPORTED_DTYPES or k_rot.dtype != q_rot.dtype or v_store.dtype != q_rot.dtype:
-        raise ValueError(f"attention_core takes fp16/bf16/fp32 q, k, v of one dtype; got {q_rot.dtype}, {k_rot.dtype}, {v_store.dtype}")
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"attention_core takes fp16/bf16/fp32 q, k, v of one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"attention_core supports head_dim {SUPPORTED_HEAD_DIMS}, got {D}")
-    if tuple(k_rot.shape) != (B, H, R, D) or tuple(v_store.shape) != (B, R, H, D):
-        raise ValueError(f"k_rot {tuple(k_rot.shape)} must be [B, H, R, D] and v_store {tuple(v_store.shape)} [B, R, H, D] for q {tuple(q_rot.shape)}")
-    if not 0 < key_tokens <= R:
-        raise ValueError(f"key_tokens={key_tokens} must be in (0, {R}]: the visible keys are a prefix of the ring")
-    if not (q_rot.is_contiguous() and k_rot.is_contiguous() and v_store.is_contiguous()):
-        raise ValueError("attention_core needs contiguous q_rot, k_rot and v_store (TMA tiles)")
-    if len({t.device for t in (q_rot, k_rot, v_store)}) != 1:
+    if k.dim() != 4 or tuple(k.shape) != (B, H, Lk, D) or tuple(v.shape) != tuple(k.shape) or Lk == 0:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must both be [B, H, Lk > 0, D] for q {tuple(q.shape)}")
+    if len({t.device for t in (q, k, v)}) != 1:
         raise ValueError("attention_core inputs must be on one device")
-    if q_rot.device.type != "cuda" and not INTERPRET:
+    if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("attention_core needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    descs = [_descriptor(t, name) for t, name in ((q, "q"), (k, "k"), (v, "v"))]
     if out is None:
-        out = torch.empty((B, Lq, H, D), dtype=q_rot.dtype, device=q_rot.device)
-    elif tuple(out.shape) != (B, Lq, H, D) or out.dtype != q_rot.dtype or out.stride(-1) != 1:
-        raise ValueError(f"out must be [{B}, {Lq}, {H}, {D}] {q_rot.dtype} with a contiguous last dim")
-
-    # Block shapes are placeholders until the autotune pre-hook sets the chosen config's tiles.
-    desc_q = TensorDescriptor(q_rot, [B * H * Lq, D], [D, 1], [16, D])
-    desc_k = TensorDescriptor(k_rot, [B * H * R, D], [D, 1], [16, D])
-    desc_v = TensorDescriptor(v_store, [B * R, H * D], [H * D, 1], [16, D])
+        out = torch.empty((B, Lq, H, D), dtype=q.dtype, device=q.device)
+    elif tuple(out.shape) != (B, Lq, H, D) or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be [{B}, {Lq}, {H}, {D}] {q.dtype} with a contiguous last dim")
 
     def grid(meta):
         return (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)
 
     _attention_core_kernel[grid](
-        desc_q, desc_k, desc_v, out,
+        *descs, out,
         out.stride(0), out.stride(1), out.stride(2),
-        Lq, key_tokens, R, H,
+        Lq, Lk, H,
         math.log2(math.e) / math.sqrt(D),
-        D=D, PRECISION="ieee" if q_rot.dtype == torch.float32 else "tf32",
+        D=D, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     return out

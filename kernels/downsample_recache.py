@@ -2,7 +2,8 @@
 
 - ``downsample_patchify``: final high-res latent chunk -> low-res patch vectors (area downsample by r and
   Wan's (1, 2, 2) patchify in one read of the latent), ready for the patch embedding's matmul.
-- ``recache_write``: a layer's K projection -> K RMSNorm -> the ring slot rows, and V -> its rows, in place.
+- ``recache_write``: a layer's K projection -> K RMSNorm (-> RoPE, where the positions never change) -> the
+  ring slot rows, and V -> its rows, in place.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from .rope_rotate import rope_rotate
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DOWNSAMPLE_BLOCK_T = 16  # tokens per program
@@ -76,35 +79,44 @@ def downsample_patchify(x: torch.Tensor, factor: int, patch_size: tuple[int, int
 
 @triton.jit
 def _recache_write_kernel(
-    KProj,  # [B, L, C] K projection before RMSNorm (rows contiguous)
-    VProj,  # [B, L, C]
-    Weight,  # [C] RMSNorm weight (unused when APPLY_NORM is False)
+    KProj,  # [B, L, H*D] K projection before RMSNorm (rows contiguous)
+    VProj,  # [B, L, H*D]
+    Weight,  # [H*D] RMSNorm weight (unused when APPLY_NORM is False)
     Rows,  # [L] int64 destination row of each token in the ring storage
-    KStore,  # [B, R, C] one layer's K storage, (H, D) flattened to C
-    VStore,  # [B, R, C]
+    KStore,  # [B, R, H, D] one layer's K storage (rows of H*D contiguous)
+    VStore,  # [B, R, H, D]
+    Pos,  # [L / S] int32 temporal position of each frame of the chunk (unused when ROTATE is False)
+    Cos,  # [NPOS, D/2] float32 (unused when ROTATE is False)
+    Sin,  # [NPOS, D/2] float32
     stride_kb, stride_kl, stride_vb, stride_vl,
     stride_sb, stride_sl, stride_tb, stride_tl,
-    L, eps,
-    C: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    L, S, GW, eps,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_H: tl.constexpr,  # next power of two >= H
     APPLY_NORM: tl.constexpr,
+    ROTATE: tl.constexpr,  # store K rotated by its RoPE positions (they never change: absolute temporal positions)
+    PT: tl.constexpr, PH: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
     b = tl.program_id(1).to(tl.int64)
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    ch = tl.arange(0, BLOCK_C)
+    ch = tl.arange(0, BLOCK_H)[:, None] * D + tl.arange(0, D)[None, :]  # [BLOCK_H, D] channel of each element
     t_ok = tok < L
-    ok = t_ok[:, None] & (ch < C)[None, :]
+    ok = t_ok[:, None, None] & (ch < H * D)[None, :, :]
     row = tl.load(Rows + tok, mask=t_ok, other=0)
-    k = tl.load(KProj + b * stride_kb + tok[:, None].to(tl.int64) * stride_kl + ch[None, :], mask=ok, other=0.0)
+    k = tl.load(KProj + b * stride_kb + tok[:, None, None].to(tl.int64) * stride_kl + ch[None, :, :], mask=ok, other=0.0)
     if APPLY_NORM:
         kf = k.to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(kf * kf, 1) / C + eps)
-        w = tl.load(Weight + ch, mask=ch < C, other=0.0)
-        k = (kf * rstd[:, None]).to(KProj.dtype.element_ty) * w.to(KProj.dtype.element_ty)
-    tl.store(KStore + b * stride_sb + row[:, None] * stride_sl + ch[None, :], k.to(KStore.dtype.element_ty), mask=ok)
-    v = tl.load(VProj + b * stride_vb + tok[:, None].to(tl.int64) * stride_vl + ch[None, :], mask=ok, other=0.0)
-    tl.store(VStore + b * stride_tb + row[:, None] * stride_tl + ch[None, :], v.to(VStore.dtype.element_ty), mask=ok)
+        rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(kf * kf, 2), 1) / (H * D) + eps)
+        w = tl.load(Weight + ch, mask=ch < H * D, other=0.0)
+        k = (kf * rstd[:, None, None]).to(KProj.dtype.element_ty) * w.to(KProj.dtype.element_ty)[None, :, :]
+    if ROTATE:
+        t = tl.load(Pos + tok // S, mask=t_ok, other=0)
+        k = rope_rotate(k.to(tl.float32), t, tok % S, Cos, Sin, GW, D // 2, PT, PH)
+    tl.store(KStore + b * stride_sb + row[:, None, None] * stride_sl + ch[None, :, :], k.to(KStore.dtype.element_ty), mask=ok)
+    v = tl.load(VProj + b * stride_vb + tok[:, None, None].to(tl.int64) * stride_vl + ch[None, :, :], mask=ok, other=0.0)
+    tl.store(VStore + b * stride_tb + row[:, None, None] * stride_tl + ch[None, :, :], v.to(VStore.dtype.element_ty), mask=ok)
 
 
 def recache_write(
@@ -115,12 +127,16 @@ def recache_write(
     rows: torch.Tensor,  # [L] int64 destination rows
     k_store: torch.Tensor,  # [B, R, H, D] one layer's ring storage, H * D = C
     v_store: torch.Tensor,  # [B, R, H, D]
+    rope: tuple | None = None,  # store K rotated: (positions [L/S] int32, cos [NPOS, D/2], sin, (gh, gw), (t, h, w) pairs)
 ) -> None:
     B, L, C = k_proj.shape
     if v_proj.shape != k_proj.shape:
         raise ValueError(f"k_proj {tuple(k_proj.shape)} and v_proj {tuple(v_proj.shape)} differ")
     if k_store.shape != v_store.shape or k_store.dim() != 4 or k_store.shape[0] != B or k_store.shape[2] * k_store.shape[3] != C:
         raise ValueError(f"storage {tuple(k_store.shape)} does not hold [B={B}, rows, H, D] with H*D = {C}")
+    H, D = k_store.shape[2:]
+    if D & (D - 1):
+        raise ValueError(f"recache_write needs a power-of-two head_dim, got {D}")
     if rows.shape != (L,) or rows.dtype != torch.int64:
         raise ValueError(f"rows must be int64 [{L}], got {rows.dtype} {tuple(rows.shape)}")
     if norm_weight is not None and norm_weight.shape != (C,):
@@ -131,12 +147,24 @@ def recache_write(
     for t in (k_store, v_store):
         if t.stride(3) != 1 or t.stride(2) != t.shape[3]:
             raise ValueError("ring storage needs contiguous (H, D) rows")
+    S, gw, pairs = 1, 1, (0, 0, 0)
+    if rope is not None:
+        positions, cos, sin, (gh, gw), pairs = rope
+        S = gh * gw
+        if positions.dtype != torch.int32 or positions.numel() * S != L:
+            raise ValueError(f"rope positions must be int32, one per frame of {S} tokens of the {L} written; got {positions.numel()} {positions.dtype}")
+        if cos.shape != sin.shape or cos.shape[1:] != (D // 2,) or cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()):
+            raise ValueError(f"cos/sin tables must be contiguous float32 [NPOS, {D // 2}], got {tuple(cos.shape)} {cos.dtype}")
+        if cos.shape[0] < max(gh, gw) or sum(pairs) != D // 2:
+            raise ValueError(f"RoPE table of {cos.shape[0]} positions / axis pairs {pairs} do not fit a {gh}x{gw} grid and head_dim {D}")
     if k_proj.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("recache_write needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    pos, cos, sin = rope[:3] if rope is not None else (rows, k_proj, k_proj)  # never read without ROTATE
     _recache_write_kernel[(triton.cdiv(L, RECACHE_BLOCK_T), B)](
-        k_proj, v_proj, norm_weight if norm_weight is not None else k_proj, rows, k_store, v_store,
+        k_proj, v_proj, norm_weight if norm_weight is not None else k_proj, rows, k_store, v_store, pos, cos, sin,
         k_proj.stride(0), k_proj.stride(1), v_proj.stride(0), v_proj.stride(1),
         k_store.stride(0), k_store.stride(1), v_store.stride(0), v_store.stride(1),
-        L, eps,
-        C=C, BLOCK_C=triton.next_power_of_2(C), APPLY_NORM=norm_weight is not None, BLOCK_T=RECACHE_BLOCK_T,
+        L, S, gw, eps,
+        H=H, D=D, BLOCK_H=triton.next_power_of_2(H), APPLY_NORM=norm_weight is not None, ROTATE=rope is not None,
+        PT=pairs[0], PH=pairs[1], BLOCK_T=RECACHE_BLOCK_T,
     )

@@ -75,11 +75,12 @@ def test_summary_reads_real_step_outputs(tmp_path):
                 "graphs": {"status": "skipped", "reason": "no GPU", "seconds": 0.0}}
     md = gpu_suite.write_results(work, out, statuses)
     assert "| graphs | skipped: no GPU | 0 |" in md
-    assert "Attention at 1088x1920" in md and "| torch |" in md and "| flash_attn | neither FlashAttention-3" in md
+    assert "Attention at 1088x1920, absolute positions" in md and "Attention at 1088x1920, window positions" in md
+    assert "| torch |" in md and "| flash_attn | neither FlashAttention-3" in md
     assert "| histream |" in md
     facts = json.loads((out / "summary.json").read_text())
     assert facts["bench_eager"]["histream"]["seconds_per_frame"] > 0
-    assert facts["attention_1088x1920"]["backends"]["torch"]["rel_err"] < 1e-2
+    assert facts["attention_1088x1920"]["positions"]["window"]["torch"]["rel_err"] < 1e-2
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     assert "gpu_suite/bench-eager.json" in names and "gpu_suite/summary.md" in names

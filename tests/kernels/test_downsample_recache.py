@@ -5,6 +5,8 @@ import torch.nn.functional as F
 from conftest import rel_err, random_dit
 from histream_engine.attention import get_backend
 from histream_engine.kernels.downsample_recache import downsample_patchify, recache_write
+from histream_engine.attention.ring import RingView
+from histream_engine.attention.rope import apply_rope, axis_dims, inv_freqs
 from histream_engine.model.dit import RMSNorm
 
 
@@ -25,17 +27,27 @@ def test_downsample_patchify_rejects_indivisible_latents():
 
 
 @pytest.mark.parametrize("with_norm", [True, False])
-def test_recache_write_norms_k_and_touches_only_its_rows(with_norm):
+@pytest.mark.parametrize("rotate", [False, True])
+def test_recache_write_norms_rotates_k_and_touches_only_its_rows(with_norm, rotate):
     torch.manual_seed(4)
-    B, L, H, D, R = 2, 15, 3, 32, 60  # C = 96, not a power of two
+    B, H, D, grid, R = 2, 3, 32, (3, 5), 90  # C = 96, not a power of two; 15 tokens per frame, 6 ring slots
+    L = 3 * grid[0] * grid[1]
     k_proj, v_proj = 2 * torch.randn(B, L, H * D), torch.randn(B, L, H * D)
     norm = RMSNorm(H * D, 1e-6)
     norm.weight.data = torch.rand(H * D) + 0.5
-    rows = torch.tensor([40 + i for i in range(10)] + [3, 4, 5, 6, 7])  # wraps around the ring end
+    view = RingView(slots=[0, 2, 3, 4, 5, 1], frame_pos=[0, 7, 8, 9, 10, 11], query_frames=3, grid=grid,
+                    num_slots=6, freqs=inv_freqs(D, 10000.0, (1.0, 1.2, 1.9)), device=torch.device("cpu"), rotated_keys=rotate)
+    rows = view.write_rows  # slots 4, 5, 1: wraps around the ring end
     k_store, v_store = torch.randn(B, R, H, D), torch.randn(B, R, H, D)
     k_before, v_before = k_store.clone(), v_store.clone()
-    recache_write(k_proj, v_proj, norm.weight if with_norm else None, 1e-6, rows, k_store, v_store)
+    rope = None
+    if rotate:
+        cos, sin = view.rope_table
+        rope = (view.query_position_index, cos, sin, grid, tuple(d // 2 for d in axis_dims(D)))
+    recache_write(k_proj, v_proj, norm.weight if with_norm else None, 1e-6, rows, k_store, v_store, rope)
     k_want = (norm(k_proj) if with_norm else k_proj).unflatten(-1, (H, D))
+    if rotate:
+        k_want = apply_rope(k_want, *view.q_rope)
     assert rel_err(k_store[:, rows], k_want) < 1e-6
     assert torch.equal(v_store[:, rows], v_proj.unflatten(-1, (H, D)))
     untouched = torch.ones(R, dtype=torch.bool)

@@ -14,12 +14,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 PREPASS_BACKENDS = [e.name for e in BACKENDS if e.core is not None] + ["auto"]
 
 CASES = {
-    # a wrapped 6-slot ring, absolute positions, NTK on both spatial axes; 510 tokens per frame
-    "wrapped_ntk": dict(grid=(17, 30), slots=[0, 4, 5, 1, 2, 3], frame_pos=[0, 10, 11, 12, 13, 14], scales=(1.0, 1.4, 2.3)),
-    # window positions, plain RoPE, 97 tokens per frame (no tile divides it)
-    "window_97": dict(grid=(1, 97), slots=[0, 1, 5, 6, 2, 3, 4], frame_pos=[0, 1, 2, 3, 4, 5, 6], scales=(1.0, 1.0, 1.0)),
+    # a wrapped 6-slot ring, absolute positions (K cached rotated), NTK on both spatial axes; 510 tokens per frame
+    "wrapped_ntk": dict(grid=(17, 30), slots=[0, 4, 5, 1, 2, 3], frame_pos=[0, 10, 11, 12, 13, 14], scales=(1.0, 1.4, 2.3), rotated=True),
+    # window positions (K rotated per call), plain RoPE, 97 tokens per frame (no tile divides it)
+    "window_97": dict(grid=(1, 97), slots=[0, 1, 5, 6, 2, 3, 4], frame_pos=[0, 1, 2, 3, 4, 5, 6], scales=(1.0, 1.0, 1.0), rotated=False),
     # first chunk: 3 of 6 slots visible
-    "first_chunk": dict(grid=(20, 36), slots=[0, 1, 2], frame_pos=[0, 1, 2], scales=(1.0, 1.0, 1.2)),
+    "first_chunk": dict(grid=(20, 36), slots=[0, 1, 2], frame_pos=[0, 1, 2], scales=(1.0, 1.0, 1.2), rotated=True),
 }
 
 
@@ -27,7 +27,7 @@ def case_inputs(case, dtype, H=4, D=128, seed=0):
     grid, slots = case["grid"], case["slots"]
     num_slots = max(6, len(slots))
     view = RingView(slots=slots, frame_pos=case["frame_pos"], query_frames=3, grid=grid, num_slots=num_slots,
-                    freqs=inv_freqs(D, 10000.0, case["scales"]), device=torch.device("cuda"))
+                    freqs=inv_freqs(D, 10000.0, case["scales"]), device=torch.device("cuda"), rotated_keys=case["rotated"])
     S = grid[0] * grid[1]
     g = torch.Generator(device="cuda").manual_seed(seed)
     q = torch.randn(1, 3 * S, H, D, device="cuda", generator=g)
@@ -53,12 +53,35 @@ def test_backend_error_at_most_twice_torchs_own(backend_name, case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_prepass_equals_reference_rotation_on_gpu(dtype):
+@pytest.mark.parametrize("case", ["wrapped_ntk", "window_97"])
+def test_prepass_equals_plain_rotation_on_gpu(dtype, case):
     from histream_engine.attention.prepass_backend import reference_prepass
 
-    view, q, k, _v = case_inputs(CASES["wrapped_ntk"], dtype)
-    q_rot, k_rot = get_backend("triton").prepass(q, k, view)
-    q_ref, k_ref = reference_prepass(q, k, view)
+    view, q, k, v = case_inputs(CASES[case], dtype)
+    got = get_backend("triton").prepass(q, k, v, view)
+    want = reference_prepass(q, k, v, view)
     # both round the same fp32 rotation to the input precision; FMA contraction may flip a last bit
     eps = torch.finfo(dtype).eps
-    assert rel_err(q_rot, q_ref) < eps and rel_err(k_rot[:, :, : view.key_tokens], k_ref) < eps
+    for name, g, w in zip("qkv", got, want):
+        assert g.shape == w.shape and rel_err(g, w) < eps, name
+
+
+def test_recache_write_rotates_like_the_torch_path_on_gpu():
+    """The fused K RMSNorm + RoPE write against the torch backend's, in bf16 on the GPU."""
+    from histream_engine.model.dit import RMSNorm
+
+    view, _q, _k, _v = case_inputs(CASES["wrapped_ntk"], torch.bfloat16)
+    H, D, L = 4, 128, 3 * view.tokens_per_frame
+    g = torch.Generator(device="cuda").manual_seed(3)
+    k_proj = torch.randn(1, L, H * D, device="cuda", generator=g).bfloat16()
+    v_proj = torch.randn(1, L, H * D, device="cuda", generator=g).bfloat16()
+    norm = RMSNorm(H * D, 1e-6).cuda().bfloat16()
+    stores = []
+    for name in ("torch", "triton"):
+        k_store = torch.zeros(1, 6 * view.tokens_per_frame, H, D, device="cuda", dtype=torch.bfloat16)
+        v_store = torch.zeros_like(k_store)
+        get_backend(name).write_kv(k_store, v_store, view, k_proj, v_proj, norm)
+        stores.append((k_store, v_store))
+    (k_ref, v_ref), (k_got, v_got) = stores
+    assert torch.equal(v_got, v_ref)
+    assert rel_err(k_got, k_ref) < torch.finfo(torch.bfloat16).eps

@@ -2,7 +2,6 @@ import pytest
 import torch
 
 from conftest import rel_err
-from histream_engine.attention.prepass_backend import reference_prepass
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import apply_rope, axis_dims, grid_positions, inv_freqs, rope_cos_sin, rope_table
 from histream_engine.kernels.rope_prepass import rope_prepass
@@ -13,18 +12,22 @@ def make_view(head_dim, grid, slots, frame_pos, scales, num_slots, query_frames=
                     freqs=inv_freqs(head_dim, 10000.0, scales), device=torch.device("cpu"))
 
 
-def run(view, dtype, B=1, H=2, q=None, seed=0):
+def run(view, dtype, B=1, H=2, q=None, with_k=True, seed=0):
+    """The pre-pass, on outputs poisoned with NaN, and what it should write (plain torch rotation)."""
     torch.manual_seed(seed)
     D = 2 * view.freqs.numel()
     S, R = view.tokens_per_frame, view.num_slots * view.tokens_per_frame
     q = torch.randn(B, view.query_frames * S, H, D).to(dtype) if q is None else q
     k_store = torch.randn(B, R, H, D).to(dtype)
-    q_out = torch.full((B, H, q.shape[1], D), float("nan"), dtype=dtype)  # poisoned: unwritten elements show
+    q_out = torch.full((B, H, q.shape[1], D), float("nan"), dtype=dtype)
     k_out = torch.full((B, H, R, D), float("nan"), dtype=dtype)
     cos, sin = view.rope_table
     pairs = tuple(d // 2 for d in axis_dims(D))
-    rope_prepass(q, k_store, view.query_position_index, view.slot_position_index, cos, sin, view.grid, pairs, q_out, k_out)
-    return q_out, k_out, reference_prepass(q, k_store, view)
+    k_args = (k_store, view.slot_position_index, k_out) if with_k else ()
+    rope_prepass(q, view.query_position_index, cos, sin, view.grid, pairs, q_out, *k_args)
+    q_ref = apply_rope(q, *view.q_rope).transpose(1, 2)
+    k_ref = apply_rope(k_store[:, : view.key_tokens], *view.slot_rope).transpose(1, 2)
+    return q_out, k_out, q_ref, k_ref
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float16, 1e-3)])
@@ -39,35 +42,34 @@ def run(view, dtype, B=1, H=2, q=None, seed=0):
         (128, (5, 3), [0, 1, 2], [0, 1, 2], (1.0, 2.27, 2.31), 6),
     ],
 )
-def test_prepass_matches_reference(dtype, tol, head_dim, grid, slots, frame_pos, scales, num_slots):
+def test_prepass_matches_plain_rotation(dtype, tol, head_dim, grid, slots, frame_pos, scales, num_slots):
     view = make_view(head_dim, grid, slots, frame_pos, scales, num_slots)
-    q_out, k_out, (q_ref, k_ref) = run(view, dtype, B=2)
+    q_out, k_out, q_ref, k_ref = run(view, dtype, B=2)
     lk = view.key_tokens
     assert not q_out.isnan().any() and not k_out[:, :, :lk].isnan().any()
     assert k_out[:, :, lk:].isnan().all()  # only the visible slots are written
     assert rel_err(q_out, q_ref) < tol and rel_err(k_out[:, :, :lk], k_ref) < tol
 
 
-def test_deinterleaved_rotation_keeps_every_dot_product():
-    """q.k of the pre-pass outputs equals q.k of plainly rotated (interleaved) vectors, for every pair."""
-    view = make_view(32, (2, 5), [2, 0, 1], [4, 2, 3], (1.0, 1.5, 1.0), 3, query_frames=1)
-    torch.manual_seed(0)
-    q, k_store = torch.randn(1, 10, 2, 32), torch.randn(1, 30, 2, 32)
-    q_out, k_out = torch.empty(1, 2, 10, 32), torch.empty(1, 2, 30, 32)
-    cos, sin = view.rope_table
-    rope_prepass(q, k_store, view.query_position_index, view.slot_position_index, cos, sin, view.grid, (6, 5, 5), q_out, k_out)
-    k_cos, k_sin = rope_cos_sin(grid_positions(view.slot_positions, *view.grid), view.freqs)
-    qr = apply_rope(q, *view.q_rope).transpose(1, 2)  # [B, H, Lq, D], interleaved pairs
-    kr = apply_rope(k_store, k_cos, k_sin).transpose(1, 2)
-    assert rel_err(q_out @ k_out.transpose(-1, -2), qr @ kr.transpose(-1, -2)) < 1e-6
+def test_queries_only_when_keys_are_cached_rotated():
+    view = make_view(32, (2, 5), [0, 4, 5, 1, 2, 3], [0, 10, 11, 12, 13, 14], (1.0, 1.5, 1.0), 6)
+    q_out, k_out, q_ref, _ = run(view, torch.float32, with_k=False)
+    assert rel_err(q_out, q_ref) < 1e-6 and k_out.isnan().all()
 
 
 def test_strided_queries_are_read_correctly():
     # q as a view of a larger buffer, as the head split of a wider projection would be
     view = make_view(32, (2, 3), [1, 0, 2], [1, 0, 2], (1.0, 1.0, 1.0), 4, query_frames=1)
     big = torch.randn(1, 6, 2, 64)
-    q_out, k_out, (q_ref, k_ref) = run(view, torch.float32, q=big[..., :32])
+    q_out, k_out, q_ref, k_ref = run(view, torch.float32, q=big[..., :32])
     assert rel_err(q_out, q_ref) < 1e-6 and rel_err(k_out[:, :, :18], k_ref) < 1e-6
+
+
+def test_slot_rope_follows_slot_order():
+    view = make_view(32, (2, 3), [2, 0, 1], [7, 5, 6], (1.0, 1.0, 1.0), 3, query_frames=1)
+    assert view.slot_positions == [5, 6, 7]
+    want = rope_cos_sin(grid_positions([5, 6, 7], 2, 3), view.freqs)
+    assert torch.equal(view.slot_rope[0], want[0]) and torch.equal(view.q_rope[1], want[1][6:12])  # the query frame is at 6
 
 
 def test_view_refuses_slots_that_are_not_a_prefix():
@@ -85,6 +87,7 @@ def test_view_refuses_slots_that_are_not_a_prefix():
         (dict(query_frames=4), "query frames"),
         (dict(table_rows=2), "RoPE table"),
         (dict(out_rows=5), "k_out must be"),
+        (dict(k_without_out=True), "all of k_store, slot_pos and k_out"),
     ],
 )
 def test_launcher_rejects_bad_inputs(change, match):
@@ -97,7 +100,7 @@ def test_launcher_rejects_bad_inputs(change, match):
     slot_pos = torch.arange(3, dtype=torch.int32)
     cos, sin = rope_table(change.get("table_rows", 4), inv_freqs(D))
     q_out = torch.empty(B, H, q.shape[1], D, dtype=dtype)
-    k_out = torch.empty(B, H, change.get("out_rows", 4) * S, D, dtype=dtype)
+    k_out = None if change.get("k_without_out") else torch.empty(B, H, change.get("out_rows", 4) * S, D, dtype=dtype)
     pairs = tuple(d // 2 for d in axis_dims(D)) if D != 48 else (8, 8, 8)
     with pytest.raises(ValueError, match=match):
-        rope_prepass(q, store, q_pos, slot_pos, cos, sin, (2, 3), pairs, q_out, k_out)
+        rope_prepass(q, q_pos, cos, sin, (2, 3), pairs, q_out, store, slot_pos, k_out)

@@ -83,17 +83,16 @@ def test_view_load_refreshes_every_built_tensor():
     cache = RingKVCache(plan, 1, 1, 6, 1, 32, torch.float32, "cpu")
     freqs = inv_freqs(32, 10000.0, (1.0, 1.5, 1.0))
     static = cache.view(2, (2, 3), freqs, rope_positions=40)
-    built = (static.rows, static.write_rows, static.k_rope, static.q_rope, static.slot_position_index, static.query_position_index, static.rope_table)
+    names = ("write_rows", "q_rope", "slot_rope", "slot_position_index", "query_position_index", "rope_table")
+    built = {name: getattr(static, name) for name in names}
     for c in (3, 4, 7):
         fresh = cache.view(c, (2, 3), freqs, rope_positions=40)
         static.load(fresh)
-        after = (static.rows, static.write_rows, static.k_rope, static.q_rope, static.slot_position_index, static.query_position_index, static.rope_table)
-        for name, old, new in zip(("rows", "write_rows", "k_rope", "q_rope", "slot_position_index", "query_position_index", "rope_table"), built, after):
-            assert all(a is b for a, b in zip(old if isinstance(old, tuple) else (old,), new if isinstance(new, tuple) else (new,))), name
-        assert torch.equal(static.rows, fresh.rows) and torch.equal(static.write_rows, fresh.write_rows)
-        assert torch.equal(static.k_rope[0], fresh.k_rope[0]) and torch.equal(static.q_rope[1], fresh.q_rope[1])
-        assert torch.equal(static.slot_position_index, fresh.slot_position_index)
-        assert torch.equal(static.query_position_index, fresh.query_position_index)
+        for name in names:
+            old, new, want = built[name], getattr(static, name), getattr(fresh, name)
+            pairs = zip(*(t if isinstance(t, tuple) else (t,) for t in (old, new, want)))
+            for o, n, w in pairs:
+                assert o is n and torch.equal(n, w), (c, name)  # the captured tensors themselves, refreshed
     with pytest.raises(ValueError, match="cannot load"):
         static.load(cache.view(0, (2, 3), freqs, rope_positions=40))  # chunk 0 sees 2 frames, not 4
     with pytest.raises(ValueError, match="RoPE frequencies"):

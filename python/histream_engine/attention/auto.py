@@ -22,7 +22,7 @@ from .torch_ref import TorchAttention
 
 log = logging.getLogger("histream_engine")
 
-Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 WARMUP, REPEATS = 1, 3
 
@@ -44,8 +44,8 @@ def auto_choices() -> dict[str, dict]:
 
 
 def shape_name(key: tuple) -> str:
-    q, k, lk, dtype, device = key
-    return f"q{list(q)} k{list(k)} keys={lk} {str(dtype).replace('torch.', '')} {device}"
+    q, k, k_strides, _v_strides, dtype, device = key
+    return f"q{list(q)} k{list(k)} k strides {list(k_strides)} {str(dtype).replace('torch.', '')} {device}"
 
 
 def device_seconds(fn: Callable[[], object], device: torch.device, warmup: int = WARMUP, repeats: int = REPEATS) -> list[float]:
@@ -79,18 +79,19 @@ class AutoCore:
         self.cores = cores
         self.unavailable = unavailable
 
-    def choose(self, q_rot: torch.Tensor, k_rot: torch.Tensor, v_store: torch.Tensor, key_tokens: int) -> AutoChoice:
-        key = (tuple(q_rot.shape), tuple(k_rot.shape), key_tokens, q_rot.dtype, q_rot.device.type)
+    def choose(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AutoChoice:
+        # K and V strides are part of the shape: K read from the ring and from scratch are different problems.
+        key = (tuple(q.shape), tuple(k.shape), k.stride(), v.stride(), q.dtype, q.device.type)
         choice = AUTO_CHOICES.get(key)
         if choice is not None:
             return choice
-        if q_rot.is_cuda and torch.cuda.is_current_stream_capturing():
+        if q.is_cuda and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(f"attention='auto' met the unmeasured shape {shape_name(key)} inside a CUDA graph capture; "
                                "run one chunk of that shape eagerly first (the engine does), or pick a backend by name")
         seconds, failed = {}, {}
         for name, core in self.cores.items():
             try:
-                times = device_seconds(lambda core=core: core(q_rot, k_rot, v_store, key_tokens), q_rot.device)
+                times = device_seconds(lambda core=core: core(q, k, v), q.device)
                 seconds[name] = statistics.median(times)
             except Exception as e:  # noqa: BLE001 - a core that cannot run this shape is skipped, and the reason kept
                 failed[name] = f"{type(e).__name__}: {e}"
@@ -103,8 +104,8 @@ class AutoCore:
         log.info("attention auto: %s -> %s (%s%s)", shape_name(key), best, timings, skipped)
         return choice
 
-    def __call__(self, q_rot: torch.Tensor, k_rot: torch.Tensor, v_store: torch.Tensor, key_tokens: int) -> torch.Tensor:
-        return self.cores[self.choose(q_rot, k_rot, v_store, key_tokens).core](q_rot, k_rot, v_store, key_tokens)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.cores[self.choose(q, k, v).core](q, k, v)
 
 
 class ReferenceFallback(TorchAttention):

@@ -1,17 +1,15 @@
-"""Backends built on the Triton RoPE pre-pass: rotate Q and the visible K once, then hand them to an attention core.
+"""Backends built on the Triton RoPE pre-pass: rotate what needs rotating once, then hand it to an attention core.
 
-Per cached self-attention call: ``write_kv`` (fused K RMSNorm + ring write) stores the chunk's K/V
-un-rotated; the pre-pass (``kernels/rope_prepass.py``) rotates the chunk's Q and every visible K into
-preallocated scratch; a core (``cores``: ours in Triton, cuDNN through SDPA, FlashAttention, or the fastest
-of them with ``auto``) attends ring rows ``[0, Lk)`` with V read in place. The low-res recache input comes
-from the fused downsample-patchify kernel. Whole-sequence and text cross-attention stay on SDPA (inherited):
-they are not on the cached path.
+Per cached self-attention call:
+- ``write_kv`` (``recache_write``: K RMSNorm fused, and RoPE fused where ``view.rotated_keys``) stores the
+  chunk's K and V into their ring slots;
+- the pre-pass (``rope_prepass``) rotates the chunk's Q into preallocated scratch, and, only where K is
+  cached un-rotated (``window`` positions), the visible K into scratch too, in ring slot order;
+- a core (``cores``: ours in Triton, cuDNN through SDPA, FlashAttention, or the fastest of them with
+  ``auto``) attends ring rows ``[0, Lk)``, V (and rotated K) read in place as ``[B, H, Lk, D]`` views.
 
-Why rotate every call instead of keeping K rotated in the ring: the pre-pass moves about 0.45 GB per call at
-1080p, about 1% of the attention's time on an H100 (an estimate from bandwidth, to be confirmed by
-``bench/gpu_suite.sh``), and un-rotated storage is what lets ``window`` positions re-index the same cached
-frames every chunk and each resolution keep its own NTK scaling. Rotated storage would save that 1% in
-``absolute`` mode only, at the price of a second storage format.
+The low-res recache input comes from the fused downsample-patchify kernel. Whole-sequence and text
+cross-attention stay on SDPA (inherited): they are not on the cached path.
 """
 
 from __future__ import annotations
@@ -23,10 +21,10 @@ import torch
 from ..kernels.downsample_recache import downsample_patchify, recache_write
 from ..kernels.rope_prepass import rope_prepass
 from .ring import RingView
-from .rope import apply_rope, axis_dims, deinterleave, grid_positions, rope_cos_sin
+from .rope import apply_rope, axis_dims
 from .torch_ref import TorchAttention
 
-Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class PrepassAttention(TorchAttention):
@@ -35,44 +33,51 @@ class PrepassAttention(TorchAttention):
         self.core = core
         # Scratch is allocated once per shape and reused by every layer and chunk: a CUDA graph captures
         # its addresses, and an unbounded stream must not allocate per call.
-        self._scratch: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._scratch: dict[tuple, torch.Tensor] = {}
 
-    def scratch(self, q: torch.Tensor, k_store: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, Lq, H, D = q.shape
-        R = k_store.shape[1]
-        key = (B, Lq, R, H, D, q.dtype, q.device)
+    def scratch(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        key = (shape, like.dtype, like.device)
         if key not in self._scratch:
-            q_rot = torch.empty((B, H, Lq, D), dtype=q.dtype, device=q.device)  # [B, H, Lq, D]
-            # zeros: the rows past the visible keys are read by a core's last tile (and masked), never garbage
-            k_rot = torch.zeros((B, H, R, D), dtype=q.dtype, device=q.device)  # [B, H, R, D]
-            self._scratch[key] = (q_rot, k_rot)
+            # zeros: rows a pre-pass leaves unwritten are never garbage
+            self._scratch[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
         return self._scratch[key]
 
-    def write_kv(self, k_store, v_store, rows, k_proj, v_proj, norm_k) -> None:
-        weight = getattr(norm_k, "weight", None)
-        recache_write(k_proj.contiguous(), v_proj.contiguous(), weight, getattr(norm_k, "eps", 0.0), rows, k_store, v_store)
-
-    def prepass(self, q: torch.Tensor, k_store: torch.Tensor, view: RingView) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated, de-interleaved Q ``[B, H, Lq, D]`` and K ``[B, H, R, D]`` (rows ``[0, Lk)`` valid, slot order)."""
-        q_rot, k_rot = self.scratch(q, k_store)
+    @staticmethod
+    def rope_args(view: RingView, head_dim: int):
         cos, sin = view.rope_table
-        pairs = tuple(d // 2 for d in axis_dims(q.shape[-1]))
-        rope_prepass(q, k_store, view.query_position_index, view.slot_position_index, cos, sin, view.grid, pairs, q_rot, k_rot)
-        return q_rot, k_rot
+        return cos, sin, view.grid, tuple(d // 2 for d in axis_dims(head_dim))
+
+    def write_kv(self, k_store, v_store, view: RingView, k_proj, v_proj, norm_k) -> None:
+        weight = getattr(norm_k, "weight", None)
+        rope = None
+        if view.rotated_keys:
+            cos, sin, grid, pairs = self.rope_args(view, k_store.shape[-1])
+            rope = (view.query_position_index, cos, sin, grid, pairs)
+        recache_write(k_proj.contiguous(), v_proj.contiguous(), weight, getattr(norm_k, "eps", 0.0), view.write_rows,
+                      k_store, v_store, rope)
+
+    def prepass(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView):
+        """The core's inputs ``[B, H, L, D]``: Q rotated (scratch), K rotated (ring or scratch), V (ring)."""
+        B, Lq, H, D = q.shape
+        R, Lk = k_store.shape[1], view.key_tokens
+        cos, sin, grid, pairs = self.rope_args(view, D)
+        q_rot = self.scratch((B, H, Lq, D), q)  # [B, H, Lq, D]
+        v = v_store[:, :Lk].transpose(1, 2)  # [B, H, Lk, D]
+        if view.rotated_keys:
+            rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot)
+            return q_rot, k_store[:, :Lk].transpose(1, 2), v
+        k_rot = self.scratch((B, H, R, D), q)  # [B, H, R, D], slot order
+        rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot, k_store, view.slot_position_index, k_rot)
+        return q_rot, k_rot[:, :, :Lk], v
 
     def ring_attention(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> torch.Tensor:
-        q_rot, k_rot = self.prepass(q, k_store, view)
-        return self.core(q_rot, k_rot, v_store, view.key_tokens)
+        return self.core(*self.prepass(q, k_store, v_store, view))
 
     def downsample_patches(self, x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:
         return downsample_patchify(x, factor, patch_size)
 
 
-def reference_prepass(q: torch.Tensor, k_store: torch.Tensor, view: RingView) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the pre-pass writes, in plain torch: Q ``[B, H, Lq, D]`` and the visible K ``[B, H, Lk, D]``."""
-    S = view.tokens_per_frame
-    k_cos, k_sin = rope_cos_sin(grid_positions(view.slot_positions, *view.grid, device=q.device), view.freqs, view.rope_dtype)
-    k = k_store[:, : len(view.slots) * S]  # [B, Lk, H, D] the ring's first NV slots
-    q_rot = deinterleave(apply_rope(q, *view.q_rope)).transpose(1, 2)
-    k_rot = deinterleave(apply_rope(k, k_cos, k_sin)).transpose(1, 2)
-    return q_rot, k_rot
+def reference_prepass(q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView):
+    """What the pre-pass hands a core, in plain torch: Q, K, V as ``[B, H, L, D]``."""
+    k, v = TorchAttention().visible_kv(k_store, v_store, view)  # [B, Lk, H, D]
+    return apply_rope(q, *view.q_rope).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

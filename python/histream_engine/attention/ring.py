@@ -1,9 +1,10 @@
 """A chunk's view of a ring KV cache: which slot holds each visible frame, and its RoPE positions.
 
 Built once per (resolution, chunk) from plain Python lists, checked there, and handed to a backend's
-``write_kv`` / ``ring_attention``. Each backend uses only the derived tensors it needs (all cached):
-the torch reference gathers ``rows`` and rotates with ``k_rope``; the kernels' RoPE pre-pass reads
-``query_position_index``, ``slot_position_index`` and ``rope_table`` and never gathers.
+``write_kv`` / ``ring_attention``. Each backend uses only the derived tensors it needs (all cached): the
+torch path rotates with ``q_rope`` (and ``slot_rope`` for un-rotated K); the kernels read
+``query_position_index``, ``slot_position_index`` and ``rope_table``. None gathers: a window always fills a
+prefix of the ring (``slot_positions``).
 
 A CUDA graph bakes in the addresses of the tensors it read at capture, so a captured view is refreshed
 in place (``load``) from the next chunk's view instead of being replaced; every derived tensor then has
@@ -31,6 +32,10 @@ class RingView:
     device: torch.device
     rope_dtype: torch.dtype = torch.float32
     rope_positions: int = 0  # rows of ``rope_table``; 0 = just enough for this chunk (a graph needs the stream's bound)
+    # K is stored rotated: a cached frame's positions never change (``absolute`` temporal positions), so it is
+    # rotated once when written instead of at every attention call. Otherwise (``window`` positions) K is stored
+    # un-rotated and the visible frames are rotated by their current positions when attended.
+    rotated_keys: bool = False
 
     def __post_init__(self):
         if len(self.slots) != len(self.frame_pos) or not 0 < self.query_frames <= len(self.slots):
@@ -51,27 +56,23 @@ class RingView:
         return len(self.slots) * self.tokens_per_frame
 
     @cached_property
-    def rows(self) -> torch.Tensor:
-        """Storage row of every visible key token, window order: ``[NV*S]`` long."""
+    def write_rows(self) -> torch.Tensor:
+        """Storage rows of the chunk's own tokens, in the chunk's frame order: ``[M*S]`` long."""
         S = self.tokens_per_frame
-        slots = torch.tensor(self.slots, dtype=torch.long)
+        slots = torch.tensor(self.slots[-self.query_frames :], dtype=torch.long)
         return (slots[:, None] * S + torch.arange(S)[None, :]).reshape(-1).to(self.device)
 
     @cached_property
-    def write_rows(self) -> torch.Tensor:
-        """Storage rows of the chunk's own tokens: ``[M*S]`` long."""
-        return self.rows[-self.query_frames * self.tokens_per_frame :]
-
-    @cached_property
-    def k_rope(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = grid_positions(self.frame_pos, *self.grid, device=self.device)  # [NV*S, 3]
+    def q_rope(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin ``[M*S, D/2]`` of the chunk's tokens: for its queries, and its keys when stored rotated."""
+        pos = grid_positions(self.frame_pos[-self.query_frames :], *self.grid, device=self.device)  # [M*S, 3]
         return rope_cos_sin(pos, self.freqs, self.rope_dtype)
 
     @cached_property
-    def q_rope(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.query_frames * self.tokens_per_frame
-        cos, sin = self.k_rope
-        return cos[-n:], sin[-n:]
+    def slot_rope(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin ``[NV*S, D/2]`` of the visible keys in ring slot order (rows ``[0, NV*S)``), for un-rotated K."""
+        pos = grid_positions(self.slot_positions, *self.grid, device=self.device)  # [NV*S, 3]
+        return rope_cos_sin(pos, self.freqs, self.rope_dtype)
 
     @cached_property
     def slot_positions(self) -> list[int]:
@@ -104,8 +105,8 @@ class RingView:
 
     def same_shapes(self, other: "RingView") -> bool:
         """Whether ``other``'s tensors have this view's shapes (same window size, grid and RoPE table)."""
-        return (len(self.slots), self.query_frames, self.grid, self.num_slots, self.rope_positions) == (
-            len(other.slots), other.query_frames, other.grid, other.num_slots, other.rope_positions)
+        return (len(self.slots), self.query_frames, self.grid, self.num_slots, self.rope_positions, self.rotated_keys) == (
+            len(other.slots), other.query_frames, other.grid, other.num_slots, other.rope_positions, other.rotated_keys)
 
     def load(self, other: "RingView") -> None:
         """Copy ``other``'s tensors into this view's, in place, for the tensors this view has built so far.
@@ -124,8 +125,7 @@ class RingView:
                     dst.copy_(src)
 
 
-# Tensors that own storage; ``write_rows`` and ``q_rope`` are slices of them and follow.
-_LOADABLE = ("rows", "k_rope", "slot_position_index", "query_position_index", "rope_table")
+_LOADABLE = ("write_rows", "q_rope", "slot_rope", "slot_position_index", "query_position_index", "rope_table")
 
 
 def _tensors(value) -> tuple[torch.Tensor, ...]:

@@ -81,9 +81,3 @@ def rope_table(num_positions: int, freqs: torch.Tensor, device=None) -> tuple[to
     angles = torch.arange(num_positions, dtype=torch.float64)[:, None] * freqs.cpu()[None, :]  # [NPOS, D/2]
     return angles.cos().float().to(device), angles.sin().float().to(device)
 
-
-def deinterleave(x: torch.Tensor) -> torch.Tensor:
-    """``[..., D]`` with interleaved pairs -> ``[..., D]`` as [all re | all im]: the layout the RoPE pre-pass writes.
-
-    Q and K permuted alike keep every q.k, so attention over them is unchanged."""
-    return torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1)

@@ -1,10 +1,17 @@
-"""The reference backend: plain torch ops (gather, rotate, ``scaled_dot_product_attention``).
+"""The torch backend: plain torch ops (rotate, ``scaled_dot_product_attention``), the baseline every kernel is
+tested against.
 
-Every faster backend is tested against this one. A backend provides:
+A backend provides:
 - ``self_attention(q, k, v, q_rope, k_rope, mask)`` and ``cross_attention(q, k, v, mask)``: whole sequences;
-- ``write_kv(k_store, v_store, rows, k_proj, v_proj, norm_k)``: K RMSNorm + in-place write into ring rows;
+- ``write_kv(k_store, v_store, view, k_proj, v_proj, norm_k)``: K RMSNorm (+ RoPE when ``view.rotated_keys``)
+  and V, written in place into the chunk's ring rows;
 - ``ring_attention(q, k_store, v_store, view)``: a chunk's queries over its ring window (``RingView``);
 - ``downsample_patches(x, factor, patch_size)``: area downsampling + patchify for the low-res recache.
+
+The window is always the ring's first ``NV`` slots (``RingView.slot_positions``) and softmax does not care
+about key order, so the cached path reads K and V as one slice of the storage: no gather, no copy. With
+``absolute`` positions K is cached rotated and only the chunk's queries (and its own keys, once, at write)
+are rotated; with ``window`` positions the slice is rotated by the frames' current positions.
 """
 
 from __future__ import annotations
@@ -44,22 +51,27 @@ class TorchAttention:
         self,
         k_store: torch.Tensor,  # [B, R, H, D] one layer's ring storage
         v_store: torch.Tensor,  # [B, R, H, D]
-        rows: torch.Tensor,  # [L] long destination rows
-        k_proj: torch.Tensor,  # [B, L, H*D] K projection before RMSNorm
-        v_proj: torch.Tensor,  # [B, L, H*D]
+        view: RingView,  # the chunk's rows (``write_rows``) and, for rotated storage, positions (``q_rope``)
+        k_proj: torch.Tensor,  # [B, M*S, H*D] K projection before RMSNorm
+        v_proj: torch.Tensor,  # [B, M*S, H*D]
         norm_k,  # the model's K RMSNorm (or Identity)
     ) -> None:
         H, D = k_store.shape[2:]
-        k_store.index_copy_(1, rows, norm_k(k_proj).unflatten(-1, (H, D)).to(k_store.dtype))
-        v_store.index_copy_(1, rows, v_proj.unflatten(-1, (H, D)).to(v_store.dtype))
+        k = norm_k(k_proj).unflatten(-1, (H, D)).to(k_store.dtype)  # [B, M*S, H, D]
+        if view.rotated_keys:
+            k = apply_rope(k, *view.q_rope)
+        k_store.index_copy_(1, view.write_rows, k)
+        v_store.index_copy_(1, view.write_rows, v_proj.unflatten(-1, (H, D)).to(v_store.dtype))
 
-    def gather(self, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> tuple[torch.Tensor, torch.Tensor]:
-        """The window's K/V as contiguous copies ``[B, Lk, H, D]`` (what kernels avoid)."""
-        return k_store.index_select(1, view.rows), v_store.index_select(1, view.rows)
+    def visible_kv(self, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window's rotated K and its V ``[B, Lk, H, D]`` in ring slot order: slices of the storage where K is
+        stored rotated, K rotated by the frames' current positions otherwise."""
+        k, v = k_store[:, : view.key_tokens], v_store[:, : view.key_tokens]
+        return (k if view.rotated_keys else apply_rope(k, *view.slot_rope)), v
 
     def ring_attention(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> torch.Tensor:
-        k, v = self.gather(k_store, v_store, view)  # [B, Lk, H, D]
-        return self.self_attention(q, k, v, view.q_rope, view.k_rope)
+        k, v = self.visible_kv(k_store, v_store, view)  # [B, Lk, H, D]
+        return self.cross_attention(apply_rope(q, *view.q_rope), k, v)
 
     def downsample_patches(self, x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:
         """``x`` ``[B, C, F, H, W]`` -> area-downsampled patch vectors ``[B, F/pt, h, w, C*pt*ph*pw]``."""

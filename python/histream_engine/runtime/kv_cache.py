@@ -1,7 +1,8 @@
 """Self-attention K/V storage for one resolution: preallocated once, written in place by slot.
 
-K is stored after RMSNorm and before RoPE, so positions can be re-indexed when attending
-(``window`` mode) and a kernel can rotate on the fly. Which frame lives in which slot is decided by
+K is stored after RMSNorm, and after RoPE where a frame's positions never change (``absolute`` temporal
+positions: every attention call then reads it as it lies); with ``window`` positions it is stored before RoPE
+and rotated by its current position when attended. Which frame lives in which slot is decided by
 ``window.WindowPlan``; this class holds the tensors and turns the plan into per-chunk ``RingView``s.
 """
 
@@ -36,6 +37,7 @@ class RingKVCache:
             device=self.k.device,
             rope_dtype=rope_dtype,
             rope_positions=rope_positions,
+            rotated_keys=plan.fixed_positions,
         )
 
     @property

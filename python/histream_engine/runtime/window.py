@@ -45,6 +45,11 @@ class WindowPlan:
         """Frame slots the cache preallocates: anchor + ring. Independent of video length for a sliding window."""
         return self.anchor_frames + self.ring_frames
 
+    @property
+    def fixed_positions(self) -> bool:
+        """Whether a cached frame keeps its RoPE positions forever (``absolute``), so K can be cached rotated."""
+        return self.positions == "absolute"
+
     def slot_of(self, frame: int) -> int:
         if frame < self.anchor_frames:
             return frame
