@@ -138,8 +138,9 @@ def recache_write_variants():
     H, D = HEADS, HEAD_DIM
     C = H * D
     for shape, S, gw, L, _Lk, R in ring_shapes():
-        values = dict(stride_kb=L * C, stride_kl=C, stride_vb=L * C, stride_vl=C,
-                      stride_sb=R * C, stride_sl=C, stride_tb=R * C, stride_tl=C, L=L, S=S, GW=gw)
+        # the ring storage is head-major: [B, H, R, D] memory seen as [B, R, H, D]
+        values = dict(stride_kb=L * C, stride_kl=C, stride_vb=L * C, stride_vl=C, stride_sb=R * C, stride_sl=D, stride_sh=R * D,
+                      stride_tb=R * C, stride_tl=D, stride_th=R * D, L=L, S=S, GW=gw)
         for dt in DTYPES:
             for norm in (True, False):
                 for rotate in (True, False):

@@ -83,13 +83,13 @@ def _recache_write_kernel(
     VProj,  # [B, L, H*D]
     Weight,  # [H*D] RMSNorm weight (unused when APPLY_NORM is False)
     Rows,  # [L] int64 destination row of each token in the ring storage
-    KStore,  # [B, R, H, D] one layer's K storage (rows of H*D contiguous)
+    KStore,  # [B, R, H, D] one layer's K storage (any row and head strides, last dim contiguous)
     VStore,  # [B, R, H, D]
     Pos,  # [L / S] int32 temporal position of each frame of the chunk (unused when ROTATE is False)
     Cos,  # [NPOS, D/2] float32 (unused when ROTATE is False)
     Sin,  # [NPOS, D/2] float32
     stride_kb, stride_kl, stride_vb, stride_vl,
-    stride_sb, stride_sl, stride_tb, stride_tl,
+    stride_sb, stride_sl, stride_sh, stride_tb, stride_tl, stride_th,
     L, S, GW, eps,
     H: tl.constexpr,
     D: tl.constexpr,
@@ -101,7 +101,9 @@ def _recache_write_kernel(
 ):
     b = tl.program_id(1).to(tl.int64)
     tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    ch = tl.arange(0, BLOCK_H)[:, None] * D + tl.arange(0, D)[None, :]  # [BLOCK_H, D] channel of each element
+    heads = tl.arange(0, BLOCK_H)[:, None]
+    dims = tl.arange(0, D)[None, :]
+    ch = heads * D + dims  # [BLOCK_H, D] channel of each element in a projection row
     t_ok = tok < L
     ok = t_ok[:, None, None] & (ch < H * D)[None, :, :]
     row = tl.load(Rows + tok, mask=t_ok, other=0)
@@ -114,9 +116,9 @@ def _recache_write_kernel(
     if ROTATE:
         t = tl.load(Pos + tok // S, mask=t_ok, other=0)
         k = rope_rotate(k.to(tl.float32), t, tok % S, Cos, Sin, GW, D // 2, PT, PH)
-    tl.store(KStore + b * stride_sb + row[:, None, None] * stride_sl + ch[None, :, :], k.to(KStore.dtype.element_ty), mask=ok)
+    tl.store(KStore + b * stride_sb + row[:, None, None] * stride_sl + (heads * stride_sh + dims)[None, :, :], k.to(KStore.dtype.element_ty), mask=ok)
     v = tl.load(VProj + b * stride_vb + tok[:, None, None].to(tl.int64) * stride_vl + ch[None, :, :], mask=ok, other=0.0)
-    tl.store(VStore + b * stride_tb + row[:, None, None] * stride_tl + ch[None, :, :], v.to(VStore.dtype.element_ty), mask=ok)
+    tl.store(VStore + b * stride_tb + row[:, None, None] * stride_tl + (heads * stride_th + dims)[None, :, :], v.to(VStore.dtype.element_ty), mask=ok)
 
 
 def recache_write(
@@ -145,8 +147,8 @@ def recache_write(
         if t.stride(-1) != 1:
             raise ValueError("k_proj and v_proj need a contiguous last dim")
     for t in (k_store, v_store):
-        if t.stride(3) != 1 or t.stride(2) != t.shape[3]:
-            raise ValueError("ring storage needs contiguous (H, D) rows")
+        if t.stride(3) != 1:
+            raise ValueError("ring storage needs a contiguous last (head_dim) dimension")
     S, gw, pairs = 1, 1, (0, 0, 0)
     if rope is not None:
         positions, cos, sin, (gh, gw), pairs = rope
@@ -163,7 +165,7 @@ def recache_write(
     _recache_write_kernel[(triton.cdiv(L, RECACHE_BLOCK_T), B)](
         k_proj, v_proj, norm_weight if norm_weight is not None else k_proj, rows, k_store, v_store, pos, cos, sin,
         k_proj.stride(0), k_proj.stride(1), v_proj.stride(0), v_proj.stride(1),
-        k_store.stride(0), k_store.stride(1), v_store.stride(0), v_store.stride(1),
+        k_store.stride(0), k_store.stride(1), k_store.stride(2), v_store.stride(0), v_store.stride(1), v_store.stride(2),
         L, S, gw, eps,
         H=H, D=D, BLOCK_H=triton.next_power_of_2(H), APPLY_NORM=norm_weight is not None, ROTATE=rope is not None,
         PT=pairs[0], PH=pairs[1], BLOCK_T=RECACHE_BLOCK_T,

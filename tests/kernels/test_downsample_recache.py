@@ -28,7 +28,8 @@ def test_downsample_patchify_rejects_indivisible_latents():
 
 @pytest.mark.parametrize("with_norm", [True, False])
 @pytest.mark.parametrize("rotate", [False, True])
-def test_recache_write_norms_rotates_k_and_touches_only_its_rows(with_norm, rotate):
+@pytest.mark.parametrize("head_major", [True, False])
+def test_recache_write_norms_rotates_k_and_touches_only_its_rows(with_norm, rotate, head_major):
     torch.manual_seed(4)
     B, H, D, grid, R = 2, 3, 32, (3, 5), 90  # C = 96, not a power of two; 15 tokens per frame, 6 ring slots
     L = 3 * grid[0] * grid[1]
@@ -38,7 +39,10 @@ def test_recache_write_norms_rotates_k_and_touches_only_its_rows(with_norm, rota
     view = RingView(slots=[0, 2, 3, 4, 5, 1], frame_pos=[0, 7, 8, 9, 10, 11], query_frames=3, grid=grid,
                     num_slots=6, freqs=inv_freqs(D, 10000.0, (1.0, 1.2, 1.9)), device=torch.device("cpu"), rotated_keys=rotate)
     rows = view.write_rows  # slots 4, 5, 1: wraps around the ring end
-    k_store, v_store = torch.randn(B, R, H, D), torch.randn(B, R, H, D)
+    if head_major:  # the engine's layout: [B, H, R, D] memory seen as [B, R, H, D]
+        k_store, v_store = torch.randn(B, H, R, D).transpose(1, 2), torch.randn(B, H, R, D).transpose(1, 2)
+    else:
+        k_store, v_store = torch.randn(B, R, H, D), torch.randn(B, R, H, D)
     k_before, v_before = k_store.clone(), v_store.clone()
     rope = None
     if rotate:

@@ -62,15 +62,13 @@ def rope_cos_sin(positions: torch.Tensor, freqs: torch.Tensor, dtype=torch.float
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs of ``x`` ``[B, N, H, D]`` by angles ``cos/sin`` ``[N, D/2]``; returns x's dtype.
 
-    Computed in at least float32 so bf16 inputs are rotated before rounding, not after.
+    Computed in at least float32 so bf16 inputs are rotated before rounding, not after: one complex multiply
+    of ``x[2i] + i x[2i+1]`` by ``cos + i sin``.
     """
     work = torch.promote_types(x.dtype, torch.float32)
-    pairs = x.to(work).unflatten(-1, (-1, 2))  # [B, N, H, D/2, 2]
-    re, im = pairs.unbind(-1)
-    c = cos.to(work)[None, :, None, :]  # [1, N, 1, D/2]
-    s = sin.to(work)[None, :, None, :]
-    out = torch.stack((re * c - im * s, re * s + im * c), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    pairs = torch.view_as_complex(x.to(work).unflatten(-1, (-1, 2)))  # [B, N, H, D/2] complex
+    turn = torch.complex(cos.to(work), sin.to(work))[None, :, None, :]  # [1, N, 1, D/2]
+    return torch.view_as_real(pairs * turn).flatten(-2).to(x.dtype)
 
 
 def rope_table(num_positions: int, freqs: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ from ..config import WanConfig
 
 # attend(layer, q, k_proj, v_proj, norm_k) -> out [B, L, H, D]: q [B, L, H, D] after RMSNorm, not rotated;
 # k_proj, v_proj [B, L, C] raw projections, K's RMSNorm left to the callee so a cache write can fuse it.
+# q is None when only the K/V write is wanted (the last block of a recache pass); it then returns None.
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor]
 
 # Parameters that stay float32 when the model is cast to bf16/fp16 (they feed the fp32 modulation).
@@ -68,29 +69,65 @@ def layer_norm_fp32(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm(x) * (1 + scale) + shift in float32, back in x's dtype; x ``[B, F, S, C]``, shift/scale ``[B, F, 1, C]``."""
-    return (layer_norm_fp32(x, eps) * (1 + scale) + shift).to(x.dtype)
+    return torch.addcmul(shift, layer_norm_fp32(x, eps), 1 + scale).to(x.dtype)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + y * gate in float32, back in x's dtype; x, y ``[B, F, S, C]``, gate ``[B, F, 1, C]``."""
-    return (x.float() + y.float() * gate).to(x.dtype)
+    return torch.addcmul(x.float(), y.float(), gate).to(x.dtype)
+
+
+def feed_forward(ffn: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """Wan's FFN (Linear, GELU tanh, Linear) as the module computes it."""
+    return ffn(h)
+
+
+class FFNWorkspace:
+    """Wan's FFN with its hidden activations in one buffer per shape, reused by every block and forward: the first
+    matmul writes into it (``addmm(out=)``) and GELU runs in place.
+
+    A fresh ``[tokens, ffn_dim]`` tensor per call (16 MB for a 3-frame 384x384 chunk of a dim-384 model, 440 MB
+    at 1080p on the 1.3B) is what costs: on a CPU, once allocations that large come from fresh pages, every
+    call page-faults through them (measured: the hidden's allocation and GELU were about a fifth of a
+    Self-Forcing video on 2 cores); on a GPU it churns the caching allocator and the graph pool.
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, ffn: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+        lin1, act, lin2 = ffn
+        if lin1.bias is None or lin2.bias is None or getattr(act, "approximate", None) != "tanh":
+            return ffn(h)
+        x = h.reshape(-1, h.shape[-1])  # [N, C]
+        key = (x.shape[0], lin1.out_features, x.dtype, x.device)
+        hidden = self._buffers.get(key)
+        if hidden is None:
+            hidden = self._buffers[key] = torch.empty(key[:2], dtype=x.dtype, device=x.device)  # [N, ffn_dim]
+        torch.addmm(lin1.bias, x, lin1.weight.t(), out=hidden)
+        torch.ops.aten.gelu_(hidden, approximate="tanh")
+        return torch.addmm(lin2.bias, hidden, lin2.weight.t()).view(*h.shape[:-1], lin2.out_features)
 
 
 @dataclass(frozen=True)
 class BlockOps:
-    """The elementwise parts of a block: about 10 memory-bound passes over the activations, which
-    ``torch.compile`` fuses into a few kernels. Matmuls and attention are not in here."""
+    """How a block runs its parts other than the projections and attention: the elementwise ones (about 10
+    memory-bound passes over the activations, which ``torch.compile`` fuses into a few kernels) and the FFN."""
 
     modulated_norm: Callable = modulated_norm
     gated_residual: Callable = gated_residual
+    feed_forward: Callable = feed_forward
 
 
 EAGER_OPS = BlockOps()
 
 
-def compiled_ops() -> BlockOps:
-    """``BlockOps`` through ``torch.compile`` with static shapes (one compile per token-grid shape)."""
-    return BlockOps(torch.compile(modulated_norm, dynamic=False), torch.compile(gated_residual, dynamic=False))
+def engine_ops(compile: bool = False) -> BlockOps:
+    """An engine's ``BlockOps``: the FFN through its own workspace; the elementwise parts through ``torch.compile``
+    with static shapes (one compile per token-grid shape) when ``compile``."""
+    if not compile:
+        return BlockOps(feed_forward=FFNWorkspace())
+    return BlockOps(torch.compile(modulated_norm, dynamic=False), torch.compile(gated_residual, dynamic=False), FFNWorkspace())
 
 
 class Attention(nn.Module):
@@ -135,8 +172,7 @@ class WanBlock(nn.Module):
         cross: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         ops: BlockOps = EAGER_OPS,
     ) -> torch.Tensor:
-        mod = (self.modulation.float().unsqueeze(0) + e0).unsqueeze(3)  # [B, F, 6, 1, C]
-        shift_sa, scale_sa, gate_sa, shift_ffn, scale_ffn, gate_ffn = mod.unbind(2)  # each [B, F, 1, C]
+        shift_sa, scale_sa, gate_sa, shift_ffn, scale_ffn, gate_ffn = self.modulation_terms(e0)
 
         h = ops.modulated_norm(x, shift_sa, scale_sa, self.eps).flatten(1, 2)  # [B, L, C]
         sa = self.self_attn
@@ -148,7 +184,19 @@ class WanBlock(nn.Module):
         x = x + y.view_as(x)
 
         h = ops.modulated_norm(x, shift_ffn, scale_ffn, self.eps)
-        return ops.gated_residual(x, self.ffn(h), gate_ffn)
+        return ops.gated_residual(x, ops.feed_forward(self.ffn, h), gate_ffn)
+
+    def modulation_terms(self, e0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """shift_sa, scale_sa, gate_sa, shift_ffn, scale_ffn, gate_ffn, each ``[B, F, 1, C]`` float32."""
+        return (self.modulation.float().unsqueeze(0) + e0).unsqueeze(3).unbind(2)
+
+    def write_kv(self, x: torch.Tensor, e0: torch.Tensor, attend, ops: BlockOps = EAGER_OPS) -> None:
+        """Only this block's self-attention K/V, handed to ``attend`` with no queries: the last block of a recache
+        pass, whose attention, cross-attention and FFN outputs would feed nothing."""
+        shift_sa, scale_sa = self.modulation_terms(e0)[:2]
+        h = ops.modulated_norm(x, shift_sa, scale_sa, self.eps).flatten(1, 2)  # [B, L, C]
+        sa = self.self_attn
+        attend(None, sa.k(h), sa.v(h), sa.norm_k)
 
 
 class Head(nn.Module):
@@ -205,7 +253,8 @@ class WanDiT(nn.Module):
         """Every block's cross-attention K, V ``[B, L, H, D]`` for a prompt; computed once, reused for all steps."""
         self.check_context(context)
         ctx = self.text_embedding(context.to(self.dtype))  # [B, L, C]
-        return [blk.cross_attn.key_value(ctx) for blk in self.blocks]
+        # Stored head-major (seen as [B, L, H, D]): attention reads each head's keys as one block, every step.
+        return [tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in blk.cross_attn.key_value(ctx)) for blk in self.blocks]
 
     def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame timesteps ``[B, F]`` -> e ``[B, F, C]`` and e0 ``[B, F, 6, C]``, both float32."""
@@ -264,24 +313,31 @@ class WanDiT(nn.Module):
         cross_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
         attend: Attend,
         backend=None,
-        skip_head: bool = False,
+        cache_only: bool = False,
         ops: BlockOps = EAGER_OPS,
     ) -> torch.Tensor | None:
-        """Core forward; returns the flow ``[B, out, F, H, W]``, or None when ``skip_head`` (a recache pass)."""
+        """Core forward; returns the flow ``[B, out, F, H, W]``.
+
+        ``cache_only`` is a recache pass, run for the K/V it writes through ``attend``: it returns None, skips
+        the head, and the last block stops once its K/V are handed over (``attend`` gets ``q=None``).
+        """
         backend = backend or self.reference_attention
         B, f, h, w, C = tokens.shape
         x = tokens.reshape(B, f, h * w, C)  # [B, F, S, C]
         e, e0 = self.time_embed(t)
+        last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
-            x = blk(x, e0, cross_kv[i], lambda q, k, v, norm_k, i=i: attend(i, q, k, v, norm_k), backend.cross_attention, ops)
-        if skip_head:
-            return None
+            layer_attend = lambda q, k, v, norm_k, i=i: attend(i, q, k, v, norm_k)  # noqa: E731
+            if cache_only and i == last:
+                blk.write_kv(x, e0, layer_attend, ops)
+                return None
+            x = blk(x, e0, cross_kv[i], layer_attend, backend.cross_attention, ops)
         return self.unpatchify(self.head(x, e), (f, h, w))
 
-    def forward_latents(self, x: torch.Tensor, t, cross_kv, attend: Attend, backend=None, skip_head: bool = False, ops: BlockOps = EAGER_OPS):
+    def forward_latents(self, x: torch.Tensor, t, cross_kv, attend: Attend, backend=None, cache_only: bool = False, ops: BlockOps = EAGER_OPS):
         """``forward_tokens`` on latents ``[B, in, F, H, W]`` (shape-checked and patchified here)."""
         self.latent_grid(x)
-        return self.forward_tokens(self.patchify(x), t, cross_kv, attend, backend, skip_head, ops)
+        return self.forward_tokens(self.patchify(x), t, cross_kv, attend, backend, cache_only, ops)
 
     def forward(
         self,

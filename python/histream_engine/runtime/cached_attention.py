@@ -23,8 +23,8 @@ class WindowAttention:
     def key_tokens(self) -> int:
         return self.view.key_tokens
 
-    def __call__(self, layer: int, q: torch.Tensor, k_proj: torch.Tensor, v_proj: torch.Tensor, norm_k) -> torch.Tensor:
-        # q: [B, M*S, H, D] after RMSNorm, not rotated; k_proj, v_proj: [B, M*S, C]
+    def __call__(self, layer: int, q: torch.Tensor | None, k_proj: torch.Tensor, v_proj: torch.Tensor, norm_k) -> torch.Tensor | None:
+        # q: [B, M*S, H, D] after RMSNorm, not rotated, or None to write only; k_proj, v_proj: [B, M*S, C]
         k_store, v_store = self.cache.k[layer], self.cache.v[layer]  # [B, slots*S, H, D]
         self.backend.write_kv(k_store, v_store, self.view, k_proj, v_proj, norm_k)
-        return self.backend.ring_attention(q, k_store, v_store, self.view)
+        return None if q is None else self.backend.ring_attention(q, k_store, v_store, self.view)

@@ -15,7 +15,7 @@ import torch
 
 from ..attention import get_backend
 from ..attention.rope import inv_freqs
-from ..model.dit import EAGER_OPS, WanDiT, compiled_ops
+from ..model.dit import WanDiT, engine_ops
 from ..model.vae import WanVAE
 from .cached_attention import WindowAttention
 from .chunk_graphs import ChunkGraphs, cuda_graph_factory
@@ -148,7 +148,7 @@ class Engine:
             raise ValueError(f"the VAE is on {vae.conv2.weight.device} but the DiT on {dit.device}; move them to one device")
         if self.config.cuda_graphs and dit.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {dit.device}; set cuda_graphs=False")
-        self.ops = compiled_ops() if self.config.compile else EAGER_OPS
+        self.ops = engine_ops(self.config.compile)
 
     def graph_factory(self):
         """What makes a chunk's graph, or None to run every chunk eagerly."""
@@ -312,10 +312,10 @@ class Engine:
             flow = dit.forward_latents(x, t_frames, cross_kv, attn[step.resolution], backend, ops=ops)
             x0 = x0_from_flow(x, flow.float(), sigma)
             prev = step.resolution
-        dit.forward_tokens(dit.patchify(x0), t_clean, cross_kv, attn["high"], backend, skip_head=True, ops=ops)
+        dit.forward_tokens(dit.patchify(x0), t_clean, cross_kv, attn["high"], backend, cache_only=True, ops=ops)
         if "low" in attn:
             patches = backend.downsample_patches(x0, sched.low_factor, dit.config.patch_size)  # [B, M, h, w, P]
-            dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], backend, skip_head=True, ops=ops)
+            dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], backend, cache_only=True, ops=ops)
         return x0
 
     def generate(self, prompt_embeds, num_frames: int, height: int, width: int, schedule="self_forcing", seed: int = 0) -> GenerationResult:

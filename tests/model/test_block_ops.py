@@ -1,0 +1,47 @@
+import torch
+
+from conftest import rel_err, random_dit
+from histream_engine.model.dit import EAGER_OPS, FFNWorkspace, engine_ops
+
+
+def test_ffn_workspace_equals_the_module_and_reuses_its_buffer():
+    dit = random_dit("tiny", seed=3)
+    ffn = dit.blocks[0].ffn
+    workspace = FFNWorkspace()
+    torch.manual_seed(0)
+    for shape in ((2, 3, 15, 64), (1, 3, 97, 64), (2, 3, 15, 64)):
+        h = torch.randn(shape)
+        out = workspace(ffn, h)
+        assert out.shape == shape and rel_err(out, ffn(h)) < 1e-6
+    buffers = workspace._buffers
+    assert len(buffers) == 2  # one per token count; the third call reused the first buffer
+    assert {tuple(b.shape) for b in buffers.values()} == {(90, 128), (291, 128)}
+
+
+def test_engine_ops_route_the_ffn_through_a_workspace():
+    assert isinstance(engine_ops().feed_forward, FFNWorkspace)
+    assert engine_ops().feed_forward is not engine_ops().feed_forward  # one workspace per engine
+    assert EAGER_OPS.feed_forward is not None and not isinstance(EAGER_OPS.feed_forward, FFNWorkspace)
+
+
+def test_cache_only_pass_writes_the_same_kv_and_stops_after_the_last_write():
+    """A recache pass hands every layer the same K/V as a full forward, and the last layer no queries."""
+    dit = random_dit("tiny", seed=4)
+    torch.manual_seed(1)
+    tokens = torch.randn(1, 3, 4, 5, dit.config.dim)  # [B, F, h, w, C]
+    t = torch.zeros(1, 3)
+    cross_kv = dit.cross_kv(torch.randn(1, 7, dit.config.text_dim))
+
+    def recorder(log):
+        def attend(layer, q, k_proj, v_proj, norm_k):
+            log.append((layer, q is None, k_proj.clone(), v_proj.clone()))
+            return None if q is None else q  # any [B, L, H, D] will do for the next layer's input here
+        return attend
+
+    full, cached = [], []
+    assert dit.forward_tokens(tokens, t, cross_kv, recorder(full)).shape[1] == dit.config.out_dim
+    assert dit.forward_tokens(tokens, t, cross_kv, recorder(cached), cache_only=True) is None
+    layers = dit.config.num_layers
+    assert [(layer, no_q) for layer, no_q, _k, _v in cached] == [(i, i == layers - 1) for i in range(layers)]
+    for (_, _, k_full, v_full), (_, _, k_cached, v_cached) in zip(full, cached):
+        assert torch.equal(k_full, k_cached) and torch.equal(v_full, v_cached)
