@@ -41,10 +41,22 @@ def test_self_attention_flops_agree_with_the_runtime_token_count(schedule):
     chunks = list(Engine(dit).stream(ctx, 45, 64, 96, schedule=schedule))
     model = flops.schedule_flops(cfg, schedule, 45, 64, 96)
     S = flops.tokens_per_frame(cfg, 64, 96)
+    L = cfg.num_layers
     for run, est in zip(chunks, model):
-        attn = est.denoise.self_attn + est.recache.self_attn
-        assert attn == 4 * 3 * S * run.tokens_attended * cfg.dim * cfg.num_layers
+        keys = run.tokens_attended // (sum(run.forwards.values()) + sum(run.recache.values()))  # one resolution here
+        assert est.denoise.self_attn == 4 * 3 * S * keys * cfg.dim * L * sum(run.forwards.values())
+        assert est.recache.self_attn == 4 * 3 * S * keys * cfg.dim * (L - 1) * sum(run.recache.values())  # last layer: K/V only
         assert run.video_frames == est.video_frames
+
+
+def test_recache_pass_counts_only_the_last_layers_kv():
+    cfg = WanConfig.from_name("wan2.1-1.3b")
+    full = flops.forward_flops(cfg, 3 * 8160, 6 * 8160)
+    cache = flops.forward_flops(cfg, 3 * 8160, 6 * 8160, cache_only=True)
+    d, f, L, n = cfg.dim, cfg.ffn_dim, cfg.num_layers, 3 * 8160
+    head = 2 * d * cfg.out_dim * cfg.patch_volume * n
+    assert full.linear - cache.linear == head + n * (2 * (6 * d * d + 2 * d * f) - 4 * d * d)
+    assert cache.self_attn == full.self_attn * (L - 1) / L
 
 
 def test_vae_decoder_flops_per_1080p_frame():

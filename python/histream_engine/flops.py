@@ -2,7 +2,8 @@
 
 Counts multiply-adds as 2 FLOPs. Per DiT forward over Lq query tokens attending Lk key tokens:
 - linear: per token and layer, self-attn q/k/v/o (4 d^2), cross-attn q/o (2 d^2; the text K/V are
-  computed once per prompt), FFN (2 d f); plus patch embedding and (except for recache) the head;
+  computed once per prompt), FFN (2 d f); plus patch embedding and the head; a recache pass has no head,
+  and its last layer computes only K/V (nothing reads the rest);
 - self-attention: QK^T and PV, 4 Lq Lk d per layer;
 - cross-attention: 4 Lq L_text d per layer.
 Elementwise work (norms, RoPE, modulation, softmax) is left out.
@@ -36,16 +37,17 @@ class Flops:
         return Flops(self.linear * k, self.self_attn * k, self.cross_attn * k)
 
 
-def forward_flops(cfg: WanConfig, query_tokens: int, key_tokens: int, text_len: int | None = None, head: bool = True) -> Flops:
+def forward_flops(cfg: WanConfig, query_tokens: int, key_tokens: int, text_len: int | None = None, cache_only: bool = False) -> Flops:
+    """One forward. ``cache_only`` is a recache pass: no head, and the last layer computes only its K/V."""
     d, f, L = cfg.dim, cfg.ffn_dim, cfg.num_layers
     text_len = cfg.text_len if text_len is None else text_len
-    per_token = L * 2 * (6 * d * d + 2 * d * f) + 2 * cfg.in_dim * cfg.patch_volume * d
-    if head:
-        per_token += 2 * d * cfg.out_dim * cfg.patch_volume
+    attending = L - 1 if cache_only else L  # layers whose attention, cross-attention and FFN run
+    per_token = attending * 2 * (6 * d * d + 2 * d * f) + 2 * cfg.in_dim * cfg.patch_volume * d
+    per_token += 2 * 2 * d * d if cache_only else 2 * d * cfg.out_dim * cfg.patch_volume  # last K/V, or the head
     return Flops(
         linear=float(per_token * query_tokens),
-        self_attn=float(4 * query_tokens * key_tokens * d * L),
-        cross_attn=float(4 * query_tokens * text_len * d * L),
+        self_attn=float(4 * query_tokens * key_tokens * d * attending),
+        cross_attn=float(4 * query_tokens * text_len * d * attending),
     )
 
 
@@ -86,7 +88,7 @@ def schedule_flops(
     for c in range(latent_frames // chunk_size):
         visible = len(plan.visible_frames(c))
         cost = {r: forward_flops(cfg, chunk_size * s, visible * s, text_len) for r, s in S.items()}
-        recache_cost = {r: forward_flops(cfg, chunk_size * s, visible * s, text_len, head=False) for r, s in S.items()}
+        recache_cost = {r: forward_flops(cfg, chunk_size * s, visible * s, text_len, cache_only=True) for r, s in S.items()}
         denoise = sum((cost[step.resolution] for step in sched.steps(c)), Flops())
         recache = sum(recache_cost.values(), Flops())
         chunks.append(ChunkFlops(c, denoise, recache, chunk_video_frames(c, chunk_size)))
