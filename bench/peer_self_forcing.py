@@ -55,19 +55,25 @@ def _memory_stand_in() -> types.ModuleType:
     return mod
 
 
+PEER_PACKAGES = ("pipeline", "utils", "wan", "wan.modules", "demo_utils")
+
+
 def load_peer(path: str | Path) -> dict[str, types.ModuleType]:
     """Import the peer's pipeline, wrapper, scheduler and causal model from a Self-Forcing checkout."""
     root = Path(path).expanduser().resolve()
     missing = [m for m in PEER_MODULES if not (root / (m.replace(".", "/") + ".py")).is_file()]
     if missing:
         raise PeerError(f"{root} is not a Self-Forcing checkout (guandeh17/Self-Forcing): no {', '.join(missing)}")
+    if getattr(sys.modules.get("pipeline"), "histream_peer_root", root) != root:
+        unload_peer()  # another checkout was loaded: its modules share these names
     sys.path.insert(0, str(root))
     # The packages' __init__ files import every pipeline and model of the repository (image-to-video, CLIP,
     # torchvision, Qwen...): empty packages over the same folders load only the modules asked for.
-    for package in ("pipeline", "utils", "wan", "wan.modules", "demo_utils"):
+    for package in PEER_PACKAGES:
         if package not in sys.modules:
             mod = types.ModuleType(package)
             mod.__path__ = [str(root / package.replace(".", "/"))]
+            mod.histream_peer_root = root
             sys.modules[package] = mod
     saved_device = torch.cuda.current_device
     sys.modules.setdefault("demo_utils.memory", _memory_stand_in())
@@ -80,6 +86,16 @@ def load_peer(path: str | Path) -> dict[str, types.ModuleType]:
                         "(diffusers, easydict, ftfy, einops, ...) in this environment") from e
     finally:
         torch.cuda.current_device = saved_device
+
+
+def unload_peer() -> None:
+    """Forget a loaded peer: its modules (generic names: ``utils``, ``pipeline``, ``wan``) and its path entry."""
+    root = getattr(sys.modules.get("pipeline"), "histream_peer_root", None)
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("pipeline", "utils", "wan", "demo_utils"):
+            del sys.modules[name]
+    if root is not None and str(root) in sys.path:
+        sys.path.remove(str(root))
 
 
 class _NoiseFeed(types.ModuleType):
@@ -242,3 +258,56 @@ def engine_noises(engine, batch: int, frames: int, height: int, width: int, seed
     shape = (batch, engine.dit.config.in_dim, M, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE)
     return [[torch.randn(shape, generator=gen, device=engine.dit.device) for _ in sched.steps(c)]
             for c in range(latent_frames // M)]
+
+
+def git_commit(path) -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=path).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def compare(path, engine, prompt_embeds: torch.Tensor, frames: int, height: int, width: int, schedules: list[str],
+            repeats: int, log=print) -> dict:
+    """The peer against our schedules on one video shape, interleaved: after one untimed video of each (the peer's
+    and our ``self_forcing`` from the same noise, which also checks that they agree), ``repeats`` rounds of our
+    schedules then the peer. Wall-clock seconds of whole videos (denoising; the peer's VAE is a stand-in)."""
+    import statistics
+
+    peer = PeerSelfForcing(path, engine.dit, prompt_embeds, frames, height, width, engine.config.chunk_size)
+    noises = engine_noises(engine, prompt_embeds.shape[0], frames, height, width, seed=0)
+    ours_sf = engine.generate(prompt_embeds, frames, height, width, schedule="self_forcing", seed=0)
+    theirs = peer.run(noises)
+    err = ((ours_sf.latents - theirs.latents).double().norm() / theirs.latents.double().norm()).item()
+    log(f"  peer Self-Forcing ({path}, attention: {peer.attention}): self_forcing outputs agree to {err:.1e}")
+    for name in schedules:
+        if name != "self_forcing":
+            engine.generate(prompt_embeds, frames, height, width, schedule=name, seed=0)  # warm-up
+    ours = {name: [] for name in schedules}
+    peer_seconds = []
+    for _ in range(repeats):
+        for name in schedules:
+            sync()
+            t0 = time.perf_counter()
+            engine.generate(prompt_embeds, frames, height, width, schedule=name, seed=0)
+            sync()
+            ours[name].append(time.perf_counter() - t0)
+        peer_seconds.append(peer.run(noises).seconds)
+    peer_spf = statistics.median(peer_seconds) / frames
+    ours_spf = {name: statistics.median(s) / frames for name, s in ours.items()}
+    ratios = {name: peer_spf / spf for name, spf in ours_spf.items()}
+    log("  vs peer: " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()) + f" (peer {peer_spf * 1e3:.1f} ms/frame)")
+    return {
+        "path": str(path),
+        "commit": git_commit(path),
+        "attention": peer.attention,
+        "repeats": repeats,
+        "seconds_per_frame": peer_spf,
+        "seconds": peer_seconds,
+        "ours_seconds_per_frame": ours_spf,
+        "ours_seconds": ours,
+        "speedup_vs_peer": ratios,
+        "self_forcing_rel_err_vs_peer": err,
+    }

@@ -65,6 +65,12 @@ def markdown_table(record: dict) -> str:
         lines.append(f"\nWan2.1 bidirectional baseline: {base['seconds_per_frame']:.4f} s/frame ({base['note']}).")
     else:
         lines.append(f"\nWan2.1 bidirectional baseline: {base.get('skipped', 'not run')}.")
+    peer = record.get("peer_self_forcing")
+    if peer:
+        ratios = ", ".join(f"{n} {r:.2f}x" for n, r in peer["speedup_vs_peer"].items())
+        lines.append(f"\nSelf-Forcing's own pipeline ({peer['path']}, commit {peer['commit']}, attention {peer['attention']}): "
+                     f"{peer['seconds_per_frame']:.4f} s/frame; ours against it, interleaved over {peer['repeats']} repeats: {ratios}; "
+                     f"self_forcing outputs agree to {peer['self_forcing_rel_err_vs_peer']:.1e}.")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from histream_engine.attention.auto import auto_choices
 from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
 
 from .baseline import wan_baseline
+from .peer_self_forcing import PeerError, compare, load_peer
 from .presets import PRESETS, BenchPreset
 from .profile import profile_last_chunk
 from .report import device_peak, environment, markdown_table, plot_chunks, write_json
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks' elementwise parts")
     p.add_argument("--profile", action="store_true", help="profile each schedule's last chunk (torch.profiler): top ops in the JSON, tables beside it")
     p.add_argument("--vae", action="store_true", help="decode every chunk too (random VAE of the preset's width); reports VAE and end-to-end s/frame")
+    p.add_argument("--peer-self-forcing", type=Path, metavar="PATH",
+                   help="also time the official Self-Forcing pipeline from this checkout of guandeh17/Self-Forcing "
+                        "(yours; never downloaded), interleaved with our schedules on the same weights and noise")
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
     return p
@@ -72,6 +76,11 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
             check_video_request(frames, preset.height, preset.width, EngineConfig().chunk_size, SCHEDULES[name], cfg.patch_size)
         except ValueError as e:
             fail(str(e))
+    if args.peer_self_forcing is not None:
+        try:
+            load_peer(args.peer_self_forcing)
+        except PeerError as e:
+            fail(f"--peer-self-forcing: {e}")
 
 
 def random_model(cfg: WanConfig, dtype: torch.dtype, device: torch.device) -> WanDiT:
@@ -155,6 +164,10 @@ def main(argv=None) -> int:
         if args.profile:
             profiles[name] = profile_last_chunk(engine, prompt, frames, preset.height, preset.width, name)
 
+    peer = None
+    if args.peer_self_forcing is not None:
+        peer = compare(args.peer_self_forcing, engine, prompt, frames, preset.height, preset.width, args.schedules, repeats)
+
     if args.no_baseline or preset.baseline_steps == 0:
         baseline = {"skipped": "--no-baseline" if args.no_baseline else f"preset {preset.name} runs no baseline"}
     else:
@@ -185,6 +198,7 @@ def main(argv=None) -> int:
         "schedules": schedules,
         "profiles": {name: {k: v for k, v in prof.items() if k != "table"} for name, prof in profiles.items()} or None,
         "attention_auto": auto_choices() if args.attention == "auto" else None,
+        "peer_self_forcing": peer,
     }
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
     out = args.out or RESULTS / f"{record['date']}-{slug}-{preset.name}.json"

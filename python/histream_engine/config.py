@@ -144,4 +144,6 @@ PRESETS: dict[str, WanConfig] = {
     "wan2.1-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     # Small enough for CPU tests and the demo; head_dim 32 keeps the 3D RoPE split non-trivial (12/10/10).
     "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=32, freq_dim=32),
+    # Wan-shaped (the 1.3B's ffn/dim ratio, 64-wide heads, 4096-wide text) at a CPU's scale: the peer comparison
+    "small": WanConfig(dim=384, ffn_dim=2240, num_heads=6, num_layers=4),
 }
