@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks' elementwise parts")
     p.add_argument("--profile", action="store_true", help="profile each schedule's last chunk (torch.profiler): top ops in the JSON, tables beside it")
     p.add_argument("--vae", action="store_true", help="decode every chunk too (random VAE of the preset's width); reports VAE and end-to-end s/frame")
+    p.add_argument("--prompt-tokens", type=int, default=128,
+                   help="real rows of the random prompt, the rest of its 512 zero padding as UMT5 gives (default 128, "
+                        "an extended prompt's length; 512 for no padding)")
     p.add_argument("--peer-self-forcing", type=Path, metavar="PATH",
                    help="also time the official Self-Forcing pipeline from this checkout of guandeh17/Self-Forcing "
                         "(yours; never downloaded), interleaved with our schedules on the same weights and noise")
@@ -66,6 +69,8 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
 
     if repeats < 1:
         fail(f"--repeats must be >= 1, got {repeats}")
+    if not 1 <= args.prompt_tokens <= cfg.text_len:
+        fail(f"--prompt-tokens must be in [1, {cfg.text_len}], got {args.prompt_tokens}")
     backends = {name: why for name, _ok, why in attention_backends()}
     if args.attention not in backends:
         fail(f"unknown --attention {args.attention!r}; registered: {sorted(backends)}")
@@ -105,7 +110,8 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
     per_chunk = [statistics.median(r.chunks[i].seconds for r in runs) for i in range(len(runs[0].chunks))]
     chunk_frames = [c.video_frames for c in runs[0].chunks]
     seconds_per_frame = statistics.median(r.seconds_per_frame for r in runs)
-    model = flops.schedule_flops(cfg, name, frames, preset.height, preset.width, engine.config.chunk_size)
+    text_keys = engine.dit.cross_kv(prompt)[0][0].shape[1]  # the text rows attended: a prompt's padding counts once
+    model = flops.schedule_flops(cfg, name, frames, preset.height, preset.width, engine.config.chunk_size, text_keys)
     flops_per_frame = sum(c.total for c in model) / sum(c.video_frames for c in model)
     achieved = flops_per_frame / seconds_per_frame
     steady = per_chunk[1:] or per_chunk
@@ -151,6 +157,7 @@ def main(argv=None) -> int:
         vae = vae.to(getattr(torch, dtype_name)).eval().requires_grad_(False)
     engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile), vae=vae)
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
+    prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
     env = environment(device)
     print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, "
           f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats, cuda graphs {'on' if args.cuda_graphs else 'off'}, "
@@ -191,6 +198,7 @@ def main(argv=None) -> int:
         "dtype": dtype_name,
         "attention": args.attention,
         "repeats": repeats,
+        "prompt_tokens": args.prompt_tokens,
         "cuda_graphs": args.cuda_graphs,
         "torch_compile": args.compile,
         "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim))} if args.vae else None,

@@ -26,13 +26,14 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
             "cuda_graphs", "torch_compile", "wan_baseline", "schedules", "profiles", "attention_auto"} <= set(record)
     assert record["attention_auto"] is None  # --attention torch
     assert {"device", "torch", "triton", "cuda", "git_commit"} <= set(record["environment"])
-    assert record["torch_compile"] is True and record["cuda_graphs"] is False
+    assert record["torch_compile"] is True and record["cuda_graphs"] is False and record["prompt_tokens"] == 128
     assert record["wan_baseline"]["seconds_per_frame"] > 0
     preset = PRESETS["cpu-small"]
     cfg = WanConfig.from_name(preset.model)
     for name, r in record["schedules"].items():
         assert set(r) == SCHEDULE_FIELDS
-        model = flops.schedule_flops(cfg, name, 33, preset.height, preset.width)
+        # the default prompt: 128 real rows and zero padding, which the engine attends as one key (fp32)
+        model = flops.schedule_flops(cfg, name, 33, preset.height, preset.width, text_len=128 + 1)
         assert r["per_chunk_flops"] == [c.total for c in model]
         assert r["flops_per_frame"] == pytest.approx(sum(c.total for c in model) / 33)
         assert r["achieved_tflops"] == pytest.approx(r["flops_per_frame"] / r["seconds_per_frame"] / 1e12)
@@ -107,6 +108,7 @@ def test_cuda_graphs_flag_refused_without_a_gpu(capsys):
         (["--height", "100"], "height must be a positive multiple of 16"),
         (["--schedules", "histream", "--width", "400"], "width must be a positive multiple of 32"),
         (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+        (["--prompt-tokens", "0"], "--prompt-tokens must be in [1, 512]"),
         (["--attention", "fa9"], "unknown --attention 'fa9'"),
     ],
 )

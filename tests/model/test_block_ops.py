@@ -1,8 +1,11 @@
+import math
+
 import pytest
 import torch
 
 from conftest import rel_err, random_dit
-from histream_engine.model.dit import EAGER_OPS, FFNWorkspace, engine_ops
+from histream_engine.attention import get_backend
+from histream_engine.model.dit import EAGER_OPS, FFNWorkspace, engine_ops, merge_zero_rows
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -48,3 +51,27 @@ def test_cache_only_pass_writes_the_same_kv_and_stops_after_the_last_write():
     assert [(layer, no_q) for layer, no_q, _k, _v in cached] == [(i, i == layers - 1) for i in range(layers)]
     for (_, _, k_full, v_full), (_, _, k_cached, v_cached) in zip(full, cached):
         assert torch.equal(k_full, k_cached) and torch.equal(v_full, v_cached)
+
+
+def test_zero_rows_merge_into_one_biased_key_with_the_same_attention():
+    """Wan pads prompts with zero rows: attending them once with log(n) on the logit is attending all n."""
+    dit = random_dit("tiny", seed=6)
+    torch.manual_seed(2)
+    ctx = torch.randn(3, 40, dit.config.text_dim)
+    ctx[0, 9:] = 0  # 9 real rows, 31 padding
+    ctx[1, 25:] = 0  # 25 real rows
+    ctx[1, 3] = 0  # a zero row inside the prompt is padding too: it embeds to the same K/V
+    # ctx[2]: no padding at all
+    merged, bias = merge_zero_rows(ctx, torch.float32)
+    assert merged.shape == (3, 41, dit.config.text_dim) and bias.shape == (3, 1, 1, 41)
+    assert bias[0, 0, 0, 9:40].eq(float("-inf")).all() and bias[0, 0, 0, 40].item() == pytest.approx(math.log(31))
+    assert bias[1, 0, 0, 40].item() == pytest.approx(math.log(16)) and bias[2, 0, 0, 40].item() == float("-inf")
+    full, short = dit.cross_kv(ctx, merge_padding=False), dit.cross_kv(ctx)
+    q = torch.randn(3, 50, dit.config.num_heads, dit.config.head_dim)
+    attn = get_backend("torch")
+    for (k, v, none), (km, vm, b) in zip(full, short):
+        assert none is None and km.shape[1] == 41
+        assert rel_err(attn.cross_attention(q, km, vm, b), attn.cross_attention(q, k, v)) < 1e-6
+    assert merge_zero_rows(ctx[2:], torch.float32)[1] is None  # nothing to merge
+    assert merge_zero_rows(ctx, torch.bfloat16)[1] is None  # bf16 cannot carry log(n) closely enough
+

@@ -31,11 +31,15 @@ def block_causal_reference(dit, ctx, num_chunks, M, latent_hw, schedule, seed):
     return outs
 
 
-@pytest.mark.parametrize("batch, M, height, width", [(1, 3, 48, 80), (2, 2, 32, 48)])
-def test_cached_chunks_equal_block_causal_forward(batch, M, height, width):
+@pytest.mark.parametrize("batch, M, height, width, padded", [(1, 3, 48, 80, False), (2, 2, 32, 48, False), (2, 3, 32, 48, True)])
+def test_cached_chunks_equal_block_causal_forward(batch, M, height, width, padded):
+    """``padded``: zero rows, which the engine attends as one biased key and the reference one by one."""
     dit = random_dit("tiny", seed=5)
     torch.manual_seed(6)
-    ctx = torch.randn(batch, 7, dit.config.text_dim)
+    ctx = torch.randn(batch, 40 if padded else 7, dit.config.text_dim)
+    if padded:
+        ctx[0, 9:] = 0
+        ctx[-1, 23:] = 0
     num_chunks = 3
     frames = 4 * M * num_chunks - 3
     engine = Engine(dit, EngineConfig(chunk_size=M))

@@ -8,6 +8,7 @@ the weight dtype, as in Wan.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -42,6 +43,34 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
     freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
     angles = torch.outer(t.to(torch.float64), freqs)  # [N, half]
     return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def merge_zero_rows(context: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attend a prompt's all-zero rows as one: ``context`` ``[B, L, text_dim]`` -> ``[B, Lr + 1, text_dim]`` and a
+    logit bias ``[B, 1, 1, Lr + 1]``, or ``(context, None)`` when there is nothing to merge.
+
+    Wan pads every prompt with zero rows to 512 (a prompt is often 20 to 150 tokens). Each zero row embeds to
+    the same key and value, and attending n copies of one key is attending it once with log n added to its
+    logit: the same softmax, the same output, without the copies. Real rows keep bias 0, the merged row gets
+    log n, slots a shorter prompt of the batch leaves empty get -inf. The bias must carry log n (up to 6.2)
+    precisely, so this is done only where ``dtype`` holds it to ~1e-7 (float32, float64): in bf16 the rounding
+    of log n alone would move the padding's weight by up to 1.6%.
+    """
+    zero = (context == 0).all(-1)  # [B, L]
+    n_pad = zero.sum(1).tolist()  # once per prompt, before any chunk: a host read is fine here
+    if max(n_pad) < 2 or torch.finfo(dtype).eps > 2**-20:
+        return context, None
+    B, _, width = context.shape
+    real = [context[b][~zero[b]] for b in range(B)]  # each [Lb, text_dim]
+    Lr = max(r.shape[0] for r in real)
+    merged = context.new_zeros(B, Lr + 1, width)  # [B, Lr + 1, text_dim]; row Lr is the merged padding
+    bias = torch.full((B, Lr + 1), float("-inf"), dtype=dtype, device=context.device)  # [B, Lr + 1]
+    for b, rows in enumerate(real):
+        merged[b, : rows.shape[0]] = rows
+        bias[b, : rows.shape[0]] = 0.0
+        if n_pad[b]:
+            bias[b, Lr] = math.log(n_pad[b])
+    return merged, bias[:, None, None, :]
 
 
 class RMSNorm(nn.Module):
@@ -169,7 +198,7 @@ class WanBlock(nn.Module):
         self,
         x: torch.Tensor,  # [B, F, S, C] tokens, frame-major
         e0: torch.Tensor,  # [B, F, 6, C] float32 per-frame modulation
-        cross_kv: tuple[torch.Tensor, torch.Tensor],  # text K, V [B, Lc, H, D]
+        cross_kv: tuple,  # text K, V [B, Lc, H, D] and logit bias [B, 1, 1, Lc] or None (WanDiT.cross_kv)
         attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module], torch.Tensor],
         cross: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         ops: BlockOps = EAGER_OPS,
@@ -251,12 +280,16 @@ class WanDiT(nn.Module):
                 f"context must be [B, L, text_dim={self.config.text_dim}] text embeddings, got shape {tuple(context.shape)}"
             )
 
-    def cross_kv(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every block's cross-attention K, V ``[B, L, H, D]`` for a prompt; computed once, reused for all steps."""
+    def cross_kv(self, context: torch.Tensor, merge_padding: bool = True) -> list[tuple]:
+        """Every block's cross-attention (K, V ``[B, L, H, D]``, logit bias ``[B, 1, 1, L]`` or None) for a prompt;
+        computed once, reused for all steps. ``merge_padding``: all-zero text rows attended as one (``merge_zero_rows``)."""
         self.check_context(context)
+        bias = None
+        if merge_padding:
+            context, bias = merge_zero_rows(context, self.dtype)
         ctx = self.text_embedding(context.to(self.dtype))  # [B, L, C]
         # Stored head-major (seen as [B, L, H, D]): attention reads each head's keys as one block, every step.
-        return [tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in blk.cross_attn.key_value(ctx)) for blk in self.blocks]
+        return [(*(t.transpose(1, 2).contiguous().transpose(1, 2) for t in blk.cross_attn.key_value(ctx)), bias) for blk in self.blocks]
 
     def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame timesteps ``[B, F]`` -> e ``[B, F, C]`` and e0 ``[B, F, 6, C]``, both float32."""
@@ -312,7 +345,7 @@ class WanDiT(nn.Module):
         self,
         tokens: torch.Tensor,  # [B, F', h, w, C] embedded patches
         t: torch.Tensor,  # [B, F'] per-frame timesteps
-        cross_kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        cross_kv: Sequence[tuple],  # per block, from ``cross_kv``
         attend: Attend,
         backend=None,
         cache_only: bool = False,
@@ -383,4 +416,4 @@ class WanDiT(nn.Module):
             k = norm_k(k_proj).unflatten(-1, (heads, -1))  # [B, L, H, D]
             return backend.self_attention(q, k, v_proj.unflatten(-1, (heads, -1)), rope, rope, mask)
 
-        return self.forward_latents(x, t, self.cross_kv(context), attend, backend)
+        return self.forward_latents(x, t, self.cross_kv(context, merge_padding=False), attend, backend)
