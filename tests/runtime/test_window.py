@@ -46,3 +46,15 @@ def test_window_positions_stay_bounded_absolute_grow():
     assert absolute.temporal_positions(700)[-1] == 2102
     assert window.max_temporal_position(1000) == 5
     assert absolute.max_temporal_position(1000) == 2999
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("anchor_frames", [0, 1, 2, 3])
+@pytest.mark.parametrize("history_frames", [0, 1, 2, 5, None])
+def test_every_window_fills_a_prefix_of_the_ring(chunk_size, anchor_frames, history_frames):
+    """What lets every backend attend ring rows [0, Lk) with no gather (RingView.slot_positions)."""
+    plan = WindowPlan(chunk_size=chunk_size, anchor_frames=anchor_frames, history_frames=history_frames,
+                      total_frames=chunk_size * 12)
+    for c in range(12):
+        slots = [plan.slot_of(f) for f in plan.visible_frames(c)]
+        assert sorted(slots) == list(range(len(slots))), (c, slots)
