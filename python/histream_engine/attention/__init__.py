@@ -3,7 +3,7 @@
 Each entry says how to check availability, with a human-readable reason, and how to build the backend;
 a backend whose dependency is missing is never imported.
 
-- ``torch``: the reference (gather the window, rotate, SDPA).
+- ``torch``: plain torch, the baseline every kernel is tested against (rotate, SDPA over slices of the ring).
 - ``triton``, ``cudnn``, ``flash_attn`` (FlashAttention-3 or -2): the Triton RoPE pre-pass, then that attention core
   (``prepass_backend``, ``cores``).
 - ``auto``: the pre-pass, then whichever available core measured fastest for the shape (``auto``); the

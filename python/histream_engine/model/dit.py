@@ -80,7 +80,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x / sqrt(mean(x^2) + eps) in float32, one fused op; then the weight in x's dtype, as Wan does
+        # x / sqrt(mean(x^2) + eps) in float32 (a fused kernel where torch has one); then the weight in x's dtype, as Wan does
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
