@@ -22,6 +22,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from .launch_checks import check_16_byte_aligned, check_attention_core
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner may pick on a GPU. Each compiles for sm_90a with no
@@ -109,10 +111,7 @@ SUPPORTED_HEAD_DIMS = (32, 64, 128)
 
 def _descriptor(t: torch.Tensor, name: str) -> TensorDescriptor:
     """A 4D TMA descriptor over a ``[B, H, L, D]`` view; TMA needs 16-byte aligned strides and base."""
-    size = t.element_size()
-    if t.stride(-1) != 1 or any(s * size % 16 for s in t.stride()[:-1]) or t.data_ptr() % 16:
-        raise ValueError(f"{name} {tuple(t.shape)} with strides {t.stride()} is not TMA-compatible: the last dim must be "
-                         "contiguous and the other strides and the base 16-byte aligned")
+    check_16_byte_aligned(name, t)
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, t.shape[-1]])  # tile set per config
 
 
@@ -124,21 +123,12 @@ def attention_core(
 ) -> torch.Tensor:  # [B, Lq, H, D]
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
-    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"attention_core takes fp16/bf16/fp32 q, k, v of one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if D not in SUPPORTED_HEAD_DIMS:
-        raise ValueError(f"attention_core supports head_dim {SUPPORTED_HEAD_DIMS}, got {D}")
-    if k.dim() != 4 or tuple(k.shape) != (B, H, Lk, D) or tuple(v.shape) != tuple(k.shape) or Lk == 0:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must both be [B, H, Lk > 0, D] for q {tuple(q.shape)}")
-    if len({t.device for t in (q, k, v)}) != 1:
-        raise ValueError("attention_core inputs must be on one device")
+    check_attention_core(q, k, v, out, SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS)
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("attention_core needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
     descs = [_descriptor(t, name) for t, name in ((q, "q"), (k, "k"), (v, "v"))]
     if out is None:
         out = torch.empty((B, Lq, H, D), dtype=q.dtype, device=q.device)
-    elif tuple(out.shape) != (B, Lq, H, D) or out.dtype != q.dtype or out.stride(-1) != 1:
-        raise ValueError(f"out must be [{B}, {Lq}, {H}, {D}] {q.dtype} with a contiguous last dim")
 
     def grid(meta):
         return (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)

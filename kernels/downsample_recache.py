@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch_checks import check_downsample_patchify, check_recache_write
 from .rope_rotate import rope_rotate
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -58,16 +59,11 @@ def _downsample_patchify_kernel(
 
 def downsample_patchify(x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:
     """``x`` ``[B, C, F, H, W]`` -> low-res patch vectors ``[B, F/pt, H/(r*ph), W/(r*pw), C*pt*ph*pw]``."""
-    if x.dim() != 5:
-        raise ValueError(f"latents must be [B, C, F, H, W], got {tuple(x.shape)}")
-    B, C, Fr, H, W = x.shape
-    pt, ph, pw = patch_size
-    if Fr % pt or H % (factor * ph) or W % (factor * pw):
-        raise ValueError(f"latent {tuple(x.shape[2:])} is not divisible by downsampling {factor} x patch {patch_size}")
+    FT, GH, GW, P = check_downsample_patchify(x, factor, patch_size)
     if x.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("downsample_patchify needs a CUDA tensor (or TRITON_INTERPRET=1 for the CPU interpreter)")
-    FT, GH, GW = Fr // pt, H // (factor * ph), W // (factor * pw)
-    P = C * pt * ph * pw
+    B = x.shape[0]
+    pt, ph, pw = patch_size
     out = torch.empty((B, FT, GH, GW, P), dtype=x.dtype, device=x.device)  # [B, F', h, w, P]
     N = B * FT * GH * GW
     _downsample_patchify_kernel[(triton.cdiv(N, DOWNSAMPLE_BLOCK_T),)](
@@ -131,34 +127,8 @@ def recache_write(
     v_store: torch.Tensor,  # [B, R, H, D]
     rope: tuple | None = None,  # store K rotated: (positions [L/S] int32, cos [NPOS, D/2], sin, (gh, gw), (t, h, w) pairs)
 ) -> None:
-    B, L, C = k_proj.shape
-    if v_proj.shape != k_proj.shape:
-        raise ValueError(f"k_proj {tuple(k_proj.shape)} and v_proj {tuple(v_proj.shape)} differ")
-    if k_store.shape != v_store.shape or k_store.dim() != 4 or k_store.shape[0] != B or k_store.shape[2] * k_store.shape[3] != C:
-        raise ValueError(f"storage {tuple(k_store.shape)} does not hold [B={B}, rows, H, D] with H*D = {C}")
-    H, D = k_store.shape[2:]
-    if D & (D - 1):
-        raise ValueError(f"recache_write needs a power-of-two head_dim, got {D}")
-    if rows.shape != (L,) or rows.dtype != torch.int64:
-        raise ValueError(f"rows must be int64 [{L}], got {rows.dtype} {tuple(rows.shape)}")
-    if norm_weight is not None and norm_weight.shape != (C,):
-        raise ValueError(f"norm weight must be [{C}], got {tuple(norm_weight.shape)}")
-    for t in (k_proj, v_proj):
-        if t.stride(-1) != 1:
-            raise ValueError("k_proj and v_proj need a contiguous last dim")
-    for t in (k_store, v_store):
-        if t.stride(3) != 1:
-            raise ValueError("ring storage needs a contiguous last (head_dim) dimension")
-    S, gw, pairs = 1, 1, (0, 0, 0)
-    if rope is not None:
-        positions, cos, sin, (gh, gw), pairs = rope
-        S = gh * gw
-        if positions.dtype != torch.int32 or positions.numel() * S != L:
-            raise ValueError(f"rope positions must be int32, one per frame of {S} tokens of the {L} written; got {positions.numel()} {positions.dtype}")
-        if cos.shape != sin.shape or cos.shape[1:] != (D // 2,) or cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()):
-            raise ValueError(f"cos/sin tables must be contiguous float32 [NPOS, {D // 2}], got {tuple(cos.shape)} {cos.dtype}")
-        if cos.shape[0] < max(gh, gw) or sum(pairs) != D // 2:
-            raise ValueError(f"RoPE table of {cos.shape[0]} positions / axis pairs {pairs} do not fit a {gh}x{gw} grid and head_dim {D}")
+    shape = check_recache_write(k_proj, v_proj, norm_weight, rows, k_store, v_store, rope)
+    B, L, H, D, S, gw, pairs = shape.B, shape.L, shape.H, shape.D, shape.S, shape.gw, shape.pairs
     if k_proj.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("recache_write needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
     pos, cos, sin = rope[:3] if rope is not None else (rows, k_proj, k_proj)  # never read without ROTATE

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch_checks import check_rope_prepass
 from .rope_rotate import rope_rotate
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -86,58 +87,18 @@ def rope_prepass(
     slot_pos: torch.Tensor | None = None,  # [NV] int32 temporal position of the frame in each of the ring's first NV slots
     k_out: torch.Tensor | None = None,  # [B, H, R, D] contiguous, rows [0, NV*S) written
 ) -> None:
-    """Slot and position values are not read back here (that would stall the GPU every layer): the caller
-    builds them from Python lists and checks their ranges there (``histream_engine.attention.ring.RingView``)."""
-    B, Lq, H, D = q.shape
-    gh, gw = grid
-    S = gh * gw
-    nq = q_pos.numel()
-    with_k = k_store is not None
-    if with_k != (slot_pos is not None) or with_k != (k_out is not None):
-        raise ValueError("rope_prepass rotates K only given all of k_store, slot_pos and k_out")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"rope_prepass takes fp16/bf16/fp32 q and k of one dtype; got {q.dtype}")
-    if D % 2 or (D // 2) & (D // 2 - 1) or D < 16:
-        raise ValueError(f"rope_prepass needs a head_dim that is twice a power of two, at least 16; got {D}")
-    if Lq != nq * S:
-        raise ValueError(f"{Lq} query tokens must be the {nq} query frames of {S} tokens")
-    if q_pos.dtype != torch.int32:
-        raise ValueError("q_pos and slot_pos must be int32")
-    if cos.shape != sin.shape or cos.shape[1] != D // 2 or cos.dtype != torch.float32 or not (cos.is_contiguous() and sin.is_contiguous()):
-        raise ValueError(f"cos/sin tables must be contiguous float32 [NPOS, {D // 2}], got {tuple(cos.shape)} {cos.dtype}")
-    if cos.shape[0] < max(gh, gw):
-        raise ValueError(f"RoPE table has {cos.shape[0]} positions, fewer than the {gh}x{gw} token grid needs")
-    if sum(axis_pairs) != D // 2:
-        raise ValueError(f"axis_pairs {axis_pairs} must sum to head_dim / 2 = {D // 2}")
-    if q.stride(-1) != 1:
-        raise ValueError("q needs a contiguous last dim")
-    outputs = [("q_out", q_out, (B, H, Lq, D))]
-    nv, R = 0, 0
-    if with_k:
-        R, nv = k_store.shape[1], slot_pos.numel()
-        if k_store.dtype != q.dtype or k_store.dim() != 4 or k_store.shape[0] != B or k_store.shape[2:] != (H, D) or R % S:
-            raise ValueError(f"ring storage {tuple(k_store.shape)} {k_store.dtype} does not fit q {tuple(q.shape)} {q.dtype} with {S} tokens per frame")
-        if nv * S > R or nq > nv:
-            raise ValueError(f"{nv} visible slots of {S} tokens do not fit a ring of {R // S} slots with {nq} query frames")
-        if slot_pos.dtype != torch.int32:
-            raise ValueError("q_pos and slot_pos must be int32")
-        if k_store.stride(-1) != 1:
-            raise ValueError("k_store needs a contiguous last dim")
-        outputs.append(("k_out", k_out, (B, H, R, D)))
-    for name, t, shape in outputs:
-        if tuple(t.shape) != shape or t.dtype != q.dtype or not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous {list(shape)} {q.dtype}, got {tuple(t.shape)} {t.dtype}")
-    tensors = [t for t in (q, q_pos, cos, sin, q_out, k_store, slot_pos, k_out) if t is not None]
-    if len({t.device for t in tensors}) != 1:
-        raise ValueError("rope_prepass inputs must be on one device")
+    """Checks in ``launch_checks.check_rope_prepass``; slot and position ranges are the caller's (``RingView``)."""
+    shape = check_rope_prepass(q, q_pos, cos, sin, grid, axis_pairs, q_out, k_store, slot_pos, k_out)
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError("rope_prepass needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter)")
+    B, Lq, H, D, S, R = shape.B, shape.Lq, shape.H, shape.D, shape.S, shape.R
+    with_k = k_store is not None
     k_src = k_store if with_k else q  # never read when Lk == 0
     q_blocks = triton.cdiv(Lq, BLOCK_T)
-    _rope_prepass_kernel[(q_blocks + triton.cdiv(nv * S, BLOCK_T), B * H)](
+    _rope_prepass_kernel[(q_blocks + triton.cdiv(shape.Lk, BLOCK_T), B * H)](
         q, k_src, q_out, k_out if with_k else q_out, q_pos, slot_pos if with_k else q_pos, cos, sin,
         q.stride(0), q.stride(1), q.stride(2),
         k_src.stride(0), k_src.stride(1), k_src.stride(2),
-        Lq, nv * S, max(R, 1), S, gw, H, q_blocks,
+        Lq, shape.Lk, max(R, 1), S, grid[1], H, q_blocks,
         HALF=D // 2, PT=axis_pairs[0], PH=axis_pairs[1], BLOCK_T=BLOCK_T,
     )

@@ -61,7 +61,7 @@ def test_every_core_reads_the_same_views(core):
         (dict(D=48), "head_dim"),
         (dict(lk=0), "Lk > 0"),
         (dict(v_heads=3), "must both be"),
-        (dict(strided=True), "not TMA-compatible"),
+        (dict(strided=True), "not 16-byte aligned"),
     ],
 )
 def test_launcher_rejects_bad_inputs(change, match):
