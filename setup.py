@@ -1,7 +1,73 @@
-"""Installs histream_engine (python/histream_engine), its Triton kernels (kernels/ -> histream_engine.kernels)
-and its benchmark suite (bench/ -> histream_engine.bench)."""
+"""Installs histream_engine (python/histream_engine), its Triton kernels (kernels/ -> histream_engine.kernels), its
+benchmark suite (bench/ -> histream_engine.bench) and, where nvcc is found, its CUDA kernels (csrc/ ->
+histream_engine._C, built by CMakeLists.txt). HISTREAM_SKIP_CUDA_BUILD=1 skips that build; HISTREAM_CUDA_ARCHS
+(default "80;90a") picks the GPU architectures."""
 
-from setuptools import setup
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _nvcc() -> str | None:
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists():
+        return str(Path(cuda_home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def _skip_reason() -> str | None:
+    if os.environ.get("HISTREAM_SKIP_CUDA_BUILD") == "1":
+        return "HISTREAM_SKIP_CUDA_BUILD=1"
+    if _nvcc() is None:
+        return "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    if shutil.which("cmake") is None:
+        return "cmake was not found"
+    try:
+        import pybind11  # noqa: F401
+    except ImportError:
+        return "pybind11 is not installed (pip install pybind11)"
+    return None
+
+
+class CMakeBuild(build_ext):
+    """Builds histream_engine._C with CMake, or skips it with one printed line: the package works without it."""
+
+    def run(self):
+        reason = _skip_reason()
+        if reason is not None:
+            print(f"histream_engine: not building the CUDA extension histream_engine._C: {reason}", flush=True)
+            self.extensions = []
+            return
+        super().run()
+
+    def build_extension(self, ext):
+        import pybind11
+
+        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build_dir = Path(self.build_temp).resolve() / "cmake"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        configure = [
+            "cmake", "-S", str(ROOT), "-B", str(build_dir),
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_CUDA_COMPILER={_nvcc()}",
+            f"-DHISTREAM_CUDA_ARCHS={os.environ.get('HISTREAM_CUDA_ARCHS', '80;90a')}",
+        ]
+        t0 = time.perf_counter()
+        print(f"histream_engine: building histream_engine._C with CMake for sm {os.environ.get('HISTREAM_CUDA_ARCHS', '80;90a')}", flush=True)
+        subprocess.run(configure, check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "--target", "_C", "-j", str(os.cpu_count() or 2)], check=True)
+        print(f"histream_engine: built histream_engine._C in {time.perf_counter() - t0:.0f} s", flush=True)
+
 
 setup(
     name="histream_engine",
@@ -17,10 +83,13 @@ setup(
         "histream_engine",
         "histream_engine.model",
         "histream_engine.attention",
+        "histream_engine.native",
         "histream_engine.runtime",
         "histream_engine.kernels",
         "histream_engine.bench",
     ],
+    ext_modules=[Extension("histream_engine._C", sources=[])],
+    cmdclass={"build_ext": CMakeBuild},
     install_requires=[
         "torch>=2.5",
         "safetensors>=0.4",
