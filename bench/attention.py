@@ -9,7 +9,8 @@ RoPE, with ``absolute`` positions (K cached rotated: only Q is rotated per call)
 K/V write: the torch backend rotates and runs SDPA on slices of the ring; the pre-pass backends rotate
 (``rope_prepass``) and run their core, and those two are also timed alone. TFLOP/s count 4 * Lq * Lk * D * H. Errors are ||out - ref|| / ||ref||
 against the torch reference on float32-upcast inputs, beside the bf16 torch reference's own error.
-Targets on an H100 (issue 10): the engine's path (the best backend) >= 550 TFLOP/s, our Triton core >= 450.
+Targets on an H100: the engine's path (the best backend) >= 550 TFLOP/s, our Triton core >= 450 (issue 10), our
+CUDA core (mma.sync, ``cuda`` backend) >= 300 (issue 11).
 ``--small`` runs a tiny shape, for checking the script on a CPU (timings meaningless).
 """
 
@@ -32,7 +33,7 @@ from histream_engine.attention.rope import inv_freqs
 
 GRIDS = {"1088x1920": (68, 120), "544x960": (34, 60)}
 TRAIN_GRID = (30, 52)
-TARGETS_TFLOPS = {"engine_path": 550.0, "triton_core": 450.0}
+TARGETS_TFLOPS = {"engine_path": 550.0, "triton_core": 450.0, "cuda_core": 300.0}
 
 
 def median_seconds(fn, repeats: int, device) -> float:
@@ -118,13 +119,15 @@ def main(argv=None) -> int:
     targets = {
         "engine_path_tflops": timed_ok[best]["tflops"] if best else None,
         "engine_path": list(best) if best else None,
-        "triton_core_tflops": max((r.get("core_tflops") or 0.0 for (pos, n), r in timed_ok.items() if n == "triton"), default=None),
+        **{f"{core}_core_tflops": max((r.get("core_tflops") or 0.0 for (pos, n), r in timed_ok.items() if n == core), default=None)
+           for core in ("triton", "cuda")},
         **{f"{k}_target": v for k, v in TARGETS_TFLOPS.items()},
     }
     if best:
         print(f"fastest path: {best[1]} ({best[0]} positions) at {targets['engine_path_tflops']:.1f} TFLOP/s "
               f"(target {TARGETS_TFLOPS['engine_path']:.0f} on an H100); triton core alone: {targets['triton_core_tflops'] or float('nan'):.1f} "
-              f"(target {TARGETS_TFLOPS['triton_core']:.0f})")
+              f"(target {TARGETS_TFLOPS['triton_core']:.0f}); cuda core alone: {targets['cuda_core_tflops'] or float('nan'):.1f} "
+              f"(target {TARGETS_TFLOPS['cuda_core']:.0f})")
     if args.out:
         record = {
             "command": "python bench/attention.py " + " ".join(sys.argv[1:] if argv is None else argv),

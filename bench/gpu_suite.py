@@ -6,8 +6,10 @@ Steps (each a subprocess with its own time limit, its output in its own log; a s
 is skipped with the reason printed):
 
 - ``env``: GPU, driver, versions, the attention backends and why any is unavailable;
-- ``tests``: the test suite's kernel, attention and runtime tests, compiled on the GPU;
-- ``aot``: the sm_90a static report (``kernels.aot``) with the Triton installed there;
+- ``tests``: the test suite's kernel, attention, runtime and native (CUDA extension, compute-sanitizer) tests,
+  compiled on the GPU;
+- ``aot``: the sm_90a static report (``kernels.aot``) with the Triton installed there, and the compiled CUDA
+  kernels' resources (``histream_engine.native.resources``);
 - ``attention``: the attention microbenchmark (``bench/attention.py``) at 1088x1920 and 544x960, every backend;
 - ``vae``: ``histream bench --preset 1080p-1.3b --vae`` on ``histream_plus``;
 - ``bench``: ``histream bench --preset 1080p-1.3b --attention auto`` on the sliding-window schedules, eager;
@@ -77,10 +79,12 @@ def plan(frames: int, work: Path) -> list[Step]:
         ], 120, outputs=["env.json"]),
         Step("tests", "kernel, attention and runtime tests, compiled on the GPU", [
             [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={work / 'tests.xml'}",
-             "tests/kernels", "tests/attention", "tests/runtime", "--ignore=tests/kernels/test_aot.py"],  # the aot step runs that
+             "tests/kernels", "tests/attention", "tests/runtime", "tests/native",
+             "--ignore=tests/kernels/test_aot.py"],  # the aot step runs that
         ], 600, skip=lambda: _has("pytest"), outputs=["tests.xml"]),
-        Step("aot", "sm_90a static report with this machine's Triton", [
+        Step("aot", "sm_90a static report with this machine's Triton; the compiled CUDA kernels' resources", [
             [py, "-m", "histream_engine.kernels.aot", "--arch", "sm_90a", "--out", str(work / "aot")],
+            [py, "-m", "histream_engine.native.resources"],
         ], 300, outputs=["aot/summary.json"]),
         Step("attention", "attention microbenchmark, every backend, both resolutions", [
             [py, "bench/attention.py", "--resolution", res, "--out", str(work / f"attention-{res}.json")]

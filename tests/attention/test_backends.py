@@ -12,10 +12,17 @@ from histream_engine.attention.prepass_backend import PrepassAttention
 
 def test_registry_lists_every_backend_with_a_reason():
     listed = {name: (ok, reason) for name, ok, reason in attention_backends()}
-    assert list(listed) == ["torch", "triton", "cudnn", "flash_attn", "auto"]
+    assert list(listed) == ["torch", "triton", "cuda", "cudnn", "flash_attn", "auto"]
     assert listed["torch"] == (True, "") and listed["auto"] == (True, "")
     assert listed["triton"][0] is True  # installed with the test extras; interpreter on CPU (conftest)
     assert listed["cudnn"][0] is True  # on CPU under the interpreter SDPA's CPU kernel stands in
+    from histream_engine.native import built_reason
+
+    if built_reason() is not None:
+        assert listed["cuda"] == (False, built_reason()) and listed["cuda"][1].startswith("histream_engine._C was not built")
+    elif not torch.cuda.is_available():
+        assert listed["cuda"][0] is False and listed["cuda"][1].startswith("histream_engine._C is built (for sm ")
+        assert listed["cuda"][1].endswith("but no CUDA GPU is visible")
     if importlib.util.find_spec("flash_attn") is None and importlib.util.find_spec("flash_attn_interface") is None:
         assert listed["flash_attn"] == (False, "neither FlashAttention-3 (flash_attn_interface) nor FlashAttention-2 (pip install flash_attn) is installed")
 

@@ -19,7 +19,8 @@ def test_dry_run_plans_every_step_and_prints_its_commands():
     text = proc.stdout
     for step in gpu_suite.STEP_NAMES:
         assert f"[{step}]" in text
-    for piece in ("nvidia-smi", "-m pytest", "tests/kernels tests/attention tests/runtime", "histream_engine.kernels.aot --arch sm_90a",
+    for piece in ("nvidia-smi", "-m pytest", "tests/kernels tests/attention tests/runtime tests/native", "histream_engine.kernels.aot --arch sm_90a",
+                  "histream_engine.native.resources",
                   "bench/attention.py --resolution 1088x1920", "bench/attention.py --resolution 544x960",
                   "--preset 1080p-1.3b", "--cuda-graphs", "--vae", "--attention auto", "self_forcing no_agsw",
                   "histream histream_plus no_drc two_step", "results.tar.gz"):

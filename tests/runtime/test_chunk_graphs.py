@@ -137,7 +137,7 @@ def test_cuda_graphs_refused_off_cuda():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
     "attention, dtype", [("torch", torch.float32), ("triton", torch.float32), ("triton", torch.bfloat16),
-                         ("cudnn", torch.bfloat16), ("auto", torch.bfloat16)])
+                         ("cudnn", torch.bfloat16), ("cuda", torch.bfloat16), ("auto", torch.bfloat16)])
 def test_cuda_graph_replay_equals_eager_on_gpu(attention, dtype):
     """Replays read the pre-pass scratch and the auto choices made by the eager chunks: same kernels, same inputs."""
     dit = random_dit("tiny", seed=2, dtype=dtype).cuda()

@@ -6,6 +6,8 @@ a backend whose dependency is missing is never imported.
 - ``torch``: plain torch, the baseline every kernel is tested against (rotate, SDPA over slices of the ring).
 - ``triton``, ``cudnn``, ``flash_attn`` (FlashAttention-3 or -2): the Triton RoPE pre-pass, then that attention core
   (``prepass_backend``, ``cores``).
+- ``cuda``: the same path compiled ahead of time (``histream_engine._C`` from ``csrc/``): pre-pass, recache write,
+  downsample and an mma.sync attention core, with no Triton and no JIT at run time.
 - ``auto``: the pre-pass, then whichever available core measured fastest for the shape (``auto``); the
   torch reference where no core can run.
 """
@@ -63,27 +65,33 @@ def _flash_reason() -> str | None:
     return _triton_reason()
 
 
+def _cuda_reason() -> str | None:
+    from ..native import unavailable_reason
+
+    return unavailable_reason()
+
+
 def _build_torch():
     from .torch_ref import TorchAttention
 
     return TorchAttention()
 
 
-def _prepass(name: str, unavailable_reason: Callable[[], str | None], core: str) -> BackendEntry:
+def _prepass(name: str, unavailable_reason: Callable[[], str | None], core: str, ops: str = "triton_ops") -> BackendEntry:
     def build():
-        from . import cores
-        from .prepass_backend import PrepassAttention
+        from . import cores, prepass_backend
 
-        return PrepassAttention(name, getattr(cores, core))
+        return prepass_backend.PrepassAttention(name, getattr(cores, core), getattr(prepass_backend, ops)())
 
     return BackendEntry(name, unavailable_reason, build, core)
 
 
 def _build_auto():
-    """The pre-pass with the fastest measured core; the torch reference when no core can run here."""
+    """The pre-pass with the fastest measured core; the torch reference when no core can run here. The pre-pass
+    kernels are Triton's where Triton runs, else the compiled ones."""
     from . import cores
     from .auto import AutoCore, ReferenceFallback
-    from .prepass_backend import PrepassAttention
+    from .prepass_backend import PrepassAttention, cuda_ops, triton_ops
 
     available, unavailable = {}, {}
     for entry in BACKENDS:
@@ -95,12 +103,14 @@ def _build_auto():
                 unavailable[entry.name] = reason
     if not available:
         return ReferenceFallback("no attention core can run here (" + "; ".join(f"{n}: {r}" for n, r in unavailable.items()) + ")")
-    return PrepassAttention("auto", AutoCore(available, unavailable))
+    ops = triton_ops() if _triton_reason() is None else cuda_ops()
+    return PrepassAttention("auto", AutoCore(available, unavailable), ops)
 
 
 BACKENDS: tuple[BackendEntry, ...] = (
     BackendEntry("torch", lambda: None, _build_torch),
     _prepass("triton", _triton_reason, "triton_core"),
+    _prepass("cuda", _cuda_reason, "cuda_core", ops="cuda_ops"),
     _prepass("cudnn", _cudnn_reason, "cudnn_core"),
     _prepass("flash_attn", _flash_reason, "flash_core"),
     BackendEntry("auto", lambda: None, _build_auto),

@@ -22,6 +22,15 @@ def triton_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tens
     return attention_core(q, k, v)
 
 
+def cuda_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Ours compiled ahead of time: FA2-style mma.sync flash attention for sm_80+ (``csrc/attention_core.cu``)."""
+    from ..native.ops import ATTENTION_DTYPES, attention_core
+
+    if q.dtype not in ATTENTION_DTYPES:
+        raise ValueError(f"the cuda attention core needs fp16 or bf16, got {q.dtype}; load the model in bf16")
+    return attention_core(q, k, v)
+
+
 def cudnn_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``scaled_dot_product_attention`` pinned to cuDNN on a GPU. Under the CPU interpreter (tests only) SDPA's
     CPU kernel stands in, which checks the plumbing, not cuDNN."""

@@ -1,4 +1,4 @@
-"""Backends built on the Triton RoPE pre-pass: rotate what needs rotating once, then hand it to an attention core.
+"""Backends built on the RoPE pre-pass: rotate what needs rotating once, then hand it to an attention core.
 
 Per cached self-attention call:
 - ``write_kv`` (``recache_write``: K RMSNorm fused, and RoPE fused where ``view.rotated_keys``) stores the
@@ -8,18 +8,19 @@ Per cached self-attention call:
 - a core (``cores``: ours in Triton, cuDNN through SDPA, FlashAttention, or the fastest of them with
   ``auto``) attends ring rows ``[0, Lk)``, V (and rotated K) read in place as ``[B, H, Lk, D]`` views.
 
-The low-res recache input comes from the fused downsample-patchify kernel. Whole-sequence and text
-cross-attention stay on SDPA (inherited): they are not on the cached path.
+The low-res recache input comes from the fused downsample-patchify kernel. The three kernels around the core
+come in two builds with one contract (``PrepassOps``): Triton (``kernels/``) and CUDA compiled ahead of time
+(``histream_engine._C``, the ``cuda`` backend, which needs no Triton). Whole-sequence and text cross-attention
+stay on SDPA (inherited): they are not on the cached path.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ..kernels.downsample_recache import downsample_patchify, recache_write
-from ..kernels.rope_prepass import rope_prepass
 from .ring import RingView
 from .rope import apply_rope, axis_dims
 from .torch_ref import TorchAttention
@@ -27,10 +28,33 @@ from .torch_ref import TorchAttention
 Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class PrepassOps:
+    """The kernels around a core, with the signatures of ``kernels.rope_prepass`` and ``kernels.downsample_recache``."""
+
+    rope_prepass: Callable[..., None]
+    recache_write: Callable[..., None]
+    downsample_patchify: Callable[..., torch.Tensor]
+
+
+def triton_ops() -> PrepassOps:
+    from ..kernels.downsample_recache import downsample_patchify, recache_write
+    from ..kernels.rope_prepass import rope_prepass
+
+    return PrepassOps(rope_prepass, recache_write, downsample_patchify)
+
+
+def cuda_ops() -> PrepassOps:
+    from ..native import ops
+
+    return PrepassOps(ops.rope_prepass, ops.recache_write, ops.downsample_patchify)
+
+
 class PrepassAttention(TorchAttention):
-    def __init__(self, name: str, core: Core):
+    def __init__(self, name: str, core: Core, ops: PrepassOps):
         self.name = name
         self.core = core
+        self.ops = ops
         # Scratch is allocated once per shape and reused by every layer and chunk: a CUDA graph captures
         # its addresses, and an unbounded stream must not allocate per call.
         self._scratch: dict[tuple, torch.Tensor] = {}
@@ -53,7 +77,7 @@ class PrepassAttention(TorchAttention):
         if view.rotated_keys:
             cos, sin, grid, pairs = self.rope_args(view, k_store.shape[-1])
             rope = (view.query_position_index, cos, sin, grid, pairs)
-        recache_write(k_proj.contiguous(), v_proj.contiguous(), weight, getattr(norm_k, "eps", 0.0), view.write_rows,
+        self.ops.recache_write(k_proj.contiguous(), v_proj.contiguous(), weight, getattr(norm_k, "eps", 0.0), view.write_rows,
                       k_store, v_store, rope)
 
     def prepass(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView):
@@ -64,17 +88,17 @@ class PrepassAttention(TorchAttention):
         q_rot = self.scratch((B, H, Lq, D), q)  # [B, H, Lq, D]
         v = v_store[:, :Lk].transpose(1, 2)  # [B, H, Lk, D]
         if view.rotated_keys:
-            rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot)
+            self.ops.rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot)
             return q_rot, k_store[:, :Lk].transpose(1, 2), v
         k_rot = self.scratch((B, H, R, D), q)  # [B, H, R, D], slot order
-        rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot, k_store, view.slot_position_index, k_rot)
+        self.ops.rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot, k_store, view.slot_position_index, k_rot)
         return q_rot, k_rot[:, :, :Lk], v
 
     def ring_attention(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> torch.Tensor:
         return self.core(*self.prepass(q, k_store, v_store, view))
 
     def downsample_patches(self, x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:
-        return downsample_patchify(x, factor, patch_size)
+        return self.ops.downsample_patchify(x, factor, patch_size)
 
 
 def reference_prepass(q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView):
