@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
-from .model import WanDiT
-from .model.vae import VAEConfig, WanVAE
+from .demo import tiny_demo_engine
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
 from .runtime.schedules import resolve_schedule
@@ -66,13 +65,8 @@ def run_demo(args) -> int:
     """End to end on the embedded tiny models with random weights: no downloads, seconds on a CPU."""
     sched = resolve_schedule(args.schedule)
     num_chunks = check_video_request(args.frames, args.height, args.width, EngineConfig().chunk_size, sched) // EngineConfig().chunk_size
-    torch.manual_seed(args.seed)
-    dit = WanDiT("tiny").eval().requires_grad_(False)
-    # one residual block per stage and 16 channels: CPU 3D convs with 8 channels fall off PyTorch's fast path
-    vae = WanVAE(VAEConfig(dim=16, num_res_blocks=0)).eval().requires_grad_(False)
-    prompt = torch.zeros(1, dit.config.text_len, dit.config.text_dim)  # [1, 512, text_dim], zero-padded like T5 output
-    prompt[:, :12] = torch.randn(1, 12, dit.config.text_dim)
-    engine = Engine(dit, EngineConfig(attention=args.attention), vae=vae)
+    engine, prompt = tiny_demo_engine(EngineConfig(attention=args.attention), seed=args.seed)
+    dit = engine.dit
     print(
         f"histream demo: tiny Wan DiT ({sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params) and tiny VAE, random weights "
         f"(the picture is noise; the path is the real one), {args.frames} frames at {args.width}x{args.height}, "
