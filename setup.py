@@ -61,6 +61,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_CUDA_COMPILER={_nvcc()}",
             f"-DHISTREAM_CUDA_ARCHS={os.environ.get('HISTREAM_CUDA_ARCHS', '80;90a')}",
+            "-DHISTREAM_BUILD_HOST=OFF",  # the C++ host is its own build (README "C++ hosts")
         ]
         t0 = time.perf_counter()
         print(f"histream_engine: building histream_engine._C with CMake for sm {os.environ.get('HISTREAM_CUDA_ARCHS', '80;90a')}", flush=True)
@@ -100,7 +101,8 @@ setup(
         "triton": ["triton>=3.0"],
         "bench": ["diffusers>=0.33", "matplotlib"],
         "text": ["transformers>=4.45"],
-        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45"],
+        "host": ["pybind11>=2.12"],  # building the C++ host library (engine/), README "C++ hosts"
+        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "pybind11>=2.12"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )
