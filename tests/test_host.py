@@ -12,8 +12,19 @@ def demo():
     return host.tiny_demo("cpu", "torch", 0)
 
 
-def test_chunks_arrive_as_contiguous_uint8_frames(demo):
+def test_chunks_arrive_as_contiguous_uint8_frames_without_a_copy(demo, monkeypatch):
+    decoded = []
+    engine_stream = demo.engine.stream
+
+    def spy(*args, **kwargs):
+        for c in engine_stream(*args, **kwargs):
+            decoded.append(c.frames)
+            yield c
+
+    monkeypatch.setattr(demo.engine, "stream", spy)
     chunks = list(demo.stream("", "", 21, 64, 96, "histream", 0))
+    for (_, frames, _, _), tensor in zip(chunks, decoded):  # on a CPU the array is the decoded tensor's memory
+        assert frames.ctypes.data == tensor.data_ptr()
     assert [c[0] for c in chunks] == [0, 1]
     for _, frames, denoise, vae in chunks:
         assert frames.dtype == np.uint8 and frames.flags["C_CONTIGUOUS"] and frames.shape[1:] == (64, 96, 3)

@@ -3,7 +3,7 @@
 Every check a host request needs happens here, in Python, so a C++ host gets the same messages as a Python user;
 the C++ side only moves the results across. Each chunk's frames are handed over as one C-contiguous uint8 numpy
 array in host memory: a view of the decoded tensor on a CPU, its device-to-host copy on a GPU, and never copied
-again (the C++ callback reads that array's buffer).
+again (the C++ callback reads that array's buffer; ``to_uint8_frames`` makes them contiguous on the device).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class HostEngine:
     def _frames(chunks) -> Iterator[HostChunk]:
         try:
             for c in chunks:
-                frames = c.frames[0].cpu().contiguous().numpy()  # [T, H, W, 3] uint8
+                frames = c.frames[0].cpu().numpy()  # [T, H, W, 3] uint8: a view on a CPU, the D2H copy on a GPU
                 yield c.index, frames, c.seconds, c.vae_seconds
         finally:
             chunks.close()  # a cancelled stream lets go of its caches at once

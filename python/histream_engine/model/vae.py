@@ -269,5 +269,6 @@ class WanVAE(nn.Module):
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
-    """``[B, 3, T, H, W]`` in [-1, 1] -> ``[B, T, H, W, 3]`` uint8."""
-    return ((video.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1)
+    """``[B, 3, T, H, W]`` in [-1, 1] -> ``[B, T, H, W, 3]`` uint8, contiguous: made here, on the VAE's device, so
+    that what reaches a host (``histream_engine.host``) is at most the one device-to-host copy."""
+    return ((video.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).contiguous()
