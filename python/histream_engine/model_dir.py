@@ -44,3 +44,15 @@ def find_model_files(model_dir: str | os.PathLike, need: tuple[str, ...] = ("dit
     if missing:
         raise CheckpointError(f"{root} is missing: " + "; ".join(missing))
     return ModelFiles(**found)
+
+
+def load_folder_dit(model_dir: str | os.PathLike, checkpoint: str | os.PathLike | None, dtype, device, need: tuple[str, ...] = ()):
+    """The DiT of a model folder, or ``checkpoint`` (e.g. a Self-Forcing .pt) with the folder's config; also returns
+    the folder's files, checked to hold the parts in ``need``."""
+    from .checkpoint import load_dit, read_config
+
+    files = find_model_files(model_dir, need if checkpoint else ("dit",) + need)
+    if checkpoint is not None:
+        base = read_config(files.dit) if files.dit is not None else None
+        return load_dit(checkpoint, dtype=dtype, device=device, config=base), files
+    return load_dit(files.dit, dtype=dtype, device=device), files

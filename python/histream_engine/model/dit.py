@@ -293,10 +293,18 @@ class WanDiT(nn.Module):
 
     def time_embed(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frame timesteps ``[B, F]`` -> e ``[B, F, C]`` and e0 ``[B, F, 6, C]``, both float32."""
-        B, Fr = t.shape
+        return self.time_mlp(self.time_sinusoid(t))
+
+    def time_sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        """``[B, F]`` timesteps -> their sinusoid ``[B, F, freq_dim]``, computed in float64 and handed over in the time
+        embedding's dtype: the only float64 step of a forward (exported graphs take it as an input)."""
         sin = sinusoidal_embedding(self.config.freq_dim, t.reshape(-1))  # [B*F, freq_dim] float64
-        w = self.time_embedding[0].weight
-        e = self.time_embedding(sin.to(w.dtype)).float()  # [B*F, C]
+        return sin.to(self.time_embedding[0].weight.dtype).view(*t.shape, -1)
+
+    def time_mlp(self, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sinusoid ``[B, F, freq_dim]`` -> e ``[B, F, C]`` and e0 ``[B, F, 6, C]``, both float32."""
+        B, Fr = sin.shape[:2]
+        e = self.time_embedding(sin.reshape(B * Fr, -1)).float()  # [B*F, C]
         e0 = self.time_projection(e.to(self.time_projection[1].weight.dtype)).float()  # [B*F, 6C]
         return e.view(B, Fr, -1), e0.view(B, Fr, 6, -1)
 
@@ -356,10 +364,23 @@ class WanDiT(nn.Module):
         ``cache_only`` is a recache pass, run for the K/V it writes through ``attend``: it returns None, skips
         the head, and the last block stops once its K/V are handed over (``attend`` gets ``q=None``).
         """
+        return self.forward_embedded(tokens, *self.time_embed(t), cross_kv, attend, backend, cache_only, ops)
+
+    def forward_embedded(
+        self,
+        tokens: torch.Tensor,  # [B, F', h, w, C] embedded patches
+        e: torch.Tensor,  # [B, F', C] float32 time embedding (``time_embed``)
+        e0: torch.Tensor,  # [B, F', 6, C] float32 modulation
+        cross_kv: Sequence[tuple],
+        attend: Attend,
+        backend=None,
+        cache_only: bool = False,
+        ops: BlockOps = EAGER_OPS,
+    ) -> torch.Tensor | None:
+        """``forward_tokens`` after the time embedding: the blocks and the head."""
         backend = backend or self.reference_attention
         B, f, h, w, C = tokens.shape
         x = tokens.reshape(B, f, h * w, C)  # [B, F, S, C]
-        e, e0 = self.time_embed(t)
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             layer_attend = lambda q, k, v, norm_k, i=i: attend(i, q, k, v, norm_k)  # noqa: E731
@@ -417,3 +438,12 @@ class WanDiT(nn.Module):
             return backend.self_attention(q, k, v_proj.unflatten(-1, (heads, -1)), rope, rope, mask)
 
         return self.forward_latents(x, t, self.cross_kv(context, merge_padding=False), attend, backend)
+
+
+def initialized_dit(config: WanConfig | str, dtype: torch.dtype, device, seed: int = 0) -> WanDiT:
+    """A DiT with its default initialisation under ``seed``, built on ``device`` (so its RNG draws the weights): the
+    random model of the benchmark presets and of ``histream export --preset``, which must match weight for weight."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        dit = WanDiT(config)
+    return dit.cast(dtype).eval().requires_grad_(False)
