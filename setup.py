@@ -84,6 +84,7 @@ setup(
         "histream_engine",
         "histream_engine.model",
         "histream_engine.attention",
+        "histream_engine.export",
         "histream_engine.native",
         "histream_engine.runtime",
         "histream_engine.kernels",
@@ -102,7 +103,10 @@ setup(
         "bench": ["diffusers>=0.33", "matplotlib"],
         "text": ["transformers>=4.45"],
         "host": ["pybind11>=2.12"],  # building the C++ host library (engine/), README "C++ hosts"
-        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "pybind11>=2.12"],
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"],  # histream export, dit="onnxruntime"
+        "tensorrt": ["tensorrt>=10"],  # histream build-trt, dit="tensorrt" (NVIDIA GPUs only)
+        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "pybind11>=2.12",
+                 "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )

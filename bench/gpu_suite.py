@@ -17,6 +17,8 @@ is skipped with the reason printed):
 - ``bench_full``: the full-cache schedules (``self_forcing``, ``no_agsw``) eager, with the Wan2.1 baseline
   where diffusers is installed. They never replay a graph (their cache grows every chunk), so they have no
   ``--cuda-graphs`` run.
+- ``tensorrt`` (where TensorRT is installed): its GPU tests, then the bench's 1.3B model exported at 1080p, built
+  into bf16 engines and benchmarked with ``--dit tensorrt``.
 
 The device tool limits one command to 10 minutes, so the README runs the steps in three calls, the most
 telling first. Everything
@@ -46,7 +48,7 @@ from typing import Callable
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full")
+STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full", "tensorrt")
 SLIDING_WINDOW_SCHEDULES = ("histream", "histream_plus", "no_drc", "two_step")
 FULL_CACHE_SCHEDULES = ("self_forcing", "no_agsw")
 # 5 chunks: the first, then a steady chunk that runs eagerly, one that captures, two that replay.
@@ -102,6 +104,15 @@ def plan(frames: int, work: Path) -> list[Step]:
         Step("bench_full", "1080p latency per frame, full-cache schedules (self_forcing, no_agsw), eager, Wan2.1 baseline", [
             bench + ["--schedules", *FULL_CACHE_SCHEDULES, "--out", str(work / "bench-full.json")],
         ], 590, outputs=["bench-full.json"]),
+        Step("tensorrt", "TensorRT: its GPU tests, then histream_plus at 1080p through bf16 engines of the bench's own model", [
+            [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/export/test_tensorrt_gpu.py"],
+            [py, "-m", "histream_engine.cli", "export", "--preset", "wan2.1-1.3b", "--dtype", "bfloat16", "--device", "cuda",
+             "--schedule", "histream_plus", "--height", "1088", "--width", "1920", "--frames", str(frames), "--out", str(work / "onnx")],
+            [py, "-m", "histream_engine.cli", "build-trt", "--onnx", str(work / "onnx"), "--precision", "bf16",
+             "--out", str(work / "tensorrt")],
+            bench[:-2] + ["--dit", "tensorrt", "--engine-dir", str(work / "tensorrt"), "--schedules", "histream_plus",
+                          "--no-baseline", "--out", str(work / "bench-tensorrt.json")],
+        ], 590, skip=lambda: _has("tensorrt"), outputs=["bench-tensorrt.json"]),
     ]
 
 

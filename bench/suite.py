@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanDiT, WanVAE, attention_backends, flops
+from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanVAE, attention_backends, dit_backends, flops
+from histream_engine.model.dit import initialized_dit
 from histream_engine.attention.auto import auto_choices
 from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
 
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the Wan2.1 bidirectional baseline")
     p.add_argument("--cuda-graphs", action="store_true", help="replay steady-state chunks as CUDA graphs (GPU only; full-cache schedules stay eager)")
     p.add_argument("--compile", action="store_true", help="torch.compile the blocks' elementwise parts")
+    p.add_argument("--dit", default="torch", choices=["torch", "onnxruntime", "tensorrt"],
+                   help="who runs the DiT: torch, or graphs exported from this preset's random model (histream export --preset MODEL "
+                        "--dtype DTYPE --device DEVICE, then histream build-trt for tensorrt)")
+    p.add_argument("--engine-dir", type=Path, help="with --dit: the export (onnxruntime) or build-trt (tensorrt) folder")
     p.add_argument("--profile", action="store_true", help="profile each schedule's last chunk (torch.profiler): top ops in the JSON, tables beside it")
     p.add_argument("--vae", action="store_true", help="decode every chunk too (random VAE of the preset's width); reports VAE and end-to-end s/frame")
     p.add_argument("--prompt-tokens", type=int, default=128,
@@ -81,18 +86,18 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
             check_video_request(frames, preset.height, preset.width, EngineConfig().chunk_size, SCHEDULES[name], cfg.patch_size)
         except ValueError as e:
             fail(str(e))
+    runners = {name: why for name, _ok, why in dit_backends()}
+    if runners[args.dit]:
+        fail(f"--dit {args.dit} is unavailable here: {runners[args.dit]}")
+    if (args.dit == "torch") == (args.engine_dir is not None):
+        fail("--engine-dir goes with --dit onnxruntime or tensorrt, and they need it")
+    if args.dit != "torch" and (args.cuda_graphs or args.compile):
+        fail(f"--cuda-graphs and --compile apply to --dit torch, not {args.dit}")
     if args.peer_self_forcing is not None:
         try:
             load_peer(args.peer_self_forcing)
         except PeerError as e:
             fail(f"--peer-self-forcing: {e}")
-
-
-def random_model(cfg: WanConfig, dtype: torch.dtype, device: torch.device) -> WanDiT:
-    torch.manual_seed(0)
-    with torch.device(device):
-        dit = WanDiT(cfg)
-    return dit.cast(dtype).eval().requires_grad_(False)
 
 
 def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, peak: float | None = None) -> dict:
@@ -148,18 +153,19 @@ def main(argv=None) -> int:
     frames = preset.frames if args.frames is None else args.frames
     cfg = WanConfig.from_name(preset.model)
     check_arguments(parser, args, preset, frames, repeats, cfg)
-    dit = random_model(cfg, getattr(torch, dtype_name), device)
+    dit = initialized_dit(cfg, getattr(torch, dtype_name), device)
     vae = None
     if args.vae:
         torch.manual_seed(1)
         with torch.device(device):
             vae = WanVAE(VAEConfig(dim=preset.vae_dim))
         vae = vae.to(getattr(torch, dtype_name)).eval().requires_grad_(False)
-    engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile), vae=vae)
+    engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile, dit=args.dit,
+                                      engine_dir=args.engine_dir and str(args.engine_dir)), vae=vae)
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
     env = environment(device)
-    print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, "
+    print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, dit {args.dit}, "
           f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats, cuda graphs {'on' if args.cuda_graphs else 'off'}, "
           f"torch.compile {'on' if args.compile else 'off'}", flush=True)
 
@@ -197,6 +203,8 @@ def main(argv=None) -> int:
         "video": {"frames": frames, "height": preset.height, "width": preset.width},
         "dtype": dtype_name,
         "attention": args.attention,
+        "dit": args.dit,
+        "engine_dir": str(args.engine_dir) if args.engine_dir else None,
         "repeats": repeats,
         "prompt_tokens": args.prompt_tokens,
         "cuda_graphs": args.cuda_graphs,

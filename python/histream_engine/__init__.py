@@ -10,6 +10,7 @@ from .config import PRESETS, WanConfig
 from .model import WanDiT
 from .model.vae import VAEConfig, WanVAE, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
+from .runtime.dit_runners import dit_backends
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
 from .vae_checkpoint import load_vae, save_vae
 
@@ -31,6 +32,7 @@ __all__ = [
     "WanDiT",
     "WanVAE",
     "attention_backends",
+    "dit_backends",
     "flops",
     "load_dit",
     "load_prompt_embeds",

@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
+from .config import PRESETS
 from .demo import tiny_demo_engine
+from .model.dit import initialized_dit
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
 from .runtime.schedules import resolve_schedule
@@ -102,6 +104,36 @@ def run_generate(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from .export.onnx_export import export_graphs
+    from .model_dir import load_folder_dit
+
+    dtype = getattr(torch, args.dtype)
+    if args.preset is not None:
+        dit = initialized_dit(args.preset, dtype, args.device, args.seed)  # the bench presets' very weights (seed 0)
+        source = f"preset {args.preset} with random weights (seed {args.seed})"
+    else:
+        dit, _ = load_folder_dit(args.model_dir, args.checkpoint, dtype, args.device)
+        source = str(args.checkpoint or args.model_dir)
+    print(f"histream export: {source}, schedule {args.schedule}, {args.width}x{args.height}, {args.frames} frames, "
+          f"batch {args.batch}, {args.dtype} -> {args.out}")
+    manifest = export_graphs(dit, args.schedule, args.height, args.width, args.frames, args.out, batch=args.batch, only=args.only,
+                             fp8=args.fp8)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def run_build_trt(args) -> int:
+    from .export.tensorrt_build import build_trt
+    from .runtime.dit_runners import REASONS
+
+    if (why := REASONS["tensorrt"]()) is not None:
+        raise RuntimeError(f"histream build-trt needs TensorRT: {why}")
+    out = build_trt(args.onnx, args.precision, args.out, args.workspace_gib)
+    print(f"wrote {out}: EngineConfig(dit='tensorrt', engine_dir='{out}')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="histream", description="HiStream inference engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     gen.add_argument("--out", type=Path, default=Path("out.mp4"))
     gen.set_defaults(func=run_generate)
+
+    exp = sub.add_parser("export", help="ONNX graphs of the DiT forwards a schedule needs, with a manifest")
+    source = exp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-dir", type=Path, help="Wan2.1 folder whose DiT to export (or the config for --checkpoint)")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a model config with random weights (for checks)")
+    exp.add_argument("--checkpoint", type=Path, help="causal DiT weights replacing the folder's")
+    exp.add_argument("--seed", type=int, default=0, help="seed of --preset's random weights")
+    exp.add_argument("--schedule", default="histream", choices=sorted(SCHEDULES))
+    exp.add_argument("--height", type=int, required=True)
+    exp.add_argument("--width", type=int, required=True)
+    exp.add_argument("--frames", type=int, default=81, help="video frames (full-cache schedules need one graph more per chunk)")
+    exp.add_argument("--batch", type=int, default=1)
+    exp.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
+    exp.add_argument("--device", default="cpu", help="where to trace (cuda is faster for big models)")
+    exp.add_argument("--only", action="append", metavar="SIGNATURE", help="export only these signatures (names as listed)")
+    exp.add_argument("--fp8", action="store_true", help="FP8 Q/DQ around the blocks' linear layers (bfloat16 only; for build-trt --precision fp8)")
+    exp.add_argument("--out", type=Path, required=True)
+    exp.set_defaults(func=run_export)
+
+    trt = sub.add_parser("build-trt", help="TensorRT engines from a histream export folder (needs TensorRT and a GPU)")
+    trt.add_argument("--onnx", type=Path, required=True, help="the folder histream export wrote")
+    trt.add_argument("--precision", required=True, choices=["bf16", "fp16", "fp8"])
+    trt.add_argument("--out", type=Path, help="default: ONNX_DIR/tensorrt-PRECISION")
+    trt.add_argument("--workspace-gib", type=float, default=8.0)
+    trt.set_defaults(func=run_build_trt)
 
     # Listed for --help; its arguments belong to the suite's own parser (see main).
     sub.add_parser("bench", help="latency-per-frame benchmark suite (histream bench --help)", add_help=False)

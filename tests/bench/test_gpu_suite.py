@@ -25,7 +25,7 @@ def test_dry_run_plans_every_step_and_prints_its_commands():
                   "--preset 1080p-1.3b", "--cuda-graphs", "--vae", "--attention auto", "self_forcing no_agsw",
                   "histream histream_plus no_drc two_step", "results.tar.gz"):
         assert piece in text, piece
-    assert "$ " in text and text.count("--preset 1080p-1.3b") == 4
+    assert "$ " in text and text.count("--preset 1080p-1.3b") == 5 and "build-trt --onnx" in text
 
 
 def test_steps_and_frames_are_checked(capsys):

@@ -6,7 +6,8 @@ import torch
 
 from histream_engine import Engine, WanConfig, flops
 from histream_engine.bench.presets import PRESETS
-from histream_engine.bench.suite import main, random_model, run_schedule
+from histream_engine.bench.suite import main, run_schedule
+from histream_engine.model.dit import initialized_dit
 
 SCHEDULE_FIELDS = {
     "seconds_per_frame", "first_chunk_seconds", "steady_seconds_per_frame", "vae_seconds_per_frame", "end_to_end_seconds_per_frame",
@@ -55,7 +56,7 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
 def test_histream_chunk_latency_stays_flat_while_self_forcing_flops_grow():
     preset = PRESETS["cpu-small"]
     frames = 4 * 3 * 12 - 3  # 12 chunks
-    dit = random_model(WanConfig.from_name(preset.model), torch.float32, torch.device("cpu"))
+    dit = initialized_dit(WanConfig.from_name(preset.model), torch.float32, torch.device("cpu"))
     prompt = torch.randn(1, 64, dit.config.text_dim)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core: timings stay steady even if the machine's other core is busy
@@ -110,15 +111,32 @@ def test_cuda_graphs_flag_refused_without_a_gpu(capsys):
         (["--repeats", "0"], "--repeats must be >= 1, got 0"),
         (["--prompt-tokens", "0"], "--prompt-tokens must be in [1, 512]"),
         (["--attention", "fa9"], "unknown --attention 'fa9'"),
+        (["--dit", "onnxruntime"], "--engine-dir goes with --dit onnxruntime or tensorrt, and they need it"),
+        (["--dit", "onnxruntime", "--engine-dir", "x", "--compile"], "--cuda-graphs and --compile apply to --dit torch"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_before_any_model_is_built(args, message, capsys, monkeypatch):
     from histream_engine.cli import main as cli_main
     from histream_engine.bench import suite
 
-    monkeypatch.setattr(suite, "random_model", lambda *a: pytest.fail("a model was built before the arguments were checked"))
+    monkeypatch.setattr(suite, "initialized_dit", lambda *a: pytest.fail("a model was built before the arguments were checked"))
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["bench", "--preset", "cpu-small", *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("histream bench: error: ") and message in err
+
+
+def test_bench_runs_exported_graphs_of_its_own_random_model(tmp_path):
+    """histream export --preset builds the very weights the bench preset does, so --dit onnxruntime runs its graphs."""
+    from histream_engine.cli import main as cli_main
+
+    graphs = tmp_path / "graphs"
+    assert cli_main(["export", "--preset", "tiny", "--schedule", "two_step", "--height", "64", "--width", "64", "--frames", "9",
+                     "--out", str(graphs)]) == 0
+    out = tmp_path / "bench.json"
+    assert main(["--preset", "cpu-small", "--height", "64", "--width", "64", "--frames", "9", "--schedules", "two_step",
+                 "--repeats", "1", "--no-baseline", "--no-plot", "--dit", "onnxruntime", "--engine-dir", str(graphs),
+                 "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["dit"] == "onnxruntime" and record["schedules"]["two_step"]["seconds_per_frame"] > 0

@@ -20,6 +20,8 @@ from ..model.vae import WanVAE
 from .cached_attention import WindowAttention
 from .chunk_graphs import ChunkGraphs, cuda_graph_factory
 from .decoding import ChunkDecoder
+from .dit_runners import TorchForwards, graph_forwards
+from .graph_signature import needed_signatures
 from .kv_cache import RingKVCache
 from .resample import upsample_latents
 from .sampling import renoise, sigma_of, x0_from_flow
@@ -65,10 +67,18 @@ class EngineConfig:
     attention: str = "torch"  # attention backend name, see histream_engine.attention_backends()
     cuda_graphs: bool = False  # replay steady-state chunks as CUDA graphs (see runtime.chunk_graphs); CUDA only
     compile: bool = False  # torch.compile the blocks' elementwise parts (model.dit.BlockOps)
+    dit: str = "torch"  # who runs the DiT forwards: torch, or exported graphs (onnxruntime, tensorrt); runtime.dit_runners
+    engine_dir: str | None = None  # for onnxruntime: a histream export folder; for tensorrt: a histream build-trt folder
 
     def __post_init__(self):
+        from .dit_runners import DIT_RUNNERS
+
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.dit not in DIT_RUNNERS:
+            raise ValueError(f"unknown dit runner {self.dit!r}; choose one of {DIT_RUNNERS}")
+        if self.dit != "torch" and (self.cuda_graphs or self.compile):
+            raise ValueError(f"cuda_graphs and compile apply to dit='torch'; dit={self.dit!r} runs exported graphs")
 
 
 @dataclass
@@ -149,6 +159,10 @@ class Engine:
         if self.config.cuda_graphs and dit.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {dit.device}; set cuda_graphs=False")
         self.ops = engine_ops(self.config.compile)
+        if self.config.dit == "torch":
+            self.forwards = TorchForwards(dit, self.attention, self.ops)
+        else:
+            self.forwards = graph_forwards(self.config.dit, dit, self.config.engine_dir)
 
     def graph_factory(self):
         """What makes a chunk's graph, or None to run every chunk eagerly."""
@@ -166,19 +180,13 @@ class Engine:
     ) -> "Engine":
         """DiT, VAE and (when ``text_encoder``) UMT5 + tokenizer from a Wan2.1 folder; ``checkpoint`` (for example
         a Self-Forcing .pt) replaces the folder's DiT weights. The encoder is kept on ``engine.text_encoder``."""
-        from ..checkpoint import load_dit, read_config
-        from ..model_dir import find_model_files
+        from ..model_dir import load_folder_dit
         from ..text_encoder import load_text_encoder
         from ..vae_checkpoint import load_vae
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         need = ("vae", "text_encoder", "tokenizer") if text_encoder else ("vae",)
-        files = find_model_files(model_dir, need if checkpoint else ("dit",) + need)
-        if checkpoint is not None:
-            base = read_config(files.dit) if files.dit is not None else None
-            dit = load_dit(checkpoint, dtype=dtype, device=device, config=base)
-        else:
-            dit = load_dit(files.dit, dtype=dtype, device=device)
+        dit, files = load_folder_dit(model_dir, checkpoint, dtype, device, need)
         vae_dtype = torch.float32 if device.type == "cpu" else dtype
         engine = cls(dit, config, vae=load_vae(files.vae, dtype=vae_dtype, device=device))
         engine.text_encoder = load_text_encoder(files.text_encoder, files.tokenizer, dtype=dtype, device=device) if text_encoder else None
@@ -216,7 +224,8 @@ class Engine:
         h, w = shape.latent_height // factor, shape.latent_width // factor
         gh, gw = h // cfg.patch_size[1], w // cfg.patch_size[2]
         scale = (1.0, max(1.0, gh / cfg.train_grid[0]), max(1.0, gw / cfg.train_grid[1])) if sched.ntk else (1.0, 1.0, 1.0)
-        cache = RingKVCache(plan, cfg.num_layers, shape.batch, gh * gw, cfg.num_heads, cfg.head_dim, self.dit.dtype, self.dit.device)
+        cache = RingKVCache(plan, cfg.num_layers, shape.batch, gh * gw, cfg.num_heads, cfg.head_dim, self.dit.dtype, self.dit.device,
+                            rotate_keys=self.forwards.rotate_keys)
         return _Resolution((h, w), (gh, gw), inv_freqs(cfg.head_dim, cfg.rope_theta, scale), cache)
 
     # ---- public API ----
@@ -241,13 +250,15 @@ class Engine:
         shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
         plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
         self._check_positions(plan, shape)
+        self.forwards.check(needed_signatures(self.dit.config, sched, self.config.chunk_size, shape.latent_frames,
+                                              (shape.latent_height, shape.latent_width), shape.batch, self.dit.dtype))
         return self._run(prompt_embeds, shape, sched, plan, seed)
 
     @torch.no_grad()
     def _run(self, prompt_embeds, shape: VideoShape, sched: Schedule, plan: WindowPlan, seed: int) -> Iterator[ChunkResult]:
         dit, M = self.dit, self.config.chunk_size
         device = dit.device
-        cross_kv = dit.cross_kv(prompt_embeds.to(device))
+        cross_kv = self.forwards.prepare_cross(dit.cross_kv(prompt_embeds.to(device)))
         used = ("low", "high") if sched.uses_low else ("high",)
         res = {name: self._resolution(name, shape, sched, plan) for name in used}
         cache_bytes = sum(r.cache.nbytes for r in res.values())
@@ -284,7 +295,7 @@ class Engine:
                 recache=recache,
                 tokens_attended=sum(views[name].key_tokens for name in passes),
                 cache_bytes=cache_bytes,
-                run_mode=mode,
+                run_mode=self.forwards.run_mode or mode,
             )
             if decoder is None:
                 yield result
@@ -299,7 +310,7 @@ class Engine:
         Everything chunk-dependent arrives as tensors (``noises``, the views inside ``attn``), so this same
         function runs eagerly or inside a CUDA graph. Returns the final x0 ``[B, 16, M, h, w]`` float32.
         """
-        dit, backend, ops = self.dit, self.attention, self.ops
+        dit, backend, forwards = self.dit, self.attention, self.forwards
         x0, prev = None, None
         for step, noise in zip(steps, noises):
             sigma = sigma_of(step.timestep)
@@ -309,13 +320,13 @@ class Engine:
                 base = x0 if step.resolution == prev else upsample_latents(x0, sched.low_factor, sched.upsample)
                 x = renoise(base, noise, sigma)
             t_frames = torch.full_like(t_clean, step.timestep)  # [B, M]
-            flow = dit.forward_latents(x, t_frames, cross_kv, attn[step.resolution], backend, ops=ops)
+            flow = forwards.step(step.resolution, x, t_frames, cross_kv, attn[step.resolution])
             x0 = x0_from_flow(x, flow.float(), sigma)
             prev = step.resolution
-        dit.forward_tokens(dit.patchify(x0), t_clean, cross_kv, attn["high"], backend, cache_only=True, ops=ops)
+        forwards.recache_latents("high", x0, t_clean, cross_kv, attn["high"])
         if "low" in attn:
             patches = backend.downsample_patches(x0, sched.low_factor, dit.config.patch_size)  # [B, M, h, w, P]
-            dit.forward_tokens(dit.embed_patches(patches), t_clean, cross_kv, attn["low"], backend, cache_only=True, ops=ops)
+            forwards.recache_patches("low", patches, t_clean, cross_kv, attn["low"])
         return x0
 
     def generate(self, prompt_embeds, num_frames: int, height: int, width: int, schedule="self_forcing", seed: int = 0) -> GenerationResult:

@@ -15,8 +15,11 @@ from .window import WindowPlan
 
 
 class RingKVCache:
-    def __init__(self, plan: WindowPlan, num_layers: int, batch: int, tokens_per_frame: int, heads: int, head_dim: int, dtype, device):
+    def __init__(self, plan: WindowPlan, num_layers: int, batch: int, tokens_per_frame: int, heads: int, head_dim: int, dtype, device,
+                 rotate_keys: bool = True):
         self.plan = plan
+        # False keeps K un-rotated even where positions are fixed: exported graphs take the window's K as projected.
+        self.rotate_keys = rotate_keys
         self.tokens_per_frame = tokens_per_frame
         # Head-major memory, seen as [layers, B, slots*S, H, D]: every attention reads one head's keys as one
         # contiguous block (SDPA's CPU kernel ran 2-3% faster on such K/V at 384x384; TMA and cuDNN take either).
@@ -39,7 +42,7 @@ class RingKVCache:
             device=self.k.device,
             rope_dtype=rope_dtype,
             rope_positions=rope_positions,
-            rotated_keys=plan.fixed_positions,
+            rotated_keys=plan.fixed_positions and self.rotate_keys,
         )
 
     @property
