@@ -130,6 +130,8 @@ def test_runner_choices_are_checked_and_listed():
         EngineConfig(dit="onnxruntime", cuda_graphs=True)
     with pytest.raises(ValueError, match="needs engine_dir"):
         Engine(random_dit("tiny"), EngineConfig(dit="onnxruntime"))
+    with pytest.raises(ValueError, match="runs float32 or float16 graphs"):
+        Engine(random_dit("tiny", dtype=torch.bfloat16), EngineConfig(dit="onnxruntime", engine_dir="x"))
 
 
 def test_signature_shapes_follow_the_model():

@@ -211,9 +211,9 @@ class OnnxRuntimeSession(GraphSession):
         if like.dtype not in np_types:
             raise ValueError("onnxruntime's I/O binding takes float32 or float16 graphs; for bfloat16 use dit='tensorrt'")
         outs = {n: torch.empty(s, dtype=like.dtype, device=self.device) for n, s in self.out_shapes.items()}
-        for name, t in list(inputs.items()) + list(outs.items()):
-            t = t.contiguous()
-            bind = binding.bind_input if name in inputs else binding.bind_output
+        bound = {name: t.contiguous() for name, t in inputs.items()}  # kept alive until the run has read them
+        for name, t in list(bound.items()) + list(outs.items()):
+            bind = binding.bind_input if name in bound else binding.bind_output
             bind(name, "cuda", self.device.index or 0, np_types[t.dtype], list(t.shape), t.data_ptr())
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding)
@@ -229,6 +229,9 @@ def graph_forwards(name: str, dit, engine_dir) -> GraphForwards:
     if engine_dir is None:
         raise ValueError(f"dit={name!r} needs engine_dir: the folder histream export (or histream build-trt) wrote")
     if name == "onnxruntime":
+        if dit.dtype == torch.bfloat16:
+            raise ValueError("dit='onnxruntime' runs float32 or float16 graphs (numpy and ONNX Runtime's I/O binding have no "
+                             "bfloat16): export with --dtype float16 or float32, or use dit='tensorrt' for bfloat16")
         manifest = read_manifest(engine_dir, dit)
         return GraphForwards(name, dit, manifest,
                              lambda path, entry: OnnxRuntimeSession(path, entry, dit.device, optimize=not manifest.fp8))
