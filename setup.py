@@ -87,9 +87,11 @@ setup(
         "histream_engine.export",
         "histream_engine.native",
         "histream_engine.runtime",
+        "histream_engine.serve",
         "histream_engine.kernels",
         "histream_engine.bench",
     ],
+    package_data={"histream_engine.serve": ["static/*.html"]},
     ext_modules=[Extension("histream_engine._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[
@@ -105,8 +107,10 @@ setup(
         "host": ["pybind11>=2.12"],  # building the C++ host library (engine/), README "C++ hosts"
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"],  # histream export, dit="onnxruntime"
         "tensorrt": ["tensorrt>=10"],  # histream build-trt, dit="tensorrt" (NVIDIA GPUs only)
+        "serve": ["fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10"],  # histream serve
         "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "pybind11>=2.12",
-                 "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"],
+                 "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17",
+                 "fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10", "httpx>=0.27", "playwright>=1.45"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )

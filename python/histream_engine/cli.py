@@ -134,6 +134,34 @@ def run_build_trt(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import PIL  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise RuntimeError(f"histream serve needs the serve extra ({exc.name} is missing): pip install -e '.[serve]'") from exc
+    from . import host as hosting
+    from .serve.app import create_app
+    from .serve.jobs import Limits
+
+    if args.model_dir is not None:
+        engine = hosting.open_engine(str(args.model_dir), str(args.checkpoint or ""), args.dtype, args.device or "", args.attention,
+                                     False, args.text_encoder)
+        description = f"{args.checkpoint or args.model_dir}"
+    else:
+        engine = hosting.tiny_demo(args.device or "cpu", args.attention, 0)
+        description = "the embedded tiny demo model (random weights: the picture is noise, the path is the real one)"
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
+              "read the streams; there is no authentication", file=sys.stderr)
+    limits = Limits(args.max_frames, args.max_side, args.max_queue)
+    app = create_app(engine, description, limits, args.embeds_dir)
+    print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="histream", description="HiStream inference engine")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--out", type=Path, help="default: ONNX_DIR/tensorrt-PRECISION")
     trt.add_argument("--workspace-gib", type=float, default=8.0)
     trt.set_defaults(func=run_build_trt)
+
+    srv = sub.add_parser("serve", help="live streaming to a browser page (needs the serve extra)")
+    srv.add_argument("--model-dir", type=Path, help="a Wan2.1 folder; default: the embedded tiny demo model")
+    srv.add_argument("--checkpoint", type=Path, help="causal DiT weights replacing the folder's")
+    srv.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    srv.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    srv.add_argument("--attention", default="torch")
+    srv.add_argument("--no-text-encoder", dest="text_encoder", action="store_false",
+                     help="do not load UMT5 (11 GB): requests then use --embeds-dir files")
+    srv.add_argument("--embeds-dir", type=Path, help="a folder of prompt embeddings (.safetensors / .pt) that requests may name")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback prints a warning)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--max-frames", type=int, default=161)
+    srv.add_argument("--max-side", type=int, default=1920, help="largest height or width a request may ask for")
+    srv.add_argument("--max-queue", type=int, default=8, help="streams that may wait for the engine")
+    srv.set_defaults(func=run_serve)
 
     # Listed for --help; its arguments belong to the suite's own parser (see main).
     sub.add_parser("bench", help="latency-per-frame benchmark suite (histream bench --help)", add_help=False)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .demo import tiny_demo_engine
-from .runtime import Engine, EngineConfig
+from .runtime import ChunkResult, Engine, EngineConfig
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
 
@@ -54,22 +54,29 @@ class HostEngine:
             raise ValueError("the request has neither a prompt nor prompt_embeds_path")
         return self.default_prompt
 
-    def stream(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
-               seed: int) -> Iterator[HostChunk]:
-        """Checks the request now (``Engine.stream`` checks before the first chunk), then yields chunk by chunk."""
+    def results(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
+                seed: int) -> Iterator[tuple[ChunkResult, np.ndarray]]:
+        """Checks the request now (``Engine.stream`` checks before the first chunk), then yields each chunk's result
+        and its frames ``[T, H, W, 3]`` uint8 in host memory. Closing it closes the engine's stream at once."""
         embeds = self._prompt(prompt, prompt_embeds_path)
         device = next(self.engine.dit.parameters()).device
         chunks = self.engine.stream(embeds[:1].to(device), frames, height, width, schedule=schedule, seed=seed)
-        return self._frames(chunks)
+        return self._with_frames(chunks)
 
     @staticmethod
-    def _frames(chunks) -> Iterator[HostChunk]:
+    def _with_frames(chunks) -> Iterator[tuple[ChunkResult, np.ndarray]]:
         try:
             for c in chunks:
-                frames = c.frames[0].cpu().numpy()  # [T, H, W, 3] uint8: a view on a CPU, the D2H copy on a GPU
-                yield c.index, frames, c.seconds, c.vae_seconds
+                yield c, c.frames[0].cpu().numpy()  # [T, H, W, 3] uint8: a view on a CPU, the D2H copy on a GPU
         finally:
             chunks.close()  # a cancelled stream lets go of its caches at once
+
+    def stream(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
+               seed: int) -> Iterator[HostChunk]:
+        """``results`` as the C++ host takes them: (index, frames, denoise s, VAE s)."""
+        results = self.results(prompt, prompt_embeds_path, frames, height, width, schedule, seed)
+        # closing this drops the last reference to ``results``, whose finalizer closes the engine's stream
+        return ((c.index, f, c.seconds, c.vae_seconds) for c, f in results)
 
 
 def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attention: str, cuda_graphs: bool,

@@ -1,0 +1,154 @@
+"""The HTTP API, the per-stream WebSocket and the page (README "Live streaming" documents the protocol).
+
+    POST   /api/streams              StreamRequest JSON -> 201 {id, state, position, ...}; 422 schema, 400 request, 429 queue full
+    GET    /api/streams/{id}         status: state (queued, running, done, cancelled, failed), position, chunks, error, video
+    DELETE /api/streams/{id}         cancel: a queued stream leaves at once, a running one after its current chunk
+    GET    /api/streams/{id}/video.mp4   what was generated (after done or cancelled)
+    GET    /api/info                 model, schedules, limits, embeddings files, device
+    WS     /api/streams/{id}/ws      server -> client: JSON events, each "chunk" followed by its JPEG frames as binary
+                                     messages; client -> server: {"type": "cancel"}. A disconnect cancels the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..checkpoint import CheckpointError
+from ..host import HostEngine
+from ..runtime.schedules import SCHEDULES
+from .jobs import FINAL, JobQueue, Limits, QueueFull
+
+STATIC = Path(__file__).parent / "static"
+
+
+class StreamRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("", max_length=2000, description="text (needs the model's text encoder)")
+    prompt_embeds: str = Field("", description="name of an embeddings file in the server's --embeds-dir")
+    frames: int = Field(45, ge=1, description="4k+1, with (frames - 1) / 4 + 1 divisible by 3")
+    height: int = Field(256, ge=16)
+    width: int = Field(256, ge=16)
+    schedule: str = "histream"
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+
+
+def create_app(host: HostEngine, description: str, limits: Limits | None = None, embeds_dir: Path | None = None,
+               workdir: Path | None = None) -> FastAPI:
+    limits = limits or Limits()
+    queue = JobQueue(limits, workdir)
+    app = FastAPI(title="histream serve", description=__doc__)
+    app.state.queue = queue
+    app.router.on_shutdown.append(queue.close)
+
+    def embeddings() -> list[str]:
+        if embeds_dir is None:
+            return []
+        return sorted(p.name for p in embeds_dir.iterdir() if p.suffix in (".safetensors", ".pt", ".pth"))
+
+    def job_or_404(job_id: str):
+        job = queue.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no stream {job_id!r}")
+        return job
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return (STATIC / "index.html").read_text()
+
+    @app.get("/api/info")
+    def info() -> dict:
+        dit = host.engine.dit
+        return {"model": description, "device": device_name(dit), "dtype": str(dit.dtype).replace("torch.", ""),
+                "schedules": sorted(SCHEDULES), "limits": vars(limits), "embeddings": embeddings(),
+                "text_encoder": getattr(host.engine, "text_encoder", None) is not None, "fps": 16}
+
+    @app.post("/api/streams", status_code=201)
+    def start(req: StreamRequest) -> dict:
+        if req.frames > limits.max_frames:
+            raise HTTPException(400, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
+        if max(req.height, req.width) > limits.max_side:
+            raise HTTPException(400, f"{req.width}x{req.height} is over this server's limit of {limits.max_side} pixels a side")
+        if req.schedule not in SCHEDULES:
+            raise HTTPException(400, f"unknown schedule {req.schedule!r}; choose one of {sorted(SCHEDULES)}")
+        embeds_path = ""
+        if req.prompt_embeds:
+            if req.prompt_embeds not in embeddings():
+                raise HTTPException(400, f"no embeddings file {req.prompt_embeds!r} on this server; it has {embeddings()}")
+            embeds_path = str(embeds_dir / req.prompt_embeds)
+        try:  # every check of the engine's, before anything runs
+            results = host.results(req.prompt, embeds_path, req.frames, req.height, req.width, req.schedule, req.seed)
+        except (ValueError, CheckpointError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+        try:
+            job = queue.submit(req.model_dump(), results)
+        except QueueFull as exc:
+            raise HTTPException(429, str(exc)) from exc
+        return job.status(queue.position(job))
+
+    @app.get("/api/streams/{job_id}")
+    def status(job_id: str) -> dict:
+        job = job_or_404(job_id)
+        return job.status(queue.position(job))
+
+    @app.delete("/api/streams/{job_id}")
+    def cancel(job_id: str) -> dict:
+        job = job_or_404(job_id)
+        queue.cancel(job)
+        return job.status(queue.position(job))
+
+    @app.get("/api/streams/{job_id}/video.mp4")
+    def video(job_id: str):
+        job = job_or_404(job_id)
+        if not job.video_ready:
+            return JSONResponse({"detail": f"stream {job_id} is {job.state}: its video is ready once it is done or cancelled "
+                                           "after at least one chunk"}, status_code=409)
+        return FileResponse(job.video_path, media_type="video/mp4", filename=f"histream-{job_id}.mp4")
+
+    @app.websocket("/api/streams/{job_id}/ws")
+    async def watch(ws: WebSocket, job_id: str):
+        job = queue.get(job_id)
+        await ws.accept()
+        if job is None:
+            await ws.send_json({"type": "failed", "error": f"no stream {job_id!r}"})
+            await ws.close(code=4404)
+            return
+        events = job.subscribe(asyncio.get_running_loop())
+
+        async def listen():
+            try:
+                while True:
+                    msg = await ws.receive_json()
+                    if msg.get("type") == "cancel":
+                        queue.cancel(job)
+            except (WebSocketDisconnect, RuntimeError, ValueError):
+                if job.state not in FINAL:
+                    queue.cancel(job)  # nobody is watching: free the engine after the current chunk
+
+        listener = asyncio.create_task(listen())
+        try:
+            while True:
+                event = await events.get()
+                await ws.send_json(event.data)
+                for frame in event.frames:
+                    await ws.send_bytes(frame)
+                if event.data["type"] in FINAL:
+                    break
+            await ws.close()
+        except WebSocketDisconnect:
+            queue.cancel(job)
+        finally:
+            listener.cancel()
+            job.unsubscribe(events)
+
+    return app
+
+
+def device_name(dit) -> str:
+    return torch.cuda.get_device_name(dit.device) if dit.device.type == "cuda" else "CPU"

@@ -1,0 +1,92 @@
+"""histream serve in a real headless Chromium (Debian's, driven by Playwright): the page streams the tiny model live,
+its canvas changes, the latency panel fills, a second stream is cancelled, and the mp4 of what was shown downloads.
+
+Skipped, with the reason, where Playwright or Chromium is missing (``.ci/run`` installs both). With
+HISTREAM_SCREENSHOT=PATH it also saves a screenshot of the page mid-stream (docs/serve.png was made so).
+"""
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+# as the machine's own probe starts it: no sandbox as root, no GPU, no calls home on a closed network
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    import uvicorn
+
+    from histream_engine import host
+    from histream_engine.serve.app import create_app
+    from histream_engine.serve.jobs import Limits
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(host.tiny_demo("cpu", "torch", 0), "the embedded tiny demo model", Limits(max_frames=81, max_side=256))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    srv.should_exit = True
+    thread.join(timeout=30)
+
+
+def canvas_pixels(page) -> list[int]:
+    return page.evaluate("""() => { const c = document.getElementById('video');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 97 == 0)); }""")
+
+
+def test_page_streams_live_cancels_and_downloads(server, tmp_path):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(accept_downloads=True)
+        page.goto(server)
+        sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model")
+        for field, value in (("#frames", "45"), ("#width", "128"), ("#height", "128")):
+            page.fill(field, value)
+        page.select_option("#schedule", "self_forcing")  # 4 chunks, the slowest schedule: time to watch it play
+        blank = canvas_pixels(page)
+        page.click("#start")
+        page.wait_for_function("() => document.getElementById('shown').textContent.match(/^[1-9]\\d* \\//)", timeout=60_000)
+        first = canvas_pixels(page)
+        page.wait_for_function("() => parseInt(document.getElementById('shown').textContent) >= 12", timeout=60_000)
+        later = canvas_pixels(page)
+        assert first != blank and later != first  # frames are drawn, and they change
+        if os.environ.get("HISTREAM_SCREENSHOT"):
+            page.screenshot(path=os.environ["HISTREAM_SCREENSHOT"], full_page=True)
+        ttff = page.locator("#ttff").inner_text()
+        assert ttff.endswith(" s") and float(ttff[:-2]) > 0
+        assert float(page.locator("#spf").inner_text()) > 0 and "MiB" in page.locator("#cache").inner_text()
+        assert page.locator("#chunks tr").count() >= 2  # header + at least one chunk row
+        sync_api.expect(page.locator("#status")).to_contain_text("Done: 4 chunks", timeout=120_000)
+        with page.expect_download() as download:
+            page.click("#mp4")
+        path = tmp_path / "shown.mp4"
+        download.value.save_as(path)
+        assert path.stat().st_size > 1000 and path.read_bytes()[4:8] == b"ftyp"
+
+        page.click("#start")  # a second stream, cancelled once its first chunk arrives
+        page.wait_for_function("() => document.querySelectorAll('#chunks tr').length >= 2", timeout=60_000)
+        page.click("#cancel")
+        sync_api.expect(page.locator("#status")).to_contain_text("Cancelled after", timeout=60_000)
+        assert page.locator("#start").is_enabled()
+
+        page.fill("#frames", "44")  # a bad request: the server's message on the page
+        page.click("#start")
+        sync_api.expect(page.locator("#status")).to_contain_text("Refused (400)", timeout=10_000)
+        sync_api.expect(page.locator("#status")).to_contain_text("4k+1")
+        browser.close()
