@@ -276,8 +276,9 @@ void attention_core(int dtype, int device, uintptr_t stream, uintptr_t q, int64_
                     uintptr_t out, int64_t o_sb, int64_t o_sl, int64_t o_sh, int b, int h, int64_t lq, int64_t lk, int d,
                     float qk_scale_log2) {
     require(q && k && v && out, "attention_core: null pointer");
-    require(lq > 0 && lk > 0 && lk < (int64_t(1) << 31) && b > 0 && h > 0 && static_cast<int64_t>(b) * h < 65536,
-            "attention_core: Lq, Lk, B and H must be positive (Lk < 2^31, B*H < 65536)");
+    // Lk below INT_MAX - BLOCK_N: key_blocks rounds it up in int
+    require(lq > 0 && lk > 0 && lk <= INT32_MAX - kBlockN && b > 0 && h > 0 && static_cast<int64_t>(b) * h < 65536,
+            "attention_core: Lq, Lk, B and H must be positive (Lk < 2^31 - 64, B*H < 65536)");
     require(((q | k | v | out) & 15) == 0, "attention_core: q, k, v and out must be 16-byte aligned");
     switch (dtype) {
         case kFloat16: return dispatch_head_dim<__half>(d, device, stream, q, q_sb, q_sh, q_sl, k, k_sb, k_sh, k_sl, v, v_sb, v_sh, v_sl, out, o_sb, o_sl, o_sh, b, h, lq, lk, qk_scale_log2);

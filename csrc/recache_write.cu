@@ -99,6 +99,7 @@ void recache_write(int dtype, int device, uintptr_t stream, uintptr_t k_proj, in
                    int64_t ks_sb, int64_t ks_sl, int64_t ks_sh, uintptr_t v_store, int64_t vs_sb, int64_t vs_sl, int64_t vs_sh,
                    uintptr_t pos, uintptr_t cos, uintptr_t sin, int b, int64_t l, int h, int d, int s, int gw, int pt, int ph) {
     require(k_proj && v_proj && rows && k_store && v_store, "recache_write: null pointer");
+    require(((k_proj | v_proj | k_store | v_store | norm_weight) & 15) == 0, "recache_write: tensors must be 16-byte aligned");
     require(d % 8 == 0 && d >= 8, "recache_write: head_dim must be a multiple of 8");
     require(l > 0 && l < (int64_t(1) << 31) && b > 0 && b < 65536, "recache_write: token or batch count out of range");
     require(cos == 0 || (sin && pos && s > 0 && gw > 0 && l % s == 0 && pt + ph <= d / 2), "recache_write: bad RoPE arguments");

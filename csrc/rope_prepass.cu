@@ -82,6 +82,7 @@ void rope_prepass(int dtype, int device, uintptr_t stream, uintptr_t q, int64_t 
                   int64_t r, uintptr_t slot_pos, uintptr_t k_out, uintptr_t cos, uintptr_t sin, int b, int h, int d, int s,
                   int gw, int pt, int ph) {
     require(q && q_pos && q_out && cos && sin, "rope_prepass: null pointer");
+    require(((q | q_out | k_store | k_out) & 15) == 0, "rope_prepass: q, q_out, k_store and k_out must be 16-byte aligned");
     require(d % 16 == 0 && d >= 16 && d <= 256, "rope_prepass: head_dim must be a multiple of 16 in [16, 256]");
     require(s > 0 && gw > 0 && lq % s == 0 && lk % s == 0 && lk <= r, "rope_prepass: token counts do not fit the frame size");
     require(lk == 0 || (k_store && slot_pos && k_out), "rope_prepass: visible keys need k_store, slot_pos and k_out");

@@ -104,3 +104,13 @@ def test_cuda_errors_surface_as_exceptions_naming_the_kernel():
         return
     with pytest.raises(RuntimeError, match="histream_engine._C: cannot use CUDA device 0"):
         C.attention_core(1, 0, 0, *geometry[:4], *geometry[:4], *geometry[:4], *geometry[:4], 1, 1, 16, 16, 64, 1.0)
+
+
+def test_rope_prepass_refuses_outputs_off_16_byte_alignment(monkeypatch):
+    """Its 16-byte stores need aligned outputs: a contiguous view at an odd offset passes the shape checks."""
+    args = prepass_args()
+    pool = torch.empty(args["q_out"].numel() + 1, dtype=args["q_out"].dtype)
+    args["q_out"] = pool[1:].view(args["q_out"].shape)  # contiguous, 2 bytes off
+    monkeypatch.setattr(ops, "_launch_args", lambda *a: (1, 0, 0))  # past the device check, as on a GPU
+    with pytest.raises(ValueError, match="q_out .* is not 16-byte aligned"):
+        ops.rope_prepass(**args)

@@ -52,8 +52,10 @@ def rope_prepass(
         raise ValueError(f"the CUDA rope_prepass needs a head_dim that is a multiple of 16; got {s.D}")
     dtype, device, stream = _launch_args("rope_prepass", q, q_pos, cos, sin, q_out, k_store, slot_pos, k_out)
     check_16_byte_aligned("q", q, dims=3)
+    check_16_byte_aligned("q_out", q_out)
     if k_store is not None:
         check_16_byte_aligned("k_store", k_store, dims=3)
+        check_16_byte_aligned("k_out", k_out)
     k_ptrs = (k_store.data_ptr(), *k_store.stride()[:3]) if k_store is not None else (0, 0, 0, 0)
     extension().rope_prepass(
         dtype, device, stream, q.data_ptr(), *q.stride()[:3], s.Lq, q_pos.data_ptr(), q_out.data_ptr(),
