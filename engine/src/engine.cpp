@@ -66,7 +66,7 @@ void close_quietly(py::object& generator) {
 
 int Engine::stream(const StreamRequest& r, const ChunkCallback& on_chunk) {
     if (!impl_) throw Error("histream::Engine::stream on a moved-from engine");
-    std::lock_guard<std::mutex> lock(impl_->streaming);
+    auto lock = lock_outside_gil(impl_->streaming);
     return with_python("Engine::stream", [&] {
         py::object chunks = impl_->engine.attr("stream")(r.prompt, r.prompt_embeds_path, r.frames, r.height, r.width,
                                                          r.schedule, r.seed);

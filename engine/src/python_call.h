@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -24,6 +25,9 @@ struct Runtime::State {
 
     State();
     ~State();
+
+private:
+    void find_package();  // sys.path, then import histream_engine.host
 };
 
 // "TypeName: message" of the Python exception being handled (the GIL must be held).
@@ -40,6 +44,19 @@ auto with_python(const char* what, F&& f) -> decltype(f()) {
     } catch (py::cast_error& e) {
         throw Error(std::string(what) + ": unexpected value from Python: " + e.what());
     }
+}
+
+// Locks `m` without deadlocking against the GIL: a thread that holds the GIL (a host already running Python) lets
+// go of it while it waits, since the mutex's holder may need the GIL to finish. Always lock before taking the GIL.
+inline std::unique_lock<std::mutex> lock_outside_gil(std::mutex& m) {
+    std::unique_lock<std::mutex> lock(m, std::defer_lock);
+    if (Py_IsInitialized() && PyGILState_Check()) {
+        py::gil_scoped_release unlocked;
+        lock.lock();
+    } else {
+        lock.lock();
+    }
+    return lock;
 }
 
 // Drops a Python reference with the GIL held (for destructors).

@@ -1,4 +1,5 @@
 // Starting, sharing and stopping the embedded interpreter, and finding histream_engine in it.
+#include <atomic>
 #include <cstdlib>
 #include <mutex>
 
@@ -9,7 +10,7 @@ namespace {
 
 std::mutex g_mutex;
 std::weak_ptr<Runtime::State> g_state;
-bool g_finalized = false;
+std::atomic<bool> g_finalized{false};  // set by ~State, which the last Engine may run outside g_mutex
 
 // Where histream_engine is looked for, in order: $HISTREAM_PYTHONPATH, the active venv's site-packages (with its
 // .pth files, so editable installs resolve), the site-packages of the Python this library was built against.
@@ -59,6 +60,19 @@ Runtime::State::State() : started_on(std::this_thread::get_id()) {
         start_interpreter();
         owns_interpreter = true;
     }
+    try {
+        find_package();
+    } catch (...) {
+        release(host);  // members are destroyed on the way out, and Python objects need the lock for that
+        // Python cannot be started twice, so it stays up; but this thread must not keep its lock, or every other
+        // thread's next call would wait for it forever.
+        if (owns_interpreter) PyEval_SaveThread();
+        throw;
+    }
+    if (owns_interpreter) main_thread_state = PyEval_SaveThread();
+}
+
+void Runtime::State::find_package() {
     {
         py::gil_scoped_acquire gil;
         try {
@@ -77,7 +91,6 @@ Runtime::State::State() : started_on(std::this_thread::get_id()) {
             throw Error(describe(e));
         }
     }
-    if (owns_interpreter) main_thread_state = PyEval_SaveThread();
 }
 
 Runtime::State::~State() {
@@ -91,7 +104,7 @@ Runtime::State::~State() {
 }
 
 Runtime::Runtime() {
-    std::lock_guard<std::mutex> lock(g_mutex);
+    auto lock = lock_outside_gil(g_mutex);
     state_ = g_state.lock();
     if (state_) return;
     if (g_finalized)
@@ -102,7 +115,7 @@ Runtime::Runtime() {
 }
 
 Runtime::~Runtime() {
-    std::lock_guard<std::mutex> lock(g_mutex);
+    auto lock = lock_outside_gil(g_mutex);
     state_.reset();
 }
 

@@ -5,7 +5,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <chrono>
 #include <functional>
+#include <future>
 #include <map>
 #include <mutex>
 #include <string>
@@ -187,14 +189,43 @@ void video_writer() {
     std::filesystem::remove(done);
 }
 
+// A Runtime whose import fails throws, and leaves no thread holding the interpreter: a second try from another
+// thread fails the same way instead of waiting forever for the lock.
+void failed_start() {
+    const auto dir = std::filesystem::temp_directory_path() / "histream_broken_package";
+    std::filesystem::create_directories(dir / "histream_engine");
+    {
+        std::FILE* f = std::fopen((dir / "histream_engine" / "__init__.py").c_str(), "w");
+        std::fputs("raise ImportError('broken on purpose')\n", f);
+        std::fclose(f);
+    }
+    setenv("HISTREAM_PYTHONPATH", dir.c_str(), 1);
+    expect_error([] { histream::Runtime rt; }, "broken on purpose", "a package that fails to import");
+    auto second = std::async(std::launch::async, [] {
+        try {
+            histream::Runtime rt;
+        } catch (const histream::Error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    });
+    if (second.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+        std::fprintf(stderr, "FAILED: a second Runtime on another thread hangs\n");
+        std::_Exit(1);  // the stuck thread cannot be joined
+    }
+    check(second.get().find("broken on purpose") != std::string::npos, "the second try reports the same failure");
+    std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     const std::map<std::string, void (*)()> cases = {
         {"demo_stream", demo_stream}, {"cancel", cancel}, {"bad_request", bad_request}, {"open_model_dir", open_model_dir},
-        {"two_threads", two_threads}, {"two_engines", two_engines}, {"video_writer", video_writer}};
+        {"two_threads", two_threads}, {"two_engines", two_engines}, {"video_writer", video_writer},
+        {"failed_start", failed_start}};
     if (argc != 2 || !cases.count(argv[1])) {
-        std::fprintf(stderr, "usage: host_tests CASE (demo_stream, cancel, bad_request, open_model_dir, two_threads, two_engines, video_writer)\n");
+        std::fprintf(stderr, "usage: host_tests CASE (demo_stream, cancel, bad_request, open_model_dir, two_threads, two_engines, video_writer, failed_start)\n");
         return 2;
     }
     try {

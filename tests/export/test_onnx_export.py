@@ -233,3 +233,21 @@ def test_real_1_3b_export_keeps_its_weights_in_external_data(tmp_path):
     assert entry["external_data"] and (root / (entry["file"] + ".data")).stat().st_size > 2.5e9
     onnx.checker.check_model(str(root / entry["file"]))
     check_graph_ops(onnx.load(str(root / entry["file"]), load_external_data=False))
+
+
+def test_weights_fingerprint_is_the_same_at_any_thread_count_and_follows_the_weights(dit):
+    from histream_engine.runtime.graph_signature import weights_fingerprint
+
+    threads = torch.get_num_threads()
+    try:
+        prints = set()
+        for n in (1, 2, 8):
+            torch.set_num_threads(n)
+            prints.add(weights_fingerprint(dit))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(prints) == 1
+    other = random_dit("tiny", seed=8)
+    with torch.no_grad():
+        other.blocks[0].ffn[0].weight[0, 0] += 1.0  # a sampled element
+    assert weights_fingerprint(other) not in prints

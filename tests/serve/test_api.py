@@ -145,3 +145,16 @@ def test_info_and_page(client):
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "/api/streams" in page.text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)  # nothing loaded from outside this server
+
+
+def test_messages_that_are_not_commands_are_ignored_and_a_silent_disconnect_still_cancels(client):
+    job_id = client.post("/api/streams", json=LONG).json()["id"]
+    with client.websocket_connect(f"/api/streams/{job_id}/ws") as ws:
+        ws.send_text("hello")  # not JSON
+        ws.send_json([1, 2])  # JSON, not a command
+        ws.send_bytes(b"\x00")
+        while ws.receive().get("text", "").find('"chunk"') < 0:
+            pass
+        assert client.get(f"/api/streams/{job_id}").json()["state"] == "running"  # none of them cancelled it
+    wait_idle(client, job_id)
+    assert client.get(f"/api/streams/{job_id}").json()["state"] == "cancelled"  # the disconnect did

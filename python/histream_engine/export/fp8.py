@@ -22,6 +22,7 @@ from ..runtime.graph_signature import Signature
 from ..runtime.schedules import resolve_schedule
 
 E4M3_MAX = 448.0
+STORED = {16: torch.bfloat16, 10: torch.float16}  # onnx.TensorProto.BFLOAT16, FLOAT16
 BLOCK_LINEAR = re.compile(r"^dit\.(blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02]))\.bias$")
 
 
@@ -90,8 +91,9 @@ def quantize_block_linears(model, sig: Signature, amax: dict[str, float]):
                 w_init = inits[node.input[1]]
                 w = torch.from_numpy(numpy_helper.to_array(w_init).astype("float32"))  # [C_in, C_out]
                 dtype = w_init.data_type
-                w_scale = (w.abs().amax(0) / E4M3_MAX).clamp_min(1e-12)  # [C_out]
-                x_scale = max(amax[layer], 1e-12) / E4M3_MAX
+                as_stored = STORED.get(dtype, torch.float32)  # scales are stored in the graph's dtype: divide by those
+                w_scale = (w.abs().amax(0) / E4M3_MAX).clamp_min(1e-12).to(as_stored).float()  # [C_out]
+                x_scale = torch.tensor(max(amax[layer], 1e-12) / E4M3_MAX).to(as_stored).item()
                 prefix = f"fp8.{layer}"
                 graph.initializer.extend([
                     _fp8_initializer(f"{prefix}.weight", w / w_scale),

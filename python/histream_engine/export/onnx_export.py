@@ -80,6 +80,7 @@ def export_signature(dit: WanDiT, sig: Signature, path: Path, transform: Callabl
     external = weight_bytes > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     if external:
+        (path.parent / (path.name + ".data")).unlink(missing_ok=True)  # onnx appends to an existing data file
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
         onnx.checker.check_model(str(path))

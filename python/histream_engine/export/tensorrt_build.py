@@ -5,7 +5,7 @@
 Networks are strongly typed: each layer runs in the precision the ONNX graph gives it, so the precision is the
 export's (``histream export --dtype bfloat16`` or ``float16``; ``--fp8`` adds Q/DQ around the blocks' linear
 layers and keeps the modulation, embedders, patch embedding and head in bf16). Engines are cached under names
-holding the signature, the TensorRT version and the GPU (``runtime.tensorrt_session.plan_name``) and reused when
+holding the signature, the weights' fingerprint, the TensorRT version and the GPU (``runtime.tensorrt_session.plan_name``) and reused when
 present. Written from the TensorRT 10 Python API documentation: the lent GPUs have no TensorRT, so this has not
 run here (README "ONNX and TensorRT").
 """
@@ -13,6 +13,7 @@ run here (README "ONNX and TensorRT").
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -52,7 +53,9 @@ def build_engine(onnx_path: Path, plan_path: Path, workspace_bytes: int) -> None
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
-    plan_path.write_bytes(bytes(serialized))
+    partial = plan_path.with_name(plan_path.name + ".partial")  # an interrupted build never looks cached
+    partial.write_bytes(bytes(serialized))
+    os.replace(partial, plan_path)
 
 
 def build_trt(onnx_dir: str | Path, precision: str, out: str | Path | None = None, workspace_gib: float = 8.0,
@@ -74,7 +77,7 @@ def build_trt(onnx_dir: str | Path, precision: str, out: str | Path | None = Non
     gpu = gpu_slug()
     plans = {}
     for i, graph in enumerate(manifest["graphs"], 1):
-        name = plan_name(graph["file"], precision, trt.__version__, gpu)
+        name = plan_name(graph["file"], manifest["weights_fingerprint"], precision, trt.__version__, gpu)
         plans[graph["file"]] = name
         if (out / name).is_file():
             log(f"[{i}/{len(manifest['graphs'])}] {name}: cached")

@@ -99,7 +99,7 @@ class GraphForwards:
         self.name = self.run_mode = name
         self.dit, self.manifest, self._session = dit, manifest, session
         self._sessions: dict[Signature, GraphSession] = {}
-        self._prepared: dict[tuple, _Prepared] = {}
+        self._prepared: dict[str, tuple[object, _Prepared]] = {}  # resolution -> (the view it was built for, its inputs)
         self._window: dict[Signature, tuple[torch.Tensor, torch.Tensor]] = {}
         self.writer = TorchAttention()
 
@@ -114,6 +114,8 @@ class GraphForwards:
         bias = cross_kv[0][2]
         L, B, Lc, H, D = k.shape
         T = self.dit.config.text_len
+        if Lc > T:
+            raise ValueError(f"the prompt has {Lc} rows; exported graphs take at most the model's text length {T}")
         full_bias = torch.full((B, 1, 1, T), float("-inf"), dtype=k.dtype, device=k.device)  # [B, 1, 1, T]
         full_bias[..., :Lc] = 0.0 if bias is None else bias
         pad = k.new_zeros(L, B, T - Lc, H, D)
@@ -128,15 +130,16 @@ class GraphForwards:
     def recache_patches(self, resolution, patches, t, cross, attn) -> None:
         self._run(resolution, patches, t, cross, attn, head=False)
 
-    def _prepare(self, view) -> _Prepared:
-        key = (tuple(view.slots), tuple(view.frame_pos), view.grid, view.query_frames, id(view.freqs))
-        if key not in self._prepared:
+    def _prepare(self, resolution: str, view) -> _Prepared:
+        """Built once per chunk and resolution (every forward of a chunk shares its view), and only the latest kept."""
+        cached = self._prepared.get(resolution)
+        if cached is None or cached[0] is not view:
             S, M = view.tokens_per_frame, view.query_frames
             ctx = torch.tensor(view.slots[:-M], dtype=torch.long)
             rows = (ctx[:, None] * S + torch.arange(S)[None, :]).reshape(-1).to(view.device) if len(ctx) else None
             cos, sin = rope_cos_sin(grid_positions(view.frame_pos, *view.grid, device=view.device), view.freqs, torch.float32)
-            self._prepared[key] = _Prepared(rows, cos, sin)
-        return self._prepared[key]
+            cached = self._prepared[resolution] = (view, _Prepared(rows, cos, sin))
+        return cached[1]
 
     def _run(self, resolution, patches, t, cross, attn, head: bool):
         view, cache = attn.view, attn.cache
@@ -144,7 +147,7 @@ class GraphForwards:
         entry = self.manifest.entry(sig)
         if sig not in self._sessions:
             self._sessions[sig] = self._session(self.manifest.root / entry["file"], entry)
-        prep = self._prepare(view)
+        prep = self._prepare(resolution, view)
         cross_k, cross_v, cross_bias = cross
         inputs = {"patches": patches.to(self.dit.dtype).contiguous(), "time_sinusoid": self.dit.time_sinusoid(t),
                   "cross_k": cross_k, "cross_v": cross_v, "cross_bias": cross_bias, "rope_cos": prep.cos, "rope_sin": prep.sin}
@@ -206,10 +209,8 @@ class OnnxRuntimeSession(GraphSession):
         import numpy as np
 
         binding = self.session.io_binding()
-        np_types = {torch.float32: np.float32, torch.float16: np.float16}
+        np_types = {torch.float32: np.float32, torch.float16: np.float16}  # bfloat16 is refused in graph_forwards
         like = inputs["patches"]
-        if like.dtype not in np_types:
-            raise ValueError("onnxruntime's I/O binding takes float32 or float16 graphs; for bfloat16 use dit='tensorrt'")
         outs = {n: torch.empty(s, dtype=like.dtype, device=self.device) for n, s in self.out_shapes.items()}
         bound = {name: t.contiguous() for name, t in inputs.items()}  # kept alive until the run has read them
         for name, t in list(bound.items()) + list(outs.items()):

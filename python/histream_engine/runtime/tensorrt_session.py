@@ -26,9 +26,10 @@ def gpu_slug(device: torch.device | None = None) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
 
 
-def plan_name(onnx_file: str, precision: str, trt_version: str, gpu: str) -> str:
-    """An engine's cache name: its signature (the ONNX file's stem), precision, TensorRT version and GPU."""
-    return f"{Path(onnx_file).stem}.{precision}.trt{trt_version}.{gpu}.plan"
+def plan_name(onnx_file: str, fingerprint: str, precision: str, trt_version: str, gpu: str) -> str:
+    """An engine's cache name: its signature (the ONNX file's stem), the weights it bakes in, precision, TensorRT
+    version and GPU, so a re-export of other weights into the same folder never reuses an old engine."""
+    return f"{Path(onnx_file).stem}.{fingerprint}.{precision}.trt{trt_version}.{gpu}.plan"
 
 
 def read_trt_manifest(root: str | Path, dit) -> tuple[Manifest, dict[str, Path]]:
@@ -40,7 +41,11 @@ def read_trt_manifest(root: str | Path, dit) -> tuple[Manifest, dict[str, Path]]
     path = root / TRT_MANIFEST
     if not path.is_file():
         raise CheckpointError(f"{root} has no {TRT_MANIFEST}: point engine_dir at a folder written by histream build-trt")
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        record["tensorrt_version"], record["gpu"], record["plans"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a histream build-trt record ({type(exc).__name__}: {exc})") from exc
     if record["tensorrt_version"] != trt.__version__:
         raise CheckpointError(f"the engines in {root} were built by TensorRT {record['tensorrt_version']}, this is "
                               f"{trt.__version__}: rebuild them (histream build-trt)")

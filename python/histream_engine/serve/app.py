@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 from pathlib import Path
 
 import torch
@@ -43,6 +45,7 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
                workdir: Path | None = None) -> FastAPI:
     limits = limits or Limits()
     queue = JobQueue(limits, workdir)
+    prompt_lock = threading.Lock()
     app = FastAPI(title="histream serve", description=__doc__)
     app.state.queue = queue
     app.router.on_shutdown.append(queue.close)
@@ -82,14 +85,15 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
             if req.prompt_embeds not in embeddings():
                 raise HTTPException(400, f"no embeddings file {req.prompt_embeds!r} on this server; it has {embeddings()}")
             embeds_path = str(embeds_dir / req.prompt_embeds)
-        try:  # every check of the engine's, before anything runs
-            results = host.results(req.prompt, embeds_path, req.frames, req.height, req.width, req.schedule, req.seed)
-        except (ValueError, CheckpointError) as exc:
-            raise HTTPException(400, str(exc)) from exc
         try:
+            queue.check_room()
+            with prompt_lock:  # one request at a time encodes its prompt (and is checked) on the engine's device
+                results = host.results(req.prompt, embeds_path, req.frames, req.height, req.width, req.schedule, req.seed)
             job = queue.submit(req.model_dump(), results)
         except QueueFull as exc:
             raise HTTPException(429, str(exc)) from exc
+        except (ValueError, CheckpointError) as exc:  # every check of the engine's, before anything runs
+            raise HTTPException(400, str(exc)) from exc
         return job.status(queue.position(job))
 
     @app.get("/api/streams/{job_id}")
@@ -121,28 +125,41 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
             return
         events = job.subscribe(asyncio.get_running_loop())
 
+        def left() -> None:
+            if job.unsubscribe(events) == 0 and job.state not in FINAL:
+                queue.cancel(job)  # nobody is watching: free the engine after the current chunk
+
         async def listen():
             try:
                 while True:
-                    msg = await ws.receive_json()
-                    if msg.get("type") == "cancel":
+                    msg = await ws.receive()
+                    if msg["type"] == "websocket.disconnect":
+                        break
+                    try:
+                        command = json.loads(msg.get("text") or "null")
+                    except ValueError:
+                        continue  # not ours to act on: only {"type": "cancel"} means anything
+                    if isinstance(command, dict) and command.get("type") == "cancel":
                         queue.cancel(job)
-            except (WebSocketDisconnect, RuntimeError, ValueError):
-                if job.state not in FINAL:
-                    queue.cancel(job)  # nobody is watching: free the engine after the current chunk
+            except WebSocketDisconnect:
+                pass
+            left()
+            events.put_nowait(None)  # wakes the sender, which no new event will reach now
 
         listener = asyncio.create_task(listen())
         try:
             while True:
                 event = await events.get()
+                if event is None:
+                    return
                 await ws.send_json(event.data)
                 for frame in event.frames:
                     await ws.send_bytes(frame)
                 if event.data["type"] in FINAL:
                     break
             await ws.close()
-        except WebSocketDisconnect:
-            queue.cancel(job)
+        except (WebSocketDisconnect, RuntimeError):  # closed under us; Starlette raises RuntimeError on a closed socket
+            left()
         finally:
             listener.cancel()
             job.unsubscribe(events)

@@ -9,6 +9,7 @@ a running one after its current chunk, which frees the engine for the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import tempfile
 import threading
@@ -83,9 +84,16 @@ class StreamJob:
             self._subscribers.append((loop, q))
         return q
 
-    def unsubscribe(self, q: asyncio.Queue) -> None:
+    def unsubscribe(self, q: asyncio.Queue) -> int:
+        """Returns how many subscribers are left."""
         with self._lock:
             self._subscribers = [(lp, s) for lp, s in self._subscribers if s is not q]
+            return len(self._subscribers)
+
+    def forget_frames(self) -> None:
+        """Once a stream has ended its JPEGs leave the history (a late watcher gets the events; the mp4 has the frames)."""
+        with self._lock:
+            self._events = [Event(e.data) for e in self._events]
 
     def status(self, position: int | None) -> dict:
         return {"id": self.id, "state": self.state, "position": position, "chunks": len(self.chunks), "error": self.error,
@@ -112,6 +120,12 @@ class JobQueue:
         self._worker.start()
 
     # ---- what the API calls ----
+    def check_room(self) -> None:
+        """Raises QueueFull before a request's own work (its prompt's text encoding) is done."""
+        with self._cond:
+            if len(self._waiting) >= self.limits.max_queue:
+                raise QueueFull(f"{len(self._waiting)} streams are already waiting (the limit is {self.limits.max_queue}); try again later")
+
     def submit(self, request: dict, results: Iterator) -> StreamJob:
         with self._cond:
             if len(self._waiting) >= self.limits.max_queue:
@@ -182,7 +196,12 @@ class JobQueue:
                 self._publish_positions()
             try:
                 self._run(job)
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the job ends and the worker serves the next
+                job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
+                job.publish(Event({"type": "failed", "error": job.error}))
             finally:
+                job.results.close()  # the engine's stream and its caches go now, however the job ended
+                job.forget_frames()
                 with self._cond:
                     self.running = None
                     self._publish_positions()
@@ -205,7 +224,6 @@ class JobQueue:
                 job.chunks.append(info)
                 job.publish(Event(info, [encode_jpeg(f) for f in frames]))
                 if job.cancel_requested.is_set():
-                    job.results.close()
                     break
             if writer is not None:
                 writer.close()
@@ -213,9 +231,9 @@ class JobQueue:
             job.state = "cancelled" if job.cancel_requested.is_set() else "done"
             job.publish(Event({"type": job.state, "chunks": len(job.chunks), "seconds": time.perf_counter() - t0,
                                "video": f"/api/streams/{job.id}/video.mp4" if job.video_ready else None}))
-        except Exception as exc:  # noqa: BLE001 - a failed stream is reported to its watchers; the server goes on
+        except Exception:
             if writer is not None:
-                writer.abort()
-            job.state, job.error = "failed", f"{type(exc).__name__}: {exc}"
-            job.publish(Event({"type": "failed", "error": job.error}))
+                with contextlib.suppress(Exception):  # the error that ended the stream is the one to report
+                    writer.abort()
+            raise
 
