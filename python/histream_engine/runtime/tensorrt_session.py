@@ -64,13 +64,16 @@ class TensorRTSession:
     def __init__(self, plan: Path, entry: dict, device: torch.device):
         import tensorrt as trt
 
-        self.trt = trt
         self.device = device
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan).read_bytes())
+        # the runtime (and its logger) must outlive the engines it deserializes
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        with torch.cuda.device(device):
+            self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:
             raise CheckpointError(f"TensorRT could not deserialize {plan}: rebuild it (histream build-trt)")
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(device):
+            self.context = self.engine.create_execution_context()
         dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.BF16: torch.bfloat16}
         self.inputs, self.outputs = {}, {}
         for i in range(self.engine.num_io_tensors):
