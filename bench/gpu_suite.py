@@ -117,7 +117,7 @@ def plan(frames: int, work: Path) -> list[Step]:
 
 
 def write_env(path: Path) -> None:
-    from histream_engine import attention_backends
+    from histream_engine import attention_backends, dit_backends
 
     import triton
 
@@ -133,7 +133,9 @@ def write_env(path: Path) -> None:
         "capability": list(torch.cuda.get_device_capability()) if torch.cuda.is_available() else None,
         "sms": torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else None,
         "attention_backends": [{"name": n, "available": ok, "reason": why} for n, ok, why in attention_backends()],
-        "optional_packages": {m: _has(m) is None for m in ("flash_attn", "diffusers", "transformers", "pytest", "matplotlib")},
+        "dit_backends": [{"name": n, "available": ok, "reason": why} for n, ok, why in dit_backends()],
+        "optional_packages": {m: _has(m) is None for m in ("flash_attn", "diffusers", "transformers", "pytest", "matplotlib",
+                                                            "pybind11", "onnxruntime", "tensorrt")},
         "git_commit": _git_commit(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
