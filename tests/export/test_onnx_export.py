@@ -104,7 +104,7 @@ def test_manifests_of_another_version_or_other_weights_are_refused(dit, exports,
         Engine(dit, EngineConfig(dit="onnxruntime", engine_dir=str(dst)))
     with pytest.raises(CheckpointError, match="exported from other weights"):
         Engine(random_dit("tiny", seed=9), EngineConfig(dit="onnxruntime", engine_dir=str(exports["histream_plus"])))
-    with pytest.raises(CheckpointError, match="has no manifest.json"):
+    with pytest.raises(CheckpointError, match="has no manifest.json: point engine_dir at a folder written by histream export"):
         Engine(dit, EngineConfig(dit="onnxruntime", engine_dir=str(tmp_path)))
 
 

@@ -165,19 +165,25 @@ def write_manifest(root: Path, dit, schedule: str, entries: list[tuple[Signature
     return path
 
 
+def read_record(root: Path, name: str, writer: str, parse):
+    """``parse(json)`` of the record ``root/name`` that ``writer`` writes; a missing or malformed one is a CheckpointError."""
+    path = root / name
+    if not path.is_file():
+        raise CheckpointError(f"{root} has no {name}: point engine_dir at a folder written by {writer}")
+    try:
+        return parse(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a record written by {writer} ({type(exc).__name__}: {exc})") from exc
+
+
 def read_manifest(root: str | Path, dit=None) -> Manifest:
     """The manifest of an export folder, refusing one from another package version or (given ``dit``) other weights."""
     from .. import __version__
 
     root = Path(root)
     path = root / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{root} has no {MANIFEST}: point engine_dir at a folder written by histream export")
-    try:
-        record = json.loads(path.read_text())
-        graphs = {Signature.from_json(g["signature"]): g for g in record["graphs"]}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a histream export manifest ({type(exc).__name__}: {exc})") from exc
+    record, graphs = read_record(root, MANIFEST, "histream export",
+                                 lambda r: (r, {Signature.from_json(g["signature"]): g for g in r["graphs"]}))
     if record.get("format") != MANIFEST_FORMAT:
         raise CheckpointError(f"{path} has manifest format {record.get('format')}, this package reads {MANIFEST_FORMAT}")
     if record.get("package_version") != __version__:

@@ -10,13 +10,12 @@ run (README "ONNX and TensorRT" says what has run where).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import CheckpointError
-from .graph_signature import Manifest, read_manifest
+from .graph_signature import Manifest, read_manifest, read_record
 
 TRT_MANIFEST = "tensorrt.json"
 
@@ -38,14 +37,8 @@ def read_trt_manifest(root: str | Path, dit) -> tuple[Manifest, dict[str, Path]]
     import tensorrt as trt
 
     root = Path(root)
-    path = root / TRT_MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{root} has no {TRT_MANIFEST}: point engine_dir at a folder written by histream build-trt")
-    try:
-        record = json.loads(path.read_text())
-        record["tensorrt_version"], record["gpu"], record["plans"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is not a histream build-trt record ({type(exc).__name__}: {exc})") from exc
+    record = read_record(root, TRT_MANIFEST, "histream build-trt",
+                         lambda r: {k: r[k] for k in ("tensorrt_version", "gpu", "plans")})
     if record["tensorrt_version"] != trt.__version__:
         raise CheckpointError(f"the engines in {root} were built by TensorRT {record['tensorrt_version']}, this is "
                               f"{trt.__version__}: rebuild them (histream build-trt)")
