@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
+from .dit_runners import GraphSession
 from .graph_signature import Manifest, read_manifest, read_record
 
 TRT_MANIFEST = "tensorrt.json"
@@ -53,7 +54,7 @@ def read_trt_manifest(root: str | Path, dit) -> tuple[Manifest, dict[str, Path]]
     return manifest, plans
 
 
-class TensorRTSession:
+class TensorRTSession(GraphSession):
     def __init__(self, plan: Path, entry: dict, device: torch.device):
         import tensorrt as trt
 

@@ -63,7 +63,6 @@ class StreamJob:
         self.state = "queued"
         self.error: str | None = None
         self.chunks: list[dict] = []
-        self.created = time.time()
         self.cancel_requested = threading.Event()
         self._lock = threading.Lock()
         self._events: list[Event] = []
