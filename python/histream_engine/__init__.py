@@ -10,11 +10,12 @@ from .config import PRESETS, WanConfig
 from .model import WanDiT
 from .model.vae import VAEConfig, WanVAE, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
+from .graphs.manifest import package_version
 from .runtime.dit_runners import dit_backends
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
 from .vae_checkpoint import load_vae, save_vae
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "CheckpointError",

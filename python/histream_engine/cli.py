@@ -105,7 +105,7 @@ def run_generate(args) -> int:
 
 
 def run_export(args) -> int:
-    from .export.onnx_export import export_graphs
+    from .graphs.onnx_export import export_graphs
     from .model_dir import load_folder_dit
 
     dtype = getattr(torch, args.dtype)
@@ -124,7 +124,7 @@ def run_export(args) -> int:
 
 
 def run_build_trt(args) -> int:
-    from .export.tensorrt_build import build_trt
+    from .graphs.tensorrt_build import build_trt
     from .runtime.dit_runners import REASONS
 
     if (why := REASONS["tensorrt"]()) is not None:

@@ -20,8 +20,7 @@ from ..model.vae import WanVAE
 from .cached_attention import WindowAttention
 from .chunk_graphs import ChunkGraphs, cuda_graph_factory
 from .decoding import ChunkDecoder
-from .dit_runners import TorchForwards, graph_forwards
-from .graph_signature import needed_signatures
+from .dit_runners import build_runner, runner_entry
 from .kv_cache import RingKVCache
 from .resample import upsample_latents
 from .sampling import renoise, sigma_of, x0_from_flow
@@ -67,17 +66,13 @@ class EngineConfig:
     attention: str = "torch"  # attention backend name, see histream_engine.attention_backends()
     cuda_graphs: bool = False  # replay steady-state chunks as CUDA graphs (see runtime.chunk_graphs); CUDA only
     compile: bool = False  # torch.compile the blocks' elementwise parts (model.dit.BlockOps)
-    dit: str = "torch"  # who runs the DiT forwards: torch, or exported graphs (onnxruntime, tensorrt); runtime.dit_runners
+    dit: str = "torch"  # who runs the DiT forwards: torch, or exported graphs (onnxruntime, tensorrt); runtime.dit_runners lists them
     engine_dir: str | None = None  # for onnxruntime: a histream export folder; for tensorrt: a histream build-trt folder
 
     def __post_init__(self):
-        from .dit_runners import DIT_RUNNERS
-
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        if self.dit not in DIT_RUNNERS:
-            raise ValueError(f"unknown dit runner {self.dit!r}; choose one of {DIT_RUNNERS}")
-        if self.dit != "torch" and (self.cuda_graphs or self.compile):
+        if runner_entry(self.dit).exported_graphs and (self.cuda_graphs or self.compile):
             raise ValueError(f"cuda_graphs and compile apply to dit='torch'; dit={self.dit!r} runs exported graphs")
 
 
@@ -159,10 +154,7 @@ class Engine:
         if self.config.cuda_graphs and dit.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {dit.device}; set cuda_graphs=False")
         self.ops = engine_ops(self.config.compile)
-        if self.config.dit == "torch":
-            self.forwards = TorchForwards(dit, self.attention, self.ops)
-        else:
-            self.forwards = graph_forwards(self.config.dit, dit, self.config.engine_dir)
+        self.forwards = build_runner(self.config.dit, dit, self.attention, self.ops, self.config.engine_dir)
 
     def graph_factory(self):
         """What makes a chunk's graph, or None to run every chunk eagerly."""
@@ -250,8 +242,7 @@ class Engine:
         shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
         plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
         self._check_positions(plan, shape)
-        self.forwards.check(needed_signatures(self.dit.config, sched, self.config.chunk_size, shape.latent_frames,
-                                              (shape.latent_height, shape.latent_width), shape.batch, self.dit.dtype))
+        self.forwards.check(sched, self.config.chunk_size, shape)
         return self._run(prompt_embeds, shape, sched, plan, seed)
 
     @torch.no_grad()

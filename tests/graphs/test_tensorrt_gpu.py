@@ -15,8 +15,8 @@ SIZE = (33, 64, 96)
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_tensorrt_video_error_at_most_twice_torchs_own(precision, dtype, tmp_path):
-    from histream_engine.export.onnx_export import export_graphs
-    from histream_engine.export.tensorrt_build import build_trt
+    from histream_engine.graphs.onnx_export import export_graphs
+    from histream_engine.graphs.tensorrt_build import build_trt
 
     ctx = torch.randn(1, 20, random_dit("tiny").config.text_dim, device="cuda")
 

@@ -1,4 +1,4 @@
-"""Running TensorRT engines built by ``histream build-trt`` (``export/tensorrt_build.py``) on torch tensors.
+"""Running TensorRT engines built by ``histream build-trt`` (``tensorrt_build``) on torch tensors.
 
 I/O is bound to the tensors' device memory (``set_tensor_address``) and the engine enqueued on torch's current
 stream (``execute_async_v3``): no host copies, no sync. Outputs are preallocated once per engine (their shapes
@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
-from .dit_runners import GraphSession
-from .graph_signature import Manifest, read_manifest, read_record
+from .manifest import Manifest, read_manifest, read_record
+from .session import GraphSession
 
 TRT_MANIFEST = "tensorrt.json"
 

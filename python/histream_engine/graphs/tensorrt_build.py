@@ -5,7 +5,7 @@
 Networks are strongly typed: each layer runs in the precision the ONNX graph gives it, so the precision is the
 export's (``histream export --dtype bfloat16`` or ``float16``; ``--fp8`` adds Q/DQ around the blocks' linear
 layers and keeps the modulation, embedders, patch embedding and head in bf16). Engines are cached under names
-holding the signature, the weights' fingerprint, the TensorRT version and the GPU (``runtime.tensorrt_session.plan_name``) and reused when
+holding the signature, the weights' fingerprint, the TensorRT version and the GPU (``tensorrt_session.plan_name``) and reused when
 present. Written from the TensorRT 10 Python API documentation: the lent GPUs have no TensorRT, so this has not
 run here (README "ONNX and TensorRT").
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import CheckpointError
-from ..runtime.graph_signature import MANIFEST
-from ..runtime.tensorrt_session import TRT_MANIFEST, gpu_slug, plan_name
+from .manifest import MANIFEST
+from .tensorrt_session import TRT_MANIFEST, gpu_slug, plan_name
 
 PRECISIONS = {"bf16": "bfloat16", "fp16": "float16", "fp8": "bfloat16"}  # the graphs' dtype each precision needs
 

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..model.dit import WanDiT
-from ..runtime.graph_signature import Signature
+from .signature import Signature
 
 
 def rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

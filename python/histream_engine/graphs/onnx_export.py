@@ -21,9 +21,10 @@ import torch
 
 from ..model.dit import WanDiT
 from ..runtime.engine import VAE_SPACE_STRIDE, check_video_request
-from ..runtime.graph_signature import GRAPH_INPUTS, GRAPH_OUTPUTS, Signature, needed_signatures, write_manifest
+from .manifest import write_manifest
+from .signature import GRAPH_INPUTS, GRAPH_OUTPUTS, Signature, needed_signatures
 from ..runtime.schedules import resolve_schedule
-from .graph import GraphForward, example_inputs
+from .graph_forward import GraphForward, example_inputs
 
 OPSET = 19  # the first with float8 Quantize/DequantizeLinear; ONNX Runtime and TensorRT 10 read it
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -96,7 +97,7 @@ def export_signature(dit: WanDiT, sig: Signature, path: Path, transform: Callabl
 def export_graphs(dit: WanDiT, schedule: str, height: int, width: int, frames: int, out: str | Path, batch: int = 1,
                   only: list[str] | None = None, fp8: bool = False, log: Callable[[str], None] = print) -> Path:
     """Every graph the schedule needs at this size (or the named subset ``only``), with FP8 Q/DQ on the blocks'
-    linear layers when ``fp8`` (``export.fp8``); returns the manifest's path."""
+    linear layers when ``fp8`` (``fp8``); returns the manifest's path."""
     sigs = schedule_signatures(dit, schedule, height, width, frames, batch)
     if only:
         by_name = {s.name: s for s in sigs}

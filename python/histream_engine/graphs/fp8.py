@@ -18,7 +18,7 @@ import re
 import torch
 
 from ..model.dit import WanDiT
-from ..runtime.graph_signature import Signature
+from .signature import Signature
 from ..runtime.schedules import resolve_schedule
 
 E4M3_MAX = 448.0

@@ -14,10 +14,12 @@ import torch
 from conftest import random_dit, rel_err
 from histream_engine import Engine, EngineConfig
 from histream_engine.checkpoint import CheckpointError
-from histream_engine.export.graph import GraphForward, example_inputs
-from histream_engine.export.onnx_export import check_graph_ops, export_graphs
-from histream_engine.runtime.dit_runners import OnnxRuntimeSession, dit_backends
-from histream_engine.runtime.graph_signature import MANIFEST, Signature, read_manifest
+from histream_engine.graphs.graph_forward import GraphForward, example_inputs
+from histream_engine.graphs.onnx_export import check_graph_ops, export_graphs
+from histream_engine.graphs.onnxruntime_session import OnnxRuntimeSession
+from histream_engine.runtime.dit_runners import dit_backends
+from histream_engine.graphs.manifest import MANIFEST, read_manifest
+from histream_engine.graphs.signature import Signature
 
 SIZE = (33, 64, 96)  # 3 chunks; latents 8x12, so 4x6 high-res tokens and 2x3 low-res
 
@@ -148,7 +150,7 @@ def in_range_inputs(dit, sig):
     """Graph inputs as the engine makes them (noise patches, a real timestep's sinusoid, a prompt's text K/V, RoPE
     tables), so activations fall in the range FP8 was calibrated on; the window's K/V are random."""
     from histream_engine.attention.rope import grid_positions, inv_freqs, rope_cos_sin
-    from histream_engine.runtime.dit_runners import GraphForwards
+    from histream_engine.graphs.runners import GraphForwards
 
     inputs = example_inputs(dit, sig, seed=3)
     t = torch.full((sig.batch, sig.query_frames), 1000.0 if sig.head else 0.0)
@@ -161,7 +163,7 @@ def in_range_inputs(dit, sig):
 
 
 def test_fp8_graphs_quantize_only_the_block_linears(dit, tmp_path):
-    from histream_engine.export.fp8 import block_linears
+    from histream_engine.graphs.fp8 import block_linears
 
     root = export_graphs(dit, "histream", *SIZE[1:], SIZE[0], tmp_path, only=["step-high-4x6-m3-w6-b1-float32",
                          "recache-high-4x6-m3-w6-b1-float32"], fp8=True, log=lambda _: None).parent
@@ -211,7 +213,7 @@ def test_cli_export_and_build_trt(tmp_path, capsys):
 
 
 def test_build_trt_checks_the_export_precision():
-    from histream_engine.export.tensorrt_build import check_precision
+    from histream_engine.graphs.tensorrt_build import check_precision
 
     graphs = [{"signature": {"dtype": "float32"}}]
     with pytest.raises(ValueError, match="--precision bf16 needs graphs exported in bfloat16, these are \\['float32'\\]"):
@@ -236,7 +238,7 @@ def test_real_1_3b_export_keeps_its_weights_in_external_data(tmp_path):
 
 
 def test_weights_fingerprint_is_the_same_at_any_thread_count_and_follows_the_weights(dit):
-    from histream_engine.runtime.graph_signature import weights_fingerprint
+    from histream_engine.graphs.manifest import weights_fingerprint
 
     threads = torch.get_num_threads()
     try:
