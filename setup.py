@@ -61,7 +61,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_CUDA_COMPILER={_nvcc()}",
             f"-DHISTREAM_CUDA_ARCHS={os.environ.get('HISTREAM_CUDA_ARCHS', '80;90a')}",
-            "-DHISTREAM_BUILD_HOST=OFF",  # the C++ host is its own build (README "C++ hosts")
+            "-DHISTREAM_BUILD_HOST=OFF",  # the C++ host is its own build (docs/cpp-host.md)
         ]
         t0 = time.perf_counter()
         print(f"histream_engine: building histream_engine._C with CMake for sm {os.environ.get('HISTREAM_CUDA_ARCHS', '80;90a')}", flush=True)
@@ -97,7 +97,7 @@ setup(
         "triton": ["triton>=3.0"],
         "bench": ["diffusers>=0.33", "matplotlib"],
         "text": ["transformers>=4.45"],
-        "host": ["pybind11>=2.12"],  # building the C++ host library (engine/), README "C++ hosts"
+        "host": ["pybind11>=2.12"],  # building the C++ host library (engine/), docs/cpp-host.md
         "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17"],  # histream export, dit="onnxruntime"
         "tensorrt": ["tensorrt>=10"],  # histream build-trt, dit="tensorrt" (NVIDIA GPUs only)
         "serve": ["fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10"],  # histream serve

@@ -20,7 +20,7 @@ is skipped with the reason printed):
 - ``tensorrt`` (where TensorRT is installed): its GPU tests, then the bench's 1.3B model exported at 1080p, built
   into bf16 engines and benchmarked with ``--dit tensorrt``.
 
-The device tool limits one command to 10 minutes, so the README runs the steps in three calls, the most
+The device tool limits one command to 10 minutes, so docs/gpu-suite.md runs the steps in three calls, the most
 telling first. Everything
 goes to one folder (``$OUT/gpu_suite`` on the device machine): ``summary.md`` (printed last), ``summary.json``,
 ``suite.log`` and ``results.tar.gz`` (every step's JSON, logs and compiled kernels), few enough files for the
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         print(f"\nthen: {out}/summary.md, summary.json, suite.log and results.tar.gz (every log, JSON and compiled kernel)")
         return 0
     if not torch.cuda.is_available():
-        print("gpu_suite: no CUDA GPU is visible; this suite is for a lent H100/H200 (README: 'GPU suite'). "
+        print("gpu_suite: no CUDA GPU is visible; this suite is for a lent H100/H200 (docs/gpu-suite.md). "
               "--dry-run prints its plan.", file=sys.stderr)
         return 2
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one command, for a lent H100/H200 (see bench/gpu_suite.py and README "GPU suite").
+# Every GPU check in one command, for a lent H100/H200 (see bench/gpu_suite.py and docs/gpu-suite.md).
 # The device machine has torch, triton and pytest but no registry: the package is installed from this
 # checkout without dependencies or build isolation, and whatever else is missing is skipped with a reason.
 # Wheels carried in $HISTREAM_WHEELS (default .wheels/: pybind11 and cmake, for building histream_engine._C

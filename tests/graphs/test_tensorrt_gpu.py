@@ -1,5 +1,5 @@
 """TensorRT engines built from exported graphs, against the torch engine (skipped, with the reason, where TensorRT or a
-GPU is missing: the lent machines have no TensorRT, so these have not run yet; README "ONNX and TensorRT")."""
+GPU is missing: the lent machines have no TensorRT, so these have not run yet; docs/graphs.md)."""
 
 import pytest
 import torch

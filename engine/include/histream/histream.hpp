@@ -53,7 +53,7 @@ private:
 };
 
 struct EngineOptions {
-    std::string model_dir;  // a Wan2.1 folder or a diffusers layout (see README "Prompt to mp4")
+    std::string model_dir;  // a Wan2.1 folder or a diffusers layout (see docs/cli.md, histream generate)
     std::string checkpoint;  // optional causal DiT weights replacing the folder's (Self-Forcing / HiStream .pt)
     std::string dtype = "bfloat16";  // bfloat16, float16 or float32
     std::string device;  // "cuda", "cuda:1", "cpu"; empty: cuda if available, else cpu

@@ -7,7 +7,7 @@ export's (``histream export --dtype bfloat16`` or ``float16``; ``--fp8`` adds Q/
 layers and keeps the modulation, embedders, patch embedding and head in bf16). Engines are cached under names
 holding the signature, the weights' fingerprint, the TensorRT version and the GPU (``tensorrt_session.plan_name``) and reused when
 present. Written from the TensorRT 10 Python API documentation: the lent GPUs have no TensorRT, so this has not
-run here (README "ONNX and TensorRT").
+run here (docs/graphs.md).
 """
 
 from __future__ import annotations

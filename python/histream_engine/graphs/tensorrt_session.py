@@ -5,7 +5,7 @@ stream (``execute_async_v3``): no host copies, no sync. Outputs are preallocated
 are fixed by the signature), so the addresses stay put from call to call.
 
 Written from the TensorRT 10 Python API documentation; the lent GPU machines have no TensorRT, so this has not
-run (README "ONNX and TensorRT" says what has run where).
+run (docs/graphs.md says what has run where).
 """
 
 from __future__ import annotations

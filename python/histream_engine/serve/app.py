@@ -1,4 +1,4 @@
-"""The HTTP API, the per-stream WebSocket and the page (README "Live streaming" documents the protocol).
+"""The HTTP API, the per-stream WebSocket and the page (docs/serve.md documents the protocol).
 
     POST   /api/streams              StreamRequest JSON -> 201 {id, state, position, ...}; 422 schema, 400 request, 429 queue full
     GET    /api/streams/{id}         status: state (queued, running, done, cancelled, failed), position, chunks, error, video
