@@ -30,3 +30,21 @@ def random_dit(config: WanConfig | str = "tiny", seed: int = 0, std: float = 0.1
 @pytest.fixture
 def tiny_dit() -> WanDiT:
     return random_dit("tiny")
+
+
+@pytest.fixture(scope="session")
+def cli_tiny_export(tmp_path_factory):
+    """`histream export --preset tiny` of `two_step` at 64x64, 9 frames (4 graphs of the bench preset's own random
+    weights), run once for every test that reads an export folder written by the CLI: (exit code, folder, stdout).
+    Tests read it and never write into it."""
+    import contextlib
+    import io
+
+    from histream_engine.cli import main
+
+    out = tmp_path_factory.mktemp("cli_export") / "graphs"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["export", "--preset", "tiny", "--schedule", "two_step", "--height", "64", "--width", "64",
+                     "--frames", "9", "--out", str(out)])
+    return code, out, stdout.getvalue()

@@ -19,9 +19,11 @@ SCHEDULE_FIELDS = {
 
 def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, capsys):
     out = tmp_path / "r.json"
-    # the cpu-small preset, trimmed to 3 chunks and one repeat to keep CI fast
+    # the cpu-small preset, trimmed to 3 chunks, one repeat and 128x128 to keep CI fast: the record's fields and the
+    # FLOP model's agreement do not depend on the size (the flat-latency test below runs the preset's own size)
+    height = width = 128
     assert main(["--preset", "cpu-small", "--schedules", "self_forcing", "histream_plus", "--repeats", "1", "--frames", "33",
-                 "--compile", "--profile", "--out", str(out)]) == 0
+                 "--height", str(height), "--width", str(width), "--compile", "--profile", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert {"preset", "command", "date", "environment", "model", "video", "dtype", "attention", "repeats",
             "cuda_graphs", "torch_compile", "wan_baseline", "schedules", "profiles", "attention_auto"} <= set(record)
@@ -34,7 +36,7 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
     for name, r in record["schedules"].items():
         assert set(r) == SCHEDULE_FIELDS
         # the default prompt: 128 real rows and zero padding, which the engine attends as one key (fp32)
-        model = flops.schedule_flops(cfg, name, 33, preset.height, preset.width, text_len=128 + 1)
+        model = flops.schedule_flops(cfg, name, 33, height, width, text_len=128 + 1)
         assert r["per_chunk_flops"] == [c.total for c in model]
         assert r["flops_per_frame"] == pytest.approx(sum(c.total for c in model) / 33)
         assert r["achieved_tflops"] == pytest.approx(r["flops_per_frame"] / r["seconds_per_frame"] / 1e12)
@@ -127,13 +129,10 @@ def test_bad_arguments_exit_2_with_one_line_before_any_model_is_built(args, mess
     assert err.count("\n") == 1 and err.startswith("histream bench: error: ") and message in err
 
 
-def test_bench_runs_exported_graphs_of_its_own_random_model(tmp_path):
+def test_bench_runs_exported_graphs_of_its_own_random_model(cli_tiny_export, tmp_path):
     """histream export --preset builds the very weights the bench preset does, so --dit onnxruntime runs its graphs."""
-    from histream_engine.cli import main as cli_main
-
-    graphs = tmp_path / "graphs"
-    assert cli_main(["export", "--preset", "tiny", "--schedule", "two_step", "--height", "64", "--width", "64", "--frames", "9",
-                     "--out", str(graphs)]) == 0
+    code, graphs, _stdout = cli_tiny_export  # tiny, two_step, 64x64, 9 frames: what the bench run below asks for
+    assert code == 0
     out = tmp_path / "bench.json"
     assert main(["--preset", "cpu-small", "--height", "64", "--width", "64", "--frames", "9", "--schedules", "two_step",
                  "--repeats", "1", "--no-baseline", "--no-plot", "--dit", "onnxruntime", "--engine-dir", str(graphs),

@@ -195,17 +195,16 @@ def test_fp8_video_through_onnxruntime_stays_near_the_torch_engine(dit, tmp_path
     assert 1e-3 < rel_err(got.latents, ref.latents) < 0.1
 
 
-def test_cli_export_and_build_trt(tmp_path, capsys):
+def test_cli_export_and_build_trt(cli_tiny_export, tmp_path, capsys):
     from histream_engine.cli import main
 
-    out = tmp_path / "graphs"
-    assert main(["export", "--preset", "tiny", "--schedule", "two_step", "--height", "64", "--width", "64", "--frames", "9",
-                 "--out", str(out)]) == 0
+    code, out, stdout = cli_tiny_export  # shared with tests/bench (its --dit onnxruntime run)
+    assert code == 0
     assert sorted(s.name for s in read_manifest(out).graphs) == [
         "recache-high-4x4-m3-w3-b1-float32", "recache-low-2x2-m3-w3-b1-float32",
         "step-high-4x4-m3-w3-b1-float32", "step-low-2x2-m3-w3-b1-float32"]
-    assert "[4/4]" in capsys.readouterr().out
-    assert main(["export", "--preset", "tiny", "--height", "70", "--width", "64", "--out", str(out)]) == 2
+    assert "[4/4]" in stdout
+    assert main(["export", "--preset", "tiny", "--height", "70", "--width", "64", "--out", str(tmp_path / "bad")]) == 2
     assert "height must be a positive multiple of 32" in capsys.readouterr().err
     if not dict((n, ok) for n, ok, _ in dit_backends())["tensorrt"]:
         assert main(["build-trt", "--onnx", str(out), "--precision", "bf16"]) == 2
