@@ -162,12 +162,20 @@ def in_range_inputs(dit, sig):
     return inputs
 
 
-def test_fp8_graphs_quantize_only_the_block_linears(dit, tmp_path):
+@pytest.fixture(scope="module")
+def fp8_export(dit, tmp_path_factory):
+    """One FP8 export of a whole `two_step` video (one chunk: step and recache at both resolutions), shared by the
+    graph check and the video check. Its graphs see no window K/V; the window path is the same in FP8 graphs (only
+    the blocks' linears are quantized) and is checked in the float32 graphs above."""
+    return export_graphs(dit, "two_step", 64, 96, 9, tmp_path_factory.mktemp("fp8"), fp8=True, log=lambda _: None).parent
+
+
+def test_fp8_graphs_quantize_only_the_block_linears(dit, fp8_export):
     from histream_engine.graphs.fp8 import block_linears
 
-    root = export_graphs(dit, "histream", *SIZE[1:], SIZE[0], tmp_path, only=["step-high-4x6-m3-w6-b1-float32",
-                         "recache-high-4x6-m3-w6-b1-float32"], fp8=True, log=lambda _: None).parent
+    root = fp8_export
     manifest = read_manifest(root, dit)
+    assert len(manifest.graphs) == 4
     L = dit.config.num_layers
     for sig, entry in manifest.graphs.items():
         model = onnx.load(str(root / entry["file"]))
@@ -187,8 +195,8 @@ def test_fp8_graphs_quantize_only_the_block_linears(dit, tmp_path):
     assert len(block_linears(dit)) == 8 * L and manifest.fp8
 
 
-def test_fp8_video_through_onnxruntime_stays_near_the_torch_engine(dit, tmp_path):
-    root = export_graphs(dit, "two_step", 64, 96, 9, tmp_path, fp8=True, log=lambda _: None).parent
+def test_fp8_video_through_onnxruntime_stays_near_the_torch_engine(dit, fp8_export):
+    root = fp8_export
     ctx = prompt(dit)[:1]
     ref = Engine(dit, EngineConfig()).generate(ctx, 9, 64, 96, schedule="two_step", seed=1)
     got = Engine(dit, EngineConfig(dit="onnxruntime", engine_dir=str(root))).generate(ctx, 9, 64, 96, schedule="two_step", seed=1)
