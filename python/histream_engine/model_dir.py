@@ -53,10 +53,10 @@ def load_folder_dit(model_dir: str | os.PathLike, checkpoint: str | os.PathLike 
     the folder's files, checked to hold the parts in ``need``."""
     from .checkpoint import load_dit, read_config
 
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise CheckpointError(f"checkpoint {checkpoint} is a folder; name the weights file in it (.pt, .pth or .safetensors)")
     files = find_model_files(model_dir, need if checkpoint else ("dit",) + need)
     if checkpoint is not None:
-        if Path(checkpoint).is_dir():
-            raise CheckpointError(f"checkpoint {checkpoint} is a folder; name the weights file in it (.pt, .pth or .safetensors)")
         base = read_config(files.dit) if files.dit is not None else None
         return load_dit(checkpoint, dtype=dtype, device=device, config=base), files
     return load_dit(files.dit, dtype=dtype, device=device), files
