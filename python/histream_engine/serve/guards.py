@@ -22,10 +22,6 @@ def excerpt(value, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """ASGI middleware: HTTP request bodies over ``limit`` bytes get 413; the rest pass through untouched."""
 
@@ -38,27 +34,29 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             return await self._refuse(send)
-        seen, started = 0, False
+        seen, started, refused = 0, False, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge
+                if seen > self.limit and not refused:
+                    refused = True
+                    if not started:
+                        await self._refuse(send)
+                    # the app sees the client leave (raising here would reach FastAPI's body parser as a 400)
+                    return {"type": "http.disconnect"}
             return message
 
         async def watched_send(message):
             nonlocal started
+            if refused:
+                return  # the 413 has been sent; whatever the app answers to the disconnect is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counted, watched_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+        await self.app(scope, counted, watched_send)
 
     async def _refuse(self, send):
         body = json.dumps({"detail": f"request body over this server's limit of {self.limit} bytes"}).encode()
