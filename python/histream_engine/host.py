@@ -17,7 +17,7 @@ import torch
 from .demo import tiny_demo_engine
 from .output_paths import check_output_file
 from .runtime import ChunkResult, Engine, EngineConfig
-from .runtime.request_checks import check_prompt_embeds
+from .runtime.request_checks import check_prompt_embeds, resolve_device
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
 
@@ -92,7 +92,7 @@ def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attent
 
 
 def tiny_demo(device: str, attention: str, seed: int) -> HostEngine:
-    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=device or "cpu")
+    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=resolve_device(device or "cpu"))
     return HostEngine(engine, prompt)
 
 
