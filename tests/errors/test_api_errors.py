@@ -34,7 +34,7 @@ ROWS = [
     ("embeds_inf", lambda h: stream(h, torch.tensor([float("inf")] * 32).repeat(4, 1)), RequestError, "128 NaN or Inf"),
     ("embeds_batch0", lambda h: stream(h, torch.zeros(0, 4, 32)), RequestError, "batch >= 1"),
     ("embeds_no_tokens", lambda h: stream(h, torch.zeros(1, 0, 32)), RequestError, ">= 1 token"),
-    ("embeds_width", lambda h: stream(h, torch.zeros(4, 33)), RequestError, "[L, 32] or [B, L, 32]"),
+    ("embeds_width", lambda h: stream(h, torch.zeros(4, 33)), RequestError, "[L, text_dim=32] or [B, L, text_dim=32]"),
     ("embeds_4d", lambda h: stream(h, torch.zeros(1, 1, 4, 32)), RequestError, "got shape (1, 1, 4, 32)"),
     ("seed_negative", lambda h: stream(h, seed=-1), RequestError, "[0, 2**63)"),
     ("seed_huge", lambda h: stream(h, seed=2**63), RequestError, "[0, 2**63)"),

@@ -35,7 +35,7 @@ def check_prompt_embeds(embeds, text_dim: int, max_batch: int | None = None) -> 
     if embeds.dim() == 2:
         embeds = embeds.unsqueeze(0)  # [1, L, text_dim]
     if embeds.dim() != 3 or embeds.shape[-1] != text_dim:
-        raise RequestError(f"prompt embeddings must be [L, {text_dim}] or [B, L, {text_dim}], got shape {tuple(embeds.shape)}")
+        raise RequestError(f"prompt embeddings must be [L, text_dim={text_dim}] or [B, L, text_dim={text_dim}], got shape {tuple(embeds.shape)}")
     batch, length = embeds.shape[:2]
     if batch < 1 or length < 1:
         raise RequestError(f"prompt embeddings need a batch >= 1 and >= 1 token, got shape {tuple(embeds.shape)}")
