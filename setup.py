@@ -103,7 +103,7 @@ setup(
         "serve": ["fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10"],  # histream serve
         "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "pybind11>=2.12",
                  "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17",
-                 "fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10", "httpx>=0.27", "playwright>=1.45"],
+                 "fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10", "httpx>=0.27", "playwright>=1.45", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["histream=histream_engine.cli:main"]},
 )

@@ -24,6 +24,7 @@ import torch
 
 from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanVAE, attention_backends, dit_backends, flops
 from histream_engine.model.dit import initialized_dit
+from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
 from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
 
@@ -93,6 +94,13 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
         fail("--engine-dir goes with --dit onnxruntime or tensorrt, and they need it")
     if args.dit != "torch" and (args.cuda_graphs or args.compile):
         fail(f"--cuda-graphs and --compile apply to --dit torch, not {args.dit}")
+    if args.engine_dir is not None and not args.engine_dir.is_dir():
+        fail(f"--engine-dir {args.engine_dir} is not a folder: pass what histream export (onnxruntime) or build-trt (tensorrt) wrote")
+    if args.out is not None:
+        try:
+            check_output_file(args.out, (".json",), "--out")
+        except OutputPathError as e:
+            fail(str(e))
     if args.peer_self_forcing is not None:
         try:
             load_peer(args.peer_self_forcing)

@@ -3,8 +3,12 @@
 //
 //   histream-host-demo [--frames 45] [--height 256] [--width 256] [--schedule histream] [--seed 0]
 //                      [--device cpu] [--attention torch] [--out histream_host_demo.mp4]
+//
+// Exit codes: 0 written, 2 bad arguments or a refused request, 1 the output could not be written (the OS's message).
 #include <histream/histream.hpp>
 
+#include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -18,33 +22,56 @@ bool ends_with(const std::string& s, const std::string& tail) {
     return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-int usage(const char* bad) {
-    std::cerr << "histream-host-demo: bad argument " << bad << "\nusage: histream-host-demo [--frames N] [--height H] "
-              << "[--width W] [--schedule NAME] [--seed N] [--device DEV] [--attention NAME] [--out FILE.mp4|FILE.rgb]\n";
+const char* const USAGE =
+    "usage: histream-host-demo [--frames N] [--height H] [--width W] [--schedule NAME] [--seed N] [--device DEV] "
+    "[--attention NAME] [--out FILE.mp4|FILE.rgb]\n"
+    "  streams the embedded tiny model (random weights) and writes its frames: H.264 for .mp4, raw RGB otherwise\n";
+
+int usage(const std::string& why) {
+    std::cerr << "histream-host-demo: " << why << "\n" << USAGE;
     return 2;
 }
+
+// The whole of `text` as a decimal integer in [lo, hi], or false: "9x", "", " 9" and out-of-range values are refused.
+bool parse_integer(const std::string& text, long long lo, long long hi, long long& out) {
+    if (text.empty() || text.front() == ' ' || text.front() == '+') return false;
+    errno = 0;
+    char* end = nullptr;
+    const long long v = std::strtoll(text.c_str(), &end, 10);
+    if (errno == ERANGE || end != text.c_str() + text.size() || v < lo || v > hi) return false;
+    out = v;
+    return true;
+}
+
+struct WriteFailed : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
     histream::StreamRequest req;
     std::string device = "cpu", attention = "torch", out = "histream_host_demo.mp4";
-    for (int i = 1; i < argc; i += 2) {
-        if (i + 1 >= argc) return usage(argv[i]);
-        const std::string flag = argv[i], value = argv[i + 1];
-        try {
-            if (flag == "--frames") req.frames = std::stoi(value);
-            else if (flag == "--height") req.height = std::stoi(value);
-            else if (flag == "--width") req.width = std::stoi(value);
-            else if (flag == "--seed") req.seed = std::stoll(value);
-            else if (flag == "--schedule") req.schedule = value;
-            else if (flag == "--device") device = value;
-            else if (flag == "--attention") attention = value;
-            else if (flag == "--out") out = value;
-            else return usage(argv[i]);
-        } catch (const std::exception&) {
-            return usage(argv[i + 1]);
+    for (int i = 1; i < argc; ++i) {
+        const std::string flag = argv[i];
+        if (flag == "--help" || flag == "-h") {
+            std::cout << USAGE;
+            return 0;
         }
+        if (i + 1 >= argc) return usage("missing value after " + flag);
+        const std::string value = argv[++i];
+        long long n = 0;
+        if (flag == "--frames" || flag == "--height" || flag == "--width") {
+            if (!parse_integer(value, 1, INT_MAX, n)) return usage(flag + " takes a positive integer, got '" + value + "'");
+            (flag == "--frames" ? req.frames : flag == "--height" ? req.height : req.width) = static_cast<int>(n);
+        } else if (flag == "--seed") {
+            if (!parse_integer(value, 0, LLONG_MAX, n)) return usage("--seed takes an integer in [0, 2^63), got '" + value + "'");
+            req.seed = n;
+        } else if (flag == "--schedule") req.schedule = value;
+        else if (flag == "--device") device = value;
+        else if (flag == "--attention") attention = value;
+        else if (flag == "--out") out = value;
+        else return usage("unknown argument " + flag);
     }
     try {
         histream::Runtime rt;
@@ -59,11 +86,17 @@ int main(int argc, char** argv) {
         engine.stream(req, [&](const histream::Chunk& c) {
             if (c.index == 0) {  // the request was checked before this first chunk: only now open the output
                 if (as_mp4) mp4 = std::make_unique<histream::VideoWriter>(rt, out, c.width, c.height);
-                else raw.open(out, std::ios::binary);
+                else {
+                    raw.open(out, std::ios::binary);
+                    if (!raw.is_open()) throw WriteFailed("cannot open " + out + " for writing: " + std::strerror(errno));
+                }
                 std::printf("%5s  %6s  %9s  %9s  %9s\n", "chunk", "frames", "denoise s", "vae s", "ms/frame");
             }
             if (mp4) mp4->write(c);
-            else raw.write(reinterpret_cast<const char*>(c.frames), static_cast<std::streamsize>(c.num_frames) * c.height * c.width * 3);
+            else {
+                raw.write(reinterpret_cast<const char*>(c.frames), static_cast<std::streamsize>(c.num_frames) * c.height * c.width * 3);
+                if (!raw) throw WriteFailed("cannot write " + out + ": " + std::strerror(errno));
+            }
             frames += c.num_frames;
             denoise += c.denoise_seconds;
             vae += c.vae_seconds;
@@ -73,9 +106,16 @@ int main(int argc, char** argv) {
             return true;
         });
         if (mp4) mp4->close();
+        if (raw.is_open()) {
+            raw.close();
+            if (raw.fail()) throw WriteFailed("cannot write " + out + ": " + std::strerror(errno));
+        }
         std::printf("%d frames: denoise %.3f s (%.4f s/frame), VAE %.3f s\nwrote %s (%s)\n", frames, denoise,
                     denoise / frames, vae, out.c_str(), as_mp4 ? "H.264 mp4, 16 fps" : "raw RGB bytes, frame after frame");
         return 0;
+    } catch (const WriteFailed& e) {
+        std::cerr << "histream-host-demo: error: " << e.what() << "\n";
+        return 1;
     } catch (const histream::Error& e) {
         std::cerr << "histream-host-demo: error: " << e.what() << "\n";
         return 2;

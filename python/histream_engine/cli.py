@@ -12,8 +12,10 @@ from .checkpoint import CheckpointError
 from .config import PRESETS
 from .demo import tiny_demo_engine
 from .model.dit import initialized_dit
+from .output_paths import check_output_file
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
+from .runtime.request_checks import check_prompt_embeds
 from .runtime.schedules import resolve_schedule
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
@@ -67,6 +69,7 @@ def run_demo(args) -> int:
     """End to end on the embedded tiny models with random weights: no downloads, seconds on a CPU."""
     sched = resolve_schedule(args.schedule)
     num_chunks = check_video_request(args.frames, args.height, args.width, EngineConfig().chunk_size, sched) // EngineConfig().chunk_size
+    check_output_file(args.out, (".mp4",), "--out")
     engine, prompt = tiny_demo_engine(EngineConfig(attention=args.attention), seed=args.seed)
     dit = engine.dit
     print(
@@ -85,8 +88,7 @@ def run_generate(args) -> int:
     sched = resolve_schedule(args.schedule)
     config = EngineConfig(attention=args.attention)
     num_chunks = check_video_request(args.frames, args.height, args.width, config.chunk_size, sched) // config.chunk_size  # before loading gigabytes
-    if args.out.suffix.lower() != ".mp4":
-        raise ValueError(f"--out must name an .mp4 file, got {args.out}")
+    check_output_file(args.out, (".mp4",), "--out")
     dtype = getattr(torch, args.dtype)
     engine = Engine.from_pretrained(
         args.model_dir, checkpoint=args.checkpoint, dtype=dtype, device=args.device,
@@ -97,7 +99,8 @@ def run_generate(args) -> int:
         engine.text_encoder.free()
     else:
         embeds = load_prompt_embeds(args.prompt_embeds, engine.dit.config.text_dim)
-    stream = engine.stream(embeds[:1], args.frames, args.height, args.width, schedule=sched, seed=args.seed)
+    embeds = check_prompt_embeds(embeds, engine.dit.config.text_dim, max_batch=1)
+    stream = engine.stream(embeds, args.frames, args.height, args.width, schedule=sched, seed=args.seed)
     chunks = stream_to_mp4(stream, args.out, args.width, args.height, num_chunks, table=False)
     print(summary(chunks))
     print(f"wrote {args.out.resolve()}")
@@ -244,10 +247,12 @@ def main(argv=None) -> int:
     if argv[:1] == ["bench"]:
         from .bench.suite import main as bench_main
 
-        return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
+        func, args = bench_main, argv[1:]
+    else:
+        args = build_parser().parse_args(argv)
+        func = args.func
     try:
-        return args.func(args)
+        return func(args)
     except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
         print(f"histream: error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from .demo import tiny_demo_engine
+from .output_paths import check_output_file
 from .runtime import ChunkResult, Engine, EngineConfig
+from .runtime.request_checks import check_prompt_embeds, resolve_device
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
 
@@ -58,9 +60,9 @@ class HostEngine:
                 seed: int) -> Iterator[tuple[ChunkResult, np.ndarray]]:
         """Checks the request now (``Engine.stream`` checks before the first chunk), then yields each chunk's result
         and its frames ``[T, H, W, 3]`` uint8 in host memory. Closing it closes the engine's stream at once."""
-        embeds = self._prompt(prompt, prompt_embeds_path)
+        embeds = check_prompt_embeds(self._prompt(prompt, prompt_embeds_path), self.engine.dit.config.text_dim, max_batch=1)
         device = next(self.engine.dit.parameters()).device
-        chunks = self.engine.stream(embeds[:1].to(device), frames, height, width, schedule=schedule, seed=seed)
+        chunks = self.engine.stream(embeds.to(device), frames, height, width, schedule=schedule, seed=seed)
         return self._with_frames(chunks)
 
     @staticmethod
@@ -90,12 +92,12 @@ def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attent
 
 
 def tiny_demo(device: str, attention: str, seed: int) -> HostEngine:
-    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=device or "cpu")
+    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=resolve_device(device or "cpu"))
     return HostEngine(engine, prompt)
 
 
 def video_writer(path: str, width: int, height: int) -> Mp4Writer:
-    return Mp4Writer(path, width, height)
+    return Mp4Writer(check_output_file(path, (".mp4",)), width, height)
 
 
 def write_frames(writer: Mp4Writer, frames: np.ndarray) -> None:

@@ -28,6 +28,8 @@ class ModelFiles:
 def find_model_files(model_dir: str | os.PathLike, need: tuple[str, ...] = ("dit", "vae", "text_encoder", "tokenizer")) -> ModelFiles:
     """Locate each part; a clear error lists every needed part that is missing and the names looked for."""
     root = Path(model_dir)
+    if root.exists() and not root.is_dir():
+        raise CheckpointError(f"model folder {root} is a file; --model-dir names the folder that holds it")
     if not root.is_dir():
         raise CheckpointError(f"model folder {root} does not exist")
     found, missing = {}, []
@@ -51,6 +53,8 @@ def load_folder_dit(model_dir: str | os.PathLike, checkpoint: str | os.PathLike 
     the folder's files, checked to hold the parts in ``need``."""
     from .checkpoint import load_dit, read_config
 
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise CheckpointError(f"checkpoint {checkpoint} is a folder; name the weights file in it (.pt, .pth or .safetensors)")
     files = find_model_files(model_dir, need if checkpoint else ("dit",) + need)
     if checkpoint is not None:
         base = read_config(files.dit) if files.dit is not None else None

@@ -175,6 +175,8 @@ def load_prompt_embeds(path: str | os.PathLike, text_dim: int | None = None) -> 
     if len(tensors) != 1:
         raise CheckpointError(f"{path} must hold exactly one tensor of prompt embeddings, found {len(tensors)}")
     emb = tensors[0]
+    if emb.is_complex() or not emb.is_floating_point():  # .float() would drop an imaginary part, or invent a scale
+        raise CheckpointError(f"{path} holds {emb.dtype} prompt embeddings; they must be real floating (float32, bfloat16, float16)")
     emb = emb.unsqueeze(0) if emb.dim() == 2 else emb
     if emb.dim() != 3 or (text_dim is not None and emb.shape[-1] != text_dim):
         want = f"[L, {text_dim}] or [B, L, {text_dim}]" if text_dim else "[L, dim] or [B, L, dim]"

@@ -21,7 +21,10 @@ from .cached_attention import WindowAttention
 from .chunk_graphs import ChunkGraphs, cuda_graph_factory
 from .decoding import ChunkDecoder
 from .dit_runners import build_runner, runner_entry
+from .finite_check import check_finite_latents
 from .kv_cache import RingKVCache
+from .memory_estimate import check_fits, estimate_stream
+from .request_checks import check_chunk_size, check_model_dtype, check_prompt_embeds, check_seed, resolve_device
 from .resample import upsample_latents
 from .sampling import renoise, sigma_of, x0_from_flow
 from .schedules import RESOLUTIONS, Schedule, resolve_schedule
@@ -70,8 +73,7 @@ class EngineConfig:
     engine_dir: str | None = None  # for onnxruntime: a histream export folder; for tensorrt: a histream build-trt folder
 
     def __post_init__(self):
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        check_chunk_size(self.chunk_size)
         if runner_entry(self.dit).exported_graphs and (self.cuda_graphs or self.compile):
             raise ValueError(f"cuda_graphs and compile apply to dit='torch'; dit={self.dit!r} runs exported graphs")
 
@@ -142,6 +144,7 @@ class _Resolution:
 
 class Engine:
     def __init__(self, dit: WanDiT, config: EngineConfig | None = None, vae: WanVAE | None = None):
+        check_model_dtype(dit.dtype)
         self.dit = dit
         self.config = config or EngineConfig()
         self.attention = get_backend(self.config.attention)
@@ -176,7 +179,7 @@ class Engine:
         from ..text_encoder import load_text_encoder
         from ..vae_checkpoint import load_vae
 
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device)
         need = ("vae", "text_encoder", "tokenizer") if text_encoder else ("vae",)
         dit, files = load_folder_dit(model_dir, checkpoint, dtype, device, need)
         vae_dtype = torch.float32 if device.type == "cpu" else dtype
@@ -237,13 +240,20 @@ class Engine:
         Inputs are checked here, before the first chunk runs.
         """
         sched = resolve_schedule(schedule)
-        if prompt_embeds.dim() == 2:
-            prompt_embeds = prompt_embeds.unsqueeze(0)
+        prompt_embeds = check_prompt_embeds(prompt_embeds, self.dit.config.text_dim)
+        check_seed(seed)
         shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
         plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
         self._check_positions(plan, shape)
+        check_fits(self.memory_estimate(shape, sched, plan), self.dit.device, f"{num_frames} frames at {width}x{height}")
         self.forwards.check(sched, self.config.chunk_size, shape)
         return self._run(prompt_embeds, shape, sched, plan, seed)
+
+    def memory_estimate(self, shape: VideoShape, sched: Schedule, plan: WindowPlan):
+        vae_dim = self.vae.config.dim if self.vae is not None else None
+        return estimate_stream(self.dit.config, self.dit.dtype, self.dit.device, shape.batch, self.config.chunk_size,
+                               (shape.latent_height, shape.latent_width), sched.low_factor if sched.uses_low else None,
+                               plan.slots, vae_dim)
 
     @torch.no_grad()
     def _run(self, prompt_embeds, shape: VideoShape, sched: Schedule, plan: WindowPlan, seed: int) -> Iterator[ChunkResult]:
@@ -274,6 +284,7 @@ class Engine:
                 for s in steps
             ]
             x0, mode = graphs.run(steps, noises, views, body)
+            check_finite_latents(x0, c, steps)
             forwards = {name: sum(s.resolution == name for s in steps) for name in RESOLUTIONS}
             recache = {name: int(name in res) for name in RESOLUTIONS}
             passes = [s.resolution for s in steps] + list(res)

@@ -55,6 +55,10 @@ class Schedule:
         ):
             if value not in allowed:
                 raise ValueError(f"schedule {self.name!r}: {what} {value!r} is not one of {allowed}")
+        for name, kind in (("ntk", bool), ("anchor_frames", int), ("low_factor", int)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"schedule {self.name!r}: {name} must be {'true or false' if kind is bool else 'an integer'}, got {value!r}")
         if self.anchor_frames < 0 or self.low_factor < 1:
             raise ValueError(f"schedule {self.name!r}: anchor_frames must be >= 0 and low_factor >= 1")
         for kind in (self.first, self.later):
@@ -96,7 +100,7 @@ class Schedule:
             return cls(name=str(data.get("name", "custom")), **steps, **options)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
-                f"invalid schedule {data!r}: {exc}. Expected {{'name': ..., 'first': [[resolution, timestep], ...], "
+                f"invalid schedule {_excerpt(data)}: {exc}. Expected {{'name': ..., 'first': [[resolution, timestep], ...], "
                 f"'later': [...]}} plus any of {list(_OPTIONS)}"
             ) from exc
 
@@ -110,6 +114,11 @@ class Schedule:
 
     def replace(self, **changes) -> "Schedule":
         return dataclasses.replace(self, **changes)
+
+
+def _excerpt(data, limit: int = 200) -> str:
+    text = repr(data)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 _OPTIONS = ("window", "anchor_frames", "positions", "ntk", "low_factor", "upsample")

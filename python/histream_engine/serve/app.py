@@ -1,6 +1,7 @@
 """The HTTP API, the per-stream WebSocket and the page (docs/serve.md documents the protocol).
 
-    POST   /api/streams              StreamRequest JSON -> 201 {id, state, position, ...}; 422 schema, 400 request, 429 queue full
+    POST   /api/streams              StreamRequest JSON -> 201 {id, state, position, ...}; 413 body too large, 422 schema,
+                                     400 request, 429 queue full
     GET    /api/streams/{id}         status: state (queued, running, done, cancelled, failed), position, chunks, error, video
     DELETE /api/streams/{id}         cancel: a queued stream leaves at once, a running one after its current chunk
     GET    /api/streams/{id}/video.mp4   what was generated (after done or cancelled)
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..checkpoint import CheckpointError
 from ..host import HostEngine
 from ..runtime.schedules import SCHEDULES
+from . import guards
 from .jobs import FINAL, JobQueue, Limits, QueueFull
 
 STATIC = Path(__file__).parent / "static"
@@ -49,6 +51,7 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
     app = FastAPI(title="histream serve", description=__doc__)
     app.state.queue = queue
     app.router.on_shutdown.append(queue.close)
+    guards.install(app)  # 413 for bodies over a few KB, before parsing; error bodies quote only excerpts
 
     def embeddings() -> list[str]:
         if embeds_dir is None:

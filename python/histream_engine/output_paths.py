@@ -1,0 +1,34 @@
+"""Output paths checked before any model work: the nearest existing parent is a folder, the path is not a folder,
+the suffix is the one asked for, and the place is writable; each refusal carries the OS's own message."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+class OutputPathError(ValueError):
+    pass
+
+
+def check_output_file(path, suffixes: tuple[str, ...] = (), what: str = "output", make_parents: bool = True) -> Path:
+    """Returns ``path`` as a Path once a file can be created there (missing parent folders are made by the writer,
+    so the nearest existing one is what must be a writable folder); ``make_parents=False`` for writers that make none."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{what} {path} is a directory; name a file inside it, e.g. {path / ('out' + (suffixes[0] if suffixes else ''))}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OutputPathError(f"{what} {path} must end in {' or '.join(suffixes)}")
+    if not make_parents and not path.parent.is_dir():
+        raise OutputPathError(f"cannot write {what} {path}: the folder {path.parent} does not exist; create it first")
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise OutputPathError(f"{what} {path}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {what} {path}: {exc.strerror or exc} (in {folder})") from exc
+    return path

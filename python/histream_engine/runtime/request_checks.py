@@ -1,0 +1,89 @@
+"""The checks every request goes through once, wherever it entered (Python API, CLI, serve, the C++ host): prompt
+embeddings, seeds, chunk sizes, the model's dtype and the device. Each refusal says what was wrong and what to pass.
+
+``RequestError`` is a ValueError (and ``RequestTypeError`` also a TypeError), so callers that already turn
+ValueError into exit code 2 or HTTP 400 need no new clause.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes a 64-bit seed; larger or negative ones alias others
+MODEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+class RequestError(ValueError):
+    """A request the engine refuses before it does any work."""
+
+
+class RequestTypeError(RequestError, TypeError):
+    """A request argument of the wrong Python type."""
+
+
+def check_prompt_embeds(embeds, text_dim: int, max_batch: int | None = None) -> torch.Tensor:
+    """Prompt embeddings ``[L, text_dim]`` or ``[B, L, text_dim]`` -> ``[B, L, text_dim]``, unchanged otherwise.
+
+    Refuses non-tensors, non-real or non-floating dtypes, empty batches or prompts, the wrong width, non-finite
+    values (they decode to a black video) and, where an entry point streams one prompt, batches over ``max_batch``.
+    """
+    if not isinstance(embeds, torch.Tensor):
+        raise RequestTypeError(f"prompt embeddings must be a torch.Tensor [B, L, {text_dim}], got {type(embeds).__name__}; "
+                               "convert with torch.as_tensor(x, dtype=torch.float32)")
+    if embeds.is_complex() or not embeds.is_floating_point():
+        raise RequestError(f"prompt embeddings must be a real floating tensor (float32, bfloat16 or float16), got {embeds.dtype}")
+    if embeds.dim() == 2:
+        embeds = embeds.unsqueeze(0)  # [1, L, text_dim]
+    if embeds.dim() != 3 or embeds.shape[-1] != text_dim:
+        raise RequestError(f"prompt embeddings must be [L, text_dim={text_dim}] or [B, L, text_dim={text_dim}], got shape {tuple(embeds.shape)}")
+    batch, length = embeds.shape[:2]
+    if batch < 1 or length < 1:
+        raise RequestError(f"prompt embeddings need a batch >= 1 and >= 1 token, got shape {tuple(embeds.shape)}")
+    if max_batch is not None and batch > max_batch:
+        raise RequestError(f"the prompt embeddings hold a batch of {batch} prompts; this entry point streams {max_batch}: "
+                           "save one prompt's [L, dim] tensor per file")
+    if not bool(torch.isfinite(embeds).all()):  # one reduction, one sync, before any model work
+        bad = int((~torch.isfinite(embeds)).sum())
+        raise RequestError(f"prompt embeddings hold {bad} NaN or Inf values; recompute them (they would decode to a black video)")
+    return embeds
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise RequestTypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise RequestError(f"seed must be in [0, 2**63), got {seed}")
+    return seed
+
+
+def check_chunk_size(chunk_size) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise RequestTypeError(f"chunk_size must be an integer (latent frames per chunk), got {type(chunk_size).__name__} {chunk_size!r}")
+    if chunk_size < 1:
+        raise RequestError(f"chunk_size must be >= 1, got {chunk_size}")
+    return chunk_size
+
+
+def check_model_dtype(dtype: torch.dtype) -> None:
+    if dtype not in MODEL_DTYPES:
+        names = [str(d).replace("torch.", "") for d in MODEL_DTYPES]
+        raise RequestError(f"the DiT is {str(dtype).replace('torch.', '')}; the engine runs {names}: cast it with dit.cast(torch.float32)")
+
+
+def resolve_device(device) -> torch.device:
+    """``None`` -> cuda when visible, else cpu; refuses a device this machine does not have."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise RequestError(f"unknown device {device!r} ({exc}); use cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RequestError(f"device {device!r} asked for, but this machine has no usable CUDA device "
+                               f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RequestError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type not in ("cpu", "meta"):
+        raise RequestError(f"device {device!r} is not supported; use cpu or cuda")
+    return dev

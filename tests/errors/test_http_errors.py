@@ -1,0 +1,150 @@
+"""The HTTP API's bad-input table: each row a body, its status and a fragment of the detail; error bodies quote at
+most an excerpt; after every refusal a good stream still completes. Then the body limit under load: /api/info answers
+within 100 ms while a 10 MB body is refused with 413, on a real server."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("PIL")
+from fastapi.testclient import TestClient  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from histream_engine.serve.app import create_app  # noqa: E402
+from histream_engine.serve.guards import MAX_BODY_BYTES  # noqa: E402
+from histream_engine.serve.jobs import Limits  # noqa: E402
+
+GOOD = {"frames": 9, "height": 16, "width": 16, "schedule": "self_forcing", "prompt_embeds": "good.pt"}  # one tiny chunk
+LIMITS = Limits(max_frames=45, max_side=256, max_queue=2)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_host, embeds_dir):
+    with TestClient(create_app(tiny_host, "tiny", LIMITS, embeds_dir=embeds_dir)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def tight_client(tiny_host, embeds_dir):
+    """Limits that keep whatever a random body gets accepted to one small chunk."""
+    with TestClient(create_app(tiny_host, "tiny", Limits(max_frames=9, max_side=32, max_queue=2), embeds_dir=embeds_dir)) as c:
+        yield c
+
+
+def finish(client, job_id, timeout=60):
+    t0 = time.time()
+    while (state := client.get(f"/api/streams/{job_id}").json()["state"]) in ("queued", "running"):
+        assert time.time() - t0 < timeout, "the stream did not end"
+        time.sleep(0.02)
+    return state
+
+
+# (id, body: dict, or bytes sent as is, HTTP status, fragment of the response's text)
+ROWS = [
+    ("embeds_nan", {**GOOD, "prompt_embeds": "nan.pt"}, 400, "NaN or Inf"),
+    ("embeds_inf", {**GOOD, "prompt_embeds": "inf.safetensors"}, 400, "NaN or Inf"),
+    ("embeds_batch", {**GOOD, "prompt_embeds": "batch.pt"}, 400, "batch of 2 prompts"),
+    ("embeds_complex", {**GOOD, "prompt_embeds": "complex.pt"}, 400, "must be real floating"),
+    ("embeds_ints", {**GOOD, "prompt_embeds": "ints.pt"}, 400, "must be real floating"),
+    ("embeds_width", {**GOOD, "prompt_embeds": "wide.pt"}, 400, "holds a tensor of shape (1, 8, 33)"),
+    ("embeds_traversal", {**GOOD, "prompt_embeds": "../good.pt"}, 400, "no embeddings file"),
+    ("prompt_without_encoder", {**GOOD, "prompt": "a cat", "prompt_embeds": ""}, 400, "no text encoder"),
+    ("frames_form", {**GOOD, "frames": 10}, 400, "4k+1"),
+    ("frames_over_limit", {**GOOD, "frames": 81}, 400, "over this server's limit of 45"),
+    ("frames_zero", {**GOOD, "frames": 0}, 422, "greater than or equal to 1"),
+    ("size_unit", {**GOOD, "height": 40}, 400, "multiple of 16"),
+    ("size_over_limit", {**GOOD, "width": 16384, "height": 16384}, 400, "256 pixels a side"),
+    ("seed_negative", {**GOOD, "seed": -1}, 422, "greater than or equal to 0"),
+    ("seed_huge", {**GOOD, "seed": 2**64}, 422, "less than or equal to"),
+    ("seed_float", {**GOOD, "seed": 1.5}, 422, "int"),
+    ("schedule_name", {**GOOD, "schedule": "fast"}, 400, "unknown schedule 'fast'"),
+    ("schedule_dict", {**GOOD, "schedule": {"ntk": "yes"}}, 422, "string"),
+    ("extra_field", {**GOOD, "ntk": "yes"}, 422, "Extra inputs"),
+    ("not_json", b"{frames: 9", 422, "JSON"),
+    ("long_schedule", {**GOOD, "schedule": "x" * 10_000}, 400, "characters)"),
+    ("body_too_large", {**GOOD, "prompt": "x" * (MAX_BODY_BYTES + 1)}, 413, f"limit of {MAX_BODY_BYTES} bytes"),
+]
+
+
+@pytest.mark.parametrize("body, status, fragment", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_request_is_refused_and_a_good_one_still_completes(client, body, status, fragment):
+    if isinstance(body, bytes):
+        r = client.post("/api/streams", content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post("/api/streams", json=body)
+    assert r.status_code == status, r.text
+    assert fragment in r.text
+    assert len(r.text) < 2000  # an excerpt of the input at most, never the whole of it
+    good = client.post("/api/streams", json=GOOD)
+    assert good.status_code == 201, good.text
+    assert finish(client, good.json()["id"]) == "done"
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(client):
+    def pieces():
+        for _ in range(64):
+            yield b" " * 1024
+
+    r = client.post("/api/streams", content=pieces(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["frames", "height", "width", "seed", "schedule", "prompt", "prompt_embeds", "x"]),
+                       st.one_of(st.integers(-2**65, 2**65), st.sampled_from([9, 21, 32, 64]), st.text(max_size=20),
+                                 st.none(), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.lists(st.integers(), max_size=3)),
+                       max_size=6))
+def test_any_request_body_gets_a_clear_answer(tight_client, body):
+    client = tight_client
+    r = client.post("/api/streams", json=body)
+    assert r.status_code in (201, 400, 413, 422, 429), r.text
+    assert isinstance(r.json()["detail"] if r.status_code != 201 else r.json()["id"], (str, list))
+    if r.status_code == 201:
+        client.delete(f"/api/streams/{r.json()['id']}")
+        assert finish(client, r.json()["id"]) in ("done", "cancelled")
+
+
+def test_info_answers_within_100_ms_while_a_10_MB_body_is_refused(tiny_host):
+    uvicorn = pytest.importorskip("uvicorn")
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_host, "tiny", LIMITS), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        while not server.started:
+            time.sleep(0.01)
+        answers = []
+
+        def big():
+            body = json.dumps({**GOOD, "prompt": "x" * 10_000_000}).encode()  # 10 MB
+            try:
+                answers.append(httpx.post(f"{base}/api/streams", content=body, headers={"content-type": "application/json"},
+                                          timeout=30).status_code)
+            except httpx.TransportError:  # the server may close while the client still sends: refused all the same
+                answers.append("closed")
+
+        sender = threading.Thread(target=big)
+        sender.start()
+        with httpx.Client(base_url=base, timeout=5) as c:
+            c.get("/api/info")  # the connection is open before timing
+            worst = 0.0
+            for _ in range(10):
+                t0 = time.perf_counter()
+                assert c.get("/api/info").status_code == 200
+                worst = max(worst, time.perf_counter() - t0)
+        sender.join(30)
+        assert answers and answers[0] in (413, "closed")
+        assert worst < 0.1, f"/api/info took {worst * 1e3:.0f} ms"
+    finally:
+        server.should_exit = True
+        thread.join(10)
