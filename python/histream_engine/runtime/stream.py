@@ -111,12 +111,13 @@ class VideoStream(Iterator[ChunkResult]):
         if embeds.dim() != 3 or embeds.shape[0] != cur.shape[0] or embeds.shape[2] != cur.shape[2]:
             raise ValueError(f"new prompt embeddings have shape {tuple(embeds.shape)}; this stream takes [{cur.shape[0]}, L, "
                              f"{cur.shape[2]}] (its batch and the model's text width)")
-        if embeds.dtype != cur.dtype:
-            raise ValueError(f"new prompt embeddings are {embeds.dtype}; this stream's prompt is {cur.dtype}: cast them first")
+        if embeds.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"new prompt embeddings are {embeds.dtype}; give float32, bfloat16 or float16 (this stream's "
+                             f"prompt is {cur.dtype})")
         if not torch.isfinite(embeds).all():
             raise ValueError("new prompt embeddings hold NaN or Inf values")
         self.engine.dit.check_context(embeds)
-        return embeds.to(self.engine.dit.device)
+        return embeds.to(self.engine.dit.device, cur.dtype)
 
     def _take_switch(self) -> _Pending | None:
         with self._lock:
