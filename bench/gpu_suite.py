@@ -71,6 +71,9 @@ def _has(module: str) -> str | None:
     return None if importlib.util.find_spec(module) else f"{module} is not installed here"
 
 
+LIVE_MINUTES = 5  # the live soak's length: long enough to show drift, short enough for one device call
+
+
 def plan(frames: int, work: Path) -> list[Step]:
     py = sys.executable
     bench = [py, "-m", "bench", "--preset", "1080p-1.3b", "--frames", str(frames), "--repeats", "1", "--attention", "auto"]
@@ -101,6 +104,10 @@ def plan(frames: int, work: Path) -> list[Step]:
         Step("graphs", "the same with CUDA graphs", [
             bench + ["--schedules", *SLIDING_WINDOW_SCHEDULES, "--no-baseline", "--cuda-graphs", "--out", str(work / "bench-graphs.json")],
         ], 300, outputs=["bench-graphs.json"]),
+        Step("live", f"a live 1080p stream for {LIVE_MINUTES} minutes with a prompt switch every 20 chunks: memory flat, drift < 5%", [
+            [py, "-m", "bench", "--live", "--preset", "1080p-1.3b", "--schedule", "histream_plus", "--attention", "auto",
+             "--minutes", str(LIVE_MINUTES), "--switch-every", "20", "--out", str(work / "bench-live.json")],
+        ], int(60 * LIVE_MINUTES) + 240, outputs=["bench-live.json"]),
         Step("bench_full", "1080p latency per frame, full-cache schedules (self_forcing, no_agsw), eager, Wan2.1 baseline", [
             bench + ["--schedules", *FULL_CACHE_SCHEDULES, "--out", str(work / "bench-full.json")],
         ], 590, outputs=["bench-full.json"]),
@@ -240,6 +247,15 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
             vae = f"{r['vae_seconds_per_frame']:.4f}" if r["vae_seconds_per_frame"] is not None else ""
             lines.append(f"| {n} | {r['seconds_per_frame']:.4f} | {r['steady_seconds_per_frame']:.4f} | {r['achieved_tflops']:.1f} | "
                          f"{vae} | {r['end_to_end_seconds_per_frame']:.4f} |")
+    live = _load(work / "bench-live.json")
+    if live:
+        cs, rss = live["chunk_seconds"], live["rss_bytes"]
+        facts["live"] = {"chunks": live["chunks"], "drift": cs["drift"], "rss_growth_after_warmup_bytes": live["rss_growth_after_warmup_bytes"],
+                         "switch_seconds": live["switches"]["median_seconds"], "flat": abs(cs["drift"]) < 0.05}
+        lines += ["", f"Live 1080p ({live['command']}): {live['chunks']} chunks, first tenth {cs['first_tenth_median']:.4f} s, "
+                  f"last tenth {cs['last_tenth_median']:.4f} s, drift {100 * cs['drift']:+.1f}% ({'within' if abs(cs['drift']) < 0.05 else 'OVER'} "
+                  f"5%), RSS {rss['start'] / 2**20:.0f} -> {rss['end'] / 2**20:.0f} MiB, {live['switches']['count']} switches of "
+                  f"{live['switches']['median_seconds'] or 0:.3f} s"]
     return facts, "\n".join(lines) + "\n"
 
 

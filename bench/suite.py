@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-self-forcing", type=Path, metavar="PATH",
                    help="also time the official Self-Forcing pipeline from this checkout of guandeh17/Self-Forcing "
                         "(yours; never downloaded), interleaved with our schedules on the same weights and noise")
+    p.add_argument("--live", action="store_true", help="instead: a soak of one unbounded stream with prompt switches (histream bench --live --help)")
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
     return p
@@ -148,6 +149,10 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
 
 
 def main(argv=None) -> int:
+    if "--live" in (sys.argv[1:] if argv is None else argv):  # the soak of one unbounded stream (bench/live.py)
+        from .live import main as live_main
+
+        return live_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]

@@ -50,10 +50,17 @@ def bench_parser() -> argparse.ArgumentParser:
     return build_parser()
 
 
+def live_bench_parser() -> argparse.ArgumentParser:
+    from histream_engine.bench.live import build_parser  # `histream bench --live` hands over to the soak (bench/live.py)
+
+    return build_parser()
+
+
 # What each documented command form runs: the parser it is checked against, and whether its first word is a
 # `histream` verb. `histream bench` hands its arguments to the bench suite's own parser (cli.main).
 HISTREAM = r"(?:histream|python3? -m histream_engine(?:\.cli)?|torchrun\b.*?\s-m histream_engine(?:\.cli)?)"
 FORMS = [
+    (re.compile(rf"^{HISTREAM}\s+bench\s+--live\b"), live_bench_parser),
     (re.compile(rf"^{HISTREAM}\s+bench\b"), bench_parser),
     (re.compile(rf"^{HISTREAM}(?=\s)"), None),  # the verb's subparser
     (re.compile(r"^python3? -m (?:histream_engine\.)?bench(?=\s|$)"), bench_parser),

@@ -158,7 +158,7 @@ def run_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
               "read the streams; there is no authentication", file=sys.stderr)
-    limits = Limits(args.max_frames, args.max_side, args.max_queue)
+    limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds)
     app = create_app(engine, description, limits, args.embeds_dir)
     print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-frames", type=int, default=161)
     srv.add_argument("--max-side", type=int, default=1920, help="largest height or width a request may ask for")
     srv.add_argument("--max-queue", type=int, default=8, help="streams that may wait for the engine")
+    srv.add_argument("--max-live-seconds", type=float, default=300.0, help="the longest a live stream (no frame count) may run")
+    srv.add_argument("--max-record-seconds", type=float, default=60.0, help="a live stream's mp4 keeps at most its last this many seconds")
     srv.set_defaults(func=run_serve)
 
     # Listed for --help; its arguments belong to the suite's own parser (see main).

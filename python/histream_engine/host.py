@@ -18,6 +18,7 @@ from .demo import tiny_demo_engine
 from .output_paths import check_output_file
 from .runtime import ChunkResult, Engine, EngineConfig
 from .runtime.request_checks import check_prompt_embeds, resolve_device
+from .runtime.schedules import resolve_schedule
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
 
@@ -57,28 +58,77 @@ class HostEngine:
         return self.default_prompt
 
     def results(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
-                seed: int) -> Iterator[tuple[ChunkResult, np.ndarray]]:
+                seed: int) -> "HostStream":
         """Checks the request now (``Engine.stream`` checks before the first chunk), then yields each chunk's result
-        and its frames ``[T, H, W, 3]`` uint8 in host memory. Closing it closes the engine's stream at once."""
+        and its frames ``[T, H, W, 3]`` uint8 in host memory. ``frames=0`` is a live stream: it runs until closed, on
+        the schedule with ``positions='window'``. Closing it closes the engine's stream at once."""
         embeds = check_prompt_embeds(self._prompt(prompt, prompt_embeds_path), self.engine.dit.config.text_dim, max_batch=1)
         device = next(self.engine.dit.parameters()).device
-        chunks = self.engine.stream(embeds.to(device), frames, height, width, schedule=schedule, seed=seed)
-        return self._with_frames(chunks)
-
-    @staticmethod
-    def _with_frames(chunks) -> Iterator[tuple[ChunkResult, np.ndarray]]:
-        try:
-            for c in chunks:
-                yield c, c.frames[0].cpu().numpy()  # [T, H, W, 3] uint8: a view on a CPU, the D2H copy on a GPU
-        finally:
-            chunks.close()  # a cancelled stream lets go of its caches at once
+        num_frames = None if frames == 0 else frames
+        sched = resolve_schedule(schedule)
+        if num_frames is None:
+            sched = sched.replace(positions="window")
+        chunks = self.engine.stream(embeds.to(device), num_frames, height, width, schedule=sched, seed=seed)
+        return HostStream(self, chunks)
 
     def stream(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
                seed: int) -> Iterator[HostChunk]:
-        """``results`` as the C++ host takes them: (index, frames, denoise s, VAE s)."""
+        """``results`` as the C++ host's callback form takes them: (index, frames, denoise s, VAE s)."""
         results = self.results(prompt, prompt_embeds_path, frames, height, width, schedule, seed)
-        # closing this drops the last reference to ``results``, whose finalizer closes the engine's stream
-        return ((c.index, f, c.seconds, c.vae_seconds) for c, f in results)
+        return self._callback_chunks(results)
+
+    @staticmethod
+    def _callback_chunks(results: "HostStream") -> Iterator[HostChunk]:
+        try:
+            for c, f in results:
+                yield c.index, f, c.seconds, c.vae_seconds
+        finally:
+            results.close()  # a cancel from the host closes the engine's stream at once
+
+    def open(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
+             seed: int) -> "HostStream":
+        """A stream handle a C++ host steers from its own loop (``next_chunk``, ``set_prompt``, ``close``)."""
+        return self.results(prompt, prompt_embeds_path, frames, height, width, schedule, seed)
+
+
+class HostStream:
+    """One engine stream for a host: iterates (ChunkResult, frames ``[T, H, W, 3]`` uint8), switches prompts, closes."""
+
+    def __init__(self, host: HostEngine, chunks):
+        self.host, self.chunks = host, chunks
+        self._iter = self._with_frames()
+
+    def __iter__(self):
+        return self._iter
+
+    def __next__(self):
+        return next(self._iter)
+
+    def _with_frames(self) -> Iterator[tuple[ChunkResult, np.ndarray]]:
+        try:
+            for c in self.chunks:
+                yield c, c.frames[0].cpu().numpy()  # [T, H, W, 3] uint8: a view on a CPU, the D2H copy on a GPU
+        finally:
+            self.chunks.close()  # a cancelled stream lets go of its caches at once
+
+    def next_chunk(self) -> HostChunk | None:
+        """The next chunk as the C++ host takes it, or None once the stream has ended (or was closed)."""
+        try:
+            c, frames = next(self._iter)
+        except StopIteration:
+            return None
+        return c.index, frames, c.seconds, c.vae_seconds
+
+    def set_prompt(self, prompt: str, prompt_embeds_path: str, recache: bool = True) -> None:
+        """Switch to a text prompt or an embeddings file at the next chunk boundary (``VideoStream.set_prompt``)."""
+        if not prompt and not prompt_embeds_path:
+            raise ValueError("a prompt switch needs a prompt or prompt_embeds_path")
+        embeds = self.host._prompt(prompt, prompt_embeds_path)
+        self.chunks.set_prompt(embeds[:1], recache=recache)
+
+    def close(self) -> None:
+        self._iter.close()
+        self.chunks.close()
 
 
 def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attention: str, cuda_graphs: bool,

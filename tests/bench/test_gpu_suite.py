@@ -85,3 +85,15 @@ def test_summary_reads_real_step_outputs(tmp_path):
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     assert "gpu_suite/bench-eager.json" in names and "gpu_suite/summary.md" in names
+
+
+def test_the_live_step_soaks_a_1080p_stream_and_its_summary_checks_the_drift(tmp_path):
+    step = next(s for s in gpu_suite.plan(57, tmp_path) if s.name == "live")
+    cmd = step.commands[0]
+    assert cmd[cmd.index("--preset") + 1] == "1080p-1.3b" and "--live" in cmd and "--minutes" in cmd
+    assert step.timeout > 60 * float(cmd[cmd.index("--minutes") + 1])
+    record = {"command": "histream bench --live", "chunks": 300, "rss_bytes": {"start": 2**30, "end": 2**30}, "rss_growth_after_warmup_bytes": 0,
+              "chunk_seconds": {"first_tenth_median": 1.0, "last_tenth_median": 1.08, "drift": 0.08}, "switches": {"count": 3, "median_seconds": 0.5}}
+    (tmp_path / "bench-live.json").write_text(json.dumps(record))
+    facts, text = gpu_suite.summarise(tmp_path, {})
+    assert "drift +8.0% (OVER 5%)" in text and facts["live"]["flat"] is False

@@ -8,8 +8,8 @@ cache, the area-downsampled x0's K/V at low res, so both caches agree with the o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -18,36 +18,32 @@ from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT, engine_ops
 from ..model.vae import WanVAE
 from .cached_attention import WindowAttention
-from .chunk_graphs import ChunkGraphs, cuda_graph_factory
-from .decoding import ChunkDecoder
+from .chunk_graphs import cuda_graph_factory
 from .dit_runners import build_runner, runner_entry
 from .finite_check import check_finite_latents
 from .kv_cache import RingKVCache
 from .memory_estimate import check_fits, estimate_stream
 from .request_checks import check_chunk_size, check_model_dtype, check_prompt_embeds, check_seed, resolve_device
 from .resample import upsample_latents
+from .results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, ChunkResult, GenerationResult, PromptSwitch, chunk_video_frames
+from .stream import VideoStream
 from .sampling import renoise, sigma_of, x0_from_flow
 from .schedules import RESOLUTIONS, Schedule, resolve_schedule
-from .timing import ChunkTimer
 from .window import WindowPlan
 
-# Wan VAE: 4x temporal, 8x spatial compression; the first latent frame decodes to one video frame.
-VAE_TIME_STRIDE = 4
-VAE_SPACE_STRIDE = 8
-
-
-def chunk_video_frames(chunk: int, chunk_size: int) -> int:
-    """Video frames a chunk decodes to: 4 per latent frame, except the very first latent frame (1)."""
-    return VAE_TIME_STRIDE * chunk_size - (VAE_TIME_STRIDE - 1 if chunk == 0 else 0)
-
-
-def check_video_request(num_frames, height, width, chunk_size: int, sched: Schedule, patch_size=(1, 2, 2)) -> int:
-    """Check a requested video against the VAE, patch, chunk and schedule constraints; returns its latent frames."""
+def check_video_request(num_frames, height, width, chunk_size: int, sched: Schedule, patch_size=(1, 2, 2)) -> int | None:
+    """Check a requested video against the VAE, patch, chunk and schedule constraints; returns its latent frames
+    (None for an unbounded stream, ``num_frames=None``)."""
     M = chunk_size
-    if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % VAE_TIME_STRIDE:
-        raise ValueError(f"num_frames must be a positive integer of the form 4k+1 (e.g. 81), got {num_frames!r}")
-    latent_frames = (num_frames - 1) // VAE_TIME_STRIDE + 1
-    if latent_frames % M:
+    if num_frames is None:
+        check_unbounded(sched)
+        latent_frames = None
+    elif not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1 or (num_frames - 1) % VAE_TIME_STRIDE:
+        raise ValueError(f"num_frames must be a positive integer of the form 4k+1 (e.g. 81), or None for an unbounded stream, "
+                         f"got {num_frames!r}")
+    else:
+        latent_frames = (num_frames - 1) // VAE_TIME_STRIDE + 1
+    if latent_frames is not None and latent_frames % M:
         ok = [(VAE_TIME_STRIDE * M * n - VAE_TIME_STRIDE + 1) for n in range(1, 8)]
         raise ValueError(
             f"num_frames={num_frames} gives {latent_frames} latent frames, not a multiple of the chunk size {M}; "
@@ -61,6 +57,18 @@ def check_video_request(num_frames, height, width, chunk_size: int, sched: Sched
             why = f" (16 at the low resolution, which is 1/{sched.low_factor} of it)" if sched.uses_low else ""
             raise ValueError(f"{name} must be a positive multiple of {unit}{why} for schedule {sched.name!r}, got {v!r}")
     return latent_frames
+
+
+def check_unbounded(sched: Schedule) -> None:
+    """An unbounded stream needs constant memory and a bounded RoPE range: a sliding window with window positions."""
+    if sched.window != "anchor":
+        raise ValueError(f"num_frames=None (an unbounded stream) needs a sliding-window schedule; {sched.name!r} keeps the "
+                         "full history (window='full'), whose cache grows without bound: use histream, histream_plus, "
+                         "no_drc or two_step with positions='window'")
+    if sched.positions != "window":
+        raise ValueError(f"num_frames=None (an unbounded stream) needs positions='window'; {sched.name!r} uses absolute "
+                         "temporal positions, which leave the model's trained RoPE range: pass "
+                         f"SCHEDULES[{sched.name!r}].replace(positions='window') (or \"positions\": \"window\" in a schedule dict)")
 
 
 @dataclass
@@ -78,58 +86,13 @@ class EngineConfig:
             raise ValueError(f"cuda_graphs and compile apply to dit='torch'; dit={self.dit!r} runs exported graphs")
 
 
-@dataclass
-class ChunkResult:
-    index: int
-    latents: torch.Tensor  # [B, 16, M, h, w] float32, the chunk's final x0 at high resolution
-    seconds: float  # wall time of the chunk (CUDA events on a GPU)
-    video_frames: int  # frames this chunk decodes to
-    forwards: dict[str, int]  # denoising forwards per resolution
-    recache: dict[str, int]  # t=0 recache forwards per resolution
-    tokens_attended: int  # key tokens attended, summed over this chunk's forwards (per layer)
-    cache_bytes: int  # bytes held by all self-attention K/V caches
-    frames: torch.Tensor | None = None  # [B, T, H, W, 3] uint8 video frames, when the engine has a VAE
-    vae_seconds: float = 0.0  # time decoding this chunk (not part of ``seconds``; overlaps the next chunk on a GPU)
-    run_mode: str = "eager"  # "eager", or with CUDA graphs "captured" / "replayed"
-
-    @property
-    def total_forwards(self) -> int:
-        return sum(self.forwards.values()) + sum(self.recache.values())
-
-
-@dataclass
-class GenerationResult:
-    latents: torch.Tensor  # [B, 16, F, h, w] float32
-    chunks: list[ChunkResult] = field(default_factory=list)
-
-    @property
-    def seconds(self) -> float:
-        return sum(c.seconds for c in self.chunks)
-
-    @property
-    def video_frames(self) -> int:
-        return sum(c.video_frames for c in self.chunks)
-
-    @property
-    def seconds_per_frame(self) -> float:
-        """Denoising seconds per output video frame (the paper's latency measure)."""
-        return self.seconds / self.video_frames
-
-    @property
-    def frames(self) -> torch.Tensor | None:
-        """All decoded frames ``[B, T, H, W, 3]`` uint8, when the engine has a VAE."""
-        if self.chunks and self.chunks[0].frames is not None:
-            return torch.cat([c.frames for c in self.chunks], dim=1)
-        return None
-
-
 @dataclass(frozen=True)
 class VideoShape:
     batch: int
-    latent_frames: int
+    latent_frames: int | None  # None: unbounded
     latent_height: int  # high resolution
     latent_width: int
-    num_chunks: int
+    num_chunks: int | None
 
 
 @dataclass
@@ -196,13 +159,19 @@ class Engine:
             latent_frames=latent_frames,
             latent_height=height // VAE_SPACE_STRIDE,
             latent_width=width // VAE_SPACE_STRIDE,
-            num_chunks=latent_frames // self.config.chunk_size,
+            num_chunks=None if latent_frames is None else latent_frames // self.config.chunk_size,
         )
+
+    @staticmethod
+    def position_horizon(plan: WindowPlan, shape: VideoShape) -> int:
+        """Chunks to look at for the largest temporal position: all of a bounded video; for an unbounded stream
+        (window positions, checked) enough for the window to reach its steady size."""
+        return shape.num_chunks if shape.num_chunks is not None else plan.slots + 2
 
     def _check_positions(self, plan: WindowPlan, shape: VideoShape) -> None:
         cfg = self.dit.config
         limit = cfg.rope_max_positions
-        last = plan.max_temporal_position(shape.num_chunks)
+        last = plan.max_temporal_position(self.position_horizon(plan, shape))
         if last >= limit:
             raise ValueError(
                 f"{shape.latent_frames} latent frames need temporal RoPE position {last}, past the model's {limit} trained "
@@ -227,13 +196,15 @@ class Engine:
     def stream(
         self,
         prompt_embeds: torch.Tensor,  # [B, L, text_dim] or [L, text_dim]
-        num_frames: int,
+        num_frames: int | None,
         height: int,
         width: int,
         schedule: "str | dict | Schedule" = "self_forcing",
         seed: int = 0,
-    ) -> Iterator[ChunkResult]:
-        """Generate chunk by chunk, yielding each chunk as soon as it is ready.
+    ) -> VideoStream:
+        """Generate chunk by chunk, yielding each chunk as soon as it is ready; ``num_frames=None`` streams until
+        ``close()`` (sliding-window schedules with ``positions='window'`` only). The returned ``VideoStream`` is an
+        iterator with ``close()`` and ``set_prompt(embeds, recache=True)`` (``runtime.stream``).
 
         Without a VAE that is when it is denoised. With one, results carry decoded frames; on a GPU the
         decode of chunk k overlaps the denoising of chunk k+1, so chunk k arrives after chunk k+1 denoised.
@@ -245,66 +216,18 @@ class Engine:
         shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
         plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
         self._check_positions(plan, shape)
-        check_fits(self.memory_estimate(shape, sched, plan), self.dit.device, f"{num_frames} frames at {width}x{height}")
-        self.forwards.check(sched, self.config.chunk_size, shape)
-        return self._run(prompt_embeds, shape, sched, plan, seed)
+        check_fits(self.memory_estimate(shape, sched, plan), self.dit.device,
+                   f"{'a live stream' if num_frames is None else f'{num_frames} frames'} at {width}x{height}")
+        checked = shape if shape.latent_frames is not None else dataclasses.replace(
+            shape, latent_frames=self.position_horizon(plan, shape) * self.config.chunk_size)  # every window size it meets
+        self.forwards.check(sched, self.config.chunk_size, checked)
+        return VideoStream(self, prompt_embeds, shape, sched, plan, seed)
 
     def memory_estimate(self, shape: VideoShape, sched: Schedule, plan: WindowPlan):
         vae_dim = self.vae.config.dim if self.vae is not None else None
         return estimate_stream(self.dit.config, self.dit.dtype, self.dit.device, shape.batch, self.config.chunk_size,
                                (shape.latent_height, shape.latent_width), sched.low_factor if sched.uses_low else None,
                                plan.slots, vae_dim)
-
-    @torch.no_grad()
-    def _run(self, prompt_embeds, shape: VideoShape, sched: Schedule, plan: WindowPlan, seed: int) -> Iterator[ChunkResult]:
-        dit, M = self.dit, self.config.chunk_size
-        device = dit.device
-        cross_kv = self.forwards.prepare_cross(dit.cross_kv(prompt_embeds.to(device)))
-        used = ("low", "high") if sched.uses_low else ("high",)
-        res = {name: self._resolution(name, shape, sched, plan) for name in used}
-        cache_bytes = sum(r.cache.nbytes for r in res.values())
-        rope_dtype = torch.promote_types(dit.dtype, torch.float32)
-        rope_positions = max(plan.max_temporal_position(shape.num_chunks) + 1, *(g for r in res.values() for g in r.grid))
-        gen = torch.Generator(device=device).manual_seed(seed)
-        timer = ChunkTimer(device)
-        decoder = ChunkDecoder(self.vae, device) if self.vae is not None else None
-        graphs = ChunkGraphs(self.graph_factory())
-        t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
-
-        def body(steps, noises: list[torch.Tensor], views: dict) -> torch.Tensor:
-            attn = {name: WindowAttention(res[name].cache, view, self.attention) for name, view in views.items()}
-            return self._denoise_chunk(steps, noises, attn, sched, cross_kv, t_clean)
-
-        for c in range(shape.num_chunks):
-            timer.start()
-            steps = sched.steps(c)
-            views = {name: r.cache.view(c, r.grid, r.freqs, rope_dtype, rope_positions) for name, r in res.items()}
-            noises = [
-                torch.randn((shape.batch, dit.config.in_dim, M) + res[s.resolution].latent_hw, generator=gen, device=device)  # [B, 16, M, h, w]
-                for s in steps
-            ]
-            x0, mode = graphs.run(steps, noises, views, body)
-            check_finite_latents(x0, c, steps)
-            forwards = {name: sum(s.resolution == name for s in steps) for name in RESOLUTIONS}
-            recache = {name: int(name in res) for name in RESOLUTIONS}
-            passes = [s.resolution for s in steps] + list(res)
-            result = ChunkResult(
-                index=c,
-                latents=x0,
-                seconds=timer.stop(),
-                video_frames=chunk_video_frames(c, M),
-                forwards=forwards,
-                recache=recache,
-                tokens_attended=sum(views[name].key_tokens for name in passes),
-                cache_bytes=cache_bytes,
-                run_mode=self.forwards.run_mode or mode,
-            )
-            if decoder is None:
-                yield result
-            else:
-                yield from decoder.submit(result)
-        if decoder is not None:
-            yield from decoder.flush()
 
     def _denoise_chunk(self, steps, noises, attn: dict[str, WindowAttention], sched: Schedule, cross_kv, t_clean) -> torch.Tensor:
         """One chunk's device work: the schedule's steps, then the t=0 recache of every resolution's cache.
@@ -333,5 +256,8 @@ class Engine:
 
     def generate(self, prompt_embeds, num_frames: int, height: int, width: int, schedule="self_forcing", seed: int = 0) -> GenerationResult:
         """Run the whole video; returns all latents ``[B, 16, F, h, w]`` and per-chunk timings."""
+        if num_frames is None:
+            raise ValueError("generate() runs a whole video: give num_frames (4k+1); iterate engine.stream(..., num_frames=None) "
+                             "for an unbounded stream")
         chunks = list(self.stream(prompt_embeds, num_frames, height, width, schedule=schedule, seed=seed))
         return GenerationResult(latents=torch.cat([c.latents for c in chunks], dim=2), chunks=chunks)

@@ -4,10 +4,15 @@
                                      400 request, 429 queue full
     GET    /api/streams/{id}         status: state (queued, running, done, cancelled, failed), position, chunks, error, video
     DELETE /api/streams/{id}         cancel: a queued stream leaves at once, a running one after its current chunk
+    POST   /api/streams/{id}/prompt  PromptSwitch JSON: switch the prompt at the next chunk boundary (409 once ended)
     GET    /api/streams/{id}/video.mp4   what was generated (after done or cancelled)
     GET    /api/info                 model, schedules, limits, embeddings files, device
     WS     /api/streams/{id}/ws      server -> client: JSON events, each "chunk" followed by its JPEG frames as binary
-                                     messages; client -> server: {"type": "cancel"}. A disconnect cancels the stream.
+                                     messages; client -> server: {"type": "cancel"}, or {"type": "prompt", prompt or
+                                     prompt_embeds, recache} (a bad one is answered {"type": "error"}; the stream goes
+                                     on). A disconnect cancels the stream.
+A live stream (``"live": true``) has no frame count: it runs until cancelled, or for ``duration`` seconds (at most the
+server's --max-live-seconds); its mp4 keeps at most the last --max-record-seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ..checkpoint import CheckpointError
 from ..host import HostEngine
 from ..runtime.schedules import SCHEDULES
 from . import guards
-from .jobs import FINAL, JobQueue, Limits, QueueFull
+from .jobs import FINAL, Event, JobQueue, Limits, QueueFull
 
 STATIC = Path(__file__).parent / "static"
 
@@ -41,6 +46,16 @@ class StreamRequest(BaseModel):
     width: int = Field(256, ge=16)
     schedule: str = "histream"
     seed: int = Field(0, ge=0, le=2**63 - 1)
+    live: bool = Field(False, description="no frame count: run until cancelled (the schedule with positions='window')")
+    duration: float | None = Field(None, gt=0, description="live only: seconds to run; default and limit --max-live-seconds")
+
+
+class PromptSwitch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field("", max_length=2000)
+    prompt_embeds: str = Field("", description="name of an embeddings file in the server's --embeds-dir")
+    recache: bool = Field(True, description="re-encode the attended frames under the new prompt (no visual cut)")
 
 
 def create_app(host: HostEngine, description: str, limits: Limits | None = None, embeds_dir: Path | None = None,
@@ -57,6 +72,19 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
         if embeds_dir is None:
             return []
         return sorted(p.name for p in embeds_dir.iterdir() if p.suffix in (".safetensors", ".pt", ".pth"))
+
+    def embeds_file(name: str) -> str:
+        if not name:
+            return ""
+        if name not in embeddings():
+            raise ValueError(f"no embeddings file {name!r} on this server; it has {embeddings()}")
+        return str(embeds_dir / name)
+
+    def switch_prompt(job, change: PromptSwitch) -> None:
+        """Raises ValueError (or CheckpointError) with the reason a switch is refused; the stream goes on either way."""
+        path = embeds_file(change.prompt_embeds)
+        with prompt_lock:
+            job.set_prompt(change.prompt, path, change.recache)
 
     def job_or_404(job_id: str):
         job = queue.get(job_id)
@@ -77,22 +105,28 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
 
     @app.post("/api/streams", status_code=201)
     def start(req: StreamRequest) -> dict:
-        if req.frames > limits.max_frames:
+        if req.live:
+            duration = limits.max_live_seconds if req.duration is None else req.duration
+            if duration > limits.max_live_seconds:
+                raise HTTPException(400, f"duration={req.duration:g} s is over this server's limit of {limits.max_live_seconds:g} s for a live stream")
+        elif req.duration is not None:
+            raise HTTPException(400, "duration applies to live streams (\"live\": true); a bounded stream runs for its frames")
+        elif req.frames > limits.max_frames:
             raise HTTPException(400, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
         if max(req.height, req.width) > limits.max_side:
             raise HTTPException(400, f"{req.width}x{req.height} is over this server's limit of {limits.max_side} pixels a side")
         if req.schedule not in SCHEDULES:
             raise HTTPException(400, f"unknown schedule {req.schedule!r}; choose one of {sorted(SCHEDULES)}")
-        embeds_path = ""
-        if req.prompt_embeds:
-            if req.prompt_embeds not in embeddings():
-                raise HTTPException(400, f"no embeddings file {req.prompt_embeds!r} on this server; it has {embeddings()}")
-            embeds_path = str(embeds_dir / req.prompt_embeds)
         try:
+            embeds_path = embeds_file(req.prompt_embeds)
             queue.check_room()
+            frames = 0 if req.live else req.frames  # 0: the host's live stream
             with prompt_lock:  # one request at a time encodes its prompt (and is checked) on the engine's device
-                results = host.results(req.prompt, embeds_path, req.frames, req.height, req.width, req.schedule, req.seed)
-            job = queue.submit(req.model_dump(), results)
+                results = host.results(req.prompt, embeds_path, frames, req.height, req.width, req.schedule, req.seed)
+            record = req.model_dump()
+            if req.live:
+                record.update(frames=None, duration=duration)
+            job = queue.submit(record, results)
         except QueueFull as exc:
             raise HTTPException(429, str(exc)) from exc
         except (ValueError, CheckpointError) as exc:  # every check of the engine's, before anything runs
@@ -108,6 +142,17 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
     def cancel(job_id: str) -> dict:
         job = job_or_404(job_id)
         queue.cancel(job)
+        return job.status(queue.position(job))
+
+    @app.post("/api/streams/{job_id}/prompt")
+    def prompt(job_id: str, change: PromptSwitch) -> dict:
+        job = job_or_404(job_id)
+        if job.state in FINAL:
+            raise HTTPException(409, f"stream {job_id} is {job.state}: there is nothing to switch")
+        try:
+            switch_prompt(job, change)
+        except (ValueError, TypeError, CheckpointError) as exc:
+            raise HTTPException(400, str(exc)) from exc
         return job.status(queue.position(job))
 
     @app.get("/api/streams/{job_id}/video.mp4")
@@ -144,6 +189,12 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
                         continue  # not ours to act on: only {"type": "cancel"} means anything
                     if isinstance(command, dict) and command.get("type") == "cancel":
                         queue.cancel(job)
+                    elif isinstance(command, dict) and command.get("type") == "prompt":
+                        try:
+                            change = PromptSwitch(**{k: v for k, v in command.items() if k != "type"})
+                            await asyncio.to_thread(switch_prompt, job, change)
+                        except (ValueError, TypeError, CheckpointError) as exc:  # pydantic's ValidationError is a ValueError
+                            events.put_nowait(Event({"type": "error", "error": str(exc)[:500]}))  # to this socket only, in order
             except WebSocketDisconnect:
                 pass
             left()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..video import FPS, Mp4Writer
+from .recording import RollingRecorder
 
 FINAL = ("done", "cancelled", "failed")
 
@@ -33,6 +34,8 @@ class Limits:
     max_frames: int = 161
     max_side: int = 1920  # pixels, height and width each
     max_queue: int = 8  # streams waiting (the running one not counted)
+    max_live_seconds: float = 300.0  # the longest a live stream may run
+    max_record_seconds: float = 60.0  # a live stream's mp4 keeps at most its last this many seconds
 
 
 class QueueFull(Exception):
@@ -62,6 +65,7 @@ class StreamJob:
         self.video_path = video_path
         self.state = "queued"
         self.error: str | None = None
+        self.video_note: str | None = None  # what a live stream's mp4 holds of it
         self.chunks: list[dict] = []
         self.cancel_requested = threading.Event()
         self._lock = threading.Lock()
@@ -94,9 +98,22 @@ class StreamJob:
         with self._lock:
             self._events = [Event(e.data) for e in self._events]
 
+    @property
+    def live(self) -> bool:
+        return bool(self.request.get("live"))
+
+    def set_prompt(self, prompt: str, prompt_embeds_path: str, recache: bool) -> None:
+        """Queue a prompt switch for the next chunk boundary (``HostStream.set_prompt``: checked here, raises ValueError)."""
+        if self.state in FINAL:
+            raise ValueError(f"stream {self.id} is {self.state}: there is nothing to switch")
+        self.results.set_prompt(prompt, prompt_embeds_path, recache)
+        self.publish(Event({"type": "prompt", "accepted": True, "recache": recache,
+                            "prompt": prompt[:200] if prompt else None, "prompt_embeds": Path(prompt_embeds_path).name or None}))
+
     def status(self, position: int | None) -> dict:
         return {"id": self.id, "state": self.state, "position": position, "chunks": len(self.chunks), "error": self.error,
-                "request": self.request, "video": f"/api/streams/{self.id}/video.mp4" if self.video_ready else None}
+                "request": self.request, "video": f"/api/streams/{self.id}/video.mp4" if self.video_ready else None,
+                "video_note": self.video_note}
 
     @property
     def video_ready(self) -> bool:
@@ -210,29 +227,45 @@ class JobQueue:
         job.publish(Event({"type": "started"}))
         t0 = time.perf_counter()
         writer = None
+        ended_by_limit = None
         try:
             for c, frames in job.results:
                 if writer is None:
-                    writer = Mp4Writer(job.video_path, req["width"], req["height"])
+                    writer = RollingRecorder(job.video_path, req["width"], req["height"], self.limits.max_record_seconds) \
+                        if job.live else Mp4Writer(job.video_path, req["width"], req["height"])
                 writer.write(torch.from_numpy(frames))
                 info = {"type": "chunk", "index": c.index, "frames": int(frames.shape[0]), "width": int(frames.shape[2]),
                         "height": int(frames.shape[1]), "denoise_seconds": c.seconds, "vae_seconds": c.vae_seconds,
                         "seconds_since_start": time.perf_counter() - t0, "forwards": c.forwards, "recache": c.recache,
                         "tokens_attended": c.tokens_attended, "cache_bytes": c.cache_bytes, "run_mode": c.run_mode,
-                        "realtime_seconds_per_frame": 1.0 / FPS}
+                        "realtime_seconds_per_frame": 1.0 / FPS, "prompt_switch": _switch(c.prompt_switch)}
                 job.chunks.append(info)
                 job.publish(Event(info, [encode_jpeg(f) for f in frames]))
                 if job.cancel_requested.is_set():
                     break
+                if job.live and time.perf_counter() - t0 >= req["duration"]:
+                    ended_by_limit = f"reached its duration of {req['duration']:g} s"
+                    break
             if writer is not None:
+                if job.live:
+                    kept, total = writer.kept_frames / FPS, writer.total_frames / FPS
+                    job.video_note = (f"the last {kept:.1f} s of {total:.1f} s (this server keeps at most "
+                                      f"{self.limits.max_record_seconds:g} s of a live stream)") if kept < total else None
                 writer.close()
                 writer = None
             job.state = "cancelled" if job.cancel_requested.is_set() else "done"
             job.publish(Event({"type": job.state, "chunks": len(job.chunks), "seconds": time.perf_counter() - t0,
-                               "video": f"/api/streams/{job.id}/video.mp4" if job.video_ready else None}))
+                               "video": f"/api/streams/{job.id}/video.mp4" if job.video_ready else None,
+                               "video_note": job.video_note, "reason": ended_by_limit}))
         except Exception:
             if writer is not None:
                 with contextlib.suppress(Exception):  # the error that ended the stream is the one to report
                     writer.abort()
             raise
 
+
+def _switch(switch) -> dict | None:
+    """A chunk's ``prompt_switch`` as JSON: the chunk table marks where one landed."""
+    if switch is None:
+        return None
+    return {"recache": switch.recache, "forwards": switch.forwards, "seconds": switch.seconds}

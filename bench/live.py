@@ -1,0 +1,145 @@
+"""``histream bench --live``: a soak of one unbounded stream, with a prompt switch every K chunks.
+
+Reports per-chunk latency over time (median of the first and the last tenth of the chunks, and their drift), the
+cost of a switch (its own seconds and extra forwards, and the chunk that follows), resident memory (RSS) at the
+start and the end, and the cache bytes. The stream's memory must stay flat and its per-chunk cost constant: that
+is what an anchor plus a sliding window promises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from histream_engine import SCHEDULES, Engine, EngineConfig, WanConfig
+from histream_engine.model.dit import initialized_dit
+
+from .presets import PRESETS
+from .report import environment, write_json
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def rss_bytes() -> int:
+    """Resident memory now (Linux /proc), else the peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="histream bench --live", description=__doc__.splitlines()[0])
+    p.add_argument("--live", action="store_true", help="this soak (as opposed to the latency suite)")
+    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
+    p.add_argument("--schedule", default="histream_plus", choices=sorted(SCHEDULES), help="run with positions='window'")
+    p.add_argument("--chunks", type=int, default=1000, help="chunks to stream")
+    p.add_argument("--switch-every", type=int, default=100, help="a prompt switch every K chunks (0: none)")
+    p.add_argument("--no-recache", dest="recache", action="store_false", help="switch only the text K/V")
+    p.add_argument("--minutes", type=float, help="stream for this long instead of --chunks")
+    p.add_argument("--height", type=int, help="default: the preset's")
+    p.add_argument("--width", type=int, help="default: the preset's")
+    p.add_argument("--attention", default="torch")
+    p.add_argument("--cuda-graphs", action="store_true")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the preset's")
+    p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-live-<preset>.json")
+    return p
+
+
+def tenth_medians(seconds: list[float]) -> tuple[float, float]:
+    n = max(1, len(seconds) // 10)
+    return statistics.median(seconds[1 : 1 + n]), statistics.median(seconds[-n:])  # chunk 0 is the warm-up
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.chunks < 12 and args.minutes is None:
+        parser.error(f"--chunks {args.chunks}: a soak needs at least 12 chunks (a first and a last tenth)")
+    if args.switch_every < 0:
+        parser.error("--switch-every must be >= 0")
+    preset = PRESETS[args.preset]
+    height, width = args.height or preset.height, args.width or preset.width
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.cuda_graphs and device.type != "cuda":
+        parser.error("--cuda-graphs needs a CUDA device and none is visible; drop the flag on this machine")
+    dtype = getattr(torch, args.dtype or preset.dtype)
+    cfg = WanConfig.from_name(preset.model)
+    dit = initialized_dit(cfg, dtype, device)
+    engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs))
+    sched = SCHEDULES[args.schedule].replace(positions="window")
+    gen = torch.Generator().manual_seed(0)
+
+    def prompt():
+        p = torch.randn(1, cfg.text_len, cfg.text_dim, generator=gen).to(device, dtype)  # [1, 512, text_dim]
+        p[:, 128:] = 0
+        return p
+
+    env = environment(device)
+    until = time.monotonic() + 60 * args.minutes if args.minutes else None
+    print(f"histream bench --live: {args.schedule} (window positions) at {width}x{height}, {preset.model}, {env['device']}, "
+          + (f"{args.minutes} minutes" if until else f"{args.chunks} chunks") + f", a switch every {args.switch_every}", flush=True)
+    stream = engine.stream(prompt(), None, height, width, schedule=sched, seed=0)
+    seconds, switches, rss = [], [], {"start": rss_bytes()}
+    cache_bytes = latent_bytes = 0
+    t_start = time.perf_counter()
+    for chunk in stream:
+        seconds.append(chunk.seconds)
+        cache_bytes, latent_bytes = chunk.cache_bytes, chunk.latent_bytes
+        if chunk.prompt_switch is not None:
+            s = chunk.prompt_switch
+            switches.append({"chunk": chunk.index, "seconds": s.seconds, "forwards": s.forwards, "chunk_seconds": chunk.seconds})
+        if chunk.index == 10:
+            rss["after_10_chunks"] = rss_bytes()
+        done = time.monotonic() >= until if until else chunk.index + 1 >= args.chunks
+        if done:
+            break
+        if args.switch_every and (chunk.index + 1) % args.switch_every == 0:
+            stream.set_prompt(prompt(), recache=args.recache)
+        if chunk.index % 1000 == 999:
+            print(f"  chunk {chunk.index + 1}: {chunk.seconds * 1e3:.1f} ms, rss {rss_bytes() / 2**20:.0f} MiB", flush=True)
+    stream.close()
+    rss["end"] = rss_bytes()
+    first, last = tenth_medians(seconds)
+    steady = statistics.median(seconds[1:])
+    switch_chunks = {s["chunk"] for s in switches}
+    record = {
+        "command": "histream bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "environment": env,
+        "model": preset.model,
+        "schedule": args.schedule,
+        "positions": "window",
+        "video": {"height": height, "width": width},
+        "dtype": str(dtype).removeprefix("torch."),
+        "chunks": len(seconds),
+        "wall_seconds": time.perf_counter() - t_start,
+        "chunk_seconds": {"first_tenth_median": first, "last_tenth_median": last, "drift": last / first - 1,
+                          "steady_median": steady,
+                          "after_switch_median": statistics.median([seconds[c] for c in switch_chunks]) if switches else None},
+        "switches": {"count": len(switches), "recache": args.recache,
+                     "median_seconds": statistics.median([s["seconds"] for s in switches]) if switches else None,
+                     "forwards": switches[0]["forwards"] if switches else None},
+        "rss_bytes": rss,
+        "rss_growth_after_warmup_bytes": rss["end"] - rss.get("after_10_chunks", rss["start"]),
+        "cache_bytes": cache_bytes,
+        "latent_bytes": latent_bytes,
+    }
+    slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
+    out = args.out or RESULTS / f"{record['date']}-{slug}-live-{preset.name}.json"
+    write_json(record, out)
+    cs = record["chunk_seconds"]
+    print(f"chunks {len(seconds)}: first tenth {first * 1e3:.2f} ms, last tenth {last * 1e3:.2f} ms, drift {100 * cs['drift']:+.1f}%; "
+          f"{len(switches)} switches, {1e3 * (record['switches']['median_seconds'] or 0):.2f} ms each; "
+          f"rss {rss['start'] / 2**20:.0f} -> {rss['end'] / 2**20:.0f} MiB; cache {cache_bytes} B + latents {latent_bytes} B")
+    print(f"wrote {out}")
+    return 0
