@@ -84,7 +84,7 @@ setup(
         "histream_engine",
         "histream_engine.model",
         "histream_engine.attention",
-        "histream_engine.export",
+        "histream_engine.graphs",
         "histream_engine.native",
         "histream_engine.runtime",
         "histream_engine.serve",
