@@ -214,6 +214,8 @@ class Decoder(nn.Module):
 
 
 class WanVAE(nn.Module):
+    name = "wan"
+
     def __init__(self, config: VAEConfig | None = None, with_encoder: bool = False):
         super().__init__()
         self.config = config or VAEConfig()
@@ -228,6 +230,14 @@ class WanVAE(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.conv2.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv2.weight.device
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.z_dim
 
     def new_state(self) -> DecodeState:
         return DecodeState()
