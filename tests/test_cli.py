@@ -107,3 +107,25 @@ def test_generate_bad_inputs_fail_cleanly(tmp_path, model_dir, capsys, change, m
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_generate_with_tae_decodes_with_taehv(tmp_path, model_dir, capsys):
+    from histream_engine import TAEHV, TAEHVConfig, save_taehv
+
+    torch.manual_seed(5)
+    save_taehv(TAEHV(TAEHVConfig(channels=(16, 8, 8, 8))), tmp_path / "taew2_1.pth")
+    (model_dir / "Wan2.1_VAE.pth").unlink()  # not needed with --tae
+    out = tmp_path / "t.mp4"
+    base = ["generate", "--model-dir", str(model_dir), "--prompt-embeds", str(tmp_path / "prompt.pt"), "--height", "64",
+            "--width", "64", "--frames", "9", "--dtype", "float32", "--out", str(out)]
+    assert main(base + ["--tae", str(tmp_path / "taew2_1.pth")]) == 0
+    assert "(decoder taehv)" in capsys.readouterr().out and read_mp4(out)[0] == 9
+    assert main(base + ["--tae", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth do not exist" in capsys.readouterr().err
+
+
+def test_demo_with_the_tiny_taehv(tmp_path, capsys):
+    assert main(["demo", "--tae", "--frames", "9", "--height", "32", "--width", "32", "--schedule", "self_forcing",
+                 "--out", str(tmp_path / "d.mp4")]) == 0
+    text = capsys.readouterr().out
+    assert "tiny TAEHV" in text and "decoder taehv" in text and read_mp4(tmp_path / "d.mp4")[0] == 9
