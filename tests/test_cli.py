@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -124,6 +125,17 @@ def test_generate_with_tae_decodes_with_taehv(tmp_path, model_dir, capsys):
     assert "missing.pth do not exist" in capsys.readouterr().err
 
 
+def test_the_demo_engine_takes_either_tiny_decoder():
+    from histream_engine.demo import TINY_TAEHV, tiny_demo_engine
+
+    engine, _ = tiny_demo_engine(decoder="tae")
+    assert engine.vae.name == "taehv" and engine.vae.config == TINY_TAEHV and engine.vae.latent_channels == engine.dit.config.out_dim
+    assert tiny_demo_engine()[0].vae.name == "wan"
+    with pytest.raises(ValueError, match="unknown demo decoder"):
+        tiny_demo_engine(decoder="taew")
+
+
+@pytest.mark.skipif(os.environ.get("HISTREAM_SLOW_TESTS") != "1", reason="a second whole demo run: HISTREAM_SLOW_TESTS=1")
 def test_demo_with_the_tiny_taehv(tmp_path, capsys):
     assert main(["demo", "--tae", "--frames", "9", "--height", "32", "--width", "32", "--schedule", "self_forcing",
                  "--out", str(tmp_path / "d.mp4")]) == 0
