@@ -58,7 +58,10 @@ def taehv_from_state(state: dict, source: Path, dtype: torch.dtype = torch.float
         model = TAEHV(config)
     check_keys(model, decoder, source, "TAEHV decoder")
     model.load_state_dict(decoder, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if model.device.type == "cuda":  # its frames are channels-last there (TAEHV.decode): weights too, or cuDNN converts them per call
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def load_taehv(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu") -> TAEHV:
