@@ -141,3 +141,11 @@ def test_demo_with_the_tiny_taehv(tmp_path, capsys):
                  "--out", str(tmp_path / "d.mp4")]) == 0
     text = capsys.readouterr().out
     assert "tiny TAEHV" in text and "decoder taehv" in text and read_mp4(tmp_path / "d.mp4")[0] == 9
+
+
+def test_from_pretrained_checks_the_decoder_choice_before_loading(tmp_path):
+    from histream_engine import Engine
+
+    for kwargs in ({"vae": "tae"}, {"vae": "wan", "tae_path": "taew2_1.pth"}, {"vae": "taehv", "tae_path": "x"}):
+        with pytest.raises(ValueError, match="vae must be 'wan', or 'tae' with tae_path"):
+            Engine.from_pretrained(tmp_path / "nothing-here", **kwargs)

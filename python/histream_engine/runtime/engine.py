@@ -176,10 +176,9 @@ class Engine:
         a Self-Forcing .pt) replaces the folder's DiT weights. The encoder is kept on ``engine.text_encoder``.
         ``vae="tae"`` decodes with TAEHV from ``tae_path`` (taew2_1.pth or .safetensors) instead of the folder's VAE."""
         from ..model_dir import load_folder_dit
+        from ..taehv_checkpoint import load_taehv
         from ..text_encoder import load_text_encoder
         from ..vae_checkpoint import load_vae
-
-        from ..taehv_checkpoint import load_taehv
 
         if vae not in ("wan", "tae") or (vae == "tae") != (tae_path is not None):
             raise ValueError(f"vae must be 'wan', or 'tae' with tae_path (taew2_1.pth); got vae={vae!r}, tae_path={tae_path!r}")
