@@ -11,7 +11,8 @@ is skipped with the reason printed):
 - ``aot``: the sm_90a static report (``kernels.aot``) with the Triton installed there, and the compiled CUDA
   kernels' resources (``histream_engine.native.resources``);
 - ``attention``: the attention microbenchmark (``bench/attention.py``) at 1088x1920 and 544x960, every backend;
-- ``vae``: ``histream bench --preset 1080p-1.3b --vae`` on ``histream_plus``;
+- ``vae``: ``histream bench --preset 1080p-1.3b --vae`` on ``histream_plus`` (bf16: the Wan VAE, then TAEHV, each
+  decoding every chunk), and both decoders alone at 1080p (``bench/vae.py``);
 - ``bench``: ``histream bench --preset 1080p-1.3b --attention auto`` on the sliding-window schedules, eager;
 - ``graphs``: the same with ``--cuda-graphs``;
 - ``bench_full``: the full-cache schedules (``self_forcing``, ``no_agsw``) eager, with the Wan2.1 baseline
@@ -95,9 +96,11 @@ def plan(frames: int, work: Path) -> list[Step]:
             [py, "bench/attention.py", "--resolution", res, "--out", str(work / f"attention-{res}.json")]
             for res in ("1088x1920", "544x960")
         ], 400, outputs=["attention-1088x1920.json", "attention-544x960.json"]),
-        Step("vae", "1080p latency with the VAE decoding every chunk (histream_plus)", [
-            bench + ["--schedules", "histream_plus", "--vae", "--no-baseline", "--out", str(work / "bench-vae.json")],
-        ], 540, outputs=["bench-vae.json"]),
+        Step("vae", "1080p latency with each decoder (Wan VAE, TAEHV) decoding every chunk (histream_plus, bf16); both alone", [
+            bench + ["--schedules", "histream_plus", "--vae", "wan", "tae", "--no-baseline", "--out", str(work / "bench-vae.json")],
+            [py, "-m", "bench.vae", "--resolutions", "1920x1088", "--dtype", "bfloat16", "--latent-frames", "3", "--repeats", "3",
+             "--out", str(work / "vae-decoders.json")],
+        ], 540, outputs=["bench-vae.json", "vae-decoders.json"]),
         Step("bench", "1080p latency per frame, sliding-window schedules, eager, with a profile of each last chunk", [
             bench + ["--schedules", *SLIDING_WINDOW_SCHEDULES, "--no-baseline", "--profile", "--out", str(work / "bench-eager.json")],
         ], 400, outputs=["bench-eager.json"]),
@@ -247,6 +250,17 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
             vae = f"{r['vae_seconds_per_frame']:.4f}" if r["vae_seconds_per_frame"] is not None else ""
             lines.append(f"| {n} | {r['seconds_per_frame']:.4f} | {r['steady_seconds_per_frame']:.4f} | {r['achieved_tflops']:.1f} | "
                          f"{vae} | {r['end_to_end_seconds_per_frame']:.4f} |")
+        for n, r in b["schedules"].items():
+            for d in (r.get("decoders") or {}).values():
+                facts[f"bench_{tag}"][n][f"decoder_{d['name']}"] = d
+                lines.append(f"\n{n} with {d['name']}: decode {d['vae_seconds_per_frame']:.4f} s/frame, end to end "
+                             f"{d['end_to_end_seconds_per_frame']:.4f} s/frame ({100 * d['decoder_fraction']:.0f}% decoding)")
+    alone = _load(work / "vae-decoders.json")
+    if alone:
+        facts["vae_decoders"] = alone["rows"]
+        lines += ["", f"Decoders alone ({alone['command']}):", ""] + [
+            f"- {r['decoder']} {r['width']}x{r['height']}: {r['seconds_per_frame']:.4f} s/frame, {r['achieved_gflops'] / 1e3:.1f} TFLOP/s"
+            for r in alone["rows"]]
     live = _load(work / "bench-live.json")
     if live:
         cs, rss = live["chunk_seconds"], live["rss_bytes"]

@@ -60,6 +60,15 @@ def markdown_table(record: dict) -> str:
                 fmt(r["achieved_tflops"], ".2f"), fmt(None if r["peak_fraction"] is None else 100 * r["peak_fraction"], ".1f"),
             )) + " |"
         )
+    decoded = [(name, r["decoders"]) for name, r in record["schedules"].items() if r.get("decoders")]
+    if decoded:
+        vae = record["vae"]
+        lines += [f"\nDecoders (FLOPs per frame: Wan VAE dim {vae['dim']} {vae['flops_per_frame'] / 1e9:.1f} G, "
+                  f"TAEHV {vae['taehv_flops_per_frame'] / 1e9:.1f} G):",
+                  "| schedule | decoder | decode s/frame | end-to-end s/frame | decoder share |", "|---|---|---|---|---|"]
+        for name, by in decoded:
+            lines += [f"| {name} | {d['name']} | {d['vae_seconds_per_frame']:.4f} | {d['end_to_end_seconds_per_frame']:.4f} | "
+                      f"{100 * d['decoder_fraction']:.0f}% |" for d in by.values()]
     base = record["wan_baseline"]
     if "seconds_per_frame" in base:
         lines.append(f"\nWan2.1 bidirectional baseline: {base['seconds_per_frame']:.4f} s/frame ({base['note']}).")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from histream_engine import SCHEDULES, Engine, EngineConfig, VAEConfig, WanConfig, WanVAE, attention_backends, dit_backends, flops
+from histream_engine import SCHEDULES, TAEHV, Engine, EngineConfig, VAEConfig, WanConfig, WanVAE, attention_backends, dit_backends, flops
 from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--dtype DTYPE --device DEVICE, then histream build-trt for tensorrt)")
     p.add_argument("--engine-dir", type=Path, help="with --dit: the export (onnxruntime) or build-trt (tensorrt) folder")
     p.add_argument("--profile", action="store_true", help="profile each schedule's last chunk (torch.profiler): top ops in the JSON, tables beside it")
-    p.add_argument("--vae", action="store_true", help="decode every chunk too (random VAE of the preset's width); reports VAE and end-to-end s/frame")
+    p.add_argument("--vae", nargs="*", choices=["wan", "tae"], metavar="DECODER",
+                   help="decode every chunk too, with each DECODER in turn (default both: the Wan VAE of the preset's width and "
+                        "taew2_1's TAEHV, random weights); reports each one's s/frame, end-to-end s/frame and its fraction")
     p.add_argument("--prompt-tokens", type=int, default=128,
                    help="real rows of the random prompt, the rest of its 512 zero padding as UMT5 gives (default 128, "
                         "an extended prompt's length; 512 for no padding)")
@@ -148,6 +150,23 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
     }
 
 
+def compare_decoders(engine: Engine, decoders: dict, prompt, preset: BenchPreset, frames: int, name: str, repeats: int,
+                     first: dict) -> dict:
+    """Each decoder's decode and end-to-end s/frame on this schedule (the first one's run is ``first``), and the
+    decoder's fraction of the end-to-end time (on a GPU the decode overlaps the next chunk's denoising)."""
+    out = {}
+    for label, decoder in decoders.items():
+        engine.vae = decoder
+        r = first if not out else run_schedule(engine, prompt, preset, frames, name, repeats)
+        out[label] = {"name": decoder.name, "vae_seconds_per_frame": r["vae_seconds_per_frame"],
+                      "end_to_end_seconds_per_frame": r["end_to_end_seconds_per_frame"],
+                      "decoder_fraction": r["vae_seconds_per_frame"] / r["end_to_end_seconds_per_frame"]}
+        print(f"  {'':>14}  decoder {label}: {r['vae_seconds_per_frame']:.4f} s/frame decoding, "
+              f"{r['end_to_end_seconds_per_frame']:.4f} s/frame end to end ({100 * out[label]['decoder_fraction']:.0f}%)", flush=True)
+    engine.vae = next(iter(decoders.values()))
+    return out
+
+
 def main(argv=None) -> int:
     if "--live" in (sys.argv[1:] if argv is None else argv):  # the soak of one unbounded stream (bench/live.py)
         from .live import main as live_main
@@ -167,14 +186,15 @@ def main(argv=None) -> int:
     cfg = WanConfig.from_name(preset.model)
     check_arguments(parser, args, preset, frames, repeats, cfg)
     dit = initialized_dit(cfg, getattr(torch, dtype_name), device)
-    vae = None
-    if args.vae:
-        torch.manual_seed(1)
-        with torch.device(device):
-            vae = WanVAE(VAEConfig(dim=preset.vae_dim))
-        vae = vae.to(getattr(torch, dtype_name)).eval().requires_grad_(False)
+    decoders = {}
+    if args.vae is not None:
+        for name in args.vae or ["wan", "tae"]:
+            torch.manual_seed(1)
+            with torch.device(device):
+                decoders[name] = WanVAE(VAEConfig(dim=preset.vae_dim)) if name == "wan" else TAEHV()
+            decoders[name] = decoders[name].to(getattr(torch, dtype_name)).eval().requires_grad_(False)
     engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile, dit=args.dit,
-                                      engine_dir=args.engine_dir and str(args.engine_dir)), vae=vae)
+                                      engine_dir=args.engine_dir and str(args.engine_dir)), vae=next(iter(decoders.values()), None))
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
     env = environment(device)
@@ -187,6 +207,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, device_peak(env["device"], dtype_name))
         print(f"  {name:>14}: {schedules[name]['seconds_per_frame']:.4f} s/frame ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if decoders:
+            schedules[name]["decoders"] = compare_decoders(engine, decoders, prompt, preset, frames, name, repeats, schedules[name])
         if args.profile:
             profiles[name] = profile_last_chunk(engine, prompt, frames, preset.height, preset.width, name)
 
@@ -222,7 +244,9 @@ def main(argv=None) -> int:
         "prompt_tokens": args.prompt_tokens,
         "cuda_graphs": args.cuda_graphs,
         "torch_compile": args.compile,
-        "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim))} if args.vae else None,
+        "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim)),
+                "taehv_flops_per_frame": flops.taehv_flops_per_frame(preset.height, preset.width),
+                "decoders": list(decoders)} if decoders else None,
         "wan_baseline": baseline,
         "schedules": schedules,
         "profiles": {name: {k: v for k, v in prof.items() if k != "table"} for name, prof in profiles.items()} or None,

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,44 @@ def test_generate_bad_inputs_fail_cleanly(tmp_path, model_dir, capsys, change, m
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_generate_with_tae_decodes_with_taehv(tmp_path, model_dir, capsys):
+    from histream_engine import TAEHV, TAEHVConfig, save_taehv
+
+    torch.manual_seed(5)
+    save_taehv(TAEHV(TAEHVConfig(channels=(16, 8, 8, 8))), tmp_path / "taew2_1.pth")
+    (model_dir / "Wan2.1_VAE.pth").unlink()  # not needed with --tae
+    out = tmp_path / "t.mp4"
+    base = ["generate", "--model-dir", str(model_dir), "--prompt-embeds", str(tmp_path / "prompt.pt"), "--height", "64",
+            "--width", "64", "--frames", "9", "--dtype", "float32", "--out", str(out)]
+    assert main(base + ["--tae", str(tmp_path / "taew2_1.pth")]) == 0
+    assert "(decoder taehv)" in capsys.readouterr().out and read_mp4(out)[0] == 9
+    assert main(base + ["--tae", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth do not exist" in capsys.readouterr().err
+
+
+def test_the_demo_engine_takes_either_tiny_decoder():
+    from histream_engine.demo import TINY_TAEHV, tiny_demo_engine
+
+    engine, _ = tiny_demo_engine(decoder="tae")
+    assert engine.vae.name == "taehv" and engine.vae.config == TINY_TAEHV and engine.vae.latent_channels == engine.dit.config.out_dim
+    assert tiny_demo_engine()[0].vae.name == "wan"
+    with pytest.raises(ValueError, match="unknown demo decoder"):
+        tiny_demo_engine(decoder="taew")
+
+
+@pytest.mark.skipif(os.environ.get("HISTREAM_SLOW_TESTS") != "1", reason="a second whole demo run: HISTREAM_SLOW_TESTS=1")
+def test_demo_with_the_tiny_taehv(tmp_path, capsys):
+    assert main(["demo", "--tae", "--frames", "9", "--height", "32", "--width", "32", "--schedule", "self_forcing",
+                 "--out", str(tmp_path / "d.mp4")]) == 0
+    text = capsys.readouterr().out
+    assert "tiny TAEHV" in text and "decoder taehv" in text and read_mp4(tmp_path / "d.mp4")[0] == 9
+
+
+def test_from_pretrained_checks_the_decoder_choice_before_loading(tmp_path):
+    from histream_engine import Engine
+
+    for kwargs in ({"vae": "tae"}, {"vae": "wan", "tae_path": "taew2_1.pth"}, {"vae": "taehv", "tae_path": "x"}):
+        with pytest.raises(ValueError, match="vae must be 'wan', or 'tae' with tae_path"):
+            Engine.from_pretrained(tmp_path / "nothing-here", **kwargs)

@@ -63,3 +63,16 @@ def test_vae_decoder_flops_per_1080p_frame():
     assert flops.vae_flops_per_frame(1088, 1920) == pytest.approx(18e12, rel=0.02)
     # convolutions scale with pixels; the mid-block attention with pixels squared
     assert flops.vae_flops_per_frame(544, 960) < flops.vae_flops_per_frame(1088, 1920) / 4
+
+
+def test_taehv_flops_per_frame_are_counted_layer_by_layer():
+    """taew2_1 per latent frame at 1080p, by hand: the layers at each stage's resolution and frame count."""
+    hw = (1088 // 8) * (1920 // 8)
+    conv = lambda px, cin, cout, k=9: 2.0 * px * cin * cout * k
+    mem = lambda px, c: 3 * (conv(px, 2 * c, c) + 2 * conv(px, c, c))
+    per_latent = (conv(hw, 16, 256) + mem(hw, 256) + conv(4 * hw, 256, 256, 1) + conv(4 * hw, 256, 128)
+                  + mem(4 * hw, 128) + conv(16 * hw, 128, 256, 1)  # TGrow x2: 2 frames from here
+                  + 2 * (conv(16 * hw, 128, 64) + mem(16 * hw, 64) + conv(64 * hw, 64, 128, 1))  # TGrow x2: 4 frames
+                  + 4 * (conv(64 * hw, 64, 64) + conv(64 * hw, 64, 3)))
+    assert flops.taehv_flops_per_frame(1088, 1920) == pytest.approx(per_latent / 4, rel=1e-12)
+    assert flops.vae_flops_per_frame(1088, 1920) / flops.taehv_flops_per_frame(1088, 1920) > 20

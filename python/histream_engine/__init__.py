@@ -8,11 +8,14 @@ from .attention import attention_backends
 from .checkpoint import CheckpointError, load_dit, save_dit
 from .config import PRESETS, WanConfig
 from .model import WanDiT
+from .model.decoder import VideoDecoder
+from .model.taehv import TAEHV, TAEHVConfig
 from .model.vae import VAEConfig, WanVAE, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
 from .graphs.manifest import package_version
 from .runtime.dit_runners import dit_backends
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
+from .taehv_checkpoint import load_taehv, save_taehv
 from .vae_checkpoint import load_vae, save_vae
 
 __version__ = package_version()
@@ -27,8 +30,11 @@ __all__ = [
     "SCHEDULES",
     "Schedule",
     "Step",
+    "TAEHV",
+    "TAEHVConfig",
     "TextEncoder",
     "VAEConfig",
+    "VideoDecoder",
     "WanConfig",
     "WanDiT",
     "WanVAE",
@@ -37,9 +43,11 @@ __all__ = [
     "flops",
     "load_dit",
     "load_prompt_embeds",
+    "load_taehv",
     "load_text_encoder",
     "load_vae",
     "save_dit",
+    "save_taehv",
     "save_vae",
     "to_uint8_frames",
 ]

@@ -70,16 +70,17 @@ def run_demo(args) -> int:
     sched = resolve_schedule(args.schedule)
     num_chunks = check_video_request(args.frames, args.height, args.width, EngineConfig().chunk_size, sched) // EngineConfig().chunk_size
     check_output_file(args.out, (".mp4",), "--out")
-    engine, prompt = tiny_demo_engine(EngineConfig(attention=args.attention), seed=args.seed)
+    engine, prompt = tiny_demo_engine(EngineConfig(attention=args.attention), seed=args.seed, decoder="tae" if args.tae else "wan")
     dit = engine.dit
+    decoder = "tiny TAEHV" if args.tae else "tiny Wan VAE"
     print(
-        f"histream demo: tiny Wan DiT ({sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params) and tiny VAE, random weights "
+        f"histream demo: tiny Wan DiT ({sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params) and {decoder}, random weights "
         f"(the picture is noise; the path is the real one), {args.frames} frames at {args.width}x{args.height}, "
         f"schedule {args.schedule}, attention {args.attention}"
     )
     stream = engine.stream(prompt, args.frames, args.height, args.width, schedule=sched, seed=args.seed)
     chunks = stream_to_mp4(stream, args.out, args.width, args.height, num_chunks, table=True)
-    print(summary(chunks) + " (CPU, tiny models)")
+    print(summary(chunks) + f" (CPU, tiny models, decoder {engine.vae.name})")
     print(f"wrote {args.out.resolve()}")
     return 0
 
@@ -92,7 +93,7 @@ def run_generate(args) -> int:
     dtype = getattr(torch, args.dtype)
     engine = Engine.from_pretrained(
         args.model_dir, checkpoint=args.checkpoint, dtype=dtype, device=args.device,
-        config=config, text_encoder=args.prompt is not None,
+        config=config, text_encoder=args.prompt is not None, vae="tae" if args.tae else "wan", tae_path=args.tae,
     )
     if args.prompt is not None:
         embeds = engine.text_encoder.encode(args.prompt)
@@ -102,7 +103,7 @@ def run_generate(args) -> int:
     embeds = check_prompt_embeds(embeds, engine.dit.config.text_dim, max_batch=1)
     stream = engine.stream(embeds, args.frames, args.height, args.width, schedule=sched, seed=args.seed)
     chunks = stream_to_mp4(stream, args.out, args.width, args.height, num_chunks, table=False)
-    print(summary(chunks))
+    print(summary(chunks) + f" (decoder {engine.vae.name})")
     print(f"wrote {args.out.resolve()}")
     return 0
 
@@ -150,9 +151,11 @@ def run_serve(args) -> int:
 
     if args.model_dir is not None:
         engine = hosting.open_engine(str(args.model_dir), str(args.checkpoint or ""), args.dtype, args.device or "", args.attention,
-                                     False, args.text_encoder)
+                                     False, args.text_encoder, str(args.tae or ""))
         description = f"{args.checkpoint or args.model_dir}"
     else:
+        if args.tae is not None:
+            raise ValueError("--tae needs --model-dir (the tiny demo model has its own decoder)")
         engine = hosting.tiny_demo(args.device or "cpu", args.attention, 0)
         description = "the embedded tiny demo model (random weights: the picture is noise, the path is the real one)"
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -163,6 +166,9 @@ def run_serve(args) -> int:
     print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+TAE_HELP = "decode with TAEHV (taew2_1.pth or taew2_1.safetensors from madebyollin/taehv) instead of the Wan VAE"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--attention", default="torch")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", type=Path, default=Path("histream_demo.mp4"))
+    demo.add_argument("--tae", action="store_true", help="decode with an embedded tiny TAEHV (random weights) instead of the tiny Wan VAE")
     demo.set_defaults(func=run_demo)
 
     gen = sub.add_parser("generate", help="prompt to mp4 with a Wan2.1 model folder")
@@ -194,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     gen.add_argument("--out", type=Path, default=Path("out.mp4"))
+    gen.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP)
     gen.set_defaults(func=run_generate)
 
     exp = sub.add_parser("export", help="ONNX graphs of the DiT forwards a schedule needs, with a manifest")
@@ -237,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-queue", type=int, default=8, help="streams that may wait for the engine")
     srv.add_argument("--max-live-seconds", type=float, default=300.0, help="the longest a live stream (no frame count) may run")
     srv.add_argument("--max-record-seconds", type=float, default=60.0, help="a live stream's mp4 keeps at most its last this many seconds")
+    srv.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP + " (with --model-dir)")
     srv.set_defaults(func=run_serve)
 
     # Listed for --help; its arguments belong to the suite's own parser (see main).

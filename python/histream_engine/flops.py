@@ -102,16 +102,38 @@ def flops_per_frame(cfg: WanConfig, schedule, num_frames: int, height: int, widt
 
 
 def vae_flops_per_frame(height: int, width: int, config=None) -> float:
-    """Decoder FLOPs per output video frame in the steady state (one latent frame -> 4 frames).
+    """Wan VAE decoder FLOPs per output video frame in the steady state (one latent frame -> 4 frames).
 
     Counted exactly by running the decoder on meta tensors (shapes only, no arithmetic) with hooks on every
     convolution (2 * out elements * in channels * kernel volume) and the per-frame attention (4 * (HW)^2 * C).
     """
     import torch
 
-    from .model.vae import AttentionBlock, VAEConfig, WanVAE
+    from .model.vae import VAEConfig, WanVAE
 
-    config = config or VAEConfig()
+    with torch.device("meta"):
+        vae = WanVAE(config or VAEConfig())
+    return _decoder_flops_per_frame(vae, height, width)
+
+
+def taehv_flops_per_frame(height: int, width: int, config=None) -> float:
+    """TAEHV decoder FLOPs per output video frame in the steady state, counted as ``vae_flops_per_frame`` counts.
+    Its MemBlocks' first convs run as one conv of twice the outputs on half the inputs: the same FLOPs."""
+    import torch
+
+    from .model.taehv import TAEHV, TAEHVConfig
+
+    with torch.device("meta"):
+        vae = TAEHV(config or TAEHVConfig())
+    return _decoder_flops_per_frame(vae, height, width)
+
+
+def _decoder_flops_per_frame(vae, height: int, width: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    from .model.vae import AttentionBlock
+
     total = [0.0]
 
     def conv_hook(module, inputs, output):
@@ -124,16 +146,29 @@ def vae_flops_per_frame(height: int, width: int, config=None) -> float:
         B, C, T, H, W = inputs[0].shape
         total[0] += 4.0 * B * T * (H * W) ** 2 * C
 
-    with torch.device("meta"):
-        vae = WanVAE(config)
+    hooks = []
     for m in vae.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)):
-            m.register_forward_hook(conv_hook)
+        if isinstance(m, torch.nn.Conv3d):
+            hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, AttentionBlock):
-            m.register_forward_hook(attn_hook)
+            hooks.append(m.register_forward_hook(attn_hook))
+    # every 2D conv, modules' and functional ones (TAEHV's fused MemBlock conv), is counted by wrapping F.conv2d
+    plain_conv2d = F.conv2d
+
+    def counted_conv2d(x, weight, *args, **kwargs):
+        out = plain_conv2d(x, weight, *args, **kwargs)
+        total[0] += 2.0 * out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+        return out
+
     state = vae.new_state()
-    z = torch.zeros(1, config.z_dim, 1, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE, device="meta")
-    vae.decode(z, state)  # the first latent frame (1 video frame) primes the causal history
-    total[0] = 0.0
-    vae.decode(z, state)  # a steady-state latent frame: 4 video frames
+    z = torch.zeros(1, vae.latent_channels, 1, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE, device="meta")
+    F.conv2d = counted_conv2d
+    try:
+        vae.decode(z, state)  # the first latent frame (1 video frame) primes the causal history
+        total[0] = 0.0
+        vae.decode(z, state)  # a steady-state latent frame: 4 video frames
+    finally:
+        F.conv2d = plain_conv2d
+        for h in hooks:
+            h.remove()
     return total[0] / VAE_TIME_STRIDE

@@ -132,17 +132,20 @@ class HostStream:
 
 
 def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attention: str, cuda_graphs: bool,
-                text_encoder: bool) -> HostEngine:
+                text_encoder: bool, tae_path: str = "") -> HostEngine:
+    """``tae_path`` (taew2_1.pth): decode with TAEHV instead of the folder's Wan VAE."""
     if not model_dir:
         raise ValueError("EngineOptions.model_dir is empty: name a Wan2.1 folder (or use Engine::tiny_demo)")
     config = EngineConfig(attention=attention, cuda_graphs=cuda_graphs)
     engine = Engine.from_pretrained(model_dir, checkpoint=checkpoint or None, dtype=_dtype(dtype), device=device or None,
-                                    config=config, text_encoder=text_encoder)
+                                    config=config, text_encoder=text_encoder, vae="tae" if tae_path else "wan",
+                                    tae_path=tae_path or None)
     return HostEngine(engine)
 
 
-def tiny_demo(device: str, attention: str, seed: int) -> HostEngine:
-    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=resolve_device(device or "cpu"))
+def tiny_demo(device: str, attention: str, seed: int, decoder: str = "wan") -> HostEngine:
+    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=resolve_device(device or "cpu"),
+                                      decoder=decoder)
     return HostEngine(engine, prompt)
 
 

@@ -1,4 +1,5 @@
 """Load and save the Wan2.1 VAE: ``Wan2.1_VAE.pth`` (Wan keys) or a diffusers ``AutoencoderKLWan`` folder.
+``load_vae`` also recognises TAEHV's ``taew2_1.pth`` / ``taew2_1.safetensors`` by their keys (``taehv_checkpoint``).
 
 By default only the decoder (and the post-quant conv) is loaded and encoder tensors are skipped; the
 encoder is loaded when asked for (``encoder=True``).
@@ -13,10 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors_dir, check_keys
+from .checkpoint import CheckpointError, _read_json, _read_pickle, _read_safetensors, _read_safetensors_dir, check_keys
 from .model.dit import check_dtype
+from .model.taehv import TAEHV
 from .model.vae import VAEConfig, WanVAE
 from .model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
+from .taehv_checkpoint import is_taehv_state, taehv_from_state
 
 VAE_FORMATS = ("wan", "diffusers")
 
@@ -59,8 +62,9 @@ def load_vae(
     device: str | torch.device = "cpu",
     config: VAEConfig | None = None,
     encoder: bool = False,
-) -> WanVAE:
-    """The VAE from ``Wan2.1_VAE.pth`` or a diffusers folder (``vae/`` or its parent); decoder only unless ``encoder``."""
+) -> WanVAE | TAEHV:
+    """The VAE from ``Wan2.1_VAE.pth`` or a diffusers folder (``vae/`` or its parent); decoder only unless ``encoder``.
+    A TAEHV file (``taew2_1.pth`` or ``.safetensors``) gives the TAEHV decoder (no encoder)."""
     check_dtype(dtype)
     path = Path(path)
     if not path.exists():
@@ -72,12 +76,17 @@ def load_vae(
             raise CheckpointError(f"{path} is not a diffusers VAE folder: config.json is missing")
         config = config or _config_from_diffusers(_read_json(path / "config.json"))
         state = {k: v for k, v in diffusers_to_wan_vae(_read_safetensors_dir(path), config.num_res_blocks).items() if _wanted(k, encoder)}
-    elif path.suffix in (".pth", ".pt"):
-        state = {k: v for k, v in _read_pickle(path).items() if _wanted(k, encoder)}
+    elif path.suffix in (".pth", ".pt", ".safetensors"):
+        state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+        if is_taehv_state(state):
+            if encoder:
+                raise CheckpointError(f"{path} is a TAEHV decoder; histream_engine loads no TAEHV encoder (encoder=True)")
+            return taehv_from_state(state, path, dtype, device)
+        state = {k: v for k, v in state.items() if _wanted(k, encoder)}
         if "decoder.head.2.weight" in state and config is None:
             config = VAEConfig(dim=state["decoder.head.2.weight"].shape[1], z_dim=state["conv2.weight"].shape[0])
     else:
-        raise CheckpointError(f"unrecognised VAE checkpoint {path}: expected Wan2.1_VAE.pth or a diffusers folder")
+        raise CheckpointError(f"unrecognised VAE checkpoint {path}: expected Wan2.1_VAE.pth, a diffusers folder or taew2_1.pth / .safetensors")
     config = config or VAEConfig()
     with torch.device("meta"):
         model = WanVAE(config, with_encoder=encoder)

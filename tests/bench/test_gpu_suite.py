@@ -22,7 +22,8 @@ def test_dry_run_plans_every_step_and_prints_its_commands():
     for piece in ("nvidia-smi", "-m pytest", "tests/kernels tests/attention tests/runtime tests/native", "histream_engine.kernels.aot --arch sm_90a",
                   "histream_engine.native.resources",
                   "bench/attention.py --resolution 1088x1920", "bench/attention.py --resolution 544x960",
-                  "--preset 1080p-1.3b", "--cuda-graphs", "--vae", "--attention auto", "self_forcing no_agsw",
+                  "--preset 1080p-1.3b", "--cuda-graphs", "--vae wan tae", "--attention auto", "self_forcing no_agsw",
+                  "-m bench.vae --resolutions 1920x1088 --dtype bfloat16",
                   "histream histream_plus no_drc two_step", "results.tar.gz"):
         assert piece in text, piece
     assert "$ " in text and text.count("--preset 1080p-1.3b") == 5 and "build-trt --onnx" in text

@@ -79,7 +79,7 @@ def test_histream_chunk_latency_stays_flat_while_self_forcing_flops_grow():
     assert hs[-1].total == hs[2].total
 
 
-def test_cli_dispatches_bench_with_the_vae(tmp_path):
+def test_cli_dispatches_bench_with_the_vae(tmp_path, capsys):
     from histream_engine import VAEConfig
     from histream_engine.cli import main as cli_main
 
@@ -93,6 +93,16 @@ def test_cli_dispatches_bench_with_the_vae(tmp_path):
     assert r["vae_seconds_per_frame"] > 0
     # decoding is sequential on a CPU, so end to end covers denoising and decoding
     assert r["end_to_end_seconds_per_frame"] >= 0.9 * (r["seconds_per_frame"] + r["vae_seconds_per_frame"])
+    # both decoders in turn, the Wan VAE's run being the schedule's own
+    assert record["vae"]["decoders"] == ["wan", "tae"] and record["vae"]["taehv_flops_per_frame"] == flops.taehv_flops_per_frame(64, 64)
+    by = r["decoders"]
+    assert [d["name"] for d in by.values()] == ["wan", "taehv"] and by["wan"]["vae_seconds_per_frame"] == r["vae_seconds_per_frame"]
+    for d in by.values():
+        assert d["vae_seconds_per_frame"] > 0 and 0 < d["decoder_fraction"] < 1
+        assert d["decoder_fraction"] == pytest.approx(d["vae_seconds_per_frame"] / d["end_to_end_seconds_per_frame"])
+    assert "| two_step | taehv |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--vae", "warp"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
@@ -139,3 +149,4 @@ def test_bench_runs_exported_graphs_of_its_own_random_model(cli_tiny_export, tmp
                  "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["dit"] == "onnxruntime" and record["schedules"]["two_step"]["seconds_per_frame"] > 0
+

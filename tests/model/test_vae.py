@@ -41,7 +41,7 @@ def test_streaming_decode_equals_whole_video(vae_pair):
     state = ours.new_state()
     pieces = [ours.decode(latents[:, :, a:b], state) for a, b in ((0, 3), (3, 4), (4, 7))]  # uneven chunks
     assert [p.shape[2] for p in pieces] == [9, 4, 12]
-    assert torch.equal(torch.cat(pieces, dim=2), whole)
+    assert rel_err(torch.cat(pieces, dim=2), whole) < 1e-5  # frames batched differently: equal up to rounding
 
 
 def test_key_maps_cover_the_whole_diffusers_vae(vae_pair):

@@ -142,6 +142,7 @@ def test_a_watcher_that_disconnects_frees_the_engine_after_the_current_chunk(cli
 def test_info_and_page(client):
     info = client.get("/api/info").json()
     assert info["model"] == "tiny" and "histream_plus" in info["schedules"] and info["limits"]["max_queue"] == 2
+    assert info["decoder"] == "wan" and "info.decoder" in client.get("/").text
     page = client.get("/")
     assert page.status_code == 200 and "<canvas" in page.text and "/api/streams" in page.text
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)  # nothing loaded from outside this server

@@ -20,6 +20,7 @@ WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.151
                       0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+LATENT_FRAMES_PER_PASS = 3  # one chunk
 
 
 @dataclass(frozen=True)
@@ -55,22 +56,24 @@ class DecodeState:
 
 
 class CausalConv3d(nn.Conv3d):
-    """Conv3d padded only towards the past in time; with a state, the past comes from earlier calls."""
+    """Conv3d padded only towards the past in time; with a state, the past comes from earlier calls.
+
+    The conv pads space itself; only time is padded here, with the carried frames or zeros (one copy per call)."""
 
     def __init__(self, cin: int, cout: int, kernel, padding=(0, 0, 0)):
-        super().__init__(cin, cout, kernel, padding=0)
-        self.pad_t, self.pad_h, self.pad_w = 2 * padding[0], padding[1], padding[2]
+        super().__init__(cin, cout, kernel, padding=(0, padding[1], padding[2]))
+        self.pad_t = 2 * padding[0]
 
     def forward(self, x: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
         # x [B, C, T, H, W]
         front = self.pad_t
         if state is not None and self.pad_t:
             prev = state.frames.get(self)
-            stream = x if prev is None else torch.cat([prev, x], dim=2)
-            state.frames[self] = stream[:, :, -self.pad_t :].detach().clone()
             if prev is not None:
-                x, front = stream, self.pad_t - prev.shape[2]
-        x = F.pad(x, (self.pad_w, self.pad_w, self.pad_h, self.pad_h, front, 0))
+                x, front = torch.cat([prev, x], dim=2), self.pad_t - prev.shape[2]
+            state.frames[self] = x[:, :, -self.pad_t :].clone()
+        if front:
+            x = F.pad(x, (0, 0, 0, 0, front, 0))
         return super().forward(x)
 
 
@@ -140,7 +143,7 @@ class Upsample(nn.Module):
             else:
                 state.started.add(self)
         frames = x.permute(0, 2, 1, 3, 4).reshape(B * T, C, H, W)
-        frames = F.interpolate(frames.float(), scale_factor=2.0, mode="nearest-exact").to(x.dtype)
+        frames = F.interpolate(frames, scale_factor=2.0, mode="nearest-exact")  # copies values: exact in any dtype
         frames = self.resample["1"](frames)
         return frames.reshape(B, T, C // 2, 2 * H, 2 * W).permute(0, 2, 1, 3, 4)
 
@@ -214,6 +217,8 @@ class Decoder(nn.Module):
 
 
 class WanVAE(nn.Module):
+    name = "wan"
+
     def __init__(self, config: VAEConfig | None = None, with_encoder: bool = False):
         super().__init__()
         self.config = config or VAEConfig()
@@ -228,6 +233,14 @@ class WanVAE(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.conv2.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv2.weight.device
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.z_dim
 
     def new_state(self) -> DecodeState:
         return DecodeState()
@@ -244,7 +257,11 @@ class WanVAE(nn.Module):
         state = state or DecodeState()
         z = latents.to(self.dtype) * self.latents_std.to(self.dtype) + self.latents_mean.to(self.dtype)
         z = self.conv2(z)
-        out = [self.decoder(z[:, :, i : i + 1], state) for i in range(z.shape[2])]
+        # The stream's first latent frame goes alone (the temporal upsamplers skip it); later ones go through the
+        # decoder together, up to a chunk's worth at a time (at 1080p, 12 frames of 96 channels are 4.8 GB in bf16).
+        start = 1 if state.latent_frames == 0 else 0
+        out = [self.decoder(z[:, :, :1], state)] if start else []
+        out += [self.decoder(z[:, :, i : i + LATENT_FRAMES_PER_PASS], state) for i in range(start, z.shape[2], LATENT_FRAMES_PER_PASS)]
         state.latent_frames += z.shape[2]
         return torch.cat(out, dim=2).clamp(-1.0, 1.0)
 

@@ -8,11 +8,12 @@ import time
 
 import torch
 
-from ..model.vae import WanVAE, to_uint8_frames
+from ..model.decoder import VideoDecoder
+from ..model.vae import to_uint8_frames
 
 
 class ChunkDecoder:
-    def __init__(self, vae: WanVAE, device: torch.device, lag: bool | None = None):
+    def __init__(self, vae: VideoDecoder, device: torch.device, lag: bool | None = None):
         self.vae = vae
         self.state = vae.new_state()  # the causal history, carried from chunk to chunk
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None

@@ -16,7 +16,7 @@ import torch
 from ..attention import get_backend
 from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT, engine_ops
-from ..model.vae import WanVAE
+from ..model.decoder import VideoDecoder
 from .cached_attention import WindowAttention
 from .chunk_graphs import cuda_graph_factory
 from .dit_runners import build_runner, runner_entry
@@ -106,17 +106,17 @@ class _Resolution:
 
 
 class Engine:
-    def __init__(self, dit: WanDiT, config: EngineConfig | None = None, vae: WanVAE | None = None):
+    def __init__(self, dit: WanDiT, config: EngineConfig | None = None, vae: VideoDecoder | None = None):
         check_model_dtype(dit.dtype)
         self.dit = dit
         self.config = config or EngineConfig()
         self.attention = get_backend(self.config.attention)
         self.vae = vae
         self.text_encoder = None  # set by from_pretrained
-        if vae is not None and vae.config.z_dim != dit.config.out_dim:
-            raise ValueError(f"the VAE decodes {vae.config.z_dim}-channel latents but the DiT makes {dit.config.out_dim}")
-        if vae is not None and vae.conv2.weight.device != dit.device:
-            raise ValueError(f"the VAE is on {vae.conv2.weight.device} but the DiT on {dit.device}; move them to one device")
+        if vae is not None and vae.latent_channels != dit.config.out_dim:
+            raise ValueError(f"the VAE decodes {vae.latent_channels}-channel latents but the DiT makes {dit.config.out_dim}")
+        if vae is not None and vae.device != dit.device:
+            raise ValueError(f"the VAE is on {vae.device} but the DiT on {dit.device}; move them to one device")
         if self.config.cuda_graphs and dit.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {dit.device}; set cuda_graphs=False")
         self.ops = engine_ops(self.config.compile)
@@ -135,18 +135,26 @@ class Engine:
         device=None,
         config: EngineConfig | None = None,
         text_encoder: bool = True,
+        vae: str = "wan",
+        tae_path=None,
     ) -> "Engine":
         """DiT, VAE and (when ``text_encoder``) UMT5 + tokenizer from a Wan2.1 folder; ``checkpoint`` (for example
-        a Self-Forcing .pt) replaces the folder's DiT weights. The encoder is kept on ``engine.text_encoder``."""
+        a Self-Forcing .pt) replaces the folder's DiT weights. The encoder is kept on ``engine.text_encoder``.
+        ``vae="tae"`` decodes with TAEHV from ``tae_path`` (taew2_1.pth or .safetensors) instead of the folder's VAE."""
         from ..model_dir import load_folder_dit
+        from ..taehv_checkpoint import load_taehv
         from ..text_encoder import load_text_encoder
         from ..vae_checkpoint import load_vae
 
+        if vae not in ("wan", "tae") or (vae == "tae") != (tae_path is not None):
+            raise ValueError(f"vae must be 'wan', or 'tae' with tae_path (taew2_1.pth); got vae={vae!r}, tae_path={tae_path!r}")
         device = resolve_device(device)
-        need = ("vae", "text_encoder", "tokenizer") if text_encoder else ("vae",)
-        dit, files = load_folder_dit(model_dir, checkpoint, dtype, device, need)
+        need = ("text_encoder", "tokenizer") if text_encoder else ()
+        need = need + ("vae",) if vae == "wan" else need
         vae_dtype = torch.float32 if device.type == "cpu" else dtype
-        engine = cls(dit, config, vae=load_vae(files.vae, dtype=vae_dtype, device=device))
+        decoder = load_taehv(tae_path, dtype=vae_dtype, device=device) if vae == "tae" else None  # before the DiT: a bad path fails fast
+        dit, files = load_folder_dit(model_dir, checkpoint, dtype, device, need)
+        engine = cls(dit, config, vae=decoder or load_vae(files.vae, dtype=vae_dtype, device=device))
         engine.text_encoder = load_text_encoder(files.text_encoder, files.tokenizer, dtype=dtype, device=device) if text_encoder else None
         return engine
 
@@ -224,7 +232,8 @@ class Engine:
         return VideoStream(self, prompt_embeds, shape, sched, plan, seed)
 
     def memory_estimate(self, shape: VideoShape, sched: Schedule, plan: WindowPlan):
-        vae_dim = self.vae.config.dim if self.vae is not None else None
+        # the Wan VAE's decode dominates a step's memory; TAEHV's (a few narrow 2D convs) is small next to the DiT's
+        vae_dim = getattr(getattr(self.vae, "config", None), "dim", None)
         return estimate_stream(self.dit.config, self.dit.dtype, self.dit.device, shape.batch, self.config.chunk_size,
                                (shape.latent_height, shape.latent_width), sched.low_factor if sched.uses_low else None,
                                plan.slots, vae_dim)

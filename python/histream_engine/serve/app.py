@@ -100,7 +100,7 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
     def info() -> dict:
         dit = host.engine.dit
         return {"model": description, "device": device_name(dit), "dtype": str(dit.dtype).replace("torch.", ""),
-                "schedules": sorted(SCHEDULES), "limits": vars(limits), "embeddings": embeddings(),
+                "decoder": host.engine.vae.name, "schedules": sorted(SCHEDULES), "limits": vars(limits), "embeddings": embeddings(),
                 "text_encoder": getattr(host.engine, "text_encoder", None) is not None, "fps": 16}
 
     @app.post("/api/streams", status_code=201)

@@ -1,0 +1,89 @@
+"""Load and save TAEHV decoders in the published layout: ``taew2_1.pth`` (a plain state dict) or
+``safetensors/taew2_1.safetensors``, keys ``decoder.N...`` and ``encoder.N...`` (the encoder is not used here).
+
+``load_vae`` sends a file here when its keys are TAEHV's; the config is read from the tensors' shapes (so a
+narrower TAEHV, such as the demo's, round-trips) and then every decoder key is checked against it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import CheckpointError, _read_pickle, _read_safetensors, check_keys
+from .model.dit import check_dtype
+from .model.taehv import TAEHV, TAEHVConfig
+
+_TAEHV_KEY = re.compile(r"^(decoder|encoder)\.\d+\.")
+
+
+def is_taehv_state(state: dict) -> bool:
+    """TAEHV's keys are ``nn.Sequential`` indices (``decoder.1.weight``); the Wan VAE's are names (``decoder.conv1``)."""
+    return bool(state) and all(_TAEHV_KEY.match(k) for k in state)
+
+
+def _config_from_shapes(state: dict) -> TAEHVConfig:
+    """The widths and TGrow strides the tensors imply; keys it needs but lacks leave the defaults (check_keys names them)."""
+    default = TAEHVConfig()
+    first = state.get("decoder.1.weight")
+    if first is None or first.dim() != 4:
+        return default
+    head = state.get(f"decoder.{default.head_index}.weight")
+    if head is not None and head.shape[0] != 3:
+        raise CheckpointError(
+            f"this TAEHV decodes to {head.shape[0]} channels per pixel (a patchified one, such as taew2_2 or taehv1_5); "
+            "histream_engine decodes Wan2.1 latents: use taew2_1.pth")
+    if first.shape[1] != default.latent_channels:
+        raise CheckpointError(
+            f"this TAEHV decodes {first.shape[1]}-channel latents; Wan2.1's have {default.latent_channels}: use taew2_1.pth")
+    channels, strides = [first.shape[0]], []
+    for stage in range(3):
+        idx = default.stage_indices(stage)
+        grow, conv = state.get(f"decoder.{idx['grow']}.conv.weight"), state.get(f"decoder.{idx['conv']}.weight")
+        if grow is None or conv is None or grow.shape[0] % channels[-1]:
+            return default
+        strides.append(grow.shape[0] // channels[-1])
+        channels.append(conv.shape[0])
+    return TAEHVConfig(channels=tuple(channels), time_upscale=tuple(strides))
+
+
+def taehv_from_state(state: dict, source: Path, dtype: torch.dtype = torch.float32, device="cpu") -> TAEHV:
+    decoder = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    config = _config_from_shapes(decoder)
+    with torch.device("meta"):
+        model = TAEHV(config)
+    check_keys(model, decoder, source, "TAEHV decoder")
+    model.load_state_dict(decoder, strict=True, assign=True)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if model.device.type == "cuda":  # its frames are channels-last there (TAEHV.decode): weights too, or cuDNN converts them per call
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def load_taehv(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device="cpu") -> TAEHV:
+    """``taew2_1.pth`` or ``taew2_1.safetensors`` -> the streaming TAEHV decoder."""
+    check_dtype(dtype)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"TAEHV weights {path} do not exist (taew2_1.pth or taew2_1.safetensors from madebyollin/taehv)")
+    state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+    if not is_taehv_state(state):
+        raise CheckpointError(f"{path} is not a TAEHV checkpoint: its keys are not decoder.N / encoder.N "
+                              f"(first keys: {sorted(state)[:4]})")
+    return taehv_from_state(state, path, dtype, device)
+
+
+def save_taehv(model: TAEHV, path: str | os.PathLike) -> Path:
+    """The published layout: ``.safetensors`` by suffix, else a ``.pth`` state dict."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, str(path))
+    return path
