@@ -145,7 +145,10 @@ def run_serve(args) -> int:
     from .serve.app import create_app
     from .serve.jobs import Limits
 
-    if args.model_dir is not None:
+    if args.ray:
+        engine = None  # each replica opens its own
+        description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
+    elif args.model_dir is not None:
         engine = hosting.open_engine(str(args.model_dir), str(args.checkpoint or ""), args.dtype, args.device or "", args.attention,
                                      False, args.text_encoder)
         description = f"{args.checkpoint or args.model_dir}"
@@ -156,10 +159,22 @@ def run_serve(args) -> int:
         print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
               "read the streams; there is no authentication", file=sys.stderr)
     limits = Limits(args.max_frames, args.max_side, args.max_queue)
+    if args.ray:
+        try:
+            from .serve.ray_app import serve_forever
+        except ImportError as exc:
+            raise RuntimeError(f"histream serve --ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'") from exc
+        return serve_forever(args, ray_spec(args), description, limits)
     app = create_app(engine, description, limits, args.embeds_dir)
     print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def ray_spec(args) -> dict:
+    """What each Ray replica needs to open its own engine."""
+    return {"model_dir": str(args.model_dir) if args.model_dir else None, "checkpoint": str(args.checkpoint or ""),
+            "dtype": args.dtype, "device": args.device, "attention": args.attention, "text_encoder": args.text_encoder}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-frames", type=int, default=161)
     srv.add_argument("--max-side", type=int, default=1920, help="largest height or width a request may ask for")
     srv.add_argument("--max-queue", type=int, default=8, help="streams that may wait for the engine")
+    srv.add_argument("--ray", action="store_true", help="serve over Ray Serve replicas (needs the ray extra; docs/ray-serve.md)")
+    srv.add_argument("--replicas", default="1", help="--ray: engine replicas, a count or 'auto' (autoscaling on ongoing streams)")
+    srv.add_argument("--min-replicas", type=int, default=1, help="--ray --replicas auto: fewest replicas")
+    srv.add_argument("--max-replicas", type=int, default=4, help="--ray --replicas auto: most replicas")
+    srv.add_argument("--gpus-per-replica", type=int, default=1, help="--ray: GPUs each replica holds (only 1 for now)")
+    srv.add_argument("--cpus-per-replica", type=float, default=1.0, help="--ray: CPUs Ray reserves for each replica")
+    srv.add_argument("--ray-address", help="--ray: join this Ray cluster (e.g. auto, ray://head:10001); default: start a local one")
     srv.set_defaults(func=run_serve)
 
     # Listed for --help; its arguments belong to the suite's own parser (see main).
