@@ -19,6 +19,7 @@ from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
+from ..runtime.engine import EngineConfig, check_video_request
 from ..runtime.schedules import SCHEDULES
 from .app import STATIC, StreamRequest
 from .jobs import Limits
@@ -99,10 +100,10 @@ class Ingress:
     @api.post("/api/streams", status_code=201)
     async def start(self, req: StreamRequest) -> dict:
         check_request(req, self.limits, self.embeddings())
-        try:
-            await self.engine.check.remote(req.model_dump())
-        except ValueError as exc:  # the engine's own checks, before anything runs
-            raise HTTPException(400, str(exc).splitlines()[-1]) from exc
+        try:  # the engine's shape checks, here, so a bad request waits for no replica (a replica checks the rest)
+            check_video_request(req.frames, req.height, req.width, EngineConfig().chunk_size, SCHEDULES[req.schedule])
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
         try:
             return await self.registry.start.remote(req.model_dump())
         except OverflowError as exc:

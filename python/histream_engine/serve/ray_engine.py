@@ -46,10 +46,6 @@ class EngineReplica:
         embeds = str(Path(self.embeds_dir) / req["prompt_embeds"]) if req.get("prompt_embeds") else ""
         return self.host.results(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"], req["seed"])
 
-    def check(self, req: dict) -> None:
-        """Raises the engine's ValueError for a request it would refuse, before the request is accepted."""
-        self._results(req).close()
-
     def run(self, stream_id: str, req: dict):
         yield {"event": {"type": "started", "replica": self.replica, "device": self.device}}
         path = Path(self._tmp.name) / f"{stream_id}.mp4"
