@@ -25,21 +25,28 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 from websockets.sync.client import connect
 
 
 def tree_rss(pid: int) -> int:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    parents = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    tree, grew = {pid}, True
+    while grew:
+        new = {p for p, pp in parents.items() if pp in tree} - tree
+        tree |= new
+        grew = bool(new)
     total = 0
-    for p in procs:
+    for p in tree:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
             pass
     return total
 

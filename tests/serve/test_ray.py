@@ -24,8 +24,9 @@ SPEC = {"model_dir": None, "checkpoint": "", "dtype": "float32", "device": "cpu"
 
 @pytest.fixture(scope="module")
 def server(ray_cluster):
-    deploy(SPEC, "tiny", Limits(max_frames=45, max_side=128, max_queue=4), Scaling(replicas=2, cpus_per_replica=0.5))
-    return ray_cluster
+    registry = deploy(SPEC, "tiny", Limits(max_frames=45, max_side=128, max_queue=4), Scaling(replicas=2, cpus_per_replica=0.5))
+    yield ray_cluster
+    del registry
 
 
 def watch(base, stream_id, on_chunk=None):

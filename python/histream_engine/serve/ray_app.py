@@ -6,7 +6,6 @@ engine a replica, at most one running stream a replica, Ray's bounded queue in f
 replica (``"replica"``); ``/api/info`` lists the replicas with their device and state.
 """
 
-from __future__ import annotations
 
 import asyncio
 import json
@@ -172,13 +171,15 @@ class Ingress:
 
 def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embeds_dir: str | None = None,
            route_prefix: str = "/"):
-    """Starts the registry, the engine deployment and the ingress on the connected Ray cluster; returns the handle."""
+    """Starts the registry, the engine deployment and the ingress on the connected Ray cluster. Returns the registry's
+    handle, which the caller keeps: the registry lives as long as someone holds it."""
     most = scaling.replicas if scaling.replicas is not None else scaling.max_replicas
-    StreamRegistry.options(name=NAME, namespace=NAMESPACE, get_if_exists=True).remote(
+    registry = StreamRegistry.options(name=NAME, namespace=NAMESPACE, get_if_exists=True).remote(
         APP_NAME, ENGINE, max_waiting=limits.max_queue + most)
     engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(limits.max_queue)).bind(
         {**spec, "embeds_dir": embeds_dir})
-    return serve.run(Ingress.bind(engine, description, limits, embeds_dir), name=APP_NAME, route_prefix=route_prefix)
+    serve.run(Ingress.bind(engine, description, limits, embeds_dir), name=APP_NAME, route_prefix=route_prefix)
+    return registry
 
 
 def scaling_from_args(args) -> Scaling:
@@ -206,11 +207,12 @@ def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     on_gpu = (args.device or "").startswith("cuda") or (args.device is None and ray.cluster_resources().get("GPU", 0) > 0)
     scaling.gpus_per_replica = 1 if on_gpu else 0
     serve.start(http_options={"host": args.host, "port": args.port})
-    deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None)
+    registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None)
     print(f"histream serve --ray: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+        del registry
     return 0
