@@ -23,8 +23,11 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=["one process", "ray"])
+def server(request):
+    if request.param == "ray":
+        yield from ray_server(request.getfixturevalue("ray_cluster"))
+        return
     import uvicorn
 
     from histream_engine import host
@@ -43,6 +46,17 @@ def server():
     yield f"http://127.0.0.1:{port}/"
     srv.should_exit = True
     thread.join(timeout=30)
+
+
+def ray_server(base):
+    """The same page over Ray Serve (histream serve --ray): two replicas of the tiny model on the test cluster."""
+    from histream_engine.serve.jobs import Limits
+    from histream_engine.serve.ray_app import Scaling, deploy
+
+    spec = {"model_dir": None, "checkpoint": "", "dtype": "float32", "device": "cpu", "attention": "torch", "text_encoder": False}
+    registry = deploy(spec, "the embedded tiny demo model", Limits(max_frames=81, max_side=256), Scaling(2, cpus_per_replica=0.5))
+    yield base + "/"
+    del registry
 
 
 def canvas_pixels(page) -> list[int]:
