@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -80,17 +80,10 @@ setup(
         "histream_engine.kernels": "kernels",
         "histream_engine.bench": "bench",
     },
-    packages=[
-        "histream_engine",
-        "histream_engine.model",
-        "histream_engine.attention",
-        "histream_engine.graphs",
-        "histream_engine.native",
-        "histream_engine.runtime",
-        "histream_engine.serve",
-        "histream_engine.kernels",
-        "histream_engine.bench",
-    ],
+    # every subpackage under python/histream_engine, found rather than listed (a listed one went stale when export/
+    # became graphs/), plus the Triton kernels and the bench suite mapped in from the top level
+    packages=["histream_engine." + p if p else "histream_engine" for p in [""] + find_packages("python/histream_engine")]
+    + ["histream_engine.kernels", "histream_engine.bench"],
     package_data={"histream_engine.serve": ["static/*.html"]},
     ext_modules=[Extension("histream_engine._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},

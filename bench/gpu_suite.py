@@ -105,7 +105,7 @@ def plan(frames: int, work: Path) -> list[Step]:
             bench + ["--schedules", *FULL_CACHE_SCHEDULES, "--out", str(work / "bench-full.json")],
         ], 590, outputs=["bench-full.json"]),
         Step("tensorrt", "TensorRT: its GPU tests, then histream_plus at 1080p through bf16 engines of the bench's own model", [
-            [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/export/test_tensorrt_gpu.py"],
+            [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/graphs/test_tensorrt_gpu.py"],
             [py, "-m", "histream_engine.cli", "export", "--preset", "wan2.1-1.3b", "--dtype", "bfloat16", "--device", "cuda",
              "--schedule", "histream_plus", "--height", "1088", "--width", "1920", "--frames", str(frames), "--out", str(work / "onnx")],
             [py, "-m", "histream_engine.cli", "build-trt", "--onnx", str(work / "onnx"), "--precision", "bf16",
