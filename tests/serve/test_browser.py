@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
+from ray_cluster import ray_cluster  # noqa: E402,F401 - the session's one Ray cluster (the [ray] case)
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 # as the machine's own probe starts it: no sandbox as root, no GPU, no calls home on a closed network

@@ -14,6 +14,7 @@ httpx = pytest.importorskip("httpx")
 websockets_sync = pytest.importorskip("websockets.sync.client")
 
 from histream_engine import cli  # noqa: E402
+from ray_cluster import ray_cluster  # noqa: E402,F401 - the session's one Ray cluster
 from histream_engine.serve.jobs import Limits  # noqa: E402
 from histream_engine.serve.ray_app import Scaling, deploy  # noqa: E402
 

@@ -16,6 +16,7 @@ from histream_engine.serve.jobs import Limits  # noqa: E402
 from histream_engine.serve.ray_app import APP_NAME, ENGINE, Scaling, deploy  # noqa: E402
 
 from test_ray import LONG, SPEC, start, watch  # noqa: E402
+from ray_cluster import ray_cluster  # noqa: E402,F401 - the session's one Ray cluster
 
 
 def running_replicas() -> int:
