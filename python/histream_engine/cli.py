@@ -149,7 +149,10 @@ def run_serve(args) -> int:
     from .serve.app import create_app
     from .serve.jobs import Limits
 
-    if args.model_dir is not None:
+    if args.ray:
+        engine = None  # each replica opens its own
+        description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
+    elif args.model_dir is not None:
         engine = hosting.open_engine(str(args.model_dir), str(args.checkpoint or ""), args.dtype, args.device or "", args.attention,
                                      False, args.text_encoder, str(args.tae or ""))
         description = f"{args.checkpoint or args.model_dir}"
@@ -162,6 +165,12 @@ def run_serve(args) -> int:
         print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
               "read the streams; there is no authentication", file=sys.stderr)
     limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds)
+    if args.ray:
+        try:
+            from .serve.ray_app import serve_forever
+        except ImportError as exc:
+            raise RuntimeError(f"histream serve --ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'") from exc
+        return serve_forever(args, ray_spec(args), description, limits)
     app = create_app(engine, description, limits, args.embeds_dir)
     print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -169,6 +178,13 @@ def run_serve(args) -> int:
 
 
 TAE_HELP = "decode with TAEHV (taew2_1.pth or taew2_1.safetensors from madebyollin/taehv) instead of the Wan VAE"
+
+
+def ray_spec(args) -> dict:
+    """What each Ray replica needs to open its own engine."""
+    return {"model_dir": str(args.model_dir) if args.model_dir else None, "checkpoint": str(args.checkpoint or ""),
+            "dtype": args.dtype, "device": args.device, "attention": args.attention, "text_encoder": args.text_encoder,
+            "tae_path": str(args.tae or "")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-live-seconds", type=float, default=300.0, help="the longest a live stream (no frame count) may run")
     srv.add_argument("--max-record-seconds", type=float, default=60.0, help="a live stream's mp4 keeps at most its last this many seconds")
     srv.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP + " (with --model-dir)")
+    srv.add_argument("--ray", action="store_true", help="serve over Ray Serve replicas (needs the ray extra; docs/ray-serve.md)")
+    srv.add_argument("--replicas", default="1", help="--ray: engine replicas, a count or 'auto' (autoscaling on ongoing streams)")
+    srv.add_argument("--min-replicas", type=int, default=1, help="--ray --replicas auto: fewest replicas")
+    srv.add_argument("--max-replicas", type=int, default=4, help="--ray --replicas auto: most replicas")
+    srv.add_argument("--gpus-per-replica", type=int, default=1, help="--ray: GPUs each replica holds (only 1 for now)")
+    srv.add_argument("--cpus-per-replica", type=float, default=1.0, help="--ray: CPUs Ray reserves for each replica")
+    srv.add_argument("--ray-address", help="--ray: join this Ray cluster (e.g. auto, ray://head:10001); default: start a local one")
     srv.set_defaults(func=run_serve)
 
     # Listed for --help; its arguments belong to the suite's own parser (see main).

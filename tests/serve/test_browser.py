@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
+from ray_cluster import ray_cluster  # noqa: E402,F401 - the session's one Ray cluster (the [ray] case)
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 # as the machine's own probe starts it: no sandbox as root, no GPU, no calls home on a closed network
@@ -23,8 +25,11 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=["one process", "ray"])
+def server(request):
+    if request.param == "ray":
+        yield from ray_server(request.getfixturevalue("ray_cluster"))
+        return
     import uvicorn
 
     from histream_engine import host
@@ -43,6 +48,17 @@ def server():
     yield f"http://127.0.0.1:{port}/"
     srv.should_exit = True
     thread.join(timeout=30)
+
+
+def ray_server(base):
+    """The same page over Ray Serve (histream serve --ray): two replicas of the tiny model on the test cluster."""
+    from histream_engine.serve.jobs import Limits
+    from histream_engine.serve.ray_app import Scaling, deploy
+
+    spec = {"model_dir": None, "checkpoint": "", "dtype": "float32", "device": "cpu", "attention": "torch", "text_encoder": False}
+    registry = deploy(spec, "the embedded tiny demo model", Limits(max_frames=81, max_side=256), Scaling(2, cpus_per_replica=0.5))
+    yield base + "/"
+    del registry
 
 
 def canvas_pixels(page) -> list[int]:
