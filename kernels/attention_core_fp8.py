@@ -37,10 +37,15 @@ SCALE_FLOOR = 1e-12 / E4M3_MAX
 Q_BLOCK = 64  # query rows per Q scale (attention.fp8_quant.Q_BLOCK)
 P_SHIFT = 8.0  # P scaled by 2**8 before its e4m3 cast (attention.fp8_quant.P_SHIFT)
 ROTATED_K_SCALE = math.sqrt(2.0)
+# the same values as constexprs, which jitted code may read as globals
+_E4M3_MAX, _SCALE_FLOOR, _Q_BLOCK = tl.constexpr(E4M3_MAX), tl.constexpr(SCALE_FLOOR), tl.constexpr(Q_BLOCK)
+_P_SHIFT, _ROTATED_K_SCALE = tl.constexpr(P_SHIFT), tl.constexpr(ROTATED_K_SCALE)
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages): each compiles for sm_90a with no spills and its loop issued in less than
-# 0.7 of its FP8 wgmma time (kernels/aot.py, tests/kernels/test_aot.py).
-CONFIGS = ((128, 128, 8, 2), (128, 64, 8, 3))
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): each compiles for sm_90a with no spills, e4m3 wgmmas (SASS QGMMA) in
+# its key loop and issue_over_tensor 1.06 at the FP8 rate (kernels/aot.py): over the 0.7 aimed for. The softmax's five
+# instructions per score and the accumulator's rescale issue longer than the FP8 wgmmas take; BLOCK_N = 64 is worse
+# (1.42) and 256 spills. Closing it takes what FlashAttention-3 does: warp-specialised producer/consumer ping-pong.
+CONFIGS = ((128, 128, 8, 2), (128, 128, 8, 3))
 INTERPRET_CONFIG = (32, 32, 4, 1)
 
 
@@ -76,21 +81,21 @@ def _fp8_prepass_kernel(
         src = Q + b.to(tl.int64) * stride_qb + h * stride_qh + r[:, None].to(tl.int64) * stride_ql + dims[None, :]
         x = tl.load(src, mask=ok[:, None], other=0.0).to(tl.float32)  # [BLOCK_T, D]
         y = tl.reshape(rope_rotate(tl.reshape(x, (BLOCK_T, 1, 2 * HALF)), t, r % S, Cos, Sin, GW, HALF, PT, PH), (BLOCK_T, 2 * HALF))
-        scale = tl.maximum(tl.max(tl.max(tl.abs(y), 1), 0) / E4M3_MAX, SCALE_FLOOR)
+        scale = tl.maximum(tl.max(tl.max(tl.abs(y), 1), 0) / _E4M3_MAX, _SCALE_FLOOR)
         dst = Q8 + ((b * H + h).to(tl.int64) * Lq + r[:, None].to(tl.int64)) * (2 * HALF) + dims[None, :]
-        tl.store(dst, to_e4m3(tl.clamp(y / scale, -E4M3_MAX, E4M3_MAX), Q8.dtype.element_ty, ROUND_FIRST), mask=ok[:, None])
+        tl.store(dst, to_e4m3(tl.clamp(y / scale, -_E4M3_MAX, _E4M3_MAX), Q8.dtype.element_ty, ROUND_FIRST), mask=ok[:, None])
         tl.store(QScale + (b * H + h) * q_blocks + pid, scale)
     else:
         r = (pid - q_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)
         ok = r < Lk
         t = tl.load(SlotPos + r // S, mask=ok, other=0)
         ks = tl.load(KScale + b * stride_cb + (r // S) * stride_cs + h, mask=ok, other=1.0)  # [BLOCK_T]
-        src = KStore + b.to(tl.int64) * stride_kb + h * stride_kh + r[:, None].to(tl.int64) * stride_kl + dims[None, :]
-        x = tl.load(src, mask=ok[:, None], other=0.0).to(tl.float32) * ks[:, None]
+        k_src = KStore + b.to(tl.int64) * stride_kb + h * stride_kh + r[:, None].to(tl.int64) * stride_kl + dims[None, :]
+        x = tl.load(k_src, mask=ok[:, None], other=0.0).to(tl.float32) * ks[:, None]
         y = tl.reshape(rope_rotate(tl.reshape(x, (BLOCK_T, 1, 2 * HALF)), t, r % S, Cos, Sin, GW, HALF, PT, PH), (BLOCK_T, 2 * HALF))
-        y = y / (ks * ROTATED_K_SCALE)[:, None]
-        dst = K8 + ((b * H + h).to(tl.int64) * R + r[:, None].to(tl.int64)) * (2 * HALF) + dims[None, :]
-        tl.store(dst, to_e4m3(tl.clamp(y, -E4M3_MAX, E4M3_MAX), K8.dtype.element_ty, ROUND_FIRST), mask=ok[:, None])
+        y = y / (ks * _ROTATED_K_SCALE)[:, None]
+        k_dst = K8 + ((b * H + h).to(tl.int64) * R + r[:, None].to(tl.int64)) * (2 * HALF) + dims[None, :]
+        tl.store(k_dst, to_e4m3(tl.clamp(y, -_E4M3_MAX, _E4M3_MAX), K8.dtype.element_ty, ROUND_FIRST), mask=ok[:, None])
 
 
 def fp8_prepass(
@@ -149,7 +154,7 @@ def _attend_block_fp8(q, desc_k, desc_v, b, h, n0, start, end, m_i, l_i, acc, ro
         cols = n0 + tl.arange(0, BLOCK_N)
         s = tl.where(((cols >= start) & (cols < end))[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * row)
-    p = tl.math.exp2(s * row[:, None] - (m_new - P_SHIFT)[:, None])  # [0, 256]
+    p = tl.math.exp2(s * row[:, None] - (m_new - _P_SHIFT)[:, None])  # [0, 256]
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     if V_KMAJOR:
@@ -166,7 +171,7 @@ def _attention_core_fp8_kernel(
     desc_q,  # [B, H, Lq, D] e4m3 rotated queries
     desc_k,  # [B, H, Lk, D] e4m3 rotated keys, ring slot order
     desc_v,  # [B, H, D, Lk] e4m3 values, keys contiguous (V_KMAJOR); else [B, H, Lk, D]
-    QScale,  # [B, H, ceil(Lq / Q_BLOCK)] float32
+    QScale,  # [B, H, ceil(Lq / _Q_BLOCK)] float32
     KScale,  # [B, NV, H] float32
     VScale,  # [B, NV, H] float32
     Out,  # [B, Lq, H, D]
@@ -187,8 +192,8 @@ def _attention_core_fp8_kernel(
     m0 = pid_m * BLOCK_M
     q = desc_q.load([b, h, m0, 0]).reshape(BLOCK_M, D)
     offs_m = m0 + tl.arange(0, BLOCK_M)
-    nqb = tl.cdiv(Lq, Q_BLOCK)
-    q_row = tl.load(QScale + pid_bh * nqb + offs_m // Q_BLOCK, mask=offs_m < Lq, other=1.0) * qk_scale  # [BLOCK_M]
+    nqb = tl.cdiv(Lq, _Q_BLOCK)
+    q_row = tl.load(QScale + pid_bh * nqb + offs_m // _Q_BLOCK, mask=offs_m < Lq, other=1.0) * qk_scale  # [BLOCK_M]
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)

@@ -24,6 +24,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 RECACHE_BLOCK_T = 16 if INTERPRET else 4  # tokens per program, as the bf16 write
 E4M3_MAX = 448.0
 SCALE_FLOOR = 1e-12 / E4M3_MAX  # attention.fp8_quant.SCALE_FLOOR
+_E4M3_MAX = tl.constexpr(E4M3_MAX)  # what jitted code may read as a global
 
 
 @triton.jit
@@ -78,13 +79,13 @@ def _recache_write_fp8_kernel(
     if STORE:
         ks = tl.load(KScale + sc, mask=sc_ok, other=1.0)[:, :, None]
         vs = tl.load(VScale + sc, mask=sc_ok, other=1.0)[:, :, None]
-        k8 = to_e4m3(tl.clamp(k / ks, -E4M3_MAX, E4M3_MAX), KStore.dtype.element_ty, ROUND_FIRST)
-        v8 = to_e4m3(tl.clamp(v / vs, -E4M3_MAX, E4M3_MAX), VStore.dtype.element_ty, ROUND_FIRST)
+        k8 = to_e4m3(tl.clamp(k / ks, -_E4M3_MAX, _E4M3_MAX), KStore.dtype.element_ty, ROUND_FIRST)
+        v8 = to_e4m3(tl.clamp(v / vs, -_E4M3_MAX, _E4M3_MAX), VStore.dtype.element_ty, ROUND_FIRST)
         tl.store(KStore + b * stride_sb + row[:, None, None] * stride_sl + (heads * stride_sh + dims)[None, :, :], k8, mask=ok)
         tl.store(VStore + b * stride_tb + row[:, None, None] * stride_tl + (heads * stride_th + dims * stride_td)[None, :, :], v8, mask=ok)
     else:
-        tl.atomic_max(KScale + sc, tl.max(tl.abs(k), 2) / E4M3_MAX, mask=sc_ok)
-        tl.atomic_max(VScale + sc, tl.max(tl.abs(v), 2) / E4M3_MAX, mask=sc_ok)
+        tl.atomic_max(KScale + sc, tl.max(tl.abs(k), 2) / _E4M3_MAX, mask=sc_ok)
+        tl.atomic_max(VScale + sc, tl.max(tl.abs(v), 2) / _E4M3_MAX, mask=sc_ok)
 
 
 def recache_write_fp8(
