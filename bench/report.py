@@ -10,6 +10,12 @@ import torch
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of the GPUs we report utilisation for.
 DEVICE_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+# Dense e4m3 tensor-core peaks (FLOP/s): twice bf16 on Hopper; Ampere has none (the engine refuses FP8 there).
+FP8_PEAKS = {"H100": 1979e12, "H200": 1979e12}
+
+
+def fp8_peak(device_name: str) -> float | None:
+    return next((peak for key, peak in FP8_PEAKS.items() if key in device_name), None)
 
 
 def device_peak(device_name: str, dtype: str) -> float | None:

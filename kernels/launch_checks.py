@@ -151,3 +151,76 @@ def check_16_byte_aligned(name: str, t: torch.Tensor, dims: int | None = None) -
 def check_one_device(kernel: str, *tensors) -> None:
     if len({t.device for t in tensors if t is not None}) != 1:
         raise ValueError(f"{kernel} inputs must be on one device")
+
+
+E4M3 = torch.float8_e4m3fn
+
+
+def _check_scales(name: str, scale: torch.Tensor, B: int, slots: int, H: int) -> None:
+    if scale.dtype != torch.float32 or scale.dim() != 3 or tuple(scale.shape) != (B, slots, H) or scale.stride(2) != 1:
+        raise ValueError(f"{name} must be float32 [{B}, {slots}, {H}] with heads contiguous, got {scale.dtype} {tuple(scale.shape)}")
+
+
+def check_recache_write_fp8(k_proj, v_proj, norm_weight, rows, slots, tokens_per_frame, k_store, v_store, k_scale, v_scale, rope=None) -> RecacheShape:
+    """``check_recache_write``'s checks (V may have any strides here), plus the e4m3 stores and their scales."""
+    shape = check_recache_write(k_proj, v_proj, norm_weight, rows, k_store, k_store, rope)
+    if k_store.dtype != E4M3 or v_store.dtype != E4M3 or v_store.shape != k_store.shape:
+        raise ValueError(f"e4m3 ring storage expected for K and V of one shape, got {k_store.dtype} {tuple(k_store.shape)}, "
+                         f"{v_store.dtype} {tuple(v_store.shape)}")
+    S = tokens_per_frame
+    R = k_store.shape[1]
+    if S < 1 or shape.L % S or R % S or (rope is not None and shape.S != S):
+        raise ValueError(f"{shape.L} written tokens and {R} ring rows must be whole frames of {S} tokens")
+    if slots.dtype != torch.int64 or slots.shape != (shape.L // S,):
+        raise ValueError(f"slots must be int64 [{shape.L // S}], got {slots.dtype} {tuple(slots.shape)}")
+    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+        _check_scales(name, scale, shape.B, R // S, shape.H)
+    check_one_device("recache_write_fp8", k_proj, v_proj, rows, slots, k_store, v_store, k_scale, v_scale)
+    return shape
+
+
+def check_fp8_prepass(q, q_pos, cos, sin, grid, axis_pairs, q8, q_scale, q_block, k_store=None, k_scale=None, slot_pos=None, k8=None) -> PrepassShape:
+    """The FP8 pre-pass: the bf16 pre-pass's rules for Q and positions, e4m3 outputs (and e4m3 K storage), their scales."""
+    B, Lq, H, D = q.shape
+    with_k = k_store is not None
+    if with_k != (k_scale is not None) or with_k != (slot_pos is not None) or with_k != (k8 is not None):
+        raise ValueError("the FP8 pre-pass rotates K only given all of k_store, k_scale, slot_pos and k8")
+    shape = check_rope_prepass(q, q_pos, cos, sin, grid, axis_pairs, q.new_empty((B, H, Lq, D)))
+    if q8.dtype != E4M3 or tuple(q8.shape) != (B, H, Lq, D) or not q8.is_contiguous():
+        raise ValueError(f"q8 must be contiguous e4m3 [{B}, {H}, {Lq}, {D}], got {q8.dtype} {tuple(q8.shape)}")
+    nb = -(-Lq // q_block)
+    if q_scale.dtype != torch.float32 or tuple(q_scale.shape) != (B, H, nb) or not q_scale.is_contiguous():
+        raise ValueError(f"q_scale must be contiguous float32 [{B}, {H}, {nb}], got {q_scale.dtype} {tuple(q_scale.shape)}")
+    if not with_k:
+        check_one_device("fp8_prepass", q, q8, q_scale)
+        return shape
+    S, R, nv = shape.S, k_store.shape[1], slot_pos.numel()
+    if k_store.dtype != E4M3 or k_store.dim() != 4 or k_store.shape[0] != B or k_store.shape[2:] != (H, D) or R % S or k_store.stride(-1) != 1:
+        raise ValueError(f"ring storage must be e4m3 [B, whole frames of {S}, {H}, {D}] with D contiguous, got {k_store.dtype} {tuple(k_store.shape)}")
+    if slot_pos.dtype != torch.int32 or nv * S > R or shape.Lq // S > nv:
+        raise ValueError(f"{nv} visible slots (int32 positions) of {S} tokens do not fit a ring of {R // S} slots with {shape.Lq // S} query frames")
+    if k8.dtype != E4M3 or tuple(k8.shape) != (B, H, R, D) or not k8.is_contiguous():
+        raise ValueError(f"k8 must be contiguous e4m3 [{B}, {H}, {R}, {D}], got {k8.dtype} {tuple(k8.shape)}")
+    _check_scales("k_scale", k_scale, B, nv, H)
+    check_one_device("fp8_prepass", q, q8, q_scale, k_store, k_scale, slot_pos, k8)
+    return PrepassShape(B, Lq, H, D, S, R, nv * S)
+
+
+def check_attention_core_fp8(q8, q_scale, q_block, k8, k_scale, v_t, v_scale, head_dims) -> None:
+    B, H, Lq, D = q8.shape
+    Lk = k8.shape[2]
+    if q8.dtype != E4M3 or k8.dtype != E4M3 or v_t.dtype != E4M3:
+        raise ValueError(f"the FP8 attention core takes e4m3 q, k, v; got {q8.dtype}, {k8.dtype}, {v_t.dtype}")
+    if D not in head_dims:
+        raise ValueError(f"the FP8 attention core supports head_dim {head_dims}, got {D}")
+    if tuple(k8.shape) != (B, H, Lk, D) or tuple(v_t.shape) != (B, H, D, Lk) or Lk == 0:
+        raise ValueError(f"k {tuple(k8.shape)} must be [B, H, Lk > 0, D] and v [B, H, D, Lk] (transposed) for q {tuple(q8.shape)}")
+    nv = k_scale.shape[1] if k_scale.dim() == 3 else 0
+    if nv == 0 or Lk % nv:
+        raise ValueError(f"{Lk} keys are not whole frames of the {nv} visible slots the scales describe")
+    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+        _check_scales(name, scale, B, nv, H)
+    nb = -(-Lq // q_block)
+    if q_scale.dtype != torch.float32 or tuple(q_scale.shape) != (B, H, nb) or not q_scale.is_contiguous():
+        raise ValueError(f"q_scale must be contiguous float32 [{B}, {H}, {nb}], got {q_scale.dtype} {tuple(q_scale.shape)}")
+    check_one_device("attention_core_fp8", q8, q_scale, k8, k_scale, v_t, v_scale)

@@ -172,3 +172,11 @@ def _decoder_flops_per_frame(vae, height: int, width: int) -> float:
         for h in hooks:
             h.remove()
     return total[0] / VAE_TIME_STRIDE
+
+
+def precision_peak(f: Flops, bf16_peak: float, fp8_peak: float, fp8_linear: bool, fp8_attention: bool) -> float:
+    """The peak FLOP/s of ``f`` when its FP8 parts (linears, self-attention) run at ``fp8_peak`` and the rest at
+    ``bf16_peak``: total FLOPs over the time each part takes at its own peak. Achieved / this is the utilisation of
+    an FP8 run; with both parts FP8, nearly all of a forward (cross-attention stays bf16) counts at the FP8 peak."""
+    fast = (f.linear if fp8_linear else 0.0) + (f.self_attn if fp8_attention else 0.0)
+    return f.total / (fast / fp8_peak + (f.total - fast) / bf16_peak)

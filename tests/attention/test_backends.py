@@ -12,7 +12,7 @@ from histream_engine.attention.prepass_backend import PrepassAttention
 
 def test_registry_lists_every_backend_with_a_reason():
     listed = {name: (ok, reason) for name, ok, reason in attention_backends()}
-    assert list(listed) == ["torch", "triton", "cuda", "cudnn", "flash_attn", "auto"]
+    assert list(listed) == ["torch", "triton", "cuda", "cudnn", "flash_attn", "torch_fp8", "triton_fp8", "auto"]
     assert listed["torch"] == (True, "") and listed["auto"] == (True, "")
     assert listed["triton"][0] is True  # installed with the test extras; interpreter on CPU (conftest)
     assert listed["cudnn"][0] is True  # on CPU under the interpreter SDPA's CPU kernel stands in

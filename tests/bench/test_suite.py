@@ -11,7 +11,7 @@ from histream_engine.model.dit import initialized_dit
 
 SCHEDULE_FIELDS = {
     "seconds_per_frame", "first_chunk_seconds", "steady_seconds_per_frame", "vae_seconds_per_frame", "end_to_end_seconds_per_frame",
-    "per_chunk_seconds", "per_chunk_flops", "flops_per_frame", "achieved_tflops", "peak_fraction",
+    "per_chunk_seconds", "per_chunk_flops", "flops_per_frame", "achieved_tflops", "peak_fraction", "peak_flops",
     "peak_memory_bytes", "cache_bytes", "forwards_per_chunk", "recache_per_chunk", "run_modes",
     "speedup_vs_self_forcing", "predicted_speedup_vs_self_forcing", "speedup_vs_wan_baseline",
 }

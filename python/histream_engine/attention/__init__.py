@@ -8,6 +8,8 @@ a backend whose dependency is missing is never imported.
   (``prepass_backend``, ``cores``).
 - ``cuda``: the same path compiled ahead of time (``histream_engine._C`` from ``csrc/``): pre-pass, recache write,
   downsample and an mma.sync attention core, with no Triton and no JIT at run time.
+- ``torch_fp8``, ``triton_fp8``: attention over an e4m3 ring with an FP8 core (``fp8``): its torch model (any device)
+  and the Triton kernels (sm_90a; the CPU interpreter for tests). Both need ``EngineConfig(kv_dtype="float8_e4m3fn")``.
 - ``auto``: the pre-pass, then whichever available core measured fastest for the shape (``auto``); the
   torch reference where no core can run.
 """
@@ -77,6 +79,18 @@ def _build_torch():
     return TorchAttention()
 
 
+def _build_torch_fp8():
+    from .fp8 import TorchFp8Attention
+
+    return TorchFp8Attention()
+
+
+def _build_triton_fp8():
+    from .fp8 import TritonFp8Attention
+
+    return TritonFp8Attention()
+
+
 def _prepass(name: str, unavailable_reason: Callable[[], str | None], core: str, ops: str = "triton_ops") -> BackendEntry:
     def build():
         from . import cores, prepass_backend
@@ -113,6 +127,8 @@ BACKENDS: tuple[BackendEntry, ...] = (
     _prepass("cuda", _cuda_reason, "cuda_core", ops="cuda_ops"),
     _prepass("cudnn", _cudnn_reason, "cudnn_core"),
     _prepass("flash_attn", _flash_reason, "flash_core"),
+    BackendEntry("torch_fp8", lambda: None, _build_torch_fp8),
+    BackendEntry("triton_fp8", _triton_reason, _build_triton_fp8),
     BackendEntry("auto", lambda: None, _build_auto),
 )
 

@@ -51,6 +51,8 @@ def cuda_ops() -> PrepassOps:
 
 
 class PrepassAttention(TorchAttention):
+    fp8_ring = False  # its cores take K and V in the model dtype; ``fp8.TritonFp8Attention`` reads an e4m3 ring
+
     def __init__(self, name: str, core: Core, ops: PrepassOps):
         self.name = name
         self.core = core
@@ -59,8 +61,8 @@ class PrepassAttention(TorchAttention):
         # its addresses, and an unbounded stream must not allocate per call.
         self._scratch: dict[tuple, torch.Tensor] = {}
 
-    def scratch(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        key = (shape, like.dtype, like.device)
+    def scratch(self, shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
+        key = (shape, like.dtype, like.device, tag)  # ``tag`` keeps two buffers of one shape apart
         if key not in self._scratch:
             # zeros: rows a pre-pass leaves unwritten are never garbage
             self._scratch[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)

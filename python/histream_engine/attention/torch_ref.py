@@ -25,6 +25,8 @@ from .rope import apply_rope
 
 class TorchAttention:
     name = "torch"
+    fp8_ring = True  # reads an e4m3 ring by dequantizing its window (``fp8``): the reference of the FP8 cache
+    fp8_core = False  # attends in the model dtype
 
     def self_attention(
         self,
@@ -71,6 +73,19 @@ class TorchAttention:
 
     def ring_attention(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> torch.Tensor:
         k, v = self.visible_kv(k_store, v_store, view)  # [B, Lk, H, D]
+        return self.cross_attention(apply_rope(q, *view.q_rope), k, v)
+
+    def write_kv_fp8(self, k_store, v_store, k_scale, v_scale, view: RingView, k_proj, v_proj, norm_k) -> None:
+        from .fp8 import reference_write_kv_fp8
+
+        reference_write_kv_fp8(k_store, v_store, k_scale, v_scale, view, k_proj, v_proj, norm_k)
+
+    def ring_attention_fp8(self, q, k_store, v_store, k_scale, v_scale, view: RingView) -> torch.Tensor:
+        from .fp8 import dequantized_kv
+
+        k, v = dequantized_kv(k_store, v_store, k_scale, v_scale, view, q.dtype)  # [B, Lk, H, D]
+        if not view.rotated_keys:
+            k = apply_rope(k, *view.slot_rope)
         return self.cross_attention(apply_rope(q, *view.q_rope), k, v)
 
     def downsample_patches(self, x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """FP8 (E4M3) for exported graphs: Q/DQ around the transformer blocks' linear layers only, as public DiT FP8
 recipes do. The modulation, the text/time embedders, the patch embedding and the head stay in the graph's dtype.
+Which linears, and their weight scales, are ``model.fp8_linear``'s: the torch FP8 path (``EngineConfig(linear_dtype=
+"float8_e4m3fn")``) quantizes the same layers the same way (its activations per token at run time, not static).
 
 - Weights: per output channel, scale = amax / 448, stored as float8 initializers behind a DequantizeLinear.
 - Activations: per tensor, static scale = amax / 448 from a calibration run of the model on this schedule's
@@ -18,21 +20,12 @@ import re
 import torch
 
 from ..model.dit import WanDiT
+from ..model.fp8_linear import E4M3_MAX, block_linears, channel_scales
 from .signature import Signature
 from ..runtime.schedules import resolve_schedule
 
-E4M3_MAX = 448.0
 STORED = {16: torch.bfloat16, 10: torch.float16}  # onnx.TensorProto.BFLOAT16, FLOAT16
 BLOCK_LINEAR = re.compile(r"^dit\.(blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02]))\.bias$")
-
-
-def block_linears(dit: WanDiT) -> dict[str, torch.nn.Linear]:
-    """The linear layers a chunk's graph runs in FP8 (cross-attention K/V are computed once per prompt, outside)."""
-    names = {}
-    for i, blk in enumerate(dit.blocks):
-        for part in ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o", "ffn.0", "ffn.2"):
-            names[f"blocks.{i}.{part}"] = blk.get_submodule(part)
-    return names
 
 
 @torch.no_grad()
@@ -92,7 +85,7 @@ def quantize_block_linears(model, sig: Signature, amax: dict[str, float]):
                 w = torch.from_numpy(numpy_helper.to_array(w_init).astype("float32"))  # [C_in, C_out]
                 dtype = w_init.data_type
                 as_stored = STORED.get(dtype, torch.float32)  # scales are stored in the graph's dtype: divide by those
-                w_scale = (w.abs().amax(0) / E4M3_MAX).clamp_min(1e-12).to(as_stored).float()  # [C_out]
+                w_scale = channel_scales(w, 0).to(as_stored).float()  # [C_out]
                 x_scale = torch.tensor(max(amax[layer], 1e-12) / E4M3_MAX).to(as_stored).item()
                 prefix = f"fp8.{layer}"
                 graph.initializer.extend([

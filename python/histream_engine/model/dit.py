@@ -125,10 +125,13 @@ class FFNWorkspace:
 
     def __call__(self, ffn: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
         lin1, act, lin2 = ffn
+        if not (isinstance(lin1, nn.Linear) and isinstance(lin2, nn.Linear)):  # FP8 layers (model.fp8_linear) run as modules
+            return ffn(h)
         if lin1.bias is None or lin2.bias is None or getattr(act, "approximate", None) != "tanh":
             return ffn(h)
         x = h.reshape(-1, h.shape[-1])  # [N, C]
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available():
+        if x.device.type == "cpu" and torch.backends.mkldnn.is_available() and (
+                x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())):
             hidden = torch.ops.mkldnn._linear_pointwise(x, lin1.weight, lin1.bias, "gelu", [], "tanh")  # [N, ffn_dim]
         else:
             key = (x.shape[0], lin1.out_features, x.dtype, x.device)

@@ -26,5 +26,9 @@ class WindowAttention:
     def __call__(self, layer: int, q: torch.Tensor | None, k_proj: torch.Tensor, v_proj: torch.Tensor, norm_k) -> torch.Tensor | None:
         # q: [B, M*S, H, D] after RMSNorm, not rotated, or None to write only; k_proj, v_proj: [B, M*S, C]
         k_store, v_store = self.cache.k[layer], self.cache.v[layer]  # [B, slots*S, H, D]
+        if self.cache.fp8:  # e4m3 ring with scales [B, slots, H] (attention.fp8)
+            scales = self.cache.k_scale[layer], self.cache.v_scale[layer]
+            self.backend.write_kv_fp8(k_store, v_store, *scales, self.view, k_proj, v_proj, norm_k)
+            return None if q is None else self.backend.ring_attention_fp8(q, k_store, v_store, *scales, self.view)
         self.backend.write_kv(k_store, v_store, self.view, k_proj, v_proj, norm_k)
         return None if q is None else self.backend.ring_attention(q, k_store, v_store, self.view)

@@ -19,6 +19,7 @@ from ..model.dit import WanDiT, engine_ops
 from ..model.decoder import VideoDecoder
 from .cached_attention import WindowAttention
 from .chunk_graphs import cuda_graph_factory
+from . import precision as precision_rules
 from .dit_runners import build_runner, runner_entry
 from .finite_check import check_finite_latents
 from .kv_cache import RingKVCache
@@ -79,11 +80,17 @@ class EngineConfig:
     compile: bool = False  # torch.compile the blocks' elementwise parts (model.dit.BlockOps)
     dit: str = "torch"  # who runs the DiT forwards: torch, or exported graphs (onnxruntime, tensorrt); runtime.dit_runners lists them
     engine_dir: str | None = None  # for onnxruntime: a histream export folder; for tensorrt: a histream build-trt folder
+    kv_dtype: str | None = None  # "float8_e4m3fn": e4m3 ring caches with per-(slot, head) scales (runtime.precision)
+    linear_dtype: str | None = None  # "float8_e4m3fn": the blocks' linears as scaled FP8 matmuls (model.fp8_linear)
+    precision: str | None = None  # "fp8": both of the above and the FP8 attention core (runtime.precision.FP8_CORES)
 
     def __post_init__(self):
         check_chunk_size(self.chunk_size)
-        if runner_entry(self.dit).exported_graphs and (self.cuda_graphs or self.compile):
-            raise ValueError(f"cuda_graphs and compile apply to dit='torch'; dit={self.dit!r} runs exported graphs")
+        precision_rules.resolve(self)
+        if runner_entry(self.dit).exported_graphs:
+            if self.cuda_graphs or self.compile:
+                raise ValueError(f"cuda_graphs and compile apply to dit='torch'; dit={self.dit!r} runs exported graphs")
+            precision_rules.refuse_for_exported_graphs(self)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ class Engine:
             raise ValueError(f"the VAE is on {vae.device} but the DiT on {dit.device}; move them to one device")
         if self.config.cuda_graphs and dit.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {dit.device}; set cuda_graphs=False")
+        precision_rules.check_engine(self.config, self.attention, dit)
+        precision_rules.apply_linears(self.config, dit)
         self.ops = engine_ops(self.config.compile)
         self.forwards = build_runner(self.config.dit, dit, self.attention, self.ops, self.config.engine_dir)
 
@@ -197,7 +206,7 @@ class Engine:
         gh, gw = h // cfg.patch_size[1], w // cfg.patch_size[2]
         scale = (1.0, max(1.0, gh / cfg.train_grid[0]), max(1.0, gw / cfg.train_grid[1])) if sched.ntk else (1.0, 1.0, 1.0)
         cache = RingKVCache(plan, cfg.num_layers, shape.batch, gh * gw, cfg.num_heads, cfg.head_dim, self.dit.dtype, self.dit.device,
-                            rotate_keys=self.forwards.rotate_keys)
+                            rotate_keys=self.forwards.rotate_keys, kv_dtype=precision_rules.kv_torch_dtype(self.config))
         return _Resolution((h, w), (gh, gw), inv_freqs(cfg.head_dim, cfg.rope_theta, scale), cache)
 
     # ---- public API ----

@@ -1,0 +1,78 @@
+"""FP8 settings of an engine: the names, the ``precision="fp8"`` preset, what may combine, and applying them.
+
+Three switches, each usable alone (``docs/fp8.md``):
+
+- ``kv_dtype="float8_e4m3fn"``: the ring caches hold e4m3 K/V with per-(slot, head) scales (``runtime.kv_cache``);
+- an FP8 attention core, chosen by backend name: ``triton_fp8`` (sm_90a), or ``torch_fp8`` (its numerics in torch);
+- ``linear_dtype="float8_e4m3fn"``: the blocks' linear layers as scaled e4m3 matmuls (``model.fp8_linear``).
+
+``precision="fp8"`` turns all three on: both dtypes, and the FP8 counterpart of the chosen backend (``FP8_CORES``).
+The dtype options are named after torch's dtype, so a value reads the same in Python, on the command line and in a
+bench record, and a later e5m2 or MX format is another value, not another flag.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8 = "float8_e4m3fn"
+KV_DTYPES = (None, FP8)
+LINEAR_DTYPES = (None, FP8)
+PRECISIONS = (None, "fp8")
+FP8_CORES = {"torch": "torch_fp8", "triton": "triton_fp8", "auto": "triton_fp8", "torch_fp8": "torch_fp8", "triton_fp8": "triton_fp8"}
+MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (sm_89) and Hopper (sm_90)
+
+
+def resolve(config) -> None:
+    """Apply ``config.precision`` to an ``EngineConfig`` and check its FP8 fields, in place (its ``__post_init__``)."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
+    if config.precision == "fp8":
+        if config.attention not in FP8_CORES:
+            raise ValueError(f"precision='fp8' has no FP8 attention core for attention={config.attention!r}; "
+                             f"use one of {sorted(FP8_CORES)}, or set kv_dtype/linear_dtype alone")
+        config.kv_dtype = config.kv_dtype or FP8
+        config.linear_dtype = config.linear_dtype or FP8
+        config.attention = FP8_CORES[config.attention]
+    if config.kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype must be None (the model dtype) or {FP8!r}, got {config.kv_dtype!r}")
+    if config.linear_dtype not in LINEAR_DTYPES:
+        raise ValueError(f"linear_dtype must be None (the model dtype) or {FP8!r}, got {config.linear_dtype!r}")
+    if config.attention in ("torch_fp8", "triton_fp8") and config.kv_dtype != FP8:
+        raise ValueError(f"attention={config.attention!r} reads an e4m3 ring cache: set kv_dtype={FP8!r} (or precision='fp8')")
+
+
+def uses_fp8(config) -> bool:
+    return config.kv_dtype == FP8 or config.linear_dtype == FP8
+
+
+def refuse_for_exported_graphs(config) -> None:
+    if uses_fp8(config):
+        raise ValueError(f"kv_dtype/linear_dtype FP8 apply to dit='torch'; dit={config.dit!r} runs exported graphs, whose FP8 is "
+                         "chosen when they are built (histream export --fp8, histream build-trt --precision fp8)")
+
+
+def check_engine(config, backend, dit) -> None:
+    """What needs the backend and the model: refused combinations, with the reason."""
+    if config.kv_dtype == FP8 and not getattr(backend, "fp8_ring", False):
+        raise ValueError(f"attention={config.attention!r} has no FP8 path: its core takes K and V in the model dtype. With "
+                         f"kv_dtype={FP8!r} use triton_fp8 (or torch, which dequantizes; or torch_fp8, the FP8 core's model)")
+    if uses_fp8(config) and dit.device.type == "cuda":
+        cap = torch.cuda.get_device_capability(dit.device)
+        if cap < MIN_CAPABILITY:
+            raise ValueError(f"FP8 needs e4m3 tensor cores (sm_89 or newer); {torch.cuda.get_device_name(dit.device)} is "
+                             f"sm_{cap[0]}{cap[1]}: drop kv_dtype/linear_dtype/precision")
+        if config.linear_dtype == FP8 and dit.dtype != torch.bfloat16:
+            raise ValueError(f"FP8 linears on a GPU write bf16 (row-wise scaled matmuls); load the model in bf16, not {dit.dtype}")
+
+
+def kv_torch_dtype(config) -> torch.dtype | None:
+    return torch.float8_e4m3fn if config.kv_dtype == FP8 else None
+
+
+def apply_linears(config, dit) -> None:
+    """Quantize the model's block linears once, in place, when asked."""
+    if config.linear_dtype == FP8:
+        from ..model.fp8_linear import quantize_block_linears
+
+        quantize_block_linears(dit)
