@@ -98,9 +98,6 @@ class VideoStream(Iterator[ChunkResult]):
         if recache and self.plan.history_frames is None:
             raise ValueError("recache=True needs a sliding-window schedule (window='anchor'): a full-history window would "
                              "re-encode the whole video; use recache=False or a windowed schedule")
-        if recache and getattr(self.engine.config, "kv_dtype", None):
-            raise ValueError(f"recache=True writes the ring through the torch path, which has no {self.engine.config.kv_dtype} "
-                             "scales yet: use recache=False, or a stream without an FP8 cache")
         with self._lock:
             if self._closed:
                 raise StreamClosedError("this stream is closed: open a new one with engine.stream(...)")
