@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from histream_engine import SCHEDULES, TAEHV, Engine, EngineConfig, VAEConfig, WanConfig, WanVAE, attention_backends, dit_backends, flops
+from histream_engine import SCHEDULES, CheckpointError, Engine, EngineConfig, VAEConfig, WanConfig, attention_backends, dit_backends, flops
 from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
@@ -33,6 +33,7 @@ from .peer_self_forcing import PeerError, compare, load_peer
 from .presets import PRESETS, BenchPreset
 from .profile import profile_last_chunk
 from .report import device_peak, environment, fp8_peak, markdown_table, plot_chunks, write_json
+from .vae import RANDOM_TAE, build_decoder
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", nargs="*", choices=["wan", "tae"], metavar="DECODER",
                    help="decode every chunk too, with each DECODER in turn (default both: the Wan VAE of the preset's width and "
                         "taew2_1's TAEHV, random weights); reports each one's s/frame, end-to-end s/frame and its fraction")
+    p.add_argument("--tae", type=Path, metavar="PATH",
+                   help="TAEHV weights (taew2_1.pth or .safetensors from madebyollin/taehv) for the tae decoder instead of random "
+                        "ones; alone it means --vae tae")
     p.add_argument("--prompt-tokens", type=int, default=128,
                    help="real rows of the random prompt, the rest of its 512 zero padding as UMT5 gives (default 128, "
                         "an extended prompt's length; 512 for no padding)")
@@ -121,6 +125,8 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
             load_peer(args.peer_self_forcing)
         except PeerError as e:
             fail(f"--peer-self-forcing: {e}")
+    if args.tae is not None and args.vae and "tae" not in args.vae:
+        fail(f"--tae names TAEHV weights, but --vae {' '.join(args.vae)} leaves TAEHV out; add tae")
 
 
 def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, peak: float | None = None,
@@ -204,14 +210,14 @@ def main(argv=None) -> int:
     frames = preset.frames if args.frames is None else args.frames
     cfg = WanConfig.from_name(preset.model)
     check_arguments(parser, args, preset, frames, repeats, cfg)
+    decoders = {}  # before the DiT, so that a bad --tae file is refused at once
+    wanted = args.vae or (["wan", "tae"] if args.vae is not None else ["tae"] if args.tae is not None else [])
+    for name in wanted:
+        try:
+            decoders[name] = build_decoder(name, getattr(torch, dtype_name), device, args.tae, preset.vae_dim, seed=1)
+        except CheckpointError as e:
+            parser.exit(2, f"{parser.prog}: error: --tae: {' '.join(str(e).split())}\n")  # the loader's message, on one line
     dit = initialized_dit(cfg, getattr(torch, dtype_name), device)
-    decoders = {}
-    if args.vae is not None:
-        for name in args.vae or ["wan", "tae"]:
-            torch.manual_seed(1)
-            with torch.device(device):
-                decoders[name] = WanVAE(VAEConfig(dim=preset.vae_dim)) if name == "wan" else TAEHV()
-            decoders[name] = decoders[name].to(getattr(torch, dtype_name)).eval().requires_grad_(False)
     engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile, dit=args.dit,
                                       engine_dir=args.engine_dir and str(args.engine_dir), precision=args.precision),
                     vae=next(iter(decoders.values()), None))
@@ -279,7 +285,8 @@ def main(argv=None) -> int:
         "torch_compile": args.compile,
         "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim)),
                 "taehv_flops_per_frame": flops.taehv_flops_per_frame(preset.height, preset.width),
-                "decoders": list(decoders)} if decoders else None,
+                "decoders": list(decoders), "tae_weights": (str(args.tae) if args.tae else RANDOM_TAE) if "tae" in decoders else None}
+        if decoders else None,
         "wan_baseline": baseline,
         "schedules": schedules,
         "profiles": {name: {k: v for k, v in prof.items() if k != "table"} for name, prof in profiles.items()} or None,

@@ -1,10 +1,15 @@
 """Decoder-only timing: the Wan VAE against TAEHV (taew2_1's layout), random weights, several resolutions, one run.
 
-    python -m bench.vae --resolutions 256x256 512x512 [--dtype float32] [--out bench/results/DATE-DEVICE-vae.json]
+    python -m bench.vae --resolutions 256x256 512x512 [--dtype float32] [--tae taew2_1.pth] [--out bench/results/DATE-DEVICE-vae.json]
 
 Per decoder and resolution: the first latent frame decoded alone (priming the causal history, not timed), then
 ``--latent-frames`` steady latent frames as one chunk, timed (median of ``--repeats``); s/frame is per video frame
 of that chunk. The FLOP model's count is printed beside it. A JSON record and a markdown table beside it.
+
+``build_decoder`` is the one place the bench (this script and ``histream bench --vae``) makes a decoder: TAEHV goes
+through the loader's own ``taehv_from_state`` (random weights in taew2_1's layout, or ``--tae``'s file through
+``load_taehv``), so its dtype and memory layout (channels-last weights on a GPU) are what ``Engine.from_pretrained``
+runs and a timed decode pays for no layout conversion the engine would not.
 """
 
 from __future__ import annotations
@@ -17,12 +22,31 @@ from pathlib import Path
 
 import torch
 
-from histream_engine import TAEHV, VAEConfig, WanVAE, flops
+from histream_engine import TAEHV, CheckpointError, VAEConfig, WanVAE, flops
+from histream_engine.output_paths import OutputPathError, check_output_file
+from histream_engine.taehv_checkpoint import load_taehv, taehv_from_state
 
 from .report import environment, write_json
 
 RESULTS = Path(__file__).parent / "results"
-DECODERS = {"wan": lambda: WanVAE(VAEConfig()), "tae": lambda: TAEHV()}
+DECODERS = ("wan", "tae")
+RANDOM_TAE = "random weights in taew2_1's layout"
+
+
+def build_decoder(name: str, dtype: torch.dtype, device: torch.device, tae_path: Path | None = None, wan_dim: int = 96,
+                  seed: int = 0) -> WanVAE | TAEHV:
+    """``wan``: the Wan VAE of width ``wan_dim``, random weights, as ``load_vae`` leaves a loaded one (the Wan VAE's 3D
+    convs keep the default layout); ``tae``: TAEHV from ``tae_path`` or random weights, through the loader."""
+    torch.manual_seed(seed)
+    if name == "tae":
+        if tae_path is not None:
+            return load_taehv(tae_path, dtype, device)  # refuses a bad file with the loader's message (CheckpointError)
+        return taehv_from_state(TAEHV().state_dict(), Path(RANDOM_TAE), dtype, device)
+    if name != "wan":
+        raise ValueError(f"unknown decoder {name!r}; choose one of {DECODERS}")
+    with torch.device(device):  # the full-width Wan VAE's init is seconds on a CPU: make it where it runs
+        vae = WanVAE(VAEConfig(dim=wan_dim))
+    return vae.to(dtype).eval().requires_grad_(False)
 
 
 def _sync(device: torch.device) -> None:
@@ -50,7 +74,8 @@ def time_decoder(decoder, height: int, width: int, latent_frames: int, repeats: 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolutions", nargs="+", default=["256x256", "512x512"], metavar="WxH")
-    p.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=list(DECODERS))
+    p.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
+    p.add_argument("--tae", type=Path, metavar="PATH", help="TAEHV weights (taew2_1.pth or .safetensors) instead of random ones")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--latent-frames", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
@@ -62,16 +87,23 @@ def main(argv=None) -> int:
         if not (w.isdigit() and h.isdigit()) or int(w) % 8 or int(h) % 8 or not int(w) or not int(h):
             p.exit(2, f"{p.prog}: error: resolution {r!r} is not WxH with multiples of 8\n")
         sizes.append((int(w), int(h)))
+    if args.tae is not None and "tae" not in args.decoders:
+        p.exit(2, f"{p.prog}: error: --tae names TAEHV weights, but --decoders {' '.join(args.decoders)} leaves TAEHV out\n")
+    if args.out is not None:  # checked now, not after minutes of decoding
+        try:
+            check_output_file(args.out, (".json",), "--out")
+        except OutputPathError as e:
+            p.exit(2, f"{p.prog}: error: {e}\n")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device)
+    decoders = {}
+    for name in args.decoders:  # all built (a bad --tae refused) before anything is timed
+        try:
+            decoders[name] = build_decoder(name, getattr(torch, args.dtype), device, args.tae)
+        except CheckpointError as e:
+            p.exit(2, f"{p.prog}: error: --tae: {' '.join(str(e).split())}\n")  # the loader's message, on one line
     rows = []
-    for name in args.decoders:
-        torch.manual_seed(0)
-        with torch.device(device):
-            decoder = DECODERS[name]()
-        decoder = decoder.to(getattr(torch, args.dtype)).eval().requires_grad_(False)
-        if device.type == "cuda":
-            decoder = decoder.to(memory_format=torch.channels_last)
+    for name, decoder in decoders.items():
         for w, h in sizes:
             count = flops.vae_flops_per_frame(h, w) if name == "wan" else flops.taehv_flops_per_frame(h, w)
             spf = time_decoder(decoder, h, w, args.latent_frames, args.repeats)
@@ -80,11 +112,13 @@ def main(argv=None) -> int:
             print(f"{decoder.name:>6} {w}x{h}: {spf:.4f} s/frame, {count / 1e9:.1f} GFLOP/frame, {count / spf / 1e9:.1f} GFLOP/s", flush=True)
     record = {"command": "python -m bench.vae " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "environment": env, "dtype": args.dtype,
+              "tae_weights": str(args.tae) if args.tae else RANDOM_TAE,
               "latent_frames": args.latent_frames, "repeats": args.repeats, "rows": rows}
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
     out = args.out or RESULTS / f"{record['date']}-{slug}-vae.json"
     write_json(record, out)
     lines = [f"# Decoders alone, {env['device']}, {args.dtype}", "", f"`{record['command']}`", "",
+             f"Commit {env['git_commit']}, {record['date']}; TAEHV: {record['tae_weights']}.", "",
              "| decoder | size | s/frame | GFLOP/frame | GFLOP/s | Wan / TAEHV time |", "|---|---|---|---|---|---|"]
     by = {(r["decoder"], r["width"], r["height"]): r for r in rows}
     for r in rows:

@@ -125,6 +125,8 @@ def test_cuda_graphs_flag_refused_without_a_gpu(capsys):
         (["--attention", "fa9"], "unknown --attention 'fa9'"),
         (["--dit", "onnxruntime"], "--engine-dir goes with --dit onnxruntime or tensorrt, and they need it"),
         (["--dit", "onnxruntime", "--engine-dir", "x", "--compile"], "--cuda-graphs and --compile apply to --dit torch"),
+        (["--vae", "wan", "--tae", "taew2_1.pth"], "--tae names TAEHV weights, but --vae wan leaves TAEHV out; add tae"),
+        (["--vae", "--tae", "/nonexist/taew2_1.pth"], "--tae: TAEHV weights /nonexist/taew2_1.pth do not exist"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line_before_any_model_is_built(args, message, capsys, monkeypatch):
@@ -150,3 +152,37 @@ def test_bench_runs_exported_graphs_of_its_own_random_model(cli_tiny_export, tmp
     record = json.loads(out.read_text())
     assert record["dit"] == "onnxruntime" and record["schedules"]["two_step"]["seconds_per_frame"] > 0
 
+
+
+def test_bench_tae_decodes_with_the_named_weights_file(tmp_path, monkeypatch):
+    """--tae alone means --vae tae: the file's TAEHV, built by bench.vae.build_decoder (the loader's path), decodes."""
+    from histream_engine import TAEHV, TAEHVConfig, save_taehv
+    from histream_engine.bench import suite, vae
+
+    torch.manual_seed(5)
+    weights = save_taehv(TAEHV(TAEHVConfig(channels=(16, 8, 8, 8))), tmp_path / "taew2_1.safetensors")
+    built = []
+    monkeypatch.setattr(suite, "build_decoder", lambda *a, **k: built.append(vae.build_decoder(*a, **k)) or built[-1])
+    out = tmp_path / "t.json"
+    assert main(["--schedules", "two_step", "--repeats", "1", "--frames", "9", "--height", "64", "--width", "64",
+                 "--tae", str(weights), "--no-baseline", "--no-plot", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["vae"]["decoders"] == ["tae"] and record["vae"]["tae_weights"] == str(weights)
+    assert [d.config for d in built] == [TAEHVConfig(channels=(16, 8, 8, 8))]
+    r = record["schedules"]["two_step"]
+    assert r["vae_seconds_per_frame"] > 0 and list(r["decoders"]) == ["tae"] and r["decoders"]["tae"]["name"] == "taehv"
+
+
+def test_a_bad_tae_file_is_refused_with_the_loaders_message_before_the_dit_is_built(tmp_path, capsys, monkeypatch):
+    from histream_engine.bench import suite
+    from histream_engine.cli import main as cli_main
+
+    monkeypatch.setattr(suite, "initialized_dit", lambda *a: pytest.fail("the DiT was built before --tae was loaded"))
+    partial = tmp_path / "taew2_1.pth"
+    torch.save({"decoder.1.weight": torch.zeros(256, 16, 3, 3)}, partial)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "--tae", str(partial)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"histream bench: error: --tae: {partial} does not match the TAEHV decoder config"), err
+    assert "missing keys: decoder.1.bias, decoder.10.conv.0.bias" in err and "(63 in all)" in err
