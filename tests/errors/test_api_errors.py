@@ -1,6 +1,8 @@
 """The Python API's bad-input table: each row a call, the exception type it must raise and a fragment of its message
 (never a bare AttributeError/KeyError, never a silent coercion), plus the per-chunk finiteness check of the latents."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,21 @@ def test_a_model_that_goes_non_finite_fails_at_its_chunk(tiny_host):
     finally:
         weight.copy_(saved)
     assert torch.isfinite(next(engine.stream(prompt, 9, 16, 16)).latents).all()  # the restored model runs
+
+
+def test_a_model_that_goes_non_finite_mid_run_fails_at_that_chunk_after_delivering_the_first(tiny_host):
+    """NaN only at t=0 (poison_time_zero): chunk 0 denoises finite and decodes, the recache after it writes NaN K/V,
+    and chunk 1 fails by name; the stream delivered exactly one chunk."""
+    from .conftest import poison_time_zero
+
+    dit = copy.deepcopy(tiny_host.engine.dit)
+    poison_time_zero(dit, [s.timestep for s in SCHEDULES["self_forcing"].later])
+    engine = Engine(dit, vae=tiny_host.engine.vae)
+    got = []
+    with pytest.raises(NonFiniteLatents, match=r"chunk 1: the latents hold NaN or Inf after step 4/4 \(high res, t=625.0\)"):
+        for chunk in engine.stream(tiny_host.default_prompt[:, :8], 21, 16, 16, schedule="self_forcing"):
+            got.append(chunk)
+    assert [c.index for c in got] == [0] and torch.isfinite(got[0].latents).all() and got[0].frames.shape[1] == 9
 
 
 def test_schedule_dict_roundtrip_still_valid():
