@@ -163,3 +163,25 @@ def test_tgrow_keeps_channels_last_and_the_frame_order():
     assert last.is_contiguous(memory_format=torch.channels_last) and rel_err(last, plain) < 1e-6
     y = grow.conv(x).detach().view(3, 2, 2, 5, 4, 6)  # [T, B, j, C, H, W]
     assert torch.equal(plain.view(3, 2, 2, 5, 4, 6), y.transpose(1, 2))  # frame (t, j) of batch b at t * 2B + j * B + b
+
+
+def test_the_engine_streams_taehv_over_three_chunks_as_the_whole_video_decodes(weights):
+    """33 frames, 3 chunks through the Engine with a loaded TAEHV: 9, 12, 12 frames, and the decodes it streamed (the
+    state carried by ChunkDecoder) equal the plain reference decoding all 9 latent frames at once."""
+    from conftest import random_dit
+    from histream_engine import Engine
+    from histream_engine.model.vae import to_uint8_frames
+
+    state, path = weights
+    decoder = load_taehv(path)
+    decoded = []
+    real_decode = decoder.decode
+    decoder.decode = lambda z, s=None: decoded.append(real_decode(z, s)) or decoded[-1]  # keep the float frames too
+    engine = Engine(random_dit("tiny", seed=3, std=0.05), vae=decoder)
+    chunks = list(engine.stream(torch.randn(1, 8, engine.dit.config.text_dim), 33, 32, 32, schedule="self_forcing"))
+    assert [c.video_frames for c in chunks] == [9, 12, 12] and [c.frames.shape[1] for c in chunks] == [9, 12, 12]
+    latents = torch.cat([c.latents for c in chunks], dim=2)  # [1, 16, 9, 4, 4]
+    whole = reference_decode(state, latents)
+    assert whole.shape[2] == 33 and whole.std() > 0.1
+    assert rel_err(torch.cat(decoded, dim=2), whole) < 1e-5
+    assert torch.equal(torch.cat([c.frames for c in chunks], dim=1), to_uint8_frames(torch.cat(decoded, dim=2)))
