@@ -180,3 +180,69 @@ def precision_peak(f: Flops, bf16_peak: float, fp8_peak: float, fp8_linear: bool
     an FP8 run; with both parts FP8, nearly all of a forward (cross-attention stays bf16) counts at the FP8 peak."""
     fast = (f.linear if fp8_linear else 0.0) + (f.self_attn if fp8_attention else 0.0)
     return f.total / (fast / fp8_peak + (f.total - fast) / bf16_peak)
+
+
+# ---- sequence parallelism (runtime.ulysses): per-rank work and what each rank sends ----
+
+H100_SXM = {"peak_flops": 550e12, "link_bytes_per_s": 450e9}  # effective dense bf16; NVLink 4 per direction per GPU
+
+
+def exchange_bytes(cfg: WanConfig, query_tokens_per_frame: int, frames: int, ranks: int, item: int, cache_only: bool = False) -> float:
+    """Bytes one rank sends to the others during one sequence-parallel forward over ``frames`` latent frames of
+    ``query_tokens_per_frame`` tokens, averaged over the ranks (exact for that average where N does not divide a
+    frame, as ``ulysses.Exchange`` counts): per attending layer, Q, K and V dealt out by head and the output
+    dealt back by token, each ``L * dim * (N - 1) / N^2`` elements (a recache pass's last layer deals out only K and
+    V); then the head's output gathered, padded to the largest slice."""
+    if ranks == 1:
+        return 0.0
+    L = query_tokens_per_frame * frames
+    one = L * cfg.dim * (ranks - 1) / ranks**2  # elements of one exchanged tensor
+    exchanges = 4 * (cfg.num_layers - 1) + 2 if cache_only else 4 * cfg.num_layers
+    gather = 0 if cache_only else frames * -(-query_tokens_per_frame // ranks) * cfg.out_dim * cfg.patch_volume * (ranks - 1)
+    return float(item * (exchanges * one + gather))
+
+
+def schedule_exchange_bytes(cfg: WanConfig, schedule, num_frames: int, height: int, width: int, ranks: int, item: int,
+                            chunk_size: int = 3) -> list[float]:
+    """Bytes a rank sends per chunk of a video (every denoising forward and recache pass), averaged over the ranks."""
+    sched = resolve_schedule(schedule)
+    latent_frames = (num_frames - 1) // VAE_TIME_STRIDE + 1
+    S = {"high": tokens_per_frame(cfg, height, width)}
+    if sched.uses_low:
+        S["low"] = tokens_per_frame(cfg, height // sched.low_factor, width // sched.low_factor)
+    out = []
+    for c in range(latent_frames // chunk_size):
+        steps = sum(exchange_bytes(cfg, S[s.resolution], chunk_size, ranks, item) for s in sched.steps(c))
+        recache = sum(exchange_bytes(cfg, s, chunk_size, ranks, item, cache_only=True) for s in S.values())
+        out.append(steps + recache)
+    return out
+
+
+@dataclass(frozen=True)
+class ParallelPrediction:
+    ranks: int
+    flops_per_rank_per_frame: float
+    bytes_per_rank_per_frame: float
+    compute_s_per_frame: float
+    comm_s_per_frame: float
+
+    @property
+    def s_per_frame(self) -> float:
+        """Compute plus communication, not overlapped: each all-to-all waits for the projections before it and the
+        attention after it waits for the all-to-all, as ``runtime.ulysses`` runs them."""
+        return self.compute_s_per_frame + self.comm_s_per_frame
+
+
+def predict_parallel(cfg: WanConfig, schedule, num_frames: int, height: int, width: int, ranks: int, item: int = 2,
+                     peak_flops: float = H100_SXM["peak_flops"], link_bytes_per_s: float = H100_SXM["link_bytes_per_s"],
+                     chunk_size: int = 3) -> ParallelPrediction:
+    """Denoising seconds per output frame on ``ranks`` GPUs: every FLOP of the model split N ways (tokens for the
+    linear layers and cross-attention, heads for self-attention) at ``peak_flops`` each, plus the bytes each rank sends
+    at ``link_bytes_per_s``. Refuses a world size the heads do not divide, as the engine does."""
+    if cfg.num_heads % ranks:
+        raise ValueError(f"{cfg.num_heads} heads are not divisible by {ranks} ranks")
+    chunks = schedule_flops(cfg, schedule, num_frames, height, width, chunk_size)
+    frames = sum(c.video_frames for c in chunks)
+    flops = sum(c.total for c in chunks) / ranks / frames
+    sent = sum(schedule_exchange_bytes(cfg, schedule, num_frames, height, width, ranks, item, chunk_size)) / frames
+    return ParallelPrediction(ranks, flops, sent, flops / peak_flops, sent / link_bytes_per_s)

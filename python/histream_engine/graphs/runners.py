@@ -46,6 +46,7 @@ class GraphForwards:
     """Exported graphs, one per signature, through a ``session(path, entry)`` factory (ONNX Runtime or TensorRT)."""
 
     rotate_keys = False  # the ring keeps K un-rotated: graphs take the window's K as it was projected
+    head_shards = 1  # whole-model graphs of one process: they do not run sharded
 
     def __init__(self, name: str, dit, manifest: Manifest, session: Callable[[Path, dict], "GraphSession"]):
         self.name = self.run_mode = name
@@ -85,6 +86,11 @@ class GraphForwards:
 
     def recache_patches(self, resolution, patches, t, cross, attn) -> None:
         self._run(resolution, patches, t, cross, attn, head=False)
+
+    def recache_tokens(self, tokens, t, cross_kv, attend) -> None:
+        """A prompt switch's re-cache pass: through the model in torch (no export holds a graph of that window), with
+        ``cross_kv`` as ``WanDiT.cross_kv`` gives it; it writes K un-rotated, as these graphs read the ring."""
+        self.dit.forward_tokens(tokens, t, cross_kv, attend, self.writer, cache_only=True)
 
     def _prepare(self, resolution: str, view) -> _Prepared:
         """Built once per chunk and resolution (every forward of a chunk shares its view), and only the latest kept."""
@@ -127,9 +133,9 @@ class GraphForwards:
         return out["flow"] if head else None
 
 
-def onnxruntime_forwards(dit, backend, ops, engine_dir) -> GraphForwards:
+def onnxruntime_forwards(dit, backend, ops, engine_dir, parallel=None) -> GraphForwards:
     """ONNX Runtime over the ``histream export`` folder ``engine_dir`` (the graphs hold their own attention: ``backend``
-    and ``ops`` are not used)."""
+    and ``ops`` are not used; ``parallel`` is always None, as the registry refuses it for exported graphs)."""
     if dit.dtype == torch.bfloat16:
         raise ValueError("dit='onnxruntime' runs float32 or float16 graphs (numpy and ONNX Runtime's I/O binding have no "
                          "bfloat16): export with --dtype float16 or float32, or use dit='tensorrt' for bfloat16")
@@ -138,7 +144,7 @@ def onnxruntime_forwards(dit, backend, ops, engine_dir) -> GraphForwards:
                          lambda path, entry: OnnxRuntimeSession(path, entry, dit.device, optimize=not manifest.fp8))
 
 
-def tensorrt_forwards(dit, backend, ops, engine_dir) -> GraphForwards:
+def tensorrt_forwards(dit, backend, ops, engine_dir, parallel=None) -> GraphForwards:
     """TensorRT over the ``histream build-trt`` folder ``engine_dir``."""
     from .tensorrt_session import TensorRTSession, read_trt_manifest
 

@@ -381,9 +381,25 @@ class WanDiT(nn.Module):
         ops: BlockOps = EAGER_OPS,
     ) -> torch.Tensor | None:
         """``forward_tokens`` after the time embedding: the blocks and the head."""
-        backend = backend or self.reference_attention
         B, f, h, w, C = tokens.shape
-        x = tokens.reshape(B, f, h * w, C)  # [B, F, S, C]
+        y = self.run_blocks(tokens.reshape(B, f, h * w, C), e, e0, cross_kv, attend, backend, cache_only, ops)
+        return None if y is None else self.unpatchify(y, (f, h, w))
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,  # [B, F', S, C] tokens, frame-major: a whole grid, or a rank's slice of every frame's tokens
+        e: torch.Tensor,  # [B, F', C] float32
+        e0: torch.Tensor,  # [B, F', 6, C] float32
+        cross_kv: Sequence[tuple],
+        attend: Attend,
+        backend=None,
+        cache_only: bool = False,
+        ops: BlockOps = EAGER_OPS,
+    ) -> torch.Tensor | None:
+        """The blocks and the head, token-wise but for ``attend``: returns the head's output ``[B, F', S, p*out]``
+        (None for ``cache_only``). Nothing here needs the whole token grid, so a sequence-parallel rank runs it on
+        its own tokens with an ``attend`` that exchanges them (``runtime.ulysses``)."""
+        backend = backend or self.reference_attention
         last = len(self.blocks) - 1
         for i, blk in enumerate(self.blocks):
             layer_attend = lambda q, k, v, norm_k, i=i: attend(i, q, k, v, norm_k)  # noqa: E731
@@ -391,7 +407,7 @@ class WanDiT(nn.Module):
                 blk.write_kv(x, e0, layer_attend, ops)
                 return None
             x = blk(x, e0, cross_kv[i], layer_attend, backend.cross_attention, ops)
-        return self.unpatchify(self.head(x, e), (f, h, w))
+        return self.head(x, e)
 
     def forward_latents(self, x: torch.Tensor, t, cross_kv, attend: Attend, backend=None, cache_only: bool = False, ops: BlockOps = EAGER_OPS):
         """``forward_tokens`` on latents ``[B, in, F, H, W]`` (shape-checked and patchified here)."""

@@ -38,7 +38,7 @@ class RunnerEntry:
     name: str
     unavailable_reason: Callable[[], str | None]  # None when usable, else why not (missing package, no GPU)
     module: str  # where its factory lives, relative to histream_engine
-    factory: str  # factory(dit, backend, ops, engine_dir) -> the runner
+    factory: str  # factory(dit, backend, ops, engine_dir, parallel) -> the runner
     needs_engine_dir: bool  # graph runners read an export (or build-trt) folder
     exported_graphs: bool  # runs fixed graphs: no cuda_graphs / compile / parallel of our own
 
@@ -64,13 +64,16 @@ def dit_backends() -> list[tuple[str, bool, str]]:
     return [(e.name, (why := e.unavailable_reason()) is None, why or "") for e in RUNNERS]
 
 
-def build_runner(name: str, dit, backend, ops, engine_dir):
-    """The runner ``name``, refusing with the reason when it cannot run here."""
+def build_runner(name: str, dit, backend, ops, engine_dir, parallel=None):
+    """The runner ``name``, refusing with the reason when it cannot run here. ``parallel``: the ``ParallelGroup`` a
+    sequence-parallel engine shards its forwards over (the torch runner only: exported graphs are whole-model)."""
     entry = runner_entry(name)
     if (why := entry.unavailable_reason()) is not None:
         raise RuntimeError(f"dit={name!r} is unavailable: {why}")
+    if parallel is not None and entry.exported_graphs:
+        raise ValueError(f"dit={name!r} runs exported whole-model graphs, one process each; parallel='ulysses' runs dit='torch'")
     if entry.needs_engine_dir and engine_dir is None:
         raise ValueError(f"dit={name!r} needs engine_dir: the folder histream export (or histream build-trt) wrote")
     package = __package__.rsplit(".", 1)[0]  # histream_engine
     factory = getattr(importlib.import_module(entry.module, package), entry.factory)
-    return factory(dit, backend, ops, engine_dir)
+    return factory(dit, backend, ops, engine_dir, parallel)

@@ -24,6 +24,7 @@ from .dit_runners import build_runner, runner_entry
 from .finite_check import check_finite_latents
 from .kv_cache import RingKVCache
 from .memory_estimate import check_fits, estimate_stream
+from .parallel import PARALLEL_MODES, engine_fingerprint, resolve_group, tensor_fingerprint
 from .request_checks import check_chunk_size, check_model_dtype, check_prompt_embeds, check_seed, resolve_device
 from .resample import upsample_latents
 from .results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, ChunkResult, GenerationResult, PromptSwitch, chunk_video_frames
@@ -83,13 +84,22 @@ class EngineConfig:
     kv_dtype: str | None = None  # "float8_e4m3fn": e4m3 ring caches with per-(slot, head) scales (runtime.precision)
     linear_dtype: str | None = None  # "float8_e4m3fn": the blocks' linears as scaled FP8 matmuls (model.fp8_linear)
     precision: str | None = None  # "fp8": both of the above and the FP8 attention core (runtime.precision.FP8_CORES)
+    parallel: str | None = None  # "ulysses": one stream over a process group's ranks (runtime.ulysses)
+    group: object = None  # with parallel: a torch.distributed ProcessGroup; None = the default group
 
     def __post_init__(self):
         check_chunk_size(self.chunk_size)
         precision_rules.resolve(self)
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
+        if self.group is not None and self.parallel is None:
+            raise ValueError("group= is the process group of a sequence-parallel engine: set parallel='ulysses' with it")
         if runner_entry(self.dit).exported_graphs:
             if self.cuda_graphs or self.compile:
                 raise ValueError(f"cuda_graphs and compile apply to dit='torch'; dit={self.dit!r} runs exported graphs")
+            if self.parallel:
+                raise ValueError(f"parallel={self.parallel!r} shards the torch runner's forwards; dit={self.dit!r} runs exported "
+                                 "whole-model graphs, one process each: use dit='torch' with parallel, or no parallel")
             precision_rules.refuse_for_exported_graphs(self)
 
 
@@ -114,9 +124,18 @@ class _Resolution:
 
 class Engine:
     def __init__(self, dit: WanDiT, config: EngineConfig | None = None, vae: VideoDecoder | None = None):
+        self.config = config or EngineConfig()
+        # a sequence-parallel engine is set up on every rank at once: the ranks compare their models and settings
+        # and either all of them build it or all refuse, with the same message (no rank waits on a refused one)
+        self.parallel = resolve_group(self.config.group) if self.config.parallel else None
+        if self.parallel is None:
+            self._setup(dit, vae)
+        else:
+            self.parallel.agreed("engine setups", engine_fingerprint(dit, self.config, vae), lambda: self._setup(dit, vae))
+
+    def _setup(self, dit: WanDiT, vae: VideoDecoder | None) -> None:
         check_model_dtype(dit.dtype)
         self.dit = dit
-        self.config = config or EngineConfig()
         self.attention = get_backend(self.config.attention)
         self.vae = vae
         self.text_encoder = None  # set by from_pretrained
@@ -126,10 +145,19 @@ class Engine:
             raise ValueError(f"the VAE is on {vae.device} but the DiT on {dit.device}; move them to one device")
         if self.config.cuda_graphs and dit.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, but it is on {dit.device}; set cuda_graphs=False")
+        if self.parallel is not None and dit.device != self.parallel.device:
+            raise ValueError(f"this rank's process group runs on {self.parallel.device} but the model is on {dit.device}: "
+                             f"load it with device={str(self.parallel.device)!r} (init_parallel() returns it as .device)")
         precision_rules.check_engine(self.config, self.attention, dit)
         precision_rules.apply_linears(self.config, dit)
         self.ops = engine_ops(self.config.compile)
-        self.forwards = build_runner(self.config.dit, dit, self.attention, self.ops, self.config.engine_dir)
+        self.forwards = build_runner(self.config.dit, dit, self.attention, self.ops, self.config.engine_dir, self.parallel)
+
+    @property
+    def decodes(self) -> bool:
+        """Whether this process decodes frames: always, but for the ranks after the first of a parallel group (every
+        rank holds the same latents; one decode is enough)."""
+        return self.vae is not None and (self.parallel is None or self.parallel.is_first)
 
     def graph_factory(self):
         """What makes a chunk's graph, or None to run every chunk eagerly."""
@@ -205,7 +233,8 @@ class Engine:
         h, w = shape.latent_height // factor, shape.latent_width // factor
         gh, gw = h // cfg.patch_size[1], w // cfg.patch_size[2]
         scale = (1.0, max(1.0, gh / cfg.train_grid[0]), max(1.0, gw / cfg.train_grid[1])) if sched.ntk else (1.0, 1.0, 1.0)
-        cache = RingKVCache(plan, cfg.num_layers, shape.batch, gh * gw, cfg.num_heads, cfg.head_dim, self.dit.dtype, self.dit.device,
+        heads = cfg.num_heads // self.forwards.head_shards  # a sequence-parallel rank keeps only its own heads' ring
+        cache = RingKVCache(plan, cfg.num_layers, shape.batch, gh * gw, heads, cfg.head_dim, self.dit.dtype, self.dit.device,
                             rotate_keys=self.forwards.rotate_keys, kv_dtype=precision_rules.kv_torch_dtype(self.config))
         return _Resolution((h, w), (gh, gw), inv_freqs(cfg.head_dim, cfg.rope_theta, scale), cache)
 
@@ -225,27 +254,37 @@ class Engine:
 
         Without a VAE that is when it is denoised. With one, results carry decoded frames; on a GPU the
         decode of chunk k overlaps the denoising of chunk k+1, so chunk k arrives after chunk k+1 denoised.
-        Inputs are checked here, before the first chunk runs.
+        Inputs are checked here, before the first chunk runs. On a sequence-parallel engine every rank makes this
+        call; they compare their arguments and checks first (``ParallelGroup.agreed``), every rank yields the same
+        latents, and the first rank alone decodes frames.
         """
-        sched = resolve_schedule(schedule)
-        prompt_embeds = check_prompt_embeds(prompt_embeds, self.dit.config.text_dim)
-        check_seed(seed)
-        shape = self.video_shape(prompt_embeds, num_frames, height, width, sched)
-        plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
-        self._check_positions(plan, shape)
-        check_fits(self.memory_estimate(shape, sched, plan), self.dit.device,
-                   f"{'a live stream' if num_frames is None else f'{num_frames} frames'} at {width}x{height}")
-        checked = shape if shape.latent_frames is not None else dataclasses.replace(
-            shape, latent_frames=self.position_horizon(plan, shape) * self.config.chunk_size)  # every window size it meets
-        self.forwards.check(sched, self.config.chunk_size, checked)
-        return VideoStream(self, prompt_embeds, shape, sched, plan, seed)
+
+        def checked():
+            sched = resolve_schedule(schedule)
+            embeds = check_prompt_embeds(prompt_embeds, self.dit.config.text_dim)
+            check_seed(seed)
+            shape = self.video_shape(embeds, num_frames, height, width, sched)
+            plan = sched.window_plan(self.config.chunk_size, shape.latent_frames)
+            self._check_positions(plan, shape)
+            check_fits(self.memory_estimate(shape, sched, plan), self.dit.device,
+                       f"{'a live stream' if num_frames is None else f'{num_frames} frames'} at {width}x{height}")
+            horizon = shape if shape.latent_frames is not None else dataclasses.replace(
+                shape, latent_frames=self.position_horizon(plan, shape) * self.config.chunk_size)  # every window size it meets
+            self.forwards.check(sched, self.config.chunk_size, horizon)
+            return VideoStream(self, embeds, shape, sched, plan, seed)
+
+        if self.parallel is None:
+            return checked()
+        request = {"prompt_embeds": tensor_fingerprint(prompt_embeds), "num_frames": num_frames, "height": height,
+                   "width": width, "schedule": tensor_fingerprint(schedule), "seed": tensor_fingerprint(seed)}
+        return self.parallel.agreed("stream requests", request, checked)
 
     def memory_estimate(self, shape: VideoShape, sched: Schedule, plan: WindowPlan):
         # the Wan VAE's decode dominates a step's memory; TAEHV's (a few narrow 2D convs) is small next to the DiT's
         vae_dim = getattr(getattr(self.vae, "config", None), "dim", None)
         return estimate_stream(self.dit.config, self.dit.dtype, self.dit.device, shape.batch, self.config.chunk_size,
                                (shape.latent_height, shape.latent_width), sched.low_factor if sched.uses_low else None,
-                               plan.slots, vae_dim)
+                               plan.slots, vae_dim if self.decodes else None, self.forwards.head_shards)
 
     def _denoise_chunk(self, steps, noises, attn: dict[str, WindowAttention], sched: Schedule, cross_kv, t_clean) -> torch.Tensor:
         """One chunk's device work: the schedule's steps, then the t=0 recache of every resolution's cache.

@@ -41,9 +41,11 @@ class MemoryEstimate:
 
 
 def estimate_stream(dit_config, dtype: torch.dtype, device: torch.device, batch: int, chunk_size: int,
-                    latent_hw: tuple[int, int], low_factor: int | None, slots: int, vae_dim: int | None) -> MemoryEstimate:
+                    latent_hw: tuple[int, int], low_factor: int | None, slots: int, vae_dim: int | None,
+                    shards: int = 1) -> MemoryEstimate:
     """``latent_hw`` at the high resolution; ``low_factor`` None when the schedule keeps no low-res cache; ``slots``
-    the frame slots each cache preallocates (``WindowPlan.slots``)."""
+    the frame slots each cache preallocates (``WindowPlan.slots``); ``shards`` the ranks of a sequence-parallel group,
+    over which the caches (by head) and the token-wise activations (by token) are dealt out."""
     cfg, item = dit_config, torch.empty((), dtype=dtype).element_size()
     ph, pw = cfg.patch_size[1:]
 
@@ -51,12 +53,14 @@ def estimate_stream(dit_config, dtype: torch.dtype, device: torch.device, batch:
         return (latent_hw[0] // factor // ph) * (latent_hw[1] // factor // pw)
 
     factors = [1] + ([low_factor] if low_factor else [])
-    cache = sum(2 * cfg.num_layers * batch * slots * tokens_per_frame(f) * cfg.dim * item for f in factors)
+    cache = sum(2 * cfg.num_layers * batch * slots * tokens_per_frame(f) * cfg.dim * item for f in factors) // shards
     queries = batch * chunk_size * tokens_per_frame(1)
     keys = (slots + chunk_size) * tokens_per_frame(1)
-    activations = queries * (4 * cfg.dim * 4 + 5 * cfg.dim * item + cfg.ffn_dim * item)
+    activations = -(-queries // shards) * (4 * cfg.dim * 4 + 5 * cfg.dim * item + cfg.ffn_dim * item)
+    if shards > 1:  # the exchanged Q, K, V and output of every token for this rank's heads
+        activations += 2 * 4 * queries * (cfg.dim // shards) * item
     if device.type == "cpu":
-        activations += 2 * batch * cfg.num_heads * chunk_size * tokens_per_frame(1) * keys * 4
+        activations += 2 * batch * (cfg.num_heads // shards) * chunk_size * tokens_per_frame(1) * keys * 4
     vae = 0
     if vae_dim is not None:
         pixels = latent_hw[0] * 8 * latent_hw[1] * 8

@@ -10,7 +10,7 @@ the next chunk then attends them as usual.
 Frames still in the ring that the next chunk does not attend are left alone: no later chunk reads them before
 they are overwritten.
 
-The pass runs through the torch attention path whatever the stream's backend: a switch is rare, and the
+The pass's self-attention runs through the torch path whatever the stream's backend: a switch is rare, and the
 torch path writes K/V in the layout every backend reads (un-rotated with ``window`` positions, rotated by the
 same positions otherwise). On an e4m3 ring (``kv_dtype``) it writes through ``TorchAttention.write_kv_fp8``, the
 reference the Triton FP8 write is tested against, so each re-encoded (frame, head) gets its own scale.
@@ -85,10 +85,12 @@ class RecacheTarget:
     freqs: torch.Tensor  # [D/2] float64
 
 
-def recache_window(dit, targets: dict[str, RecacheTarget], latents: LatentRing, next_chunk: int, cross_kv, low_factor: int,
-                   rope_dtype) -> dict[str, int]:
+def recache_window(dit, forwards, targets: dict[str, RecacheTarget], latents: LatentRing, next_chunk: int, cross_kv,
+                   low_factor: int, rope_dtype) -> dict[str, int]:
     """Re-encode, under ``cross_kv`` (``WanDiT.cross_kv`` of the new prompt), the frames chunk ``next_chunk`` attends
-    besides its own; returns the t=0 forwards run per resolution (none before the second chunk)."""
+    besides its own, through the engine's DiT runner ``forwards`` (its ``recache_tokens``: sharded on a
+    sequence-parallel engine, where each rank re-encodes its own heads' ring); returns the t=0 forwards run per
+    resolution (none before the second chunk)."""
     plan = latents.plan
     visible = plan.visible_frames(next_chunk)
     context = visible[: len(visible) - plan.chunk_size]
@@ -106,5 +108,5 @@ def recache_window(dit, targets: dict[str, RecacheTarget], latents: LatentRing, 
             tokens = dit.patchify(x0)
         else:
             tokens = dit.embed_patches(_TORCH.downsample_patches(x0, low_factor, dit.config.patch_size))
-        dit.forward_tokens(tokens, t, cross_kv, _RecacheAttention(target.cache, view), _TORCH, cache_only=True)
+        forwards.recache_tokens(tokens, t, cross_kv, _RecacheAttention(target.cache, view))
     return {name: 1 for name in targets}

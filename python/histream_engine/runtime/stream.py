@@ -23,6 +23,7 @@ from .cached_attention import WindowAttention
 from .chunk_graphs import ChunkGraphs
 from .decoding import ChunkDecoder
 from .finite_check import check_finite_latents
+from .parallel import tensor_fingerprint
 from .recache import LatentRing, RecacheTarget, recache_window
 from .results import ChunkResult, PromptSwitch, chunk_video_frames
 from .schedules import RESOLUTIONS
@@ -120,10 +121,29 @@ class VideoStream(Iterator[ChunkResult]):
         self.engine.dit.check_context(embeds)
         return embeds.to(self.engine.dit.device, cur.dtype)
 
-    def _take_switch(self) -> _Pending | None:
+    def _boundary(self) -> tuple[bool, _Pending | None]:
+        """At a chunk boundary: whether to stop, and the prompt switch to land now (or None).
+
+        The ranks of a sequence-parallel stream must stop and switch at the same chunk, whenever each rank's
+        ``close()`` or ``set_prompt()`` arrived from its own threads: they exchange two flags per chunk (one tiny
+        collective). A switch lands once every rank has one queued, after the ranks checked it is the same switch;
+        a close on any rank stops every rank. Each rank still calls ``close()`` itself, as with every other call."""
         with self._lock:
-            pending, self._pending = self._pending, None
-            return pending
+            closed, pending = self._closed, self._pending
+        par = self.engine.parallel
+        if par is not None:
+            any_closed, any_missing = par.all_reduce_max([int(closed), int(pending is None)])
+            if any_closed:
+                return True, None
+            if any_missing:
+                return False, None  # a rank has no switch queued yet: this one waits for it, still queued
+            par.agreed("prompt switches", {"embeds": tensor_fingerprint(pending.embeds), "recache": pending.recache}, lambda: None)
+        elif closed:
+            return True, None
+        with self._lock:
+            if self._pending is pending:  # a newer switch queued meanwhile stays for the next boundary
+                self._pending = None
+        return False, pending
 
     @torch.no_grad()
     def _run(self) -> Iterator[ChunkResult]:
@@ -151,7 +171,7 @@ class VideoStream(Iterator[ChunkResult]):
                              *(g for r in res.values() for g in r.grid))
         gen = torch.Generator(device=device).manual_seed(self._seed)
         timer = ChunkTimer(device)
-        decoder = ChunkDecoder(engine.vae, device) if engine.vae is not None else None
+        decoder = ChunkDecoder(engine.vae, device) if engine.decodes else None
         graphs = ChunkGraphs(engine.graph_factory())
         t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
 
@@ -161,17 +181,18 @@ class VideoStream(Iterator[ChunkResult]):
 
         chunks = itertools.count() if shape.num_chunks is None else range(shape.num_chunks)
         for c in chunks:
-            if self._closed:
+            stop, pending = self._boundary()
+            if stop:
                 return
             switch = None
-            if (pending := self._take_switch()) is not None:
+            if pending is not None:
                 t0 = time.perf_counter()
                 raw_cross = dit.cross_kv(pending.embeds)
                 cross["kv"] = engine.forwards.prepare_cross(raw_cross)
                 extra = {name: 0 for name in RESOLUTIONS}
                 if pending.recache:
                     targets = {name: RecacheTarget(r.cache, r.grid, r.freqs) for name, r in res.items()}
-                    extra.update(recache_window(dit, targets, latents, c, raw_cross, sched.low_factor, rope_dtype))
+                    extra.update(recache_window(dit, engine.forwards, targets, latents, c, raw_cross, sched.low_factor, rope_dtype))
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 # Captured graphs bake in the old text K/V's addresses (and their shapes change with the prompt's

@@ -7,6 +7,7 @@ class TorchForwards:
     name = "torch"
     run_mode = None  # the engine's eager / graph-replay bookkeeping says how each chunk ran
     rotate_keys = True  # K cached rotated where its positions never change (RingKVCache)
+    head_shards = 1  # every head in this process's caches (``ulysses.UlyssesForwards`` deals them out to ranks)
 
     def __init__(self, dit, backend, ops):
         self.dit, self.backend, self.ops = dit, backend, ops
@@ -26,6 +27,16 @@ class TorchForwards:
     def recache_patches(self, resolution, patches, t, cross, attn) -> None:
         self.dit.forward_tokens(self.dit.embed_patches(patches), t, cross, attn, self.backend, cache_only=True, ops=self.ops)
 
+    def recache_tokens(self, tokens, t, cross_kv, attend) -> None:
+        """A prompt switch's re-cache pass (``recache.recache_window``) over embedded tokens ``[B, F, h, w, C]``, under
+        ``cross_kv`` as ``WanDiT.cross_kv`` gives it; ``attend`` writes the frames' K/V."""
+        self.dit.forward_tokens(tokens, t, cross_kv, attend, self.backend, cache_only=True, ops=self.ops)
 
-def torch_forwards(dit, backend, ops, engine_dir) -> TorchForwards:
-    return TorchForwards(dit, backend, ops)
+
+def torch_forwards(dit, backend, ops, engine_dir, parallel=None):
+    """The model's forwards; sharded over ``parallel``'s ranks (``ulysses.UlyssesForwards``) when given."""
+    if parallel is None:
+        return TorchForwards(dit, backend, ops)
+    from .ulysses import UlyssesForwards
+
+    return UlyssesForwards(dit, backend, ops, parallel)

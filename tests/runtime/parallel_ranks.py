@@ -1,0 +1,118 @@
+"""What each rank of the sequence-parallel tests runs (tests/runtime/test_parallel.py), in its own process.
+
+One spawn per world size runs every case, so the cost of starting N processes (torch imports, the gloo group) is
+paid once; each case's outcome (latents, cache bytes, or the error it raised) is saved per rank and compared in
+the test process against the single-process engine.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import torch
+import torch.distributed as dist
+
+SIX_HEADS = dict(dim=96, ffn_dim=128, num_heads=6, num_layers=2, text_dim=32, freq_dim=32)
+# (name, schedule, frames, height, width): token counts per frame that N=2 and N=3 do not divide appear at one
+# resolution or the other (96x160: high 60, low 15; 64x160: high 40, low 10; 48x80: 15 tokens)
+VIDEOS = (
+    ("histream_plus_96x160", "histream_plus", 21, 96, 160),
+    ("histream_plus_64x160", "histream_plus", 21, 64, 160),
+    ("self_forcing_48x80", "self_forcing", 21, 48, 80),
+)
+
+
+def model(seed: int = 0, **changes):
+    from histream_engine import WanConfig, WanDiT
+
+    torch.manual_seed(seed)
+    dit = WanDiT(WanConfig(**{**SIX_HEADS, **changes}))
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0.0, 0.1)  # larger than default init, so that an error anywhere shows
+    return dit.eval().requires_grad_(False)
+
+
+def prompt(seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(1, 20, SIX_HEADS["text_dim"], generator=g)  # [1, 20, text_dim]
+    p[:, 12:] = 0  # zero padding, as a real prompt has
+    return p
+
+
+def video(engine, name, schedule, frames, height, width, seed: int = 5):
+    chunks = list(engine.stream(prompt(), frames, height, width, schedule=schedule, seed=seed))
+    return {"latents": torch.cat([c.latents for c in chunks], dim=2), "cache_bytes": chunks[-1].cache_bytes}
+
+
+def live(engine, switch_after: int, chunks: int = 6) -> dict:
+    """A live stream with one prompt switch (re-cache) queued after chunk ``switch_after``, closed after ``chunks``."""
+    from histream_engine import SCHEDULES
+
+    stream = engine.stream(prompt(), None, 96, 160, schedule=SCHEDULES["histream_plus"].replace(positions="window"), seed=5)
+    got = []
+    for chunk in stream:
+        got.append(chunk)
+        if chunk.index == switch_after:
+            stream.set_prompt(prompt(seed=2), recache=True)
+        if len(got) == chunks:
+            break
+    stream.close()
+    return {"latents": torch.cat([c.latents for c in got], dim=2), "switched": [c.index for c in got if c.prompt_switch],
+            "freed": not stream.holds_caches}
+
+
+def caught(fn) -> dict:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the test asserts on the type and the message
+        return {"error": type(exc).__name__, "message": str(exc)}
+    return {"error": None}
+
+
+def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None:
+    import os
+
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    torch.set_num_threads(1)
+    from histream_engine import Engine, EngineConfig
+    from histream_engine.runtime import engine as engine_module
+
+    results = {}
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        config = EngineConfig(attention=attention, parallel="ulysses")
+        engine = Engine(model(), config)
+        for name, *args in VIDEOS:
+            before = engine.forwards.exchange.bytes_sent
+            results[name] = video(engine, name, *args)
+            results[name]["bytes_sent"] = engine.forwards.exchange.bytes_sent - before
+
+        # each rank queues the switch a chunk later than the one before: it lands when the last rank has it
+        results["live_staggered_switch"] = live(engine, switch_after=1 + rank)
+
+        # a request that differs on one rank: every rank refuses it, naming the field; the group stays usable
+        seed = 5 + rank % 2
+        results["seeds_differ"] = caught(lambda: list(engine.stream(prompt(), 9, 48, 80, schedule="self_forcing", seed=seed)))
+        # a check that fails on the last rank alone (say its GPU has less free memory): all of them refuse
+        real = engine_module.check_fits
+
+        def short_on_the_last(estimate, device, what):
+            if rank == world - 1:
+                raise ValueError(f"{what} needs more memory than this rank has")
+            real(estimate, device, what)
+
+        engine_module.check_fits = short_on_the_last
+        results["one_rank_refuses"] = caught(lambda: engine.stream(prompt(), 9, 48, 80, schedule="self_forcing"))
+        engine_module.check_fits = real
+        results["after_refusals"] = video(engine, *VIDEOS[2])
+
+        # weights that differ between ranks, and heads the world size does not divide
+        results["weights_differ"] = caught(lambda: Engine(model(seed=rank), config))
+        results["heads_indivisible"] = caught(lambda: Engine(model(num_heads=world + 1, dim=16 * (world + 1)), config))
+    except Exception:  # noqa: BLE001 - reported to the test, which fails with it
+        results["crash"] = traceback.format_exc()
+    finally:
+        torch.save(results, f"{out}/rank{rank}.pt")
+        if dist.is_initialized():
+            dist.destroy_process_group()
