@@ -55,3 +55,68 @@ def test_closing_a_stream_early_closes_the_engine_stream(demo, monkeypatch):
     stream.close()  # what a C++ cancel does
     assert inner[0].closed and not inner[0].holds_caches  # closed at once, not left to the garbage collector
     assert len(list(demo.stream("", "", 33, 64, 96, "histream", 0))) == 3
+
+
+@pytest.fixture(scope="module")
+def embeds_file(demo, tmp_path_factory):
+    """Prompt embeddings ``[512, text_dim]`` for the tiny model, as a file a C++ host names."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("embeds") / "prompt.safetensors"
+    prompt = torch.zeros_like(demo.default_prompt[0])  # [512, text_dim]
+    prompt[:8] = torch.randn(8, prompt.shape[1], generator=torch.Generator().manual_seed(1))
+    save_file({"prompt_embeds": prompt}, str(path))
+    return str(path)
+
+
+def test_a_live_handle_reports_the_switch_on_the_chunk_after_it(demo, embeds_file):
+    stream = demo.open("", "", 0, 64, 64, "histream", 0)  # frames 0: live
+    first, second = stream.next_chunk(), stream.next_chunk()
+    assert (first[0], second[0]) == (0, 1) and first[4] is None and second[4] is None
+    stream.set_prompt("", embeds_file, True)
+    index, frames, _, _, switch = stream.next_chunk()
+    recache, forwards, seconds = switch
+    assert index == 2 and frames.shape == (12, 64, 64, 3)
+    assert recache is True and forwards > 0 and seconds > 0
+    assert stream.next_chunk()[4] is None  # reported once
+    with pytest.raises(ValueError, match="needs a prompt or prompt_embeds_path"):
+        stream.set_prompt("", "", True)
+    stream.close()
+    assert stream.next_chunk() is None
+    with pytest.raises(RuntimeError, match="this stream is closed"):
+        stream.set_prompt("", embeds_file, True)
+
+
+def test_a_bounded_handle_ends_with_none(demo):
+    stream = demo.open("", "", 21, 64, 64, "histream", 0)
+    assert [stream.next_chunk()[0] for _ in range(2)] == [0, 1]
+    assert stream.next_chunk() is None
+
+
+def test_the_tiny_demo_decodes_with_a_taew2_1_file(tmp_path):
+    from histream_engine import CheckpointError
+    from histream_engine.model.taehv import TAEHV, TAEHVConfig
+    from histream_engine.taehv_checkpoint import save_taehv
+
+    path = save_taehv(TAEHV(TAEHVConfig(channels=(24, 16, 8, 8))), tmp_path / "taew2_1.pth")
+    engine = host.tiny_demo("cpu", "torch", 0, tae_path=str(path))
+    assert engine.engine.vae.name == "taehv" and engine.engine.vae.config.channels == (24, 16, 8, 8)
+    (_, frames, _, _), = list(engine.stream("", "", 9, 32, 32, "self_forcing", 0))
+    assert frames.shape == (9, 32, 32, 3)
+    with pytest.raises(ValueError, match="not both"):
+        host.tiny_demo("cpu", "torch", 0, decoder="tae", tae_path=str(path))
+    with pytest.raises(CheckpointError, match="absent.pth do not exist"):
+        host.tiny_demo("cpu", "torch", 0, tae_path=str(tmp_path / "absent.pth"))
+
+
+def test_check_output_names_a_parent_that_is_a_file(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="a_file is a file, not a folder"):
+        host.check_output(str(tmp_path / "a_file" / "h.rgb"), "", False)
+    with pytest.raises(ValueError, match="does not exist; create it first"):
+        host.check_output(str(tmp_path / "missing" / "h.rgb"), "", False)
+    host.check_output(str(tmp_path / "missing" / "h.mp4"), ".mp4", True)  # the mp4 writer makes the folder
+    with pytest.raises(ValueError, match="must end in .mp4"):
+        host.check_output(str(tmp_path / "h.avi"), ".mp4", True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # checking writes nothing

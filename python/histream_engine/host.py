@@ -19,12 +19,15 @@ from .output_paths import check_output_file
 from .runtime import ChunkResult, Engine, EngineConfig
 from .runtime.request_checks import check_prompt_embeds, resolve_device
 from .runtime.schedules import resolve_schedule
+from .taehv_checkpoint import load_taehv
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 HostChunk = tuple[int, np.ndarray, float, float]  # index, frames [T, H, W, 3] uint8, denoise s, VAE s
+HostSwitch = tuple[bool, int, float]  # a prompt switch as the chunk after it reports it: recache, extra forwards, seconds
+HostStreamChunk = tuple[int, np.ndarray, float, float, HostSwitch | None]  # a HostChunk and the switch that preceded it
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -111,13 +114,15 @@ class HostStream:
         finally:
             self.chunks.close()  # a cancelled stream lets go of its caches at once
 
-    def next_chunk(self) -> HostChunk | None:
+    def next_chunk(self) -> HostStreamChunk | None:
         """The next chunk as the C++ host takes it, or None once the stream has ended (or was closed)."""
         try:
             c, frames = next(self._iter)
         except StopIteration:
             return None
-        return c.index, frames, c.seconds, c.vae_seconds
+        s = c.prompt_switch
+        switch = None if s is None else (s.recache, sum(s.forwards.values()), s.seconds)
+        return c.index, frames, c.seconds, c.vae_seconds, switch
 
     def set_prompt(self, prompt: str, prompt_embeds_path: str, recache: bool = True) -> None:
         """Switch to a text prompt or an embeddings file at the next chunk boundary (``VideoStream.set_prompt``)."""
@@ -143,10 +148,26 @@ def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attent
     return HostEngine(engine)
 
 
-def tiny_demo(device: str, attention: str, seed: int, decoder: str = "wan") -> HostEngine:
-    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=resolve_device(device or "cpu"),
-                                      decoder=decoder)
+def tiny_demo(device: str, attention: str, seed: int, decoder: str = "wan", tae_path: str = "") -> HostEngine:
+    """The demo model; ``decoder="tae"``: its embedded tiny TAEHV (random weights); ``tae_path``: a taew2_1 file's
+    TAEHV decoding the tiny DiT's latents (both are Wan 2.1's 16-channel latent space)."""
+    if tae_path and decoder != "wan":
+        raise ValueError("give either the embedded tiny TAEHV (decoder 'tae') or a taew2_1 file (tae_path), not both")
+    dev = resolve_device(device or "cpu")
+    tae = load_taehv(tae_path, device=dev) if tae_path else None  # before the model: a bad path fails fast
+    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=dev, decoder=decoder)
+    if tae is not None:
+        engine = Engine(engine.dit, engine.config, vae=tae)
     return HostEngine(engine, prompt)
+
+
+def check_output(path: str, suffix: str, make_parents: bool) -> None:
+    """A C++ host's output check before any model work (``check_output_file``). Without ``make_parents`` the parent
+    must exist too; checked after the nearest existing parent, so that a parent which is a file is named as one."""
+    suffixes = (suffix,) if suffix else ()
+    check_output_file(path, suffixes)
+    if not make_parents:
+        check_output_file(path, suffixes, make_parents=False)
 
 
 def video_writer(path: str, width: int, height: int) -> Mp4Writer:
