@@ -121,4 +121,8 @@ Runtime::~Runtime() {
 
 std::string Runtime::version() const { return state_->version; }
 
+void Runtime::check_output_file(const std::string& path, const std::string& suffix, bool make_parents) const {
+    with_python("Runtime::check_output_file", [&] { state_->host.attr("check_output")(path, suffix, make_parents); });
+}
+
 }  // namespace histream

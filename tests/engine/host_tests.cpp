@@ -2,12 +2,16 @@
 #include <histream/histream.hpp>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <chrono>
+#include <fstream>
 #include <functional>
 #include <future>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
@@ -189,6 +193,165 @@ void video_writer() {
     std::filesystem::remove(done);
 }
 
+std::vector<uint8_t> bytes_of(const histream::Chunk& c) {
+    return std::vector<uint8_t>(c.frames, c.frames + static_cast<size_t>(c.num_frames) * c.height * c.width * 3);
+}
+
+// A bounded request through the handle: the callback form's chunks, then none; the engine's turn while it is open.
+void stream_handle() {
+    histream::Runtime rt;
+    auto engine = histream::Engine::tiny_demo(rt);
+    const Collected expected = collect(engine, small());
+    auto frames44 = small(44);
+    expect_error([&] { engine.open_stream(frames44); }, "4k+1", "44 frames, refused at open");
+    std::vector<int> indices;
+    {
+        histream::Stream stream = engine.open_stream(small());
+        expect_error([&] { engine.open_stream(small()); }, "this thread already runs a stream on this engine",
+                     "a second stream on the thread holding the engine");
+        // another thread's stream waits for this one to end
+        std::atomic<bool> last_delivered{false}, other_ran_early{false};
+        std::thread other([&] {
+            engine.stream(small(21), [&](const histream::Chunk&) {
+                if (!last_delivered) other_ran_early = true;
+                return true;
+            });
+        });
+        while (auto c = stream.next()) {
+            check(c->index < 3 && bytes_of(*c) == expected.frames[c->index], "the handle's chunks are the callback form's");
+            check(!c->prompt_switch, "no switch reported without a set_prompt");
+            indices.push_back(c->index);
+            if (c->index == 2) last_delivered = true;  // the next next() ends the stream and gives the engine back
+        }
+        check(!stream.next(), "none again after the end");
+        expect_error([&] { stream.set_prompt("", "x.safetensors"); }, "this stream has ended", "a switch after the end");
+        other.join();
+        check(!other_ran_early, "a second thread's stream ran only once the handle had ended");
+    }
+    check(indices == std::vector<int>({0, 1, 2}), "three chunks through next(), in order");
+    histream::Stream unread = engine.open_stream(small());  // never read: its turn goes back on close, not on first use
+    unread.close();
+    unread.close();
+    check(!unread.next(), "a closed stream returns none");
+    check(collect(engine, small()).frames == expected.frames, "the engine streams the same after the handles");
+}
+
+histream::StreamRequest live() { return small(0); }  // frames = 0: until closed
+
+// A live stream switched once (with a re-cache) and closed, against the same stream left alone.
+void live_switch() {
+    histream::Runtime rt;
+    std::string root;
+    fixture_options(root);
+    auto engine = histream::Engine::tiny_demo(rt);
+    std::vector<std::vector<uint8_t>> plain;
+    {
+        histream::Stream stream = engine.open_stream(live());
+        for (int i = 0; i < 3; ++i) plain.push_back(bytes_of(*stream.next()));
+    }  // destroyed: closed
+    histream::Stream stream = engine.open_stream(live());
+    std::vector<int> sizes;
+    std::vector<bool> switched;
+    while (auto c = stream.next()) {
+        sizes.push_back(c->num_frames);
+        switched.push_back(bool(c->prompt_switch));
+        if (c->index < 2) check(bytes_of(*c) == plain[c->index], "chunks before the switch are the plain stream's");
+        if (c->index == 1) stream.set_prompt("", root + "/prompt.safetensors", true);
+        if (c->index == 2) {
+            check(bytes_of(*c) != plain[2], "the chunk after the switch follows the new prompt");
+            check(c->prompt_switch && c->prompt_switch->recache && c->prompt_switch->forwards > 0 &&
+                      c->prompt_switch->seconds > 0,
+                  "the chunk after the switch reports it: re-cached, with its forwards and seconds");
+        }
+        if (c->index == 4) stream.close();
+        check(c->index < 5, "no chunk after close()");
+    }
+    check(sizes == std::vector<int>({9, 12, 12, 12, 12}), "frames keep coming, 9 then 12 a chunk");
+    check(switched == std::vector<bool>({false, false, true, false, false}), "one chunk reports the switch");
+    expect_error([&] { stream.set_prompt("", root + "/prompt.safetensors"); }, "this stream has ended", "a switch after close");
+    expect_error([&] { engine.open_stream(live()).set_prompt("a red fox"); }, "no text encoder", "a text switch without an encoder");
+    histream::Stream again = engine.open_stream(live());
+    expect_error([&] { again.set_prompt("", root + "/absent.safetensors"); }, "absent.safetensors does not exist", "a bad switch");
+    check(again.next().has_value() && again.next().has_value(), "the stream goes on after a refused switch");
+}
+
+// set_prompt from a second thread while the first is in next(), then close() from there too.
+void switch_from_thread() {
+    histream::Runtime rt;
+    std::string root;
+    fixture_options(root);
+    auto engine = histream::Engine::tiny_demo(rt);
+    histream::Stream stream = engine.open_stream(live());
+    std::mutex m;
+    std::condition_variable arrived;
+    std::vector<int> indices, switches;  // chunks as they arrive; those that report a switch
+    std::thread reader([&] {
+        while (auto c = stream.next()) {
+            std::lock_guard<std::mutex> lock(m);
+            indices.push_back(c->index);
+            if (c->prompt_switch) switches.push_back(c->index);
+            arrived.notify_all();
+        }
+    });
+    auto wait_for = [&](auto done) {
+        std::unique_lock<std::mutex> lock(m);
+        return arrived.wait_for(lock, std::chrono::seconds(120), done);
+    };
+    check(wait_for([&] { return !indices.empty(); }), "a first chunk");
+    stream.set_prompt("", root + "/prompt.safetensors", true);  // the reader is already in next() for chunk 1
+    check(wait_for([&] { return !switches.empty() && indices.back() >= switches.front() + 2; }),
+          "the switch lands and frames keep coming");
+    stream.close();  // returns once the reader's chunk in progress is delivered; its next call gets none
+    reader.join();
+    check(switches.size() == 1 && (switches[0] == 1 || switches[0] == 2), "one switch, at the boundary after the call");
+    for (size_t i = 0; i < indices.size(); ++i) check(indices[i] == static_cast<int>(i), "chunks in order");
+    check(collect(engine, small(21)).indices.size() == 2, "the engine streams after a close from another thread");
+}
+
+// EngineOptions::tae_path reaches the Python half: the fixture's first chunk, decoded by its taew2_1.pth there.
+void tae_decoder() {
+    histream::Runtime rt;
+    std::string root;
+    histream::EngineOptions options = fixture_options(root);
+    std::ifstream file(root + "/tae_chunk0.rgb", std::ios::binary);
+    const std::vector<uint8_t> want((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    options.tae_path = root + "/taew2_1.pth";
+    auto tae = histream::Engine::open(rt, options);
+    auto r = small();
+    r.prompt_embeds_path = root + "/prompt.safetensors";
+    const Collected got = collect(tae, r);
+    check(got.total_frames == 33 && got.frames[0].size() == 9u * 64 * 96 * 3, "TAEHV keeps the Wan VAE's frame counts");
+    check(want.size() == got.frames[0].size() && got.frames[0] == want, "the first chunk is the Python half's TAEHV decode");
+    options.tae_path.clear();
+    auto wan = histream::Engine::open(rt, options);
+    check(collect(wan, r).frames[0] != got.frames[0], "the folder's Wan VAE decodes differently");
+    options.tae_path = root + "/absent.pth";
+    expect_error([&] { histream::Engine::open(rt, options); }, "absent.pth do not exist", "missing TAEHV weights");
+    options.tae_path = root + "/corrupt.pt";
+    expect_error([&] { histream::Engine::open(rt, options); }, "corrupt", "corrupt TAEHV weights");
+}
+
+// DemoOptions: the embedded tiny TAEHV, or a taew2_1 file's, instead of the tiny Wan VAE.
+void tiny_tae() {
+    histream::Runtime rt;
+    std::string root;
+    fixture_options(root);
+    auto wan = histream::Engine::tiny_demo(rt);
+    histream::DemoOptions o;
+    o.tiny_tae = true;
+    auto embedded = histream::Engine::tiny_demo(rt, o);
+    const Collected a = collect(wan, small()), b = collect(embedded, small());
+    check(b.frames.size() == 3 && b.frames[0].size() == a.frames[0].size() && b.frames[1].size() == a.frames[1].size(),
+          "the tiny TAEHV's chunks have the Wan VAE's sizes (9, 12, 12 frames)");
+    check(a.frames[0] != b.frames[0], "the tiny TAEHV decodes differently");
+    o.tiny_tae = false;
+    o.tae_path = root + "/taew2_1.pth";
+    auto file = histream::Engine::tiny_demo(rt, o);
+    check(collect(file, small()).total_frames == 33, "the tiny DiT decoded by a taew2_1 file");
+    o.tiny_tae = true;
+    expect_error([&] { histream::Engine::tiny_demo(rt, o); }, "not both", "both TAEHV choices");
+}
+
 // A Runtime whose import fails throws, and leaves no thread holding the interpreter: a second try from another
 // thread fails the same way instead of waiting forever for the lock.
 void failed_start() {
@@ -223,9 +386,12 @@ int main(int argc, char** argv) {
     const std::map<std::string, void (*)()> cases = {
         {"demo_stream", demo_stream}, {"cancel", cancel}, {"bad_request", bad_request}, {"open_model_dir", open_model_dir},
         {"two_threads", two_threads}, {"two_engines", two_engines}, {"video_writer", video_writer},
-        {"failed_start", failed_start}};
+        {"failed_start", failed_start}, {"stream_handle", stream_handle}, {"live_switch", live_switch},
+        {"switch_from_thread", switch_from_thread}, {"tae_decoder", tae_decoder}, {"tiny_tae", tiny_tae}};
     if (argc != 2 || !cases.count(argv[1])) {
-        std::fprintf(stderr, "usage: host_tests CASE (demo_stream, cancel, bad_request, open_model_dir, two_threads, two_engines, video_writer, failed_start)\n");
+        std::string names;
+        for (const auto& entry : cases) names += (names.empty() ? "" : ", ") + entry.first;
+        std::fprintf(stderr, "usage: host_tests CASE (%s)\n", names.c_str());
         return 2;
     }
     try {

@@ -85,6 +85,17 @@ def test_bad_request_is_refused_and_a_good_one_still_completes(client, body, sta
     assert finish(client, good.json()["id"]) == "done"
 
 
+def test_a_request_within_the_limits_that_cannot_fit_memory_is_refused_with_the_estimate(tiny_host, embeds_dir):
+    roomy = Limits(max_frames=45, max_side=8192, max_queue=2)  # max_side lets 4096x4096 through to the engine's check
+    with TestClient(create_app(tiny_host, "tiny", roomy, embeds_dir=embeds_dir)) as c:
+        r = c.post("/api/streams", json={**GOOD, "frames": 45, "width": 4096, "height": 4096})
+        assert r.status_code == 400, r.text
+        detail = r.json()["detail"]
+        assert "45 frames at 4096x4096 needs about" in detail and "GiB" in detail and "more than the" in detail
+        good = c.post("/api/streams", json=GOOD)
+        assert good.status_code == 201 and finish(c, good.json()["id"]) == "done"
+
+
 def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(client):
     def pieces():
         for _ in range(64):

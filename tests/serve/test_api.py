@@ -1,5 +1,6 @@
 """histream serve's JSON API and WebSocket protocol on the tiny demo model: a stream's frames and video, cancel, the
-FIFO queue and its positions, bad requests (4xx with a message, never a crash), and a watcher's disconnect."""
+FIFO queue and its positions, bad requests (4xx with a message, never a crash), a watcher's disconnect, WebSocket
+messages that are not commands (answered, the oversized one unparsed), and a model going non-finite mid-stream."""
 
 import json
 import re
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from histream_engine import host  # noqa: E402
 from histream_engine.serve.app import create_app  # noqa: E402
+from histream_engine.serve.guards import MAX_WS_MESSAGE_CHARS  # noqa: E402
 from histream_engine.serve.jobs import Limits  # noqa: E402
 
 SHORT = {"frames": 21, "width": 64, "height": 64, "schedule": "histream"}  # 2 chunks: 9 + 12 frames
@@ -20,9 +22,13 @@ LONG = {"frames": 45, "width": 128, "height": 128, "schedule": "self_forcing"}  
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def demo():
+    return host.tiny_demo("cpu", "torch", 0)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory, demo):
     embeds = tmp_path_factory.mktemp("embeds")
-    demo = host.tiny_demo("cpu", "torch", 0)
     app = create_app(demo, "tiny", Limits(max_frames=45, max_side=128, max_queue=2), embeds_dir=embeds)
     with TestClient(app) as c:
         yield c
@@ -148,14 +154,42 @@ def test_info_and_page(client):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page.text)  # nothing loaded from outside this server
 
 
-def test_messages_that_are_not_commands_are_ignored_and_a_silent_disconnect_still_cancels(client):
+def test_messages_that_are_not_commands_are_answered_and_a_silent_disconnect_still_cancels(client):
     job_id = client.post("/api/streams", json=LONG).json()["id"]
     with client.websocket_connect(f"/api/streams/{job_id}/ws") as ws:
         ws.send_text("hello")  # not JSON
         ws.send_json([1, 2])  # JSON, not a command
         ws.send_bytes(b"\x00")
+        ws.send_json({"type": "pause"})
+        ws.send_text('{"type": "cancel", "pad": "' + "x" * MAX_WS_MESSAGE_CHARS + '"}')  # a cancel, but too big to read
+        errors = []
+        while len(errors) < 5:
+            text = ws.receive().get("text")
+            if text is not None and json.loads(text)["type"] == "error":
+                errors.append(json.loads(text)["error"])
+        assert "not JSON" in errors[0] and "JSON object" in errors[1] and "binary" in errors[2]
+        assert "unknown command type 'pause'" in errors[3]
+        assert f"over this server's limit of {MAX_WS_MESSAGE_CHARS}" in errors[4] and len(errors[4]) < 200
         while ws.receive().get("text", "").find('"chunk"') < 0:
             pass
         assert client.get(f"/api/streams/{job_id}").json()["state"] == "running"  # none of them cancelled it
     wait_idle(client, job_id)
     assert client.get(f"/api/streams/{job_id}").json()["state"] == "cancelled"  # the disconnect did
+
+
+def test_a_model_that_goes_non_finite_mid_stream_fails_the_stream_with_the_engines_message(client, demo, monkeypatch):
+    real = demo.engine._denoise_chunk
+    calls = []
+
+    def poisoned(*args, **kwargs):  # chunk 0 as it is, then the latents go NaN (one call a chunk, no CUDA graphs here)
+        calls.append(1)
+        x0 = real(*args, **kwargs)
+        return x0 if len(calls) == 1 else x0 * float("nan")
+
+    monkeypatch.setattr(demo.engine, "_denoise_chunk", poisoned)
+    events, frames = watch(client, client.post("/api/streams", json=SHORT).json()["id"])  # 2 chunks
+    assert [e["index"] for e in events if e["type"] == "chunk"] == [0] and len(frames) == 9
+    assert events[-1]["type"] == "failed" and "NonFiniteLatents: chunk 1: the latents hold NaN or Inf" in events[-1]["error"]
+    monkeypatch.undo()
+    events, _ = watch(client, client.post("/api/streams", json=SHORT).json()["id"])
+    assert events[-1]["type"] == "done"  # the worker serves the next stream

@@ -7,11 +7,14 @@
 //   histream::Runtime rt;                                  // once per process
 //   auto engine = histream::Engine::tiny_demo(rt);         // or Engine::open(rt, options)
 //   engine.stream(request, [](const histream::Chunk& c) { ...; return true; });
+//   auto stream = engine.open_stream(request);             // or steered from the host's own loop:
+//   while (auto c = stream.next()) { ...; stream.set_prompt("a red fox"); ... stream.close(); }
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -44,6 +47,11 @@ public:
     // The version of histream_engine that was imported.
     std::string version() const;
 
+    // Refuses, as histream::Error (Python's OutputPathError, worded as the CLI's), a path where no file can be
+    // written: a directory, under a file, an unwritable folder, a suffix other than `suffix` (when given), or,
+    // without make_parents, a missing parent folder. For checking a host's outputs before any model work.
+    void check_output_file(const std::string& path, const std::string& suffix = "", bool make_parents = true) const;
+
     struct State;
 
 private:
@@ -60,19 +68,36 @@ struct EngineOptions {
     std::string attention = "torch";  // an attention backend (torch, triton, cuda, cudnn, flash_attn, auto)
     bool cuda_graphs = false;  // replay steady-state chunks as CUDA graphs (CUDA only)
     bool text_encoder = true;  // load UMT5 for text prompts (11 GB in bf16); off: prompt_embeds_path only
+    std::string tae_path;  // taew2_1.pth / .safetensors: decode with TAEHV instead of the folder's Wan VAE
+};
+
+// The embedded tiny demo model (Engine::tiny_demo): random weights, nothing downloaded.
+struct DemoOptions {
+    std::string device = "cpu";
+    std::string attention = "torch";
+    bool tiny_tae = false;  // decode with an embedded tiny TAEHV (random weights) instead of the tiny Wan VAE
+    std::string tae_path;  // or with a taew2_1 file's TAEHV (Wan 2.1 latents, as the tiny DiT's); not with tiny_tae
 };
 
 struct StreamRequest {
     std::string prompt;  // text (needs the engine's text encoder), or
     std::string prompt_embeds_path;  // precomputed UMT5 embeddings (.safetensors / .pt, [512, 4096]); the tiny demo takes neither
-    int frames = 45;  // 4k+1, with (frames - 1) / 4 + 1 divisible by the chunk size (3)
+    int frames = 45;  // 4k+1, with (frames - 1) / 4 + 1 divisible by the chunk size (3); 0: live (Engine::open_stream)
     int height = 256;  // multiple of 16 (of 32 for schedules with low-res steps)
     int width = 256;
     std::string schedule = "histream";  // a preset name or a schedule JSON file
     int64_t seed = 0;
 };
 
-// One chunk of decoded video, valid only during the callback that receives it.
+// A prompt switch (Stream::set_prompt) as the chunk after it reports it.
+struct PromptSwitch {
+    bool recache = false;  // the frames the chunk attends were re-encoded under the new prompt
+    int forwards = 0;  // the re-cache's extra t=0 forwards, all resolutions
+    double seconds = 0.0;  // the switch's wall time: the new text K/V, plus the re-cache
+};
+
+// One chunk of decoded video: valid during the callback that receives it, or, from Stream::next, until the next
+// call to next() on that stream or the stream's destruction.
 struct Chunk {
     int index = 0;  // chunks arrive in order: 0, 1, 2, ...
     const uint8_t* frames = nullptr;  // num_frames * height * width * 3 bytes, RGB, row-major
@@ -81,10 +106,39 @@ struct Chunk {
     int width = 0;
     double denoise_seconds = 0.0;  // the chunk's denoising time
     double vae_seconds = 0.0;  // its decoding time (overlaps the next chunk's denoising on a GPU)
+    std::optional<PromptSwitch> prompt_switch;  // set when a switch landed just before this chunk
 };
 
 // Return false to cancel: the stream stops cleanly after that chunk.
 using ChunkCallback = std::function<bool(const Chunk&)>;
+
+// A stream a host steers from its own loop (Engine::open_stream). It holds its engine's turn from open until it
+// ends: its last chunk was delivered, it was closed, it failed, or it was destroyed (which closes it).
+class HISTREAM_API Stream {
+public:
+    Stream(Stream&&) noexcept;
+    Stream& operator=(Stream&&) noexcept;
+    ~Stream();
+
+    // Runs and returns the next chunk, or none once the stream has ended. One call at a time per stream (a second
+    // thread waits). After an error the stream has ended; the engine stays usable.
+    std::optional<Chunk> next();
+    // Switches to a text prompt (needs the engine's text encoder) or an embeddings file at the next chunk boundary;
+    // from any thread, also while another is inside next(). recache: re-encode the attended frames under the new
+    // prompt (no visual cut); else only the text cross-attention changes. Checked here: a bad prompt throws and the
+    // stream goes on. On a stream that has ended it throws.
+    void set_prompt(const std::string& prompt, const std::string& prompt_embeds_path = "", bool recache = true);
+    // Ends the stream and frees its caches; from any thread (a next() in progress first returns its chunk, then
+    // the stream's next() calls return none). The last chunk's frames stay valid until next() or destruction.
+    void close();
+
+    struct Impl;
+
+private:
+    friend class Engine;
+    explicit Stream(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
 
 class HISTREAM_API Engine {
 public:
@@ -92,15 +146,20 @@ public:
     static Engine open(Runtime& rt, const EngineOptions& options);
     // The embedded tiny DiT and VAE with random weights (nothing downloaded, seconds on a CPU; the picture is noise).
     static Engine tiny_demo(Runtime& rt, const std::string& device = "cpu", const std::string& attention = "torch");
+    static Engine tiny_demo(Runtime& rt, const DemoOptions& options);  // with a TAEHV decoder too
 
     Engine(Engine&&) noexcept;
     Engine& operator=(Engine&&) noexcept;
     ~Engine();
 
     // Generates the request chunk by chunk, calling on_chunk once per chunk, in order, on the calling thread.
-    // Requests are checked before the first chunk runs. Streams on one engine run one at a time: a second
-    // thread waits for the first. Returns the number of chunks delivered.
+    // Requests are checked before the first chunk runs. Returns the number of chunks delivered.
+    // Streams on one engine (this form and open_stream's) run one at a time: a second thread waits for the first;
+    // a thread that already runs one on this engine (an open Stream, a callback) gets an Error instead of waiting.
     int stream(const StreamRequest& request, const ChunkCallback& on_chunk);
+    // Checks the request and opens a stream handle; no chunk runs until next(). request.frames = 0: a live stream,
+    // until closed (sliding-window schedules; the default histream is one).
+    Stream open_stream(const StreamRequest& request);
 
     struct Impl;
 

@@ -9,8 +9,8 @@
     GET    /api/info                 model, schedules, limits, embeddings files, device
     WS     /api/streams/{id}/ws      server -> client: JSON events, each "chunk" followed by its JPEG frames as binary
                                      messages; client -> server: {"type": "cancel"}, or {"type": "prompt", prompt or
-                                     prompt_embeds, recache} (a bad one is answered {"type": "error"}; the stream goes
-                                     on). A disconnect cancels the stream.
+                                     prompt_embeds, recache}; a bad or oversized message is answered {"type": "error"}
+                                     and the stream goes on. A disconnect cancels the stream.
 A live stream (``"live": true``) has no frame count: it runs until cancelled, or for ``duration`` seconds (at most the
 server's --max-live-seconds); its mp4 keeps at most the last --max-record-seconds.
 """
@@ -18,7 +18,6 @@ server's --max-live-seconds); its mp4 keeps at most the last --max-record-second
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ..checkpoint import CheckpointError
 from ..host import HostEngine
 from ..runtime.schedules import SCHEDULES
 from . import guards
+from .embeddings import EmbeddingsDir
 from .jobs import FINAL, Event, JobQueue, Limits, QueueFull
 
 STATIC = Path(__file__).parent / "static"
@@ -61,6 +61,7 @@ class PromptSwitch(BaseModel):
 def create_app(host: HostEngine, description: str, limits: Limits | None = None, embeds_dir: Path | None = None,
                workdir: Path | None = None) -> FastAPI:
     limits = limits or Limits()
+    embeds = EmbeddingsDir(embeds_dir)  # a missing folder stops the server here, not every request later
     queue = JobQueue(limits, workdir)
     prompt_lock = threading.Lock()
     app = FastAPI(title="histream serve", description=__doc__)
@@ -68,21 +69,9 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
     app.router.on_shutdown.append(queue.close)
     guards.install(app)  # 413 for bodies over a few KB, before parsing; error bodies quote only excerpts
 
-    def embeddings() -> list[str]:
-        if embeds_dir is None:
-            return []
-        return sorted(p.name for p in embeds_dir.iterdir() if p.suffix in (".safetensors", ".pt", ".pth"))
-
-    def embeds_file(name: str) -> str:
-        if not name:
-            return ""
-        if name not in embeddings():
-            raise ValueError(f"no embeddings file {name!r} on this server; it has {embeddings()}")
-        return str(embeds_dir / name)
-
     def switch_prompt(job, change: PromptSwitch) -> None:
         """Raises ValueError (or CheckpointError) with the reason a switch is refused; the stream goes on either way."""
-        path = embeds_file(change.prompt_embeds)
+        path = embeds.path(change.prompt_embeds)
         with prompt_lock:
             job.set_prompt(change.prompt, path, change.recache)
 
@@ -100,7 +89,7 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
     def info() -> dict:
         dit = host.engine.dit
         return {"model": description, "device": device_name(dit), "dtype": str(dit.dtype).replace("torch.", ""),
-                "decoder": host.engine.vae.name, "schedules": sorted(SCHEDULES), "limits": vars(limits), "embeddings": embeddings(),
+                "decoder": host.engine.vae.name, "schedules": sorted(SCHEDULES), "limits": vars(limits), "embeddings": embeds.names(),
                 "text_encoder": getattr(host.engine, "text_encoder", None) is not None, "fps": 16}
 
     @app.post("/api/streams", status_code=201)
@@ -118,7 +107,7 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
         if req.schedule not in SCHEDULES:
             raise HTTPException(400, f"unknown schedule {req.schedule!r}; choose one of {sorted(SCHEDULES)}")
         try:
-            embeds_path = embeds_file(req.prompt_embeds)
+            embeds_path = embeds.path(req.prompt_embeds)
             queue.check_room()
             frames = 0 if req.live else req.frames  # 0: the host's live stream
             with prompt_lock:  # one request at a time encodes its prompt (and is checked) on the engine's device
@@ -183,18 +172,20 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
                     msg = await ws.receive()
                     if msg["type"] == "websocket.disconnect":
                         break
-                    try:
-                        command = json.loads(msg.get("text") or "null")
-                    except ValueError:
-                        continue  # not ours to act on: only {"type": "cancel"} means anything
-                    if isinstance(command, dict) and command.get("type") == "cancel":
+                    command, refused = guards.ws_command(msg)
+                    if command is None:
+                        events.put_nowait(Event({"type": "error", "error": refused}))  # to this socket only, in order
+                    elif command["type"] == "cancel":
                         queue.cancel(job)
-                    elif isinstance(command, dict) and command.get("type") == "prompt":
+                    elif command["type"] == "prompt":
                         try:
                             change = PromptSwitch(**{k: v for k, v in command.items() if k != "type"})
                             await asyncio.to_thread(switch_prompt, job, change)
                         except (ValueError, TypeError, CheckpointError) as exc:  # pydantic's ValidationError is a ValueError
-                            events.put_nowait(Event({"type": "error", "error": str(exc)[:500]}))  # to this socket only, in order
+                            events.put_nowait(Event({"type": "error", "error": str(exc)[:500]}))
+                    else:
+                        events.put_nowait(Event({"type": "error", "error": f"unknown command type {guards.excerpt(command['type'], 40)!r}; "
+                                                                            "this server takes cancel and prompt"}))
             except WebSocketDisconnect:
                 pass
             left()

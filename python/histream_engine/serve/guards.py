@@ -1,8 +1,9 @@
 """What stands between a request's bytes and the API: a body-size limit answered with 413 before anything is read
-into memory or parsed, and error bodies that quote at most a short excerpt of what was sent.
+into memory or parsed, error bodies that quote at most a short excerpt of what was sent, and the same size limit on
+a client's WebSocket messages, checked before they are parsed.
 
-The JSON API's bodies are a few hundred bytes, so ``MAX_BODY_BYTES`` keeps every parse to microseconds on the event
-loop; a larger body is refused while it arrives (by its Content-Length, or by counting a chunked one).
+The JSON API's bodies and commands are a few hundred bytes, so ``MAX_BODY_BYTES`` keeps every parse to microseconds
+on the event loop; a larger body is refused while it arrives (by its Content-Length, or by counting a chunked one).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 MAX_BODY_BYTES = 16 * 1024
+MAX_WS_MESSAGE_CHARS = 16 * 1024
 EXCERPT_CHARS = 120
 
 
@@ -79,3 +81,22 @@ def install(app: FastAPI, limit: int = MAX_BODY_BYTES) -> None:
     async def refused(_request: Request, exc: HTTPException):
         detail = excerpt(exc.detail, 600) if isinstance(exc.detail, str) else exc.detail
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+def ws_command(message: dict, limit: int = MAX_WS_MESSAGE_CHARS) -> tuple[dict | None, str | None]:
+    """A client's WebSocket message (an ASGI ``websocket.receive``) as ``(command, None)``, or ``(None, why not)``.
+
+    The size is checked before parsing: the servers' WebSocket layers accept messages of up to 16 MiB, and parsing
+    one on the event loop would stall every other client."""
+    text = message.get("text")
+    if text is None:
+        return None, "commands are JSON text messages, not binary ones"
+    if len(text) > limit:
+        return None, f"a message of {len(text)} characters is over this server's limit of {limit}; commands are a few hundred"
+    try:
+        command = json.loads(text)
+    except ValueError:
+        return None, f"not JSON: {excerpt(text, 60)}"
+    if not isinstance(command, dict) or not isinstance(command.get("type"), str):
+        return None, f'a command is a JSON object with a "type" (cancel, prompt), got {excerpt(command, 60)}'
+    return command, None
