@@ -2,15 +2,17 @@
 // (through the package's writer) or as raw RGB bytes (any other extension).
 //
 //   histream-host-demo [--frames 45] [--height 256] [--width 256] [--schedule histream] [--seed 0]
-//                      [--device cpu] [--attention torch] [--out histream_host_demo.mp4]
+//                      [--device cpu] [--attention torch] [--tae taew2_1.pth | --tiny-tae] [--out histream_host_demo.mp4]
 //
-// Exit codes: 0 written, 2 bad arguments or a refused request, 1 the output could not be written (the OS's message).
+// Exit codes: 0 written; 2 bad arguments, a refused --out (checked before any model work) or a refused request;
+// 1 the output could not be written while streaming (the OS's message; a partial raw file is removed).
 #include <histream/histream.hpp>
 
 #include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -24,8 +26,10 @@ bool ends_with(const std::string& s, const std::string& tail) {
 
 const char* const USAGE =
     "usage: histream-host-demo [--frames N] [--height H] [--width W] [--schedule NAME] [--seed N] [--device DEV] "
-    "[--attention NAME] [--out FILE.mp4|FILE.rgb]\n"
-    "  streams the embedded tiny model (random weights) and writes its frames: H.264 for .mp4, raw RGB otherwise\n";
+    "[--attention NAME] [--tae FILE | --tiny-tae] [--out FILE.mp4|FILE.rgb]\n"
+    "  streams the embedded tiny model (random weights) and writes its frames: H.264 for .mp4, raw RGB otherwise\n"
+    "  --tae FILE  decode with the TAEHV of a taew2_1.pth / taew2_1.safetensors file instead of the tiny Wan VAE\n"
+    "  --tiny-tae  decode with an embedded tiny TAEHV (random weights) instead of the tiny Wan VAE\n";
 
 int usage(const std::string& why) {
     std::cerr << "histream-host-demo: " << why << "\n" << USAGE;
@@ -47,16 +51,27 @@ struct WriteFailed : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// A raw file cut short by an error is not the video asked for: it goes, as an unclosed mp4 does.
+void remove_partial(const std::string& out, bool opened) {
+    std::error_code ignored;
+    if (opened) std::filesystem::remove(out, ignored);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     histream::StreamRequest req;
-    std::string device = "cpu", attention = "torch", out = "histream_host_demo.mp4";
+    histream::DemoOptions demo;
+    std::string out = "histream_host_demo.mp4";
     for (int i = 1; i < argc; ++i) {
         const std::string flag = argv[i];
         if (flag == "--help" || flag == "-h") {
             std::cout << USAGE;
             return 0;
+        }
+        if (flag == "--tiny-tae") {
+            demo.tiny_tae = true;
+            continue;
         }
         if (i + 1 >= argc) return usage("missing value after " + flag);
         const std::string value = argv[++i];
@@ -68,17 +83,25 @@ int main(int argc, char** argv) {
             if (!parse_integer(value, 0, LLONG_MAX, n)) return usage("--seed takes an integer in [0, 2^63), got '" + value + "'");
             req.seed = n;
         } else if (flag == "--schedule") req.schedule = value;
-        else if (flag == "--device") device = value;
-        else if (flag == "--attention") attention = value;
+        else if (flag == "--device") demo.device = value;
+        else if (flag == "--attention") demo.attention = value;
+        else if (flag == "--tae") demo.tae_path = value;
         else if (flag == "--out") out = value;
         else return usage("unknown argument " + flag);
     }
+    if (demo.tiny_tae && !demo.tae_path.empty()) return usage("give --tae FILE or --tiny-tae, not both");
+    const bool as_mp4 = ends_with(out, ".mp4");
+    bool raw_opened = false;
     try {
         histream::Runtime rt;
-        auto engine = histream::Engine::tiny_demo(rt, device, attention);
-        std::printf("histream-host-demo: histream_engine %s, tiny model (random weights), %d frames at %dx%d, schedule %s\n",
-                    rt.version().c_str(), req.frames, req.width, req.height, req.schedule.c_str());
-        const bool as_mp4 = ends_with(out, ".mp4");
+        // before any model work (the mp4 writer makes missing folders, the raw one does not)
+        rt.check_output_file(out, as_mp4 ? ".mp4" : "", /*make_parents=*/as_mp4);
+        auto engine = histream::Engine::tiny_demo(rt, demo);
+        const std::string decoder = !demo.tae_path.empty() ? "TAEHV " + demo.tae_path
+                                    : demo.tiny_tae        ? std::string("tiny TAEHV") : std::string("tiny Wan VAE");
+        std::printf("histream-host-demo: histream_engine %s, tiny model (random weights), decoder %s, %d frames at %dx%d, "
+                    "schedule %s\n", rt.version().c_str(), decoder.c_str(), req.frames, req.width, req.height,
+                    req.schedule.c_str());
         std::unique_ptr<histream::VideoWriter> mp4;
         std::ofstream raw;
         int frames = 0;
@@ -89,6 +112,7 @@ int main(int argc, char** argv) {
                 else {
                     raw.open(out, std::ios::binary);
                     if (!raw.is_open()) throw WriteFailed("cannot open " + out + " for writing: " + std::strerror(errno));
+                    raw_opened = true;
                 }
                 std::printf("%5s  %6s  %9s  %9s  %9s\n", "chunk", "frames", "denoise s", "vae s", "ms/frame");
             }
@@ -115,9 +139,11 @@ int main(int argc, char** argv) {
         return 0;
     } catch (const WriteFailed& e) {
         std::cerr << "histream-host-demo: error: " << e.what() << "\n";
+        remove_partial(out, raw_opened);
         return 1;
     } catch (const histream::Error& e) {
         std::cerr << "histream-host-demo: error: " << e.what() << "\n";
+        remove_partial(out, raw_opened);
         return 2;
     }
 }
