@@ -91,6 +91,19 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
         # each rank queues the switch a chunk later than the one before: it lands when the last rank has it
         results["live_staggered_switch"] = live(engine, switch_after=1 + rank)
 
+        # the first rank closes a live stream after chunk 2 from its own loop; the others stop at the next boundary
+        from histream_engine import SCHEDULES
+
+        stream = engine.stream(prompt(), None, 64, 96, schedule=SCHEDULES["histream"].replace(positions="window"))
+        seen = []
+        for chunk in stream:
+            seen.append(chunk.index)
+            if rank == 0 and chunk.index == 2:
+                stream.close()
+            if len(seen) == 10:
+                break
+        results["one_rank_closes"] = {"seen": seen, "freed": not stream.holds_caches}
+
         # a request that differs on one rank: every rank refuses it, naming the field; the group stays usable
         seed = 5 + rank % 2
         results["seeds_differ"] = caught(lambda: list(engine.stream(prompt(), 9, 48, 80, schedule="self_forcing", seed=seed)))

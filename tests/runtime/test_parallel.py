@@ -65,6 +65,12 @@ def test_a_live_switch_lands_on_every_rank_at_the_chunk_the_last_rank_asked_for(
         assert err <= TOLERANCE, f"rank {r}: {err:.2e}"
 
 
+def test_a_rank_that_closes_stops_every_rank_at_the_next_boundary(sharded):
+    _world, results = sharded
+    for res in results:
+        assert res["one_rank_closes"] == {"seen": [0, 1, 2], "freed": True}
+
+
 def test_each_rank_caches_one_nth_of_the_heads(sharded, single):
     world, results = sharded
     for name, *_ in ranks.VIDEOS:

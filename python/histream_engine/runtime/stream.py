@@ -48,10 +48,12 @@ class VideoStream(Iterator[ChunkResult]):
         self.engine, self.shape, self.schedule, self.plan = engine, shape, sched, plan
         self._prompt = prompt_embeds
         self._seed = seed
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the flags below, held only for a moment
+        self._turn = threading.Lock()  # held while a chunk runs: close() from another thread then only sets the flag
         self._pending: _Pending | None = None
         self._closed = False
         self._started = False
+        self._next_chunk = 0  # the chunk whose boundary the loop reaches next
         self.caches: dict | None = None  # resolution -> RingKVCache while the stream runs; None once it ended
         self._gen = self._run()
 
@@ -73,20 +75,32 @@ class VideoStream(Iterator[ChunkResult]):
         return self
 
     def __next__(self) -> ChunkResult:
-        if self._closed:
-            raise StopIteration
-        self._started = True
-        return next(self._gen)
+        with self._turn:
+            if self._closed:
+                raise StopIteration
+            self._started = True
+            return next(self._gen)
 
     def close(self) -> None:
-        """Stop the stream and free its caches at once (or, when another thread is inside a chunk, as that chunk ends)."""
+        """Stop the stream and free its caches at once (or, when another thread is inside a chunk, as that chunk ends).
+
+        On a sequence-parallel stream whose other ranks will reach another chunk boundary, this rank takes its part
+        in that boundary's exchange first, saying it closed: the others stop there too instead of waiting for it."""
         with self._lock:
-            self._closed = True
+            already, self._closed = self._closed, True
             self._pending = None
+        if not self._turn.acquire(blocking=False):
+            return  # another thread is running a chunk: the loop sees ``_closed`` at the boundary and returns
         try:
+            par = self.engine.parallel
+            if par is not None and not already and self._gen.gi_frame is not None and self._boundary_ahead():
+                par.all_reduce_max([1, 1])  # (closed, no switch queued): the flags ``_boundary`` exchanges
             self._gen.close()
-        except ValueError:
-            pass  # another thread is running a chunk: the loop sees ``_closed`` at the boundary and returns
+        finally:
+            self._turn.release()
+
+    def _boundary_ahead(self) -> bool:
+        return self.live or self._next_chunk < self.shape.num_chunks
 
     def set_prompt(self, prompt_embeds, recache: bool = True) -> None:
         """Switch to ``prompt_embeds`` (``[L, text_dim]`` or ``[B, L, text_dim]``, the stream's batch and dtype) at the
@@ -208,6 +222,7 @@ class VideoStream(Iterator[ChunkResult]):
                 for s in steps
             ]
             x0, mode = graphs.run(steps, noises, views, body)
+            self._next_chunk = c + 1
             check_finite_latents(x0, c, steps)
             if latents is not None:
                 latents.write(c, x0)
