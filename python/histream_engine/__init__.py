@@ -14,6 +14,7 @@ from .model.vae import VAEConfig, WanVAE, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
 from .graphs.manifest import package_version
 from .runtime.dit_runners import dit_backends
+from .runtime.parallel import ParallelGroup, init_parallel
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
 from .taehv_checkpoint import load_taehv, save_taehv
 from .vae_checkpoint import load_vae, save_vae
@@ -27,6 +28,7 @@ __all__ = [
     "EngineConfig",
     "GenerationResult",
     "PRESETS",
+    "ParallelGroup",
     "SCHEDULES",
     "Schedule",
     "Step",
@@ -41,6 +43,7 @@ __all__ = [
     "attention_backends",
     "dit_backends",
     "flops",
+    "init_parallel",
     "load_dit",
     "load_prompt_embeds",
     "load_taehv",
