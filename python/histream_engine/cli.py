@@ -15,6 +15,7 @@ from .model.dit import initialized_dit
 from .output_paths import check_output_file
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
+from .runtime.parallel import init_parallel
 from .runtime.request_checks import check_prompt_embeds
 from .runtime.schedules import resolve_schedule
 from .text_encoder import load_prompt_embeds
@@ -86,13 +87,21 @@ def run_demo(args) -> int:
 
 
 def run_generate(args) -> int:
-    sched = resolve_schedule(args.schedule)
-    config = EngineConfig(attention=args.attention)
-    num_chunks = check_video_request(args.frames, args.height, args.width, config.chunk_size, sched) // config.chunk_size  # before loading gigabytes
-    check_output_file(args.out, (".mp4",), "--out")
+    par = joined_group(args)
+    first = par is None or par.is_first  # with --parallel, rank 0 alone writes the mp4 and prints
+
+    def checks():
+        sched = resolve_schedule(args.schedule)
+        config = EngineConfig(attention=args.attention, parallel=args.parallel)
+        num_chunks = check_video_request(args.frames, args.height, args.width, config.chunk_size, sched) // config.chunk_size  # before loading gigabytes
+        if first:
+            check_output_file(args.out, (".mp4",), "--out")
+        return sched, config, num_chunks
+
+    sched, config, num_chunks = checks() if par is None else par.agreed("generate commands", command_fingerprint(args), checks)
     dtype = getattr(torch, args.dtype)
     engine = Engine.from_pretrained(
-        args.model_dir, checkpoint=args.checkpoint, dtype=dtype, device=args.device,
+        args.model_dir, checkpoint=args.checkpoint, dtype=dtype, device=args.device if par is None else par.device,
         config=config, text_encoder=args.prompt is not None, vae="tae" if args.tae else "wan", tae_path=args.tae,
     )
     if args.prompt is not None:
@@ -102,10 +111,31 @@ def run_generate(args) -> int:
         embeds = load_prompt_embeds(args.prompt_embeds, engine.dit.config.text_dim)
     embeds = check_prompt_embeds(embeds, engine.dit.config.text_dim, max_batch=1)
     stream = engine.stream(embeds, args.frames, args.height, args.width, schedule=sched, seed=args.seed)
+    if not first:
+        for _ in stream:
+            pass
+        return 0
     chunks = stream_to_mp4(stream, args.out, args.width, args.height, num_chunks, table=False)
-    print(summary(chunks) + f" (decoder {engine.vae.name})")
+    ranks = "" if par is None else f", {par.world_size} ranks (ulysses)"
+    print(summary(chunks) + f" (decoder {engine.vae.name}{ranks})")
     print(f"wrote {args.out.resolve()}")
     return 0
+
+
+def joined_group(args):
+    """The process group of ``--parallel ulysses`` (torchrun's), or None without it; ``--device`` must agree with it."""
+    if args.parallel is None:
+        return None
+    par = init_parallel()
+    if args.device is not None and torch.device(args.device).type != par.device.type:
+        raise ValueError(f"--device {args.device}: with --parallel each rank runs on its process group's device ({par.device} "
+                         "here: NCCL ranks on cuda:LOCAL_RANK, gloo ranks on the CPU); drop --device")
+    return par
+
+
+def command_fingerprint(args) -> dict:
+    """Every option of a command, for the ranks of ``--parallel`` to check they were all given the same."""
+    return {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"}
 
 
 def run_export(args) -> int:
@@ -177,6 +207,8 @@ def run_serve(args) -> int:
     return 0
 
 
+PARALLEL_HELP = ("one stream over torchrun's processes, sequence-parallel: torchrun --nproc-per-node N -m histream_engine "
+                 "... --parallel ulysses (rank 0 writes and prints; docs/parallel.md)")
 TAE_HELP = "decode with TAEHV (taew2_1.pth or taew2_1.safetensors from madebyollin/taehv) instead of the Wan VAE"
 
 
@@ -218,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     gen.add_argument("--out", type=Path, default=Path("out.mp4"))
     gen.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP)
+    gen.add_argument("--parallel", choices=["ulysses"], help=PARALLEL_HELP)
     gen.set_defaults(func=run_generate)
 
     exp = sub.add_parser("export", help="ONNX graphs of the DiT forwards a schedule needs, with a manifest")
