@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from histream_engine import SCHEDULES, CheckpointError, Engine, EngineConfig, VAEConfig, WanConfig, attention_backends, dit_backends, flops
+from histream_engine import (SCHEDULES, CheckpointError, Engine, EngineConfig, VAEConfig, WanConfig, attention_backends, dit_backends,
+                             flops, init_parallel)
 from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
@@ -74,13 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run one video per precision variant (fp32, bf16, FP8 cache / attention / linears / all) and "
                         "record the latent and per-layer error against fp32 (bench/fp8_error.py)")
     p.add_argument("--live", action="store_true", help="instead: a soak of one unbounded stream with prompt switches (histream bench --live --help)")
+    p.add_argument("--parallel", choices=["ulysses"],
+                   help="one stream over torchrun's processes: torchrun --nproc-per-node N -m histream_engine bench --parallel "
+                        "ulysses ...; records the world size, per-rank FLOPs and the bytes each rank sends (docs/parallel.md)")
     p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
     p.add_argument("--no-plot", action="store_true")
     return p
 
 
-def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, frames: int, repeats: int, cfg: WanConfig) -> None:
-    """Every argument checked before a model is built (minutes at 1080p): a bad one exits 2 with one line."""
+def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, frames: int, repeats: int, cfg: WanConfig,
+                    ranks: int = 1) -> None:
+    """Every argument checked before a model is built (minutes at 1080p): a bad one exits 2 with one line. ``ranks``: the
+    world size of a ``--parallel`` run."""
 
     def fail(msg: str):
         parser.exit(2, f"{parser.prog}: error: {msg}\n")
@@ -127,17 +134,27 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
             fail(f"--peer-self-forcing: {e}")
     if args.tae is not None and args.vae and "tae" not in args.vae:
         fail(f"--tae names TAEHV weights, but --vae {' '.join(args.vae)} leaves TAEHV out; add tae")
+    if args.parallel:
+        single = [flag for flag, on in (("--dit " + args.dit, args.dit != "torch"), ("--peer-self-forcing", args.peer_self_forcing),
+                                         ("--precision-errors", args.precision_errors), ("--profile", args.profile)) if on]
+        if single:
+            fail(f"--parallel shards the torch runner; {', '.join(single)} runs one process: leave it out of a parallel run")
+        if cfg.num_heads % ranks:
+            fail(f"--parallel: the {cfg.num_heads} heads of {preset.model} are not divisible by {ranks} ranks")
 
 
 def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name: str, repeats: int, peak: float | None = None,
                  fp8: float | None = None) -> dict:
-    """Time one schedule; ``peak`` is the device's FLOP/s for the run's dtype, ``fp8`` its e4m3 peak, when known."""
+    """Time one schedule; ``peak`` is the device's FLOP/s for the run's dtype, ``fp8`` its e4m3 peak, when known (for one
+    GPU: a sequence-parallel run is measured against the peak of all its ranks)."""
     device = engine.dit.device
     cfg = engine.dit.config
+    par = engine.parallel
     engine.generate(prompt, frames, preset.height, preset.width, schedule=name)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runs, walls = [], []
+    sent_before = engine.forwards.exchange.bytes_sent if par else 0
     for _ in range(repeats):
         t0 = time.perf_counter()
         runs.append(engine.generate(prompt, frames, preset.height, preset.width, schedule=name))
@@ -155,6 +172,15 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
         peak = None if peak is None or fp8 is None else flops.precision_peak(
             whole, peak, fp8, config.linear_dtype is not None, getattr(engine.attention, "fp8_core", False))
     steady = per_chunk[1:] or per_chunk
+    ranks = par.world_size if par else 1
+    parallel = None
+    if par:
+        item = torch.empty((), dtype=engine.dit.dtype).element_size()
+        modelled = flops.schedule_exchange_bytes(cfg, name, frames, preset.height, preset.width, ranks, item, engine.config.chunk_size)
+        parallel = {"mode": engine.config.parallel, "world_size": ranks, "rank": par.rank,
+                    "flops_per_rank_per_frame": flops_per_frame / ranks,
+                    "bytes_sent_per_chunk": (engine.forwards.exchange.bytes_sent - sent_before) / (repeats * len(per_chunk)),
+                    "bytes_sent_per_chunk_model": sum(modelled) / len(modelled)}
     return {
         "seconds_per_frame": seconds_per_frame,
         "first_chunk_seconds": per_chunk[0],
@@ -165,13 +191,14 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
         "per_chunk_flops": [c.total for c in model],
         "flops_per_frame": flops_per_frame,
         "achieved_tflops": achieved / 1e12,
-        "peak_fraction": None if peak is None else achieved / peak,
+        "peak_fraction": None if peak is None else achieved / (peak * ranks),
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "cache_bytes": runs[0].chunks[0].cache_bytes,
         "peak_flops": peak,
         "forwards_per_chunk": [c.forwards for c in runs[0].chunks],
         "run_modes": [c.run_mode for c in runs[0].chunks],
         "recache_per_chunk": [c.recache for c in runs[0].chunks],
+        "parallel": parallel,
     }
 
 
@@ -199,17 +226,24 @@ def main(argv=None) -> int:
         return live_main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    par = None
+    if args.parallel:
+        par = init_parallel()
+        # every rank must run the same command; then the checks below refuse the same things on every rank
+        par.agreed("bench commands", {k: str(v) for k, v in sorted(vars(args).items())}, lambda: None)
+        if not par.is_first:
+            sys.stdout = open(os.devnull, "w")  # rank 0 prints and writes the record
     preset = PRESETS[args.preset]
     preset = dataclasses.replace(preset, height=preset.height if args.height is None else args.height,
                                  width=preset.width if args.width is None else args.width)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = par.device if par else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cuda_graphs and device.type != "cuda":
         parser.error("--cuda-graphs needs a CUDA device and none is visible; drop the flag on this machine")
     dtype_name = args.dtype or preset.dtype
     repeats = preset.repeats if args.repeats is None else args.repeats
     frames = preset.frames if args.frames is None else args.frames
     cfg = WanConfig.from_name(preset.model)
-    check_arguments(parser, args, preset, frames, repeats, cfg)
+    check_arguments(parser, args, preset, frames, repeats, cfg, par.world_size if par else 1)
     decoders = {}  # before the DiT, so that a bad --tae file is refused at once
     wanted = args.vae or (["wan", "tae"] if args.vae is not None else ["tae"] if args.tae is not None else [])
     for name in wanted:
@@ -219,14 +253,15 @@ def main(argv=None) -> int:
             parser.exit(2, f"{parser.prog}: error: --tae: {' '.join(str(e).split())}\n")  # the loader's message, on one line
     dit = initialized_dit(cfg, getattr(torch, dtype_name), device)
     engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile, dit=args.dit,
-                                      engine_dir=args.engine_dir and str(args.engine_dir), precision=args.precision),
+                                      engine_dir=args.engine_dir and str(args.engine_dir), precision=args.precision,
+                                      parallel=args.parallel),
                     vae=next(iter(decoders.values()), None))
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
     env = environment(device)
     print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, dit {args.dit}, "
           f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats, cuda graphs {'on' if args.cuda_graphs else 'off'}, "
-          f"torch.compile {'on' if args.compile else 'off'}", flush=True)
+          f"torch.compile {'on' if args.compile else 'off'}" + (f", {par.world_size} ranks ({args.parallel})" if par else ""), flush=True)
 
     schedules, profiles = {}, {}
     for name in args.schedules:
@@ -251,8 +286,9 @@ def main(argv=None) -> int:
     if args.peer_self_forcing is not None:
         peer = compare(args.peer_self_forcing, engine, prompt, frames, preset.height, preset.width, args.schedules, repeats)
 
-    if args.no_baseline or preset.baseline_steps == 0:
-        baseline = {"skipped": "--no-baseline" if args.no_baseline else f"preset {preset.name} runs no baseline"}
+    if args.no_baseline or preset.baseline_steps == 0 or par:
+        why = "--no-baseline" if args.no_baseline else "--parallel (the baseline runs one process)" if par else f"preset {preset.name} runs no baseline"
+        baseline = {"skipped": why}
     else:
         latent = ((frames - 1) // VAE_TIME_STRIDE + 1, preset.height // VAE_SPACE_STRIDE, preset.width // VAE_SPACE_STRIDE)
         baseline = wan_baseline(dit, prompt, latent, frames, preset.baseline_steps)
@@ -283,6 +319,7 @@ def main(argv=None) -> int:
         "prompt_tokens": args.prompt_tokens,
         "cuda_graphs": args.cuda_graphs,
         "torch_compile": args.compile,
+        "parallel": {"mode": args.parallel, "world_size": par.world_size} if par else None,
         "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim)),
                 "taehv_flops_per_frame": flops.taehv_flops_per_frame(preset.height, preset.width),
                 "decoders": list(decoders), "tae_weights": (str(args.tae) if args.tae else RANDOM_TAE) if "tae" in decoders else None}
@@ -293,7 +330,11 @@ def main(argv=None) -> int:
         "attention_auto": auto_choices() if args.attention == "auto" else None,
         "peer_self_forcing": peer,
     }
+    if par and not par.is_first:
+        return 0
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
+    if par:
+        slug += f"-x{par.world_size}"
     out = args.out or RESULTS / f"{record['date']}-{slug}-{preset.name}.json"
     write_json(record, out)
     print("\n" + markdown_table(record))

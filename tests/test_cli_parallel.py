@@ -1,6 +1,7 @@
 """`torchrun ... -m histream_engine generate --parallel ulysses`: two gloo ranks on this CPU write one mp4, the one a
 single process writes, and print the progress once."""
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,22 @@ def test_parallel_outside_torchrun_says_how_to_start_it(tmp_path, model_dir):  #
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "torchrun --nproc-per-node N" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_torchrun_bench_records_the_world_size_per_rank_flops_and_bytes_sent(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                           "histream_engine", "bench", "--parallel", "ulysses", "--preset", "cpu-small", "--height", "64",
+                           "--width", "64", "--frames", "21", "--schedules", "histream", "--repeats", "1", "--no-plot",
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("2 ranks (ulysses)") == 1  # rank 0 alone prints
+    record = json.loads(out.read_text())
+    assert record["parallel"] == {"mode": "ulysses", "world_size": 2}
+    run = record["schedules"]["histream"]
+    par = run["parallel"]
+    assert par["world_size"] == 2 and par["flops_per_rank_per_frame"] == run["flops_per_frame"] / 2
+    # 64x64 gives 16 high-res and 4 low-res tokens a frame: 2 ranks split both evenly, so the count is exact
+    assert par["bytes_sent_per_chunk"] == par["bytes_sent_per_chunk_model"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
