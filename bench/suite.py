@@ -179,7 +179,9 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
         modelled = flops.schedule_exchange_bytes(cfg, name, frames, preset.height, preset.width, ranks, item, engine.config.chunk_size)
         parallel = {"mode": engine.config.parallel, "world_size": ranks, "rank": par.rank,
                     "flops_per_rank_per_frame": flops_per_frame / ranks,
-                    "bytes_sent_per_chunk": (engine.forwards.exchange.bytes_sent - sent_before) / (repeats * len(per_chunk)),
+                    # counted in Python as the collectives are issued: a replayed CUDA graph issues them without it
+                    "bytes_sent_per_chunk": None if engine.config.cuda_graphs else
+                    (engine.forwards.exchange.bytes_sent - sent_before) / (repeats * len(per_chunk)),
                     "bytes_sent_per_chunk_model": sum(modelled) / len(modelled)}
     return {
         "seconds_per_frame": seconds_per_frame,

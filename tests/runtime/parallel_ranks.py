@@ -129,3 +129,25 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
         torch.save(results, f"{out}/rank{rank}.pt")
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def run_cuda_graphs(rank: int, world: int, init_file: str, out: str) -> None:
+    """On ``world`` GPUs with NCCL: histream_plus with the steady chunks replayed as CUDA graphs (the all-to-alls and
+    the gather captured with the kernels) against the same stream run eagerly."""
+    from histream_engine import Engine, EngineConfig
+
+    results = {}
+    try:
+        torch.cuda.set_device(rank)
+        dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
+        dit = model().to(f"cuda:{rank}")
+        for graphs in (False, True):
+            engine = Engine(dit, EngineConfig(parallel="ulysses", cuda_graphs=graphs))
+            chunks = list(engine.stream(prompt().cuda(), 45, 96, 160, schedule="histream_plus", seed=5))
+            results[graphs] = {"latents": torch.cat([c.latents for c in chunks], dim=2).cpu(), "modes": [c.run_mode for c in chunks]}
+    except Exception:  # noqa: BLE001 - reported to the test, which fails with it
+        results["crash"] = traceback.format_exc()
+    finally:
+        torch.save(results, f"{out}/rank{rank}.pt")
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -125,3 +125,15 @@ def test_parallel_with_exported_graphs_is_refused():
         EngineConfig(parallel="ring")
     with pytest.raises(ValueError, match="set parallel='ulysses' with it"):
         EngineConfig(group=object())
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (NCCL collectives inside captured CUDA graphs)")
+def test_cuda_graphs_capture_the_collectives_and_replay_the_eager_stream():
+    with tempfile.TemporaryDirectory() as out:
+        mp.start_processes(ranks.run_cuda_graphs, args=(2, f"{out}/init", out), nprocs=2, start_method="spawn")
+        results = [torch.load(f"{out}/rank{r}.pt", weights_only=True) for r in range(2)]
+    for r, res in enumerate(results):
+        assert "crash" not in res, f"rank {r}:\n{res['crash']}"
+        assert "replayed" in res[True]["modes"], res[True]["modes"]
+        err = rel_err(res[True]["latents"], res[False]["latents"])
+        assert err <= TOLERANCE, f"rank {r}: {err:.2e}"

@@ -49,7 +49,8 @@ class TokenSplit:
 
 @dataclass
 class Exchange:
-    """The collectives of one rank's sequence-parallel forwards, counting the bytes it sends to other ranks."""
+    """The collectives of one rank's sequence-parallel forwards, counting the bytes it sends to other ranks (as they
+    are issued from Python: the replay of a captured CUDA graph issues them again without counting)."""
 
     par: ParallelGroup
     bytes_sent: int = field(default=0)
