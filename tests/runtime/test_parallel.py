@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import rel_err
-from histream_engine import Engine, EngineConfig, flops
+from histream_engine import Engine, EngineConfig, WanConfig, flops
 from histream_engine.runtime.ulysses import TokenSplit
 
 import parallel_ranks as ranks
@@ -137,3 +137,19 @@ def test_cuda_graphs_capture_the_collectives_and_replay_the_eager_stream():
         assert "replayed" in res[True]["modes"], res[True]["modes"]
         err = rel_err(res[True]["latents"], res[False]["latents"])
         assert err <= TOLERANCE, f"rank {r}: {err:.2e}"
+
+
+def test_the_cost_model_counts_the_design_figures():
+    cfg = WanConfig.from_name("wan2.1-1.3b")
+    L = 3 * 8160  # one 1080p chunk's queries
+    # DESIGN.md: per rank and layer, four all-to-alls of L/N x dim move 4 * L * dim * 2 B * (N - 1) / N^2; then the flow
+    for n in (2, 4):
+        layers = 4 * L * cfg.dim * 2 * (n - 1) / n**2 * cfg.num_layers
+        flow = 3 * -(-8160 // n) * 64 * 2 * (n - 1)  # each rank's [3, S/N, 64] head output to every other rank
+        assert flops.exchange_bytes(cfg, 8160, 3, n, item=2) == pytest.approx(layers + flow, rel=1e-12)
+    one, four = (flops.predict_parallel(cfg, "histream", 81, 1088, 1920, n) for n in (1, 4))
+    assert one.comm_s_per_frame == 0 and four.compute_s_per_frame == pytest.approx(one.compute_s_per_frame / 4, rel=1e-12)
+    assert four.s_per_frame == four.compute_s_per_frame + four.comm_s_per_frame
+    assert 0.01 < four.comm_s_per_frame / four.s_per_frame < 0.1  # Ulysses moves activations: a few percent of a forward
+    with pytest.raises(ValueError, match="not divisible"):
+        flops.predict_parallel(cfg, "histream", 81, 1088, 1920, 8)  # 12 heads
