@@ -1,5 +1,6 @@
-"""The C++ host example and host CMakeLists.txt in docs/cpp-host.md are the files CI builds against the installed package
-(ctest host.installed_package), so the documented code is the code that compiles and runs."""
+"""The C++ host examples (the callback form and the stream handle) and host CMakeLists.txt in docs/cpp-host.md are the files
+CI builds against the installed package (ctest host.installed_package), so the documented code is the code that compiles
+and runs."""
 
 import re
 from pathlib import Path
@@ -19,7 +20,14 @@ def test_docs_example_is_the_compiled_consumer():
     assert len(code.splitlines()) <= 30
 
 
+def test_docs_stream_handle_example_is_the_compiled_live_consumer():
+    code = docs_block("cpp", "opens a stream handle")
+    assert code == (REPO / "tests/engine/consumer/live.cpp").read_text()
+    assert len(code.splitlines()) <= 30 and "open_stream" in code and "set_prompt" in code
+
+
 def test_docs_cmake_is_the_consumer_project():
     cmake = docs_block("cmake", "# C++ hosts")
     assert cmake == (REPO / "tests/engine/consumer/CMakeLists.txt").read_text()
     assert len(cmake.splitlines()) <= 10 and "find_package(histream CONFIG REQUIRED)" in cmake
+    assert "add_executable(host_live live.cpp)" in cmake  # consumer_test.cmake runs both programs
