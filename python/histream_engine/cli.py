@@ -12,7 +12,7 @@ from .checkpoint import CheckpointError
 from .config import PRESETS
 from .demo import tiny_demo_engine
 from .model.dit import initialized_dit
-from .output_paths import check_output_file
+from .output_paths import check_output_file, check_output_folder
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
 from .runtime.parallel import init_parallel
@@ -142,6 +142,7 @@ def run_export(args) -> int:
     from .graphs.onnx_export import export_graphs
     from .model_dir import load_folder_dit
 
+    check_output_folder(args.out, "--out")  # before a model is built: minutes and gigabytes at 1.3B
     dtype = getattr(torch, args.dtype)
     if args.preset is not None:
         dit = initialized_dit(args.preset, dtype, args.device, args.seed)  # the bench presets' very weights (seed 0)

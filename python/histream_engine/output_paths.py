@@ -20,9 +20,25 @@ def check_output_file(path, suffixes: tuple[str, ...] = (), what: str = "output"
         raise OutputPathError(f"{what} {path} is a directory; name a file inside it, e.g. {path / ('out' + (suffixes[0] if suffixes else ''))}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise OutputPathError(f"{what} {path} must end in {' or '.join(suffixes)}")
-    if not make_parents and not path.parent.is_dir():
+    if not make_parents and not path.parent.exists():
         raise OutputPathError(f"cannot write {what} {path}: the folder {path.parent} does not exist; create it first")
-    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    _check_writable_folder(path.parent, path, what)
+    return path
+
+
+def check_output_folder(path, what: str = "output folder") -> Path:
+    """Returns ``path`` as a Path once a folder can be written there: an existing folder, or a new one under the
+    nearest existing parent, which must be a writable folder. An existing file is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{what} {path} is a file; name a folder (made if it does not exist)")
+    _check_writable_folder(path, path, what)
+    return path
+
+
+def _check_writable_folder(start: Path, path: Path, what: str) -> None:
+    """The nearest existing one of ``start`` and its parents is a folder where this process can create a file."""
+    folder = next(p for p in (start, *start.parents) if p.exists())
     if not folder.is_dir():
         raise OutputPathError(f"{what} {path}: {folder} is a file, not a folder")
     try:
@@ -31,4 +47,3 @@ def check_output_file(path, suffixes: tuple[str, ...] = (), what: str = "output"
         os.unlink(probe)
     except OSError as exc:
         raise OutputPathError(f"cannot write {what} {path}: {exc.strerror or exc} (in {folder})") from exc
-    return path

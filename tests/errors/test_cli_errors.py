@@ -61,7 +61,7 @@ ROWS = [
     ("export_size", ["export", "--preset", "tiny", "--height", "40", "--width", "32", "--out", "{tmp}/e"],
      "height must be a positive multiple of 32 (16 at the low resolution, which is 1/2 of it) for schedule 'histream', got 40"),
     ("export_dtype", ["export", "--preset", "tiny", *SIZE, "--dtype", "float64", "--out", "{tmp}/e"], "invalid choice: 'float64'"),
-    # export writes a folder; it meets a bad one only when it writes the first graph (test_export_checks_out_first)
+    # export writes a folder, checked before the model is built (test_export_checks_out_first)
     ("export_out_file", ["export", "--preset", "tiny", *SIZE, "--schedule", "self_forcing", "--out", "{tmp}/a_file"], "{tmp}/a_file"),
     ("build_trt_missing", ["build-trt", "--onnx", "/nonexist", "--precision", "fp16"], "TensorRT"),
 ]
@@ -131,9 +131,6 @@ def test_bad_cli_input_exits_2_with_one_clear_line(places, capsys, argv, fragmen
     assert files_under(places["tmp"]) == before  # no partial file, no probe left, nothing overwritten
 
 
-@pytest.mark.xfail(strict=True, reason="cli.run_export builds the DiT (minutes at 1.3B) and checks --out only when it writes the "
-                   "first graph, with the OS's bare message ('[Errno 17] File exists'): it needs a folder check (an existing "
-                   "file refused, the nearest existing parent a writable folder) before the model, as check_output_file does for files")
 def test_export_checks_out_first(places, capsys, monkeypatch):
     monkeypatch.setattr(cli, "initialized_dit", lambda *a: pytest.fail("the DiT was built before --out was checked"))
     rc = run(["export", "--preset", "tiny", *SIZE, "--out", f"{places['tmp']}/a_file"])
