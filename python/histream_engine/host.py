@@ -162,12 +162,9 @@ def tiny_demo(device: str, attention: str, seed: int, decoder: str = "wan", tae_
 
 
 def check_output(path: str, suffix: str, make_parents: bool) -> None:
-    """A C++ host's output check before any model work (``check_output_file``). Without ``make_parents`` the parent
-    must exist too; checked after the nearest existing parent, so that a parent which is a file is named as one."""
-    suffixes = (suffix,) if suffix else ()
-    check_output_file(path, suffixes)
-    if not make_parents:
-        check_output_file(path, suffixes, make_parents=False)
+    """A C++ host's output check before any model work (``check_output_file``); without ``make_parents`` the parent
+    folder must exist too."""
+    check_output_file(path, (suffix,) if suffix else (), make_parents=make_parents)
 
 
 def video_writer(path: str, width: int, height: int) -> Mp4Writer:
