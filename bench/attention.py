@@ -11,12 +11,21 @@ K/V write: the torch backend rotates and runs SDPA on slices of the ring; the pr
 against the torch reference on float32-upcast inputs, beside the bf16 torch reference's own error.
 Targets on an H100: the engine's path (the best backend) >= 550 TFLOP/s, our Triton core >= 450 (issue 10), our
 CUDA core (mma.sync, ``cuda`` backend) >= 300 (issue 11).
+
+FP8 (issue 25, ``docs/fp8.md``): the FP8 backends read the same K/V as an e4m3 ring cache holds it (one scale per
+frame slot and head, V keys-contiguous), so their error against the float32 reference counts the cache's rounding
+and the core's. ``triton_fp8`` is timed like the others, its FP8 pre-pass (rotate + quantize Q, and K with ``window``
+positions) apart from its core; ``torch_fp8``, the core's numerics model in torch, is run once for its error and
+not timed. ``flash_attn3_fp8`` is FlashAttention-3's FP8 forward (``flash_attn_interface.flash_attn_func`` with
+e4m3 Q, K, V and per-(batch, head) descales) behind the bf16 RoPE pre-pass, where FlashAttention-3 is installed
+on an sm_90 GPU: its pre-pass time includes quantizing Q, K and V each call (FA3 takes no per-slot scales).
 ``--small`` runs a tiny shape, for checking the script on a CPU (timings meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -28,6 +37,7 @@ import torch
 
 from histream_engine.attention import BACKENDS, get_backend
 from histream_engine.attention.auto import auto_choices, device_seconds
+from histream_engine.attention.fp8_quant import E4M3, group_scales, quantize, quantize_frames
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs
 
@@ -55,6 +65,9 @@ def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:
             print(f"{entry.name:>10}: skipped, {reason}", flush=True)
             continue
         backend = get_backend(entry.name)
+        if getattr(backend, "fp8_core", False):
+            results[entry.name] = run_fp8(backend, q, fp8_ring(k_store, v_store, view.tokens_per_frame), view, ref, flop, repeats, device)
+            continue
         try:
             out = backend.ring_attention(q, k_store, v_store, view)
             secs = median_seconds(lambda: backend.ring_attention(q, k_store, v_store, view), repeats, device)
@@ -72,11 +85,104 @@ def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:
             line += f"  (pre-pass {r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)"
         results[entry.name] = r
         print(line, flush=True)
+    results["flash_attn3_fp8"] = run_fa3_fp8(q, k_store, v_store, view, ref, flop, repeats, device)
     torch_err = results.get("torch", {}).get("rel_err")
     for r in results.values():
         if "rel_err" in r:
             r["err_over_torch"] = r["rel_err"] / torch_err if torch_err else None
     return results
+
+
+def fp8_ring(k_store: torch.Tensor, v_store: torch.Tensor, tokens_per_frame: int) -> tuple[torch.Tensor, ...]:
+    """``[B, R, H, D]`` K and V -> the e4m3 ring an FP8 cache would hold (``runtime.kv_cache``): K head-major, V stored
+    ``[B, H, D, R16]`` and seen as ``[B, R, H, D]`` (keys contiguous, rows padded to 16), scales ``[B, slots, H]``."""
+    B, R, H, D = k_store.shape
+    k8 = torch.zeros(B, H, R, D, dtype=E4M3, device=k_store.device).transpose(1, 2)  # [B, R, H, D]
+    v_t = torch.zeros(B, H, D, -(-R // 16) * 16, dtype=E4M3, device=k_store.device)  # [B, H, D, R16]
+    v8 = v_t[..., :R].permute(0, 3, 1, 2)  # [B, R, H, D], D strided
+    scales = []
+    for store, x in ((k8, k_store), (v8, v_store)):
+        codes, scale = quantize_frames(x, tokens_per_frame)  # [B, R, H, D] e4m3, [B, slots, H]
+        store.view(torch.uint8).copy_(codes.view(torch.uint8))  # copy_ has no float8 -> strided float8 kernel everywhere
+        scales.append(scale)
+    return k8, v8, *scales
+
+
+def run_fp8(backend, q, ring, view, ref, flop, repeats, device) -> dict:
+    """An FP8 backend over the e4m3 ring: its error against the float32 reference; timed (pre-pass and core apart)
+    where it is a kernel, not where it is the torch model of one."""
+    name = backend.name
+    try:
+        out = backend.ring_attention_fp8(q, *ring, view)
+        r = {"rel_err": rel_err(out, ref), "precision": "e4m3"}
+        if not hasattr(backend, "prepass_fp8"):
+            r["not_timed"] = "the FP8 core's numerics model in torch: its error only"
+            print(f"{name:>10}: rel err {r['rel_err']:.2e} (not timed: the FP8 core's torch model)", flush=True)
+            return r
+        secs = median_seconds(lambda: backend.ring_attention_fp8(q, *ring, view), repeats, device)
+        core_inputs = backend.prepass_fp8(q, *ring, view)
+        r["prepass_seconds"] = median_seconds(lambda: backend.prepass_fp8(q, *ring, view), repeats, device)
+        core = median_seconds(lambda: backend.core_fp8(*core_inputs), repeats, device)
+    except Exception as e:  # noqa: BLE001 - one backend failing at this shape is a result; the others still run
+        print(f"{name:>10}: FAILED {type(e).__name__}: {e}", flush=True)
+        return {"failed": f"{type(e).__name__}: {e}"}
+    r.update(seconds=secs, tflops=flop / secs / 1e12, core_seconds=core, core_tflops=flop / core / 1e12)
+    print(f"{name:>10}: {secs * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}  (pre-pass "
+          f"{r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)", flush=True)
+    return r
+
+
+def fa3_fp8_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], dict]:
+    """Rotated ``[B, H, L, D]`` Q, K and V -> FlashAttention-3's FP8 arguments: e4m3 ``[B, L, H, D]`` (D contiguous,
+    as its TMA loads need) and one float32 descale per (batch, head), ``[B, H]`` each, the finest it takes."""
+    args, descales = [], {}
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        scale = group_scales(x, (2, 3))  # [B, H, 1, 1] amax / 448
+        args.append(quantize(x, scale).transpose(1, 2).contiguous())  # [B, L, H, D] e4m3
+        descales[f"{name}_descale"] = scale[:, :, 0, 0].contiguous()  # [B, H] float32
+    return tuple(args), descales
+
+
+def fa3_fp8(fa3, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # [B, Lq, H, D] bf16
+    args, descales = fa3_fp8_inputs(q, k, v)
+    out = fa3(*args, **descales)
+    return out[0] if isinstance(out, tuple) else out  # some FlashAttention-3 releases also return the log-sum-exp
+
+
+def fa3_fp8_reason(device: torch.device) -> str | None:
+    if importlib.util.find_spec("flash_attn_interface") is None:
+        return "FlashAttention-3 (flash_attn_interface) is not installed"
+    if device.type != "cuda":
+        return "no CUDA GPU is visible"
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        return f"FlashAttention-3's FP8 forward needs sm_90; {torch.cuda.get_device_name(device)} is older"
+    if importlib.util.find_spec("triton") is None:
+        return "the RoPE pre-pass in front of it is a Triton kernel and triton is not installed"
+    return None
+
+
+def run_fa3_fp8(q, k_store, v_store, view, ref, flop, repeats, device) -> dict:
+    """FlashAttention-3's FP8 forward behind our bf16 RoPE pre-pass: error, time, and its core alone."""
+    if (reason := fa3_fp8_reason(device)) is not None:
+        print(f"{'flash_attn3_fp8':>10}: skipped, {reason}", flush=True)
+        return {"skipped": reason}
+    from flash_attn_interface import flash_attn_func
+
+    prepass = get_backend("triton").prepass
+    try:
+        out = fa3_fp8(flash_attn_func, *prepass(q, k_store, v_store, view))
+        secs = median_seconds(lambda: fa3_fp8(flash_attn_func, *prepass(q, k_store, v_store, view)), repeats, device)
+        args, descales = fa3_fp8_inputs(*prepass(q, k_store, v_store, view))
+        pre = median_seconds(lambda: fa3_fp8_inputs(*prepass(q, k_store, v_store, view)), repeats, device)
+        core = median_seconds(lambda: flash_attn_func(*args, **descales), repeats, device)
+    except Exception as e:  # noqa: BLE001 - an FA3 build without FP8, or with another signature, is a result
+        print(f"{'flash_attn3_fp8':>10}: FAILED {type(e).__name__}: {e}", flush=True)
+        return {"failed": f"{type(e).__name__}: {e}"}
+    r = {"seconds": secs, "tflops": flop / secs / 1e12, "rel_err": rel_err(out, ref), "precision": "e4m3",
+         "prepass_seconds": pre, "core_seconds": core, "core_tflops": flop / core / 1e12}
+    print(f"{'flash_attn3_fp8':>10}: {secs * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}  (pre-pass + "
+          f"quantize {pre * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)", flush=True)
+    return r
 
 
 def main(argv=None) -> int:
@@ -115,12 +221,14 @@ def main(argv=None) -> int:
         results[positions] = run_backends(q, k_store, v_store, view, flop, args.repeats, device)
 
     timed_ok = {(pos, n): r for pos, rs in results.items() for n, r in rs.items() if "tflops" in r}
-    best = max(timed_ok, key=lambda key: timed_ok[key]["tflops"]) if timed_ok else None
+    # the bf16 targets are judged on bf16 paths; the FP8 ones are reported beside them (no FP8 target is set)
+    bf16_ok = [key for key, r in timed_ok.items() if "precision" not in r]
+    best = max(bf16_ok, key=lambda key: timed_ok[key]["tflops"]) if bf16_ok else None
     targets = {
         "engine_path_tflops": timed_ok[best]["tflops"] if best else None,
         "engine_path": list(best) if best else None,
         **{f"{core}_core_tflops": max((r.get("core_tflops") or 0.0 for (pos, n), r in timed_ok.items() if n == core), default=None)
-           for core in ("triton", "cuda")},
+           for core in ("triton", "cuda", "triton_fp8", "flash_attn3_fp8")},
         **{f"{k}_target": v for k, v in TARGETS_TFLOPS.items()},
     }
     if best:
@@ -128,6 +236,9 @@ def main(argv=None) -> int:
               f"(target {TARGETS_TFLOPS['engine_path']:.0f} on an H100); triton core alone: {targets['triton_core_tflops'] or float('nan'):.1f} "
               f"(target {TARGETS_TFLOPS['triton_core']:.0f}); cuda core alone: {targets['cuda_core_tflops'] or float('nan'):.1f} "
               f"(target {TARGETS_TFLOPS['cuda_core']:.0f})")
+    if targets["triton_fp8_core_tflops"] or targets["flash_attn3_fp8_core_tflops"]:
+        print(f"FP8 cores alone: triton_fp8 {targets['triton_fp8_core_tflops'] or float('nan'):.1f} TFLOP/s, FlashAttention-3 FP8 "
+              f"{targets['flash_attn3_fp8_core_tflops'] or float('nan'):.1f} TFLOP/s")
     if args.out:
         record = {
             "command": "python bench/attention.py " + " ".join(sys.argv[1:] if argv is None else argv),

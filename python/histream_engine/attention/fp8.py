@@ -114,8 +114,11 @@ class TritonFp8Attention(PrepassAttention):
         recache_write_fp8(k_proj.contiguous(), v_proj.contiguous(), getattr(norm_k, "weight", None), getattr(norm_k, "eps", 0.0),
                           view.write_rows, chunk_slots(view), view.tokens_per_frame, k_store, v_store, k_scale, v_scale, rope)
 
-    def ring_attention_fp8(self, q, k_store, v_store, k_scale, v_scale, view: RingView) -> torch.Tensor:
-        from ..kernels.attention_core_fp8 import attention_core_fp8, fp8_prepass
+    def prepass_fp8(self, q, k_store, v_store, k_scale, v_scale, view: RingView) -> tuple:
+        """The FP8 core's inputs: (q8 ``[B, H, Lq, D]`` e4m3, q_scale ``[B, H, Lq / 64]``, k8 ``[B, H, Lk, D]`` e4m3,
+        k_scale ``[B, NV, H]``, v_t ``[B, H, D, Lk]`` e4m3, v_scale ``[B, NV, H]``, k_mult, out dtype); apart from
+        ``core_fp8`` so that ``bench/attention.py`` can time the two."""
+        from ..kernels.attention_core_fp8 import fp8_prepass
 
         B, Lq, H, D = q.shape
         R, Lk, nv = k_store.shape[1], view.key_tokens, len(view.slots)
@@ -131,4 +134,13 @@ class TritonFp8Attention(PrepassAttention):
             fp8_prepass(q, view.query_position_index, cos, sin, grid, pairs, q8, q_scale, k_store, ks, view.slot_position_index, k_rot)
             k8, k_mult = k_rot[:, :, :Lk], ROTATED_K_SCALE
         v_t = v_store[:, :Lk].permute(0, 2, 3, 1)  # [B, H, D, Lk], keys contiguous
-        return attention_core_fp8(q8, q_scale, k8, ks, v_t, vs, k_mult, out_dtype=q.dtype)
+        return q8, q_scale, k8, ks, v_t, vs, k_mult, q.dtype
+
+    @staticmethod
+    def core_fp8(q8, q_scale, k8, k_scale, v_t, v_scale, k_mult, out_dtype) -> torch.Tensor:  # [B, Lq, H, D]
+        from ..kernels.attention_core_fp8 import attention_core_fp8
+
+        return attention_core_fp8(q8, q_scale, k8, k_scale, v_t, v_scale, k_mult, out_dtype=out_dtype)
+
+    def ring_attention_fp8(self, q, k_store, v_store, k_scale, v_scale, view: RingView) -> torch.Tensor:
+        return self.core_fp8(*self.prepass_fp8(q, k_store, v_store, k_scale, v_scale, view))

@@ -103,9 +103,10 @@ def fp8_core_reference(
     qk = math.log2(math.e) / math.sqrt(D)
     rows_q = q_scale.repeat_interleave(Q_BLOCK, dim=2)[:, :, :Lq, None]  # [B, H, Lq, 1]
     qf, kf, vf = q8.float(), k8.float(), v8.float()
-    m = torch.full((B, H, Lq, 1), float("-inf"))
-    l = torch.zeros((B, H, Lq, 1))
-    acc = torch.zeros((B, H, Lq, D))
+    dev = q8.device  # the model runs wherever its inputs are (a GPU test compares it with the kernel there)
+    m = torch.full((B, H, Lq, 1), float("-inf"), device=dev)
+    l = torch.zeros((B, H, Lq, 1), device=dev)
+    acc = torch.zeros((B, H, Lq, D), device=dev)
     vs_prev = None
     for f in range(nv):
         ks = k_scale[:, f, :, None, None]  # [B, H, 1, 1]
