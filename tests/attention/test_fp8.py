@@ -50,6 +50,8 @@ def filled(seed, B, H, D, grid, rotated, write):
     return ring, view, full, (k_proj, v_proj, norm)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU interpreter's check (CPU tensors, 32-key tiles); on a GPU "
+                    "tests/kernels/test_gpu_numerics.py runs the compiled kernels against the same model")
 @pytest.mark.parametrize("rotated", [True, False])
 def test_triton_fp8_write_prepass_and_core_equal_their_torch_model(rotated):
     B, H, D, grid = 2, 3, 32, (3, 5)  # 15 tokens a frame: slots start off 16-row tiles, tiles straddle nothing

@@ -15,8 +15,10 @@ from histream_engine.model import fp8_linear
 from histream_engine.runtime import precision
 
 ARGS = (21, 64, 96)  # 2 chunks, 8x12 high-res tokens, 4x6 low-res
-# Measured (seeds 8-10, bf16 model against the fp32 run, histream_plus): bf16 alone 0.0036-0.0038, + FP8 cache
-# 0.0036-0.0037, + FP8 attention (torch_fp8) 0.0037-0.0038, FP8 linears 0.0101-0.0106, everything 0.0101-0.0108.
+# Measured on the tiny model (random weights std 0.1, model seeds 8-10, prompt seed 0, ARGS, histream_plus, the bf16
+# model against the fp32 run; torch 2.13 CPU, 2026-12-03): bf16 alone 0.0035-0.0037, + FP8 cache 0.0035-0.0038,
+# + FP8 attention (torch_fp8) 0.0035-0.0037, FP8 linears 0.0093-0.0108, everything 0.0096-0.0108. Margins: 0.006 is
+# 1.6x the worst cache/attention figure, 0.016 1.5x the worst linears/all one. Real weights differ: docs/fp8.md.
 TOL = {"kv": 0.006, "attention": 0.006, "linears": 0.016, "all": 0.016}
 VARIANTS = {"kv": dict(kv_dtype="float8_e4m3fn"), "attention": dict(kv_dtype="float8_e4m3fn", attention="torch_fp8"),
             "linears": dict(linear_dtype="float8_e4m3fn"), "all": dict(precision="fp8")}
@@ -51,7 +53,9 @@ def test_fp8_cache_halves_the_cache_bytes(reference):
 @pytest.mark.parametrize("module, e4m3_max, variant", [(fp8_quant, 448.0 * 16, "kv"), (fp8_linear, 448.0 * 16, "linears"),
                                                         (fp8_linear, 448.0 / 16384, "linears")])
 def test_a_broken_scale_fails_the_tolerance(monkeypatch, reference, module, e4m3_max, variant):
-    # measured: 0.038 (cache scales 16x small), 0.27 (linear scales 16x small), 0.026 (16384x large)
+    # measured on the same model, seeds 8 / 9 / 10: cache scales 16x small 0.038 / 0.053 / 0.033 (5.5x TOL at the
+    # least); linear scales 16x small 0.24 (15x); 16384x large 0.026 / 0.024 / 0.019, only 1.2x TOL at seed 10: the
+    # test runs seed 8 (1.6x). Smaller breaks of a too-large scale stay within e4m3's levels (tests/attention/test_fp8.py).
     monkeypatch.setattr(module, "E4M3_MAX", e4m3_max)
     ctx, ref = reference
     assert rel_err(fp8_run(ctx, **VARIANTS[variant]).latents, ref.latents) > TOL[variant]
@@ -62,8 +66,8 @@ def test_fp8_linears_equal_their_fp32_arithmetic_and_the_export_shares_their_lay
     lin = torch.nn.Linear(96, 80)
     layer = fp8_linear.Fp8Linear.from_linear(lin)
     x = torch.randn(3, 37, 96)
-    assert rel_err(layer(x), fp8_linear.reference_fp8_linear(layer, x)) < 1e-6
-    assert 1e-3 < rel_err(layer(x), lin(x)) < 0.05  # e4m3 on both operands
+    assert rel_err(layer(x), fp8_linear.reference_fp8_linear(layer, x)) < 1e-6  # 0.0 measured: the same fp32 arithmetic
+    assert 1e-3 < rel_err(layer(x), lin(x)) < 0.05  # e4m3 on both operands: 0.035-0.036 over seeds 0-2 (1.4x margin)
     dit = random_dit("tiny")
     assert fp8_linear.quantize_block_linears(dit) == 8 * len(dit.blocks)
     assert fp8_linear.quantize_block_linears(dit) == 0  # once
@@ -95,18 +99,22 @@ def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
         precision.check_engine(EngineConfig(linear_dtype="float8_e4m3fn"), None, fake_gpu_dit)
 
 
-@pytest.mark.skipif(os.environ.get("HISTREAM_SLOW_TESTS") != "1", reason="triton_fp8 through the engine takes ~20 s in the interpreter")
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("HISTREAM_SLOW_TESTS") != "1",
+                    reason="triton_fp8 through the engine takes ~20 s in the interpreter (HISTREAM_SLOW_TESTS=1); on a GPU it runs")
 def test_triton_fp8_engine_equals_its_torch_model():
-    ctx = torch.randn(1, 5, 32)
-    dit = random_dit("tiny", seed=8)
-    ref = Engine(dit, EngineConfig(kv_dtype="float8_e4m3fn", attention="torch_fp8")).generate(ctx, 21, 64, 64, schedule="histream", seed=1)
-    from histream_engine.attention import get_backend
-
-    model = get_backend("torch_fp8")
-    model.block_n = 32  # the interpreter's tile
+    # Interpreter: 1.4e-7 from the model (seed 8, with 32- or 128-key tiles alike), so 1e-5. GPU (compiled): not yet
+    # run; 1e-2 allows the FP8 wgmma's fast accumulation (tests/kernels/test_gpu_numerics.py says why), to be set from
+    # the GPU suite's fp8 step.
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    ctx = torch.randn(1, 5, 32).to(device)
+    dit = random_dit("tiny", seed=8).to(device)
+    model = Engine(dit, EngineConfig(kv_dtype="float8_e4m3fn", attention="torch_fp8"))
+    model.attention.block_n = 128 if gpu else 32  # the kernel's tile: every compiled config's BLOCK_N, or the interpreter's
+    ref = model.generate(ctx, 21, 64, 64, schedule="histream", seed=1)
     engine = Engine(dit, EngineConfig(kv_dtype="float8_e4m3fn", attention="triton_fp8"))
     got = engine.generate(ctx, 21, 64, 64, schedule="histream", seed=1)
-    assert rel_err(got.latents, ref.latents) < 1e-3
+    assert rel_err(got.latents, ref.latents) < (1e-2 if gpu else 1e-5)
 
 
 # A prompt switch with re-cache on an e4m3 ring (runtime.recache writes through TorchAttention.write_kv_fp8), against the
