@@ -1,6 +1,6 @@
 """Every GPU check in one command, for a lent H100/H200: ``bench/gpu_suite.sh`` (which installs the package first).
 
-    bench/gpu_suite.sh [--dry-run] [--steps env,tests,aot,attention,vae,bench,graphs,bench_full] [--frames 57] [--out DIR]
+    bench/gpu_suite.sh [--dry-run] [--steps env,tests,aot,attention,vae,bench,graphs,bench_full,fp8] [--frames 57] [--out DIR]
 
 Steps (each a subprocess with its own time limit, its output in its own log; a step that cannot run here
 is skipped with the reason printed):
@@ -18,6 +18,10 @@ is skipped with the reason printed):
 - ``bench_full``: the full-cache schedules (``self_forcing``, ``no_agsw``) eager, with the Wan2.1 baseline
   where diffusers is installed. They never replay a graph (their cache grows every chunk), so they have no
   ``--cuda-graphs`` run.
+- ``fp8`` (sm_89 or newer, with Triton): the FP8 numerics tests compiled on the GPU (the Triton FP8 core and recache
+  write against their torch models, the engine's FP8 switches, ``triton_fp8`` through the engine), then
+  ``histream bench --preset 1080p-1.3b`` on ``histream`` and ``histream_plus`` in bf16 and with ``--precision fp8``,
+  side by side (``docs/fp8.md``);
 - ``tensorrt`` (where TensorRT is installed): its GPU tests, then the bench's 1.3B model exported at 1080p, built
   into bf16 engines and benchmarked with ``--dit tensorrt``.
 
@@ -49,7 +53,11 @@ from typing import Callable
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full", "tensorrt")
+STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full", "fp8", "tensorrt")
+FP8_SCHEDULES = ("histream", "histream_plus")
+FP8_TESTS = ("tests/kernels/test_gpu_numerics.py::test_fp8_core_equals_its_torch_model_on_gpu",
+             "tests/kernels/test_gpu_numerics.py::test_fp8_recache_write_equals_its_torch_reference_on_gpu",
+             "tests/attention/test_fp8.py", "tests/runtime/test_fp8_engine.py")
 SLIDING_WINDOW_SCHEDULES = ("histream", "histream_plus", "no_drc", "two_step")
 FULL_CACHE_SCHEDULES = ("self_forcing", "no_agsw")
 # 5 chunks: the first, then a steady chunk that runs eagerly, one that captures, two that replay.
@@ -70,6 +78,16 @@ def _has(module: str) -> str | None:
     import importlib.util
 
     return None if importlib.util.find_spec(module) else f"{module} is not installed here"
+
+
+def _fp8_reason() -> str | None:
+    """Why the ``fp8`` step cannot run here: e4m3 tensor cores start at sm_89, and the FP8 kernels are Triton's."""
+    if reason := _has("triton"):
+        return reason
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
+        major, minor = torch.cuda.get_device_capability()
+        return f"FP8 needs e4m3 tensor cores (sm_89 or newer); {torch.cuda.get_device_name()} is sm_{major}{minor}"
+    return None
 
 
 LIVE_MINUTES = 5  # the live soak's length: long enough to show drift, short enough for one device call
@@ -114,6 +132,11 @@ def plan(frames: int, work: Path) -> list[Step]:
         Step("bench_full", "1080p latency per frame, full-cache schedules (self_forcing, no_agsw), eager, Wan2.1 baseline", [
             bench + ["--schedules", *FULL_CACHE_SCHEDULES, "--out", str(work / "bench-full.json")],
         ], 590, outputs=["bench-full.json"]),
+        Step("fp8", "FP8: its numerics tests compiled on the GPU, then the 1080p bench in bf16 and with --precision fp8", [
+            [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={work / 'fp8-tests.xml'}", *FP8_TESTS],
+            bench + ["--schedules", *FP8_SCHEDULES, "--no-baseline", "--out", str(work / "bench-bf16.json")],
+            bench + ["--schedules", *FP8_SCHEDULES, "--no-baseline", "--precision", "fp8", "--out", str(work / "bench-fp8.json")],
+        ], 590, skip=lambda: _fp8_reason() or _has("pytest"), outputs=["fp8-tests.xml", "bench-bf16.json", "bench-fp8.json"]),
         Step("tensorrt", "TensorRT: its GPU tests, then histream_plus at 1080p through bf16 engines of the bench's own model", [
             [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/graphs/test_tensorrt_gpu.py"],
             [py, "-m", "histream_engine.cli", "export", "--preset", "wan2.1-1.3b", "--dtype", "bfloat16", "--device", "cuda",
@@ -213,10 +236,11 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
                   f"CUDA {env['cuda']}, cuDNN {env['cudnn']}, Triton {env['triton']}, commit {env['git_commit']}", ""]
     lines += ["| step | status | seconds |", "|---|---|---|"]
     lines += [f"| {n} | {s['status']}{': ' + s['reason'] if s.get('reason') else ''} | {s['seconds']:.0f} |" for n, s in statuses.items()]
-    tests = _junit(work / "tests.xml")
-    if tests:
-        facts["tests"] = tests
-        lines += ["", f"Tests: {tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"]
+    for tag, label in (("tests", "Tests"), ("fp8-tests", "FP8 tests")):
+        tests = _junit(work / f"{tag}.xml")
+        if tests:
+            facts[tag.replace("-", "_")] = tests
+            lines += ["", f"{label}: {tests['passed']} passed, {tests['failed']} failed, {tests['errors']} errors, {tests['skipped']} skipped"]
     aot = _load(work / "aot" / "summary.json")
     if aot:
         facts["aot_failures"] = aot["failures"]
@@ -235,9 +259,11 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
                     core = f"{r['core_tflops']:.1f}" if "core_tflops" in r else ""
                     ratio = f"{r['err_over_torch']:.2f}" if r.get("err_over_torch") is not None else ""
                     lines.append(f"| {name} | {r['seconds'] * 1e3:.3f} | {r['tflops']:.1f} | {pre} | {core} | {r['rel_err']:.2e} | {ratio} |")
+                elif "rel_err" in r:  # run for its error only (the FP8 core's torch model)
+                    lines.append(f"| {name} | not timed | | | | {r['rel_err']:.2e} | |")
                 else:
                     lines.append(f"| {name} | {r.get('skipped') or r.get('failed')} | | | | | |")
-    for tag in ("eager", "graphs", "full", "vae"):
+    for tag in ("eager", "graphs", "full", "vae", "bf16", "fp8"):
         b = _load(work / f"bench-{tag}.json")
         if not b:
             continue
@@ -255,6 +281,12 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
                 facts[f"bench_{tag}"][n][f"decoder_{d['name']}"] = d
                 lines.append(f"\n{n} with {d['name']}: decode {d['vae_seconds_per_frame']:.4f} s/frame, end to end "
                              f"{d['end_to_end_seconds_per_frame']:.4f} s/frame ({100 * d['decoder_fraction']:.0f}% decoding)")
+    bf16, fp8 = _load(work / "bench-bf16.json"), _load(work / "bench-fp8.json")
+    if bf16 and fp8:
+        facts["fp8_speedup"] = {n: bf16["schedules"][n]["seconds_per_frame"] / r["seconds_per_frame"]
+                                for n, r in fp8["schedules"].items() if n in bf16["schedules"]}
+        lines += ["", f"FP8 ({fp8['attention']}, cache {fp8['kv_dtype']}, linears {fp8['linear_dtype']}) against bf16 "
+                  f"({bf16['attention']}), same run: " + ", ".join(f"{n} {x:.2f}x" for n, x in facts["fp8_speedup"].items())]
     alone = _load(work / "vae-decoders.json")
     if alone:
         facts["vae_decoders"] = alone["rows"]
