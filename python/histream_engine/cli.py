@@ -178,8 +178,10 @@ def run_serve(args) -> int:
         raise RuntimeError(f"histream serve needs the serve extra ({exc.name} is missing): pip install -e '.[serve]'") from exc
     from . import host as hosting
     from .serve.app import create_app
+    from .serve.embeddings import EmbeddingsDir
     from .serve.jobs import Limits
 
+    EmbeddingsDir(args.embeds_dir)  # a mistyped folder stops here, before a model loads or a port opens
     if args.ray:
         engine = None  # each replica opens its own
         description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
@@ -303,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--gpus-per-replica", type=int, default=1, help="--ray: GPUs each replica holds (only 1 for now)")
     srv.add_argument("--cpus-per-replica", type=float, default=1.0, help="--ray: CPUs Ray reserves for each replica")
     srv.add_argument("--ray-address", help="--ray: join this Ray cluster (e.g. auto, ray://head:10001); default: start a local one")
+    srv.add_argument("--reconnect-grace-seconds", type=float, default=10.0,
+                     help="--ray: a stream whose watchers all left is cancelled if none reconnects within this")
     srv.set_defaults(func=run_serve)
 
     # Listed for --help; its arguments belong to the suite's own parser (see main).

@@ -1,11 +1,15 @@
-"""The session's one local Ray cluster, a fixture the Ray Serve tests import (a second conftest.py would clash with tests/conftest.py)."""
+"""The session's one local Ray cluster, and one histream deployment on it shared by the Ray Serve tests: fixtures
+they import (a second conftest.py would clash with tests/conftest.py)."""
 
 import socket
 
 import pytest
 
-
 _started: list[str] = []
+_server: dict = {}
+
+SPEC = {"model_dir": None, "checkpoint": "", "dtype": "float32", "device": "cpu", "attention": "torch", "text_encoder": False}
+DESCRIPTION = "the embedded tiny demo model"
 
 
 @pytest.fixture(scope="session")
@@ -26,5 +30,54 @@ def ray_cluster():
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     _started.append(f"http://127.0.0.1:{port}")
     yield _started[0]
+    _server.clear()
     serve.shutdown()
     ray.shutdown()
+
+
+def server_config():
+    """Two replicas of the tiny model (half a CPU each), health checks every second (so /api/info drops a dead replica
+    within 4 s), and a short reconnect grace and watcher lease, so the tests of both wait seconds, not tens."""
+    from histream_engine.serve.jobs import Limits
+    from histream_engine.serve.ray_app import Scaling
+    from histream_engine.serve.stream_registry import Watching
+
+    return (Limits(max_frames=81, max_side=256, max_queue=2),
+            Scaling(2, cpus_per_replica=0.5, health_check_period_s=1.0, graceful_shutdown_timeout_s=2.0,
+                    graceful_shutdown_wait_loop_s=0.2),
+            Watching(grace_s=2.0, lease_s=1.0))
+
+
+@pytest.fixture(scope="module")
+def ray_server(ray_cluster, tmp_path_factory):
+    """The base URL of `histream serve --ray` on the session's cluster, deployed once and shared until a test takes the
+    application over (``take_over``). Its --embeds-dir holds good.pt and huge.pt (finite values so large that the model
+    overflows: an engine error only a replica meets)."""
+    if not _server:
+        import torch
+
+        from histream_engine.model.dit import WanDiT
+        from histream_engine.serve.ray_app import deploy
+
+        embeds = tmp_path_factory.mktemp("ray-embeds")
+        dim = WanDiT("tiny").config.text_dim
+        torch.save(torch.randn(8, dim), embeds / "good.pt")
+        torch.save(torch.full((8, dim), 3e38), embeds / "huge.pt")
+        limits, scaling, watching = server_config()
+        _server["registry"] = deploy(SPEC, DESCRIPTION, limits, scaling, str(embeds), watching=watching)
+    return ray_cluster
+
+
+def shared_registry():
+    return _server["registry"]
+
+
+def take_over() -> None:
+    """For a test that deploys its own application: the shared one leaves (and is deployed again if asked for later)."""
+    from ray import serve
+
+    from histream_engine.serve.ray_app import APP_NAME
+
+    if APP_NAME in serve.status().applications:
+        serve.delete(APP_NAME)
+    _server.clear()

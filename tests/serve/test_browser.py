@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
-from ray_cluster import ray_cluster  # noqa: E402,F401 - the session's one Ray cluster (the [ray] case)
+from ray_cluster import ray_cluster, ray_server  # noqa: E402,F401 - the session's one Ray deployment (the [ray] case)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
@@ -27,8 +27,8 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 @pytest.fixture(scope="module", params=["one process", "ray"])
 def server(request):
-    if request.param == "ray":
-        yield from ray_server(request.getfixturevalue("ray_cluster"))
+    if request.param == "ray":  # the same page over Ray Serve: two replicas of the tiny model on the test cluster
+        yield request.getfixturevalue("ray_server") + "/"
         return
     import uvicorn
 
@@ -50,17 +50,6 @@ def server(request):
     thread.join(timeout=30)
 
 
-def ray_server(base):
-    """The same page over Ray Serve (histream serve --ray): two replicas of the tiny model on the test cluster."""
-    from histream_engine.serve.jobs import Limits
-    from histream_engine.serve.ray_app import Scaling, deploy
-
-    spec = {"model_dir": None, "checkpoint": "", "dtype": "float32", "device": "cpu", "attention": "torch", "text_encoder": False}
-    registry = deploy(spec, "the embedded tiny demo model", Limits(max_frames=81, max_side=256), Scaling(2, cpus_per_replica=0.5))
-    yield base + "/"
-    del registry
-
-
 def canvas_pixels(page) -> list[int]:
     return page.evaluate("""() => { const c = document.getElementById('video');
         return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 97 == 0)); }""")
@@ -72,6 +61,7 @@ def test_page_streams_live_cancels_and_downloads(server, tmp_path):
         page = browser.new_page(accept_downloads=True)
         page.goto(server)
         sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model")
+        sync_api.expect(page.locator("#model")).to_contain_text("on CPU (float32), decoder wan")  # what the engine runs
         for field, value in (("#frames", "45"), ("#width", "128"), ("#height", "128")):
             page.fill(field, value)
         page.select_option("#schedule", "self_forcing")  # 4 chunks, the slowest schedule: time to watch it play

@@ -1,29 +1,34 @@
 """``histream serve --ray``: the page, JSON API and WebSocket protocol of ``app`` over Ray Serve (docs/ray-serve.md).
 
-A FastAPI ingress deployment answers HTTP and WebSockets and keeps nothing: stream state lives in the named
+A FastAPI ingress deployment answers HTTP and WebSockets and keeps nothing: stream state lives in the
 ``StreamRegistry`` actor, which drives each stream on the engine deployment (``ray_engine.EngineReplica``, one
 engine a replica, at most one running stream a replica, Ray's bounded queue in front). Statuses also name the
-replica (``"replica"``); ``/api/info`` lists the replicas with their device and state.
+replica (``"replica"``); ``/api/info`` lists the replicas with their device, dtype, decoder and state. The ingress
+has the plain server's guards (``guards``): 413 for large bodies, excerpts in errors, WebSocket messages checked
+for size before parsing.
 """
 
 
 import asyncio
-import json
+import contextlib
+import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from ..runtime.engine import EngineConfig, check_video_request
 from ..runtime.schedules import SCHEDULES
+from . import guards
 from .app import STATIC, StreamRequest
+from .embeddings import EmbeddingsDir
 from .jobs import Limits
 from .ray_engine import EngineReplica
-from .stream_registry import FINAL, NAME, NAMESPACE, StreamRegistry
+from .stream_registry import FINAL, NAMESPACE, StreamRegistry, Watching, registry_name
 
 APP_NAME, ENGINE = "histream", "EngineReplica"
 
@@ -37,15 +42,34 @@ class Scaling:
     gpus_per_replica: int = 0
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 30.0
+    metrics_interval_s: float = 0.5
+    look_back_period_s: float = 1.0
+    health_check_period_s: float = 5.0  # each check also tells the registry the replica is alive
+    graceful_shutdown_timeout_s: float = 20.0  # a replica being scaled down waits this long for its running stream
+    graceful_shutdown_wait_loop_s: float = 2.0  # and looks this often whether it has ended
 
-    def options(self, max_queue: int) -> dict:
-        opts = {"max_ongoing_requests": 1, "max_queued_requests": max_queue,
+    @property
+    def most(self) -> int:
+        return self.replicas if self.replicas is not None else self.max_replicas
+
+    def replica_ttl_s(self) -> float:
+        """How long a replica may go unheard before /api/info drops it: three missed health checks."""
+        return 3 * self.health_check_period_s + 1.0
+
+    def options(self, max_waiting: int) -> dict:
+        # Ray's queue is bounded by the registry's own count of waiting streams (which it answers with 429), so Ray
+        # never refuses a stream the registry accepted
+        opts = {"max_ongoing_requests": 1, "max_queued_requests": max_waiting,
+                "health_check_period_s": self.health_check_period_s,
+                "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+                "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
                 "ray_actor_options": {"num_cpus": self.cpus_per_replica, "num_gpus": self.gpus_per_replica}}
         if self.replicas is None:
             opts["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                                           "target_ongoing_requests": 1, "upscale_delay_s": self.upscale_delay_s,
-                                          "downscale_delay_s": self.downscale_delay_s, "metrics_interval_s": 0.5,
-                                          "look_back_period_s": 1.0}
+                                          "downscale_delay_s": self.downscale_delay_s,
+                                          "metrics_interval_s": self.metrics_interval_s,
+                                          "look_back_period_s": self.look_back_period_s}
         else:
             opts["num_replicas"] = self.replicas
         return opts
@@ -67,20 +91,22 @@ def check_request(req: StreamRequest, limits: Limits, embeddings: list[str]) -> 
 
 
 api = FastAPI(title="histream serve --ray")
+guards.install(api)  # as the plain server: 413 for bodies over a few KB, before parsing; error bodies quote only excerpts
+
+
+def joined(replicas: list[dict], key: str) -> str:
+    """One /api/info field over the replicas ("CPU", or "NVIDIA H100, NVIDIA H200" on a mixed cluster)."""
+    return ", ".join(sorted({str(r[key]) for r in replicas if key in r})) or "starting"
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, engine, description: str, limits: Limits, embeds_dir: str | None):
-        self.engine, self.description, self.limits = engine, description, limits
-        self.embeds_dir = Path(embeds_dir) if embeds_dir else None
-        self.registry = ray.get_actor(NAME, namespace=NAMESPACE)
-
-    def embeddings(self) -> list[str]:
-        if self.embeds_dir is None:
-            return []
-        return sorted(p.name for p in self.embeds_dir.iterdir() if p.suffix in (".safetensors", ".pt", ".pth"))
+    def __init__(self, engine, description: str, limits: Limits, embeds_dir: str | None, registry: str,
+                 watching: Watching):
+        self.engine, self.description, self.limits, self.watching = engine, description, limits, watching
+        self.embeds = EmbeddingsDir(embeds_dir)
+        self.registry = ray.get_actor(registry, namespace=NAMESPACE)
 
     async def status_or_404(self, stream_id: str) -> dict:
         status = await self.registry.status.remote(stream_id)
@@ -95,13 +121,15 @@ class Ingress:
     @api.get("/api/info")
     async def info(self) -> dict:
         replicas = await self.registry.replica_info.remote()
-        return {"model": self.description, "device": ", ".join(sorted({r["device"] for r in replicas})) or "starting",
-                "schedules": sorted(SCHEDULES), "limits": vars(self.limits), "embeddings": self.embeddings(),
-                "text_encoder": False, "fps": 16, "replicas": replicas}
+        return {"model": self.description, "device": joined(replicas, "device"), "dtype": joined(replicas, "dtype"),
+                "decoder": joined(replicas, "decoder"), "schedules": sorted(SCHEDULES), "limits": vars(self.limits),
+                "embeddings": self.embeds.names(), "fps": 16,
+                "text_encoder": bool(replicas) and all(r.get("text_encoder") for r in replicas),
+                "reconnect_grace_seconds": self.watching.grace_s, "replicas": replicas}
 
     @api.post("/api/streams", status_code=201)
     async def start(self, req: StreamRequest) -> dict:
-        check_request(req, self.limits, self.embeddings())
+        check_request(req, self.limits, self.embeds.names())
         try:  # the engine's shape checks, here, so a bad request waits for no replica (a replica checks the rest)
             check_video_request(req.frames, req.height, req.width, EngineConfig().chunk_size, SCHEDULES[req.schedule])
         except ValueError as exc:
@@ -134,54 +162,73 @@ class Ingress:
     @api.websocket("/api/streams/{stream_id}/ws")
     async def watch(self, ws: WebSocket, stream_id: str):
         await ws.accept()
-        refused = await self.registry.watch.remote(stream_id)
+        watcher, refused = await self.registry.watch.remote(stream_id)
         if refused is not None:
             await ws.send_json({"type": "failed", "error": refused})
             await ws.close(code=4404 if refused.startswith("no stream") else 4429)
             return
+        outbox: asyncio.Queue = asyncio.Queue()  # the registry's events and this socket's own answers, in order
+
+        async def poll():  # each poll also renews this watcher's lease in the registry
+            seen = 0
+            try:
+                while True:
+                    events = await self.registry.events_since.remote(stream_id, seen, watcher)
+                    seen += len(events)
+                    for event in events:
+                        outbox.put_nowait(event)
+                    if events and events[-1][0]["type"] in FINAL:
+                        return
+            except Exception as exc:  # noqa: BLE001 - this socket cannot follow the stream any more; say why
+                outbox.put_nowait(({"type": "failed", "error": f"the stream registry is unreachable: {type(exc).__name__}"}, []))
 
         async def listen():
-            while True:
-                msg = await ws.receive()
-                if msg["type"] == "websocket.disconnect":
-                    return
-                try:
-                    command = json.loads(msg.get("text") or "null")
-                except ValueError:
-                    continue  # only {"type": "cancel"} means anything
-                if isinstance(command, dict) and command.get("type") == "cancel":
-                    await self.registry.cancel.remote(stream_id)
+            try:
+                while (msg := await ws.receive())["type"] != "websocket.disconnect":
+                    command, why = guards.ws_command(msg)
+                    if command is not None and command["type"] == "cancel":
+                        await self.registry.cancel.remote(stream_id)
+                        continue
+                    if command is not None:
+                        why = ("prompt switches run on plain histream serve; the Ray replicas serve bounded streams for now"
+                               if command["type"] == "prompt" else
+                               f"unknown command type {guards.excerpt(command['type'], 40)!r}; this server takes cancel")
+                    outbox.put_nowait(({"type": "error", "error": why}, []))
+            except (WebSocketDisconnect, RuntimeError):
+                pass
+            outbox.put_nowait(None)  # the client left: the sender stops
 
-        listener = asyncio.create_task(listen())
+        tasks = [asyncio.create_task(poll()), asyncio.create_task(listen())]
         try:
-            seen = 0
-            while not listener.done():
-                events = await self.registry.events_since.remote(stream_id, seen)
-                seen += len(events)
-                for data, frames in events:
-                    await ws.send_json(data)
-                    for frame in frames:
-                        await ws.send_bytes(frame)
-                    if data["type"] in FINAL:
-                        await ws.close()
-                        return
-        except (WebSocketDisconnect, RuntimeError):  # closed under us
+            while (item := await outbox.get()) is not None:
+                data, frames = item
+                await ws.send_json(data)
+                for frame in frames:
+                    await ws.send_bytes(frame)
+                if data["type"] in FINAL:
+                    await ws.close()
+                    break
+        except (WebSocketDisconnect, RuntimeError):  # closed under us; Starlette raises RuntimeError on a closed socket
             pass
         finally:
-            listener.cancel()
-            await self.registry.unwatch.remote(stream_id)
+            for task in tasks:
+                task.cancel()
+            await self.registry.unwatch.remote(stream_id, watcher)  # the reconnect grace starts if it was the last
 
 
 def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embeds_dir: str | None = None,
-           route_prefix: str = "/"):
+           route_prefix: str = "/", watching: Watching | None = None):
     """Starts the registry, the engine deployment and the ingress on the connected Ray cluster. Returns the registry's
     handle, which the caller keeps: the registry lives as long as someone holds it."""
-    most = scaling.replicas if scaling.replicas is not None else scaling.max_replicas
-    registry = StreamRegistry.options(name=NAME, namespace=NAMESPACE, get_if_exists=True).remote(
-        APP_NAME, ENGINE, max_waiting=limits.max_queue + most)
-    engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(limits.max_queue)).bind(
-        {**spec, "embeds_dir": embeds_dir})
-    serve.run(Ingress.bind(engine, description, limits, embeds_dir), name=APP_NAME, route_prefix=route_prefix)
+    EmbeddingsDir(embeds_dir)  # a missing folder is refused here, not by an ingress that fails to start
+    watching = watching or Watching()
+    max_waiting = limits.max_queue + scaling.most  # a burst's streams count as waiting until their replica starts them
+    name = registry_name()
+    registry = StreamRegistry.options(name=name, namespace=NAMESPACE).remote(
+        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s())
+    engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(max_waiting)).bind(
+        {**spec, "embeds_dir": embeds_dir}, name)
+    serve.run(Ingress.bind(engine, description, limits, embeds_dir, name, watching), name=APP_NAME, route_prefix=route_prefix)
     return registry
 
 
@@ -201,21 +248,61 @@ def scaling_from_args(args) -> Scaling:
     return Scaling(replicas, args.min_replicas, args.max_replicas, cpus_per_replica=args.cpus_per_replica)
 
 
+def watching_from_args(args) -> Watching:
+    if not 0 <= args.reconnect_grace_seconds <= 3600:
+        raise ValueError(f"--reconnect-grace-seconds {args.reconnect_grace_seconds:g}: give 0 to 3600 seconds")
+    return Watching(grace_s=args.reconnect_grace_seconds)
+
+
+def served_apps() -> set[str]:
+    try:
+        return set(serve.status().applications)
+    except RayServeException:  # no Serve on this cluster yet
+        return set()
+
+
+def listening(asked_host: str, asked_port: int) -> str:
+    """Where the cluster's Serve proxy listens: a joined cluster whose Serve already runs keeps its own address."""
+    try:
+        from ray.serve.context import _get_global_client  # not public; the asked address is the fallback
+
+        http = _get_global_client().http_config
+        return f"http://{http.host}:{http.port}/"
+    except Exception:  # noqa: BLE001
+        return f"http://{asked_host}:{asked_port}/"
+
+
 def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
-    scaling = scaling_from_args(args)  # refusals first, before a cluster starts
-    if args.ray_address:
+    scaling, watching = scaling_from_args(args), watching_from_args(args)  # refusals first, before a cluster starts
+    EmbeddingsDir(args.embeds_dir)
+    joined = bool(args.ray_address)
+    if joined:
         ray.init(address=args.ray_address, namespace=NAMESPACE)
+        if APP_NAME in served_apps():
+            ray.shutdown()
+            raise ValueError(f"the Ray cluster at {args.ray_address} already serves an application named {APP_NAME!r} "
+                             "(another histream serve --ray?): stop that one first")
     else:
         ray.init(namespace=NAMESPACE, include_dashboard=False)
     on_gpu = (args.device or "").startswith("cuda") or (args.device is None and ray.cluster_resources().get("GPU", 0) > 0)
     scaling.gpus_per_replica = 1 if on_gpu else 0
-    serve.start(http_options={"host": args.host, "port": args.port})
-    registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None)
-    print(f"histream serve --ray: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    # SIGTERM (docker stop, systemd) stops the server as Ctrl-C does, so the application leaves the cluster
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    registry = None
     try:
+        serve.start(http_options={"host": args.host, "port": args.port})
+        registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None,
+                          watching=watching)
+        print(f"histream serve --ray: {description}\nopen {listening(args.host, args.port)} (Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        pass
+    finally:
+        with contextlib.suppress(Exception):  # whatever stopped the server is what to report, not the cleanup
+            # a joined cluster keeps its Serve for others; a local one goes with this process
+            serve.delete(APP_NAME) if joined else serve.shutdown()
         del registry
+        ray.shutdown()
+    print("histream serve --ray: stopped", flush=True)
     return 0

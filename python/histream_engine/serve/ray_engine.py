@@ -3,8 +3,11 @@
 ``run`` is a streaming method (the caller uses ``handle.options(stream=True)``): it yields the replica's name, then
 each chunk with its JPEG frames, then the end with the mp4's bytes (sent back, so no state stays on the replica's
 node). A request the engine refuses, or an error while it runs (an out-of-memory on a GPU), ends that stream with
-the engine's message; the replica stays up for the next one. A cancel is read from the stream registry after each
-chunk.
+the engine's message; the replica stays up for the next one. A cancel is read from the stream registry before the
+stream starts and after each chunk.
+
+The replica reports itself to the registry (device, dtype, decoder, text encoder) when it starts and on every Serve
+health check, and says goodbye when Serve stops it cleanly, so ``/api/info`` lists the replicas that exist.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ray import serve
 from .. import host as hosting
 from ..video import FPS, Mp4Writer
 from .jobs import encode_jpeg
-from .stream_registry import NAME, NAMESPACE
+from .stream_registry import NAMESPACE
 
 
 def open_host(spec: dict) -> hosting.HostEngine:
@@ -31,22 +34,50 @@ def open_host(spec: dict) -> hosting.HostEngine:
                                spec["attention"], False, spec["text_encoder"], spec.get("tae_path", ""))
 
 
+def describe(host: hosting.HostEngine) -> dict:
+    """What ``/api/info`` shows of a replica: the model as it runs there."""
+    engine = host.engine
+    dit = engine.dit
+    return {"device": torch.cuda.get_device_name(dit.device) if dit.device.type == "cuda" else "CPU",
+            "dtype": str(dit.dtype).replace("torch.", ""), "decoder": engine.vae.name,
+            "text_encoder": getattr(engine, "text_encoder", None) is not None}
+
+
 class EngineReplica:
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, registry: str):
         self.host = open_host(spec)
         self.embeds_dir = spec.get("embeds_dir")
         self.replica = serve.get_replica_context().replica_id.unique_id
-        dit = self.host.engine.dit
-        self.device = torch.cuda.get_device_name(dit.device) if dit.device.type == "cuda" else "CPU"
-        self.registry = ray.get_actor(NAME, namespace=NAMESPACE)
-        self.registry.replica_up.remote(self.replica, self.device)
+        self.info = describe(self.host)
+        self.device = self.info["device"]
+        self.registry = ray.get_actor(registry, namespace=NAMESPACE)
+        self.registry.replica_seen.remote(self.replica, self.info)
         self._tmp = tempfile.TemporaryDirectory(prefix="histream-replica-")
+
+    def check_health(self) -> None:
+        """Serve calls this every health-check period: the registry hears that this replica is alive. Never raises:
+        the replica's health is its own, not the registry's."""
+        try:
+            self.registry.replica_seen.remote(self.replica, self.info)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica cleanly (scaled down, redeployed). Waits for the registry (at most
+        2 s): the process ends right after, and a call still unsent would be lost with it."""
+        try:
+            ray.get(self.registry.replica_down.remote(self.replica), timeout=2)
+        except Exception:  # noqa: BLE001 - the registry may be gone first; the list ages the replica out then
+            pass
 
     def _results(self, req: dict):
         embeds = str(Path(self.embeds_dir) / req["prompt_embeds"]) if req.get("prompt_embeds") else ""
         return self.host.results(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"], req["seed"])
 
     def run(self, stream_id: str, req: dict):
+        if ray.get(self.registry.cancelled.remote(stream_id)):  # cancelled while it waited in Ray's queue: no work
+            yield {"event": {"type": "cancelled", "chunks": 0, "seconds": 0.0}}
+            return
         yield {"event": {"type": "started", "replica": self.replica, "device": self.device}}
         path = Path(self._tmp.name) / f"{stream_id}.mp4"
         t0 = time.perf_counter()

@@ -2,20 +2,40 @@
 
 The registry also drives each stream: it calls the engine deployment with a streaming ``DeploymentHandle`` and
 records every event it yields, so an ingress restart loses its WebSockets but neither the stream nor its history
-(a client reconnects to ``/ws`` and gets the history first). Bounded: streams kept, waiting streams, watchers per
-stream, and the bytes of a finished stream's mp4 (sent back from the replica, which keeps no state).
+(a client reconnects to ``/ws`` within the reconnect grace and gets the history first, then the rest).
+
+Watchers are leases, not a count: an ingress renews its watcher with every poll for events, so one that dies
+without saying goodbye stops counting after ``lease_s``. A stream whose watchers have all left is cancelled only if
+none comes back within ``grace_s``; a stream that was never watched (an API client that polls its status) runs on.
+
+Bounded: streams kept, waiting streams, watchers per stream, and the bytes of a finished stream's mp4 (sent back
+from the replica, which keeps no state). Replicas report themselves at start and on every Serve health check, and
+leave the list when they stop cleanly or have not been heard from for ``replica_ttl_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import ray
 
 FINAL = ("done", "cancelled", "failed")
-NAME, NAMESPACE = "histream-streams", "histream"
+NAMESPACE = "histream"
+
+
+def registry_name() -> str:
+    """A fresh name a deployment passes to its ingress and replicas, so two deployments never share a registry."""
+    return f"histream-streams-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Watching:
+    grace_s: float = 10.0  # a stream whose watchers all left is cancelled if none comes back within this
+    lease_s: float = 15.0  # a watcher not heard from for this long is gone: its ingress died without unwatching
+    max_watchers: int = 8
 
 
 @dataclass
@@ -25,15 +45,19 @@ class Record:
     state: str = "queued"
     replica: str | None = None
     error: str | None = None
+    reason: str | None = None  # why the server, not a client, cancelled it
     chunks: int = 0
     events: list = field(default_factory=list)  # (JSON event, [JPEG frames]); frames dropped once the stream ends
     video: bytes | None = None
     cancel: bool = False
-    watchers: int = 0
+    driving: bool = True  # its call to the engine deployment has not returned yet
+    started: bool = False  # a replica has taken it (until then it holds a place in Ray's queue)
+    watchers: dict = field(default_factory=dict)  # watcher id -> when its last poll ended (None: a poll in flight)
+    left_at: float | None = None  # when it was last watched, once nobody watches it; None while watched or never
 
     def status(self) -> dict:
         return {"id": self.id, "state": self.state, "position": None, "chunks": self.chunks, "error": self.error,
-                "replica": self.replica, "request": self.request,
+                "reason": self.reason, "replica": self.replica, "request": self.request,
                 "video": f"/api/streams/{self.id}/video.mp4" if self.video is not None else None}
 
 
@@ -43,25 +67,46 @@ def replica_lost(exc: BaseException) -> bool:
 
 @ray.remote(num_cpus=0, max_concurrency=256)
 class StreamRegistry:
-    def __init__(self, app_name: str, deployment: str, max_waiting: int, max_watchers: int = 8, keep: int = 32,
-                 max_video_bytes: int = 256 << 20):
+    def __init__(self, app_name: str, deployment: str, max_waiting: int, watching: Watching | None = None,
+                 replica_ttl_s: float = 30.0, keep: int = 32, max_video_bytes: int = 256 << 20):
         self.app_name, self.deployment = app_name, deployment
-        self.max_waiting, self.max_watchers, self.keep, self.max_video_bytes = max_waiting, max_watchers, keep, max_video_bytes
+        self.max_waiting, self.keep, self.max_video_bytes = max_waiting, keep, max_video_bytes
+        self.watching = watching or Watching()
+        self.replica_ttl_s = replica_ttl_s
         self.streams: dict[str, Record] = {}
         self.replicas: dict[str, dict] = {}
+        self._heard: dict[str, float] = {}  # replica -> when it last reported itself
         self.changed = asyncio.Condition()
         self._handle = None
+        self._reaper = None
 
     # ---- replicas ----
-    def replica_up(self, replica: str, device: str) -> None:
-        self.replicas[replica] = {"replica": replica, "device": device, "state": "idle"}
+    def replica_seen(self, replica: str, info: dict) -> None:
+        """A replica's report, at its start and on each Serve health check: it is alive, with this device and model."""
+        self._heard[replica] = time.monotonic()
+        known = self.replicas.get(replica)
+        if known is None:
+            self.replicas[replica] = {"replica": replica, **info, "state": "idle"}
+        elif known["state"] == "lost":  # it answered after all (the error was transient)
+            known["state"] = "idle"
+
+    def replica_down(self, replica: str) -> None:
+        """A replica stopping cleanly (scaled down, redeployed) leaves the list at once."""
+        self.replicas.pop(replica, None)
+        self._heard.pop(replica, None)
 
     def replica_info(self) -> list[dict]:
+        now = time.monotonic()
+        for replica, heard in list(self._heard.items()):
+            if now - heard > self.replica_ttl_s:  # killed, or its node lost: nothing said goodbye
+                self.replica_down(replica)
         return sorted(self.replicas.values(), key=lambda r: r["replica"])
 
     # ---- streams ----
     async def start(self, request: dict) -> dict:
-        waiting = sum(r.state == "queued" for r in self.streams.values())
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        waiting = sum(r.driving and not r.started for r in self.streams.values())
         if waiting >= self.max_waiting:
             raise OverflowError(f"{waiting} streams are already waiting (the limit is {self.max_waiting}); try again later")
         rec = Record(uuid.uuid4().hex[:12], request)
@@ -78,44 +123,82 @@ class StreamRegistry:
         rec = self.streams.get(stream_id)
         return None if rec is None else rec.video
 
-    async def cancel(self, stream_id: str) -> None:
+    async def cancel(self, stream_id: str, reason: str | None = None) -> None:
+        """A running stream ends after its current chunk; a waiting one ends now (its replica, once reached, skips it)."""
         rec = self.streams.get(stream_id)
-        if rec is not None and rec.state not in FINAL:
-            rec.cancel = True
+        if rec is None or rec.state in FINAL:
+            return
+        rec.cancel, rec.reason = True, rec.reason or reason
+        if not rec.started:
+            rec.state = "cancelled"
+            await self._publish(rec, {"type": "cancelled", "chunks": 0, "seconds": 0.0, "video": None, "reason": rec.reason})
 
     def cancelled(self, stream_id: str) -> bool:
         rec = self.streams.get(stream_id)
         return rec is None or rec.cancel
 
-    def watch(self, stream_id: str) -> str | None:
-        """None when the watcher may follow the stream, else why not."""
+    def watch(self, stream_id: str) -> tuple[str | None, str | None]:
+        """(a watcher id to poll with, None), or (None, why this watcher may not follow the stream)."""
         rec = self.streams.get(stream_id)
         if rec is None:
-            return f"no stream {stream_id!r}"
-        if rec.watchers >= self.max_watchers:
-            return f"stream {stream_id} already has {rec.watchers} watchers (the limit is {self.max_watchers})"
-        rec.watchers += 1
-        return None
+            return None, f"no stream {stream_id!r}"
+        self._expire_watchers(rec, time.monotonic())
+        if len(rec.watchers) >= self.watching.max_watchers:
+            return None, f"stream {stream_id} already has {len(rec.watchers)} watchers (the limit is {self.watching.max_watchers})"
+        watcher = uuid.uuid4().hex[:12]
+        rec.watchers[watcher] = time.monotonic()
+        rec.left_at = None
+        return watcher, None
 
-    async def unwatch(self, stream_id: str) -> None:
+    def unwatch(self, stream_id: str, watcher: str) -> None:
         rec = self.streams.get(stream_id)
-        if rec is not None:
-            rec.watchers -= 1
-            if rec.watchers == 0:  # nobody is watching: free the replica after its current chunk
-                await self.cancel(stream_id)
+        if rec is not None and rec.watchers.pop(watcher, False) is not False and not rec.watchers:
+            rec.left_at = time.monotonic()  # the grace starts now
 
-    async def events_since(self, stream_id: str, n: int, timeout: float = 5.0) -> list:
-        """The stream's events from the n-th on, waiting up to ``timeout`` s for one when there is none yet."""
+    async def events_since(self, stream_id: str, n: int, watcher: str | None = None, timeout: float = 5.0) -> list:
+        """The stream's events from the n-th on, waiting up to ``timeout`` s for one when there is none yet. Each call
+        renews ``watcher``'s lease."""
         rec = self.streams.get(stream_id)
         if rec is None:
             return []
-        async with self.changed:
-            if len(rec.events) <= n and rec.state not in FINAL:
-                try:
-                    await asyncio.wait_for(self.changed.wait_for(lambda: len(rec.events) > n), timeout)
-                except asyncio.TimeoutError:
-                    pass
-        return rec.events[n:]
+        self._renew(rec, watcher, None)
+        try:
+            async with self.changed:
+                if len(rec.events) <= n and rec.state not in FINAL:
+                    try:
+                        await asyncio.wait_for(self.changed.wait_for(lambda: len(rec.events) > n), timeout)
+                    except asyncio.TimeoutError:
+                        pass
+            return rec.events[n:]
+        finally:
+            self._renew(rec, watcher, time.monotonic())
+
+    # ---- watchers' leases and the reconnect grace ----
+    @staticmethod
+    def _renew(rec: Record, watcher: str | None, when: float | None) -> None:
+        if watcher in rec.watchers:  # one that unwatched while its poll was in flight stays gone
+            rec.watchers[watcher] = when
+
+    def _expire_watchers(self, rec: Record, now: float) -> None:
+        for watcher, heard in list(rec.watchers.items()):
+            if heard is not None and now - heard > self.watching.lease_s:
+                del rec.watchers[watcher]
+                if not rec.watchers:
+                    rec.left_at = now  # the grace starts once its last watcher is known to be gone
+
+    async def _reap(self) -> None:
+        grace = self.watching.grace_s
+        tick = max(0.05, min(0.5, grace / 4, self.watching.lease_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for rec in list(self.streams.values()):
+                if rec.state in FINAL:
+                    continue
+                self._expire_watchers(rec, now)
+                if not rec.watchers and rec.left_at is not None and now - rec.left_at >= grace:
+                    await self.cancel(rec.id, f"nobody watched it for {grace:g} s: its last watcher left and none "
+                                              "reconnected within the reconnect grace")
 
     # ---- driving one stream ----
     async def _publish(self, rec: Record, data: dict, frames: list | None = None) -> None:
@@ -130,28 +213,35 @@ class StreamRegistry:
             self._handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
         try:
             async for item in self._handle.options(stream=True).run.remote(rec.id, rec.request):
+                rec.started = True
                 data = item["event"]
+                if rec.state in FINAL:  # cancelled while it waited: the replica only confirms it
+                    continue
                 if data["type"] == "started":
                     rec.state, rec.replica = "running", data["replica"]
-                    self.replicas.setdefault(rec.replica, {"replica": rec.replica, "device": data["device"]})["state"] = "busy"
+                    if rec.replica in self.replicas:
+                        self.replicas[rec.replica]["state"] = "busy"
                 elif data["type"] == "chunk":
                     rec.chunks += 1
                 elif data["type"] in FINAL:
                     if item.get("video") is not None and len(item["video"]) <= self.max_video_bytes:
                         rec.video = item["video"]
-                    data = {**data, "video": f"/api/streams/{rec.id}/video.mp4" if rec.video is not None else None}
+                    data = {**data, "video": f"/api/streams/{rec.id}/video.mp4" if rec.video is not None else None,
+                            "reason": rec.reason}
                     rec.state, rec.error = data["type"], data.get("error")
                 await self._publish(rec, data, item.get("frames"))
             if rec.state not in FINAL:
                 raise RuntimeError("the replica's stream ended without a final event")
         except Exception as exc:  # noqa: BLE001 - whatever broke, this stream ends failed with the reason
-            lost = replica_lost(exc)
-            rec.state = "failed"
-            rec.error = f"replica lost: {type(exc).__name__}: {exc}" if lost else f"{type(exc).__name__}: {exc}"
-            if lost and rec.replica in self.replicas:
-                self.replicas[rec.replica]["state"] = "lost"
-            await self._publish(rec, {"type": "failed", "error": rec.error})
+            if rec.state not in FINAL:
+                lost = replica_lost(exc)
+                rec.state = "failed"
+                rec.error = f"replica lost: {type(exc).__name__}: {exc}" if lost else f"{type(exc).__name__}: {exc}"
+                if lost and rec.replica in self.replicas:
+                    self.replicas[rec.replica]["state"] = "lost"
+                await self._publish(rec, {"type": "failed", "error": rec.error})
         finally:
+            rec.driving = False
             if rec.replica in self.replicas and self.replicas[rec.replica].get("state") == "busy":
                 self.replicas[rec.replica]["state"] = "idle"
             async with self.changed:
