@@ -64,6 +64,10 @@ def _describe(mangled: str) -> tuple[str, str, int | None] | None:
     return kernel, dtype, int(dim.group(1)) if dim else None
 
 
+_INSTRUCTION = re.compile(r"\s+/\*[0-9a-f]{4,}\*/")
+_SASS_OP = re.compile(r"\b(" + "|".join(re.escape(op) for op in SASS_OPS) + r")\b")
+
+
 def _sass_counts(tool: str, library: str, arch: str) -> dict[str, tuple[dict[str, int], int]]:
     text = subprocess.run([tool, "-sass", "-arch", arch, library], capture_output=True, text=True, check=True).stdout
     out, name, counts, total = {}, None, {}, 0
@@ -72,11 +76,10 @@ def _sass_counts(tool: str, library: str, arch: str) -> dict[str, tuple[dict[str
             if name is not None:
                 out[name] = (counts, total)
             name, counts, total = line.split("Function :")[1].strip(), {op: 0 for op in SASS_OPS}, 0
-        elif re.match(r"\s+/\*[0-9a-f]{4,}\*/", line):
+        elif _INSTRUCTION.match(line):
             total += 1
-            for op in SASS_OPS:
-                if re.search(rf"\b{re.escape(op)}\b", line):
-                    counts[op] += 1
+            for op in set(_SASS_OP.findall(line)):  # instructions naming an op, as one search per op counted them
+                counts[op] += 1
     return out
 
 
@@ -89,8 +92,9 @@ def usage() -> list[KernelUsage]:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if m := re.match(r"arch = (sm_\w+)", line):
-            arch = m.group(1)
-            sass = _sass_counts(tool, library, arch)
+            arch = m.group(1)  # named again for each of the library's code objects: the SASS is read once per arch
+            if arch not in sass:
+                sass[arch] = _sass_counts(tool, library, arch)
         elif line.strip().startswith("Function ") and arch is not None:
             mangled = line.strip()[len("Function "):].rstrip(":")
             described = _describe(mangled)
@@ -98,7 +102,7 @@ def usage() -> list[KernelUsage]:
                 continue
             kernel, dtype, dim = described
             fields = dict(re.findall(r"(\w+(?:\[\d+\])?):(\d+)", lines[i + 1]))
-            counts, total = sass.get(mangled, ({}, 0))
+            counts, total = sass[arch].get(mangled, ({}, 0))
             rows.append(KernelUsage(
                 arch, kernel, dtype, dim, int(fields["REG"]), int(fields["STACK"]), int(fields["LOCAL"]), int(fields["SHARED"]),
                 C.attention_smem_bytes(dim) if kernel == "attention_core" else 0,
