@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     loaded ones), writes the record as JSON and prints the table."""
     import argparse
     import json
+    import sys
+    import time
     from pathlib import Path
 
     from histream_engine.model_dir import find_model_files, load_folder_dit
@@ -176,9 +178,14 @@ def main(argv=None) -> int:
     def make_vae(dtype):
         return load_vae(vae_file, dtype=dtype if device.type == "cuda" else torch.float32, device=device)
 
-    prompt = load_prompt_embeds(args.prompt_embeds, 4096)
+    # The width is the model's (4096 for Wan2.1's UMT5): the engine checks it against the loaded DiT's text_dim.
+    prompt = load_prompt_embeds(args.prompt_embeds)
     errors = precision_errors(make_dit, prompt, args.frames, args.height, args.width, args.schedules, args.seed, args.attention, make_vae)
-    args.out.write_text(json.dumps({"command": " ".join(["python -m histream_engine.bench.fp8_error"] + (argv or [])), "errors": errors}, indent=1))
+    command = ["python -m histream_engine.bench.fp8_error"] + list(sys.argv[1:] if argv is None else argv)
+    record = {"command": " ".join(command), "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "errors": errors}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=1))
     print(markdown(errors))
     print(f"wrote {args.out}")
     return 0

@@ -76,3 +76,18 @@ def test_taehv_flops_per_frame_are_counted_layer_by_layer():
                   + 4 * (conv(64 * hw, 64, 64) + conv(64 * hw, 64, 3)))
     assert flops.taehv_flops_per_frame(1088, 1920) == pytest.approx(per_latent / 4, rel=1e-12)
     assert flops.vae_flops_per_frame(1088, 1920) / flops.taehv_flops_per_frame(1088, 1920) > 20
+
+
+def test_precision_peak_weighs_each_part_by_its_own_peak():
+    # 300 FLOP: 60 linear, 220 self-attention, 20 cross-attention; bf16 at 1000 FLOP/s, FP8 at 2000
+    f = flops.Flops(linear=60.0, self_attn=220.0, cross_attn=20.0)
+    assert flops.precision_peak(f, 1000.0, 2000.0, False, False) == pytest.approx(1000.0)  # nothing FP8: 300 / 0.3 s
+    assert flops.precision_peak(f, 1000.0, 2000.0, True, False) == pytest.approx(300 / (60 / 2000 + 240 / 1000))  # 1111.1
+    assert flops.precision_peak(f, 1000.0, 2000.0, False, True) == pytest.approx(300 / (220 / 2000 + 80 / 1000))  # 1578.9
+    assert flops.precision_peak(f, 1000.0, 2000.0, True, True) == pytest.approx(1875.0)  # 300 / (0.14 + 0.02)
+    # the 1080p forward on an H100 (989 / 1979 TFLOP/s dense): all but cross-attention's 2.3 of 284.5 TFLOP run at the
+    # FP8 peak, so the mix's peak is 99.2% of it (284.5 / (282.1 / 1979 + 2.3 / 989))
+    cfg = WanConfig.from_name("wan2.1-1.3b")
+    full = flops.forward_flops(cfg, query_tokens=3 * 8160, key_tokens=6 * 8160)
+    peak = flops.precision_peak(full, 989e12, 1979e12, True, True)
+    assert peak == pytest.approx(0.9919 * 1979e12, rel=1e-4)
