@@ -3,7 +3,7 @@ complete and in order; /api/info shows what the replicas run; a replica killed m
 out of /api/info and is replaced, and the next stream succeeds first time; a replica that raises fails only that
 stream; the reconnect grace (a client that comes back gets the history and the rest, one that does not gets the stream
 cancelled with a reason, a dead ingress's watchers stop counting); the bounds (watchers, queue, body size, WebSocket
-messages); bad requests as plain serve answers them; the --gpus-per-replica refusal."""
+messages); bad requests as plain serve answers them (the option refusals: test_startup.py)."""
 
 import json
 import threading
@@ -17,7 +17,6 @@ httpx = pytest.importorskip("httpx")
 websockets_sync = pytest.importorskip("websockets.sync.client")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from histream_engine import cli  # noqa: E402
 from histream_engine.serve.guards import MAX_BODY_BYTES, MAX_WS_MESSAGE_CHARS  # noqa: E402
 from ray_cluster import ray_cluster, ray_server, server_config, shared_registry  # noqa: E402,F401 - the session's cluster
 
@@ -264,8 +263,3 @@ def test_websocket_messages_are_checked_before_parsing_and_answered(server):
     errors = [e["error"] for e in events if e["type"] == "error"]
     assert f"over this server's limit of {MAX_WS_MESSAGE_CHARS}" in errors[0] and "plain histream serve" in errors[1]
     assert events[-1]["type"] == "done"  # the oversized cancel was never read
-
-
-def test_gpus_per_replica_other_than_one_is_refused(capsys):
-    assert cli.main(["serve", "--ray", "--gpus-per-replica", "2"]) == 2
-    assert "needs sequence parallelism" in capsys.readouterr().err
