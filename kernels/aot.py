@@ -404,22 +404,45 @@ def check(rec: dict) -> list[str]:
     return bad
 
 
-def run(arch: str, out_dir: Path | None, only: list[str] | None = None, log=print, all_fp8: bool = False) -> dict:
-    """Compile every variant; returns ``{"arch", "variants": {tag: record}, "failures": {tag: [reasons]}}``."""
+_TODO: list[Variant] = []  # what forked compile workers read (a jitted kernel does not pickle; an index does)
+
+
+def _compile_one(index: int, arch: str, out_dir: Path | None) -> dict:
+    rec = compile_variant(_TODO[index], arch, out_dir)
+    rec["violations"] = check(rec)
+    return rec
+
+
+def run(arch: str, out_dir: Path | None, only: list[str] | None = None, log=print, all_fp8: bool = False,
+        jobs: int | None = None) -> dict:
+    """Compile every variant, ``jobs`` at a time (default: one per CPU; each compile is one single-threaded LLVM and
+    ptxas run); returns ``{"arch", "variants": {tag: record}, "failures": {tag: [reasons]}}``."""
+    import concurrent.futures
+    import functools
+    import multiprocessing
+
     knobs.compilation.always_compile = True  # a cached kernel would skip the compile being checked
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    _TODO[:] = [v for name, gen in KERNELS.items() if not only or name in only
+                for v in (gen(all_fp8) if name in FP8_KERNELS else gen())]
+    one = functools.partial(_compile_one, arch=arch, out_dir=out_dir)
+    jobs = min(jobs or os.cpu_count() or 1, len(_TODO))
+    if jobs > 1:
+        pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+        records = pool.map(one, range(len(_TODO)))
+    else:
+        pool, records = None, map(one, range(len(_TODO)))
     variants, failures = {}, {}
-    for name, gen in KERNELS.items():
-        if only and name not in only:
-            continue
-        for v in (gen(all_fp8) if name in FP8_KERNELS else gen()):
-            rec = compile_variant(v, arch, out_dir)
-            rec["violations"] = check(rec)
+    try:
+        for v, rec in zip(_TODO, records):  # in order, logged as each is done
             variants[v.tag] = rec
             if rec["violations"]:
                 failures[v.tag] = rec["violations"]
             log(summary_line(rec))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     result = {"arch": arch, "triton": triton.__version__, "variants": variants, "failures": failures}
     if out_dir is not None:
         (out_dir / "summary.json").write_text(json.dumps(result, indent=1, default=str))
@@ -444,10 +467,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="folder for <variant>.ptx, <variant>.cubin and summary.json")
     p.add_argument("--only", nargs="+", choices=sorted(KERNELS), help="compile only these kernels")
     p.add_argument("--all-fp8", action="store_true", help="every FP8 variant: 544p too, and the FP8 core with V [B, H, Lk, D]")
+    p.add_argument("--jobs", type=int, help="compiles at a time; default: one per CPU")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         p.error("TRITON_INTERPRET=1 is set: the interpreter does not compile; unset it for this command")
-    result = run(args.arch, args.out, args.only, all_fp8=args.all_fp8)
+    result = run(args.arch, args.out, args.only, all_fp8=args.all_fp8, jobs=args.jobs)
     n, bad = len(result["variants"]), len(result["failures"])
     print(f"{n - bad}/{n} variants pass for {args.arch} (Triton {triton.__version__}); wrote {args.out / 'summary.json'}")
     return 1 if bad else 0
