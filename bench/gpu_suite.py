@@ -53,7 +53,7 @@ from typing import Callable
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full", "fp8", "tensorrt")
+STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full", "fp8", "multi_gpu", "tensorrt")
 FP8_SCHEDULES = ("histream", "histream_plus")
 FP8_TESTS = ("tests/kernels/test_gpu_numerics.py::test_fp8_core_equals_its_torch_model_on_gpu",
              "tests/kernels/test_gpu_numerics.py::test_fp8_recache_write_equals_its_torch_reference_on_gpu",
@@ -78,6 +78,12 @@ def _has(module: str) -> str | None:
     import importlib.util
 
     return None if importlib.util.find_spec(module) else f"{module} is not installed here"
+
+
+def _multi_gpu_reason() -> str | None:
+    """Why the ``multi_gpu`` step cannot run here: sequence parallelism needs two GPUs or more."""
+    n = torch.cuda.device_count()
+    return None if n >= 2 else f"sequence parallelism needs 2 or more GPUs, and {n} {'is' if n == 1 else 'are'} visible"
 
 
 def _fp8_reason() -> str | None:
@@ -137,6 +143,13 @@ def plan(frames: int, work: Path) -> list[Step]:
             bench + ["--schedules", *FP8_SCHEDULES, "--no-baseline", "--out", str(work / "bench-bf16.json")],
             bench + ["--schedules", *FP8_SCHEDULES, "--no-baseline", "--precision", "fp8", "--out", str(work / "bench-fp8.json")],
         ], 590, skip=lambda: _fp8_reason() or _has("pytest"), outputs=["fp8-tests.xml", "bench-bf16.json", "bench-fp8.json"]),
+        Step("multi_gpu", "one stream on every visible GPU (Ulysses over NCCL): its CUDA-graph test, then the 1080p bench on N ranks", [
+            [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={work / 'multi-gpu-tests.xml'}",
+             "tests/runtime/test_parallel.py"],
+            [py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={torch.cuda.device_count()}", "-m",
+             "histream_engine", *bench[2:], "--parallel", "ulysses", "--schedules", "histream", "histream_plus", "--no-baseline",
+             "--out", str(work / "bench-multi-gpu.json")],
+        ], 590, skip=_multi_gpu_reason, outputs=["multi-gpu-tests.xml", "bench-multi-gpu.json"]),
         Step("tensorrt", "TensorRT: its GPU tests, then histream_plus at 1080p through bf16 engines of the bench's own model", [
             [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/graphs/test_tensorrt_gpu.py"],
             [py, "-m", "histream_engine.cli", "export", "--preset", "wan2.1-1.3b", "--dtype", "bfloat16", "--device", "cuda",
@@ -236,7 +249,7 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
                   f"CUDA {env['cuda']}, cuDNN {env['cudnn']}, Triton {env['triton']}, commit {env['git_commit']}", ""]
     lines += ["| step | status | seconds |", "|---|---|---|"]
     lines += [f"| {n} | {s['status']}{': ' + s['reason'] if s.get('reason') else ''} | {s['seconds']:.0f} |" for n, s in statuses.items()]
-    for tag, label in (("tests", "Tests"), ("fp8-tests", "FP8 tests")):
+    for tag, label in (("tests", "Tests"), ("fp8-tests", "FP8 tests"), ("multi-gpu-tests", "Multi-GPU tests")):
         tests = _junit(work / f"{tag}.xml")
         if tests:
             facts[tag.replace("-", "_")] = tests
@@ -263,7 +276,7 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
                     lines.append(f"| {name} | not timed | | | | {r['rel_err']:.2e} | |")
                 else:
                     lines.append(f"| {name} | {r.get('skipped') or r.get('failed')} | | | | | |")
-    for tag in ("eager", "graphs", "full", "vae", "bf16", "fp8"):
+    for tag in ("eager", "graphs", "full", "vae", "bf16", "fp8", "multi-gpu"):
         b = _load(work / f"bench-{tag}.json")
         if not b:
             continue
@@ -287,6 +300,12 @@ def summarise(work: Path, statuses: dict) -> tuple[dict, str]:
                                 for n, r in fp8["schedules"].items() if n in bf16["schedules"]}
         lines += ["", f"FP8 ({fp8['attention']}, cache {fp8['kv_dtype']}, linears {fp8['linear_dtype']}) against bf16 "
                   f"({bf16['attention']}), same run: " + ", ".join(f"{n} {x:.2f}x" for n, x in facts["fp8_speedup"].items())]
+    multi = _load(work / "bench-multi-gpu.json")
+    if multi:
+        facts["multi_gpu"] = {n: r["parallel"] for n, r in multi["schedules"].items()}
+        lines += ["", f"Sequence parallel on {multi['parallel']['world_size']} GPUs: " + ", ".join(
+            f"{n} {r['seconds_per_frame']:.4f} s/frame, {r['parallel']['bytes_sent_per_chunk'] / 2**20:.0f} MiB sent per chunk and rank "
+            f"(model {r['parallel']['bytes_sent_per_chunk_model'] / 2**20:.0f})" for n, r in multi["schedules"].items())]
     alone = _load(work / "vae-decoders.json")
     if alone:
         facts["vae_decoders"] = alone["rows"]

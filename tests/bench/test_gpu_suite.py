@@ -31,7 +31,26 @@ def test_dry_run_plans_every_step_and_prints_its_commands():
                   "tests/attention/test_fp8.py tests/runtime/test_fp8_engine.py", "--precision fp8",
                   "bench-bf16.json", "bench-fp8.json"):
         assert piece in text, piece
-    assert "$ " in text and text.count("--preset 1080p-1.3b") == 7 and "build-trt --onnx" in text
+    assert "$ " in text and text.count("--preset 1080p-1.3b") == 8 and "build-trt --onnx" in text
+
+
+def test_the_multi_gpu_step_runs_on_every_gpu_or_says_why_not(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_suite.torch.cuda, "device_count", lambda: 4)
+    step = next(s for s in gpu_suite.plan(57, tmp_path) if s.name == "multi_gpu")
+    assert step.skip() is None
+    tests, bench = step.commands
+    assert tests[-1] == "tests/runtime/test_parallel.py"
+    assert bench[2:6] == ["torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"] and "--parallel" in bench
+    monkeypatch.setattr(gpu_suite.torch.cuda, "device_count", lambda: 1)
+    assert step.skip() == "sequence parallelism needs 2 or more GPUs, and 1 is visible"
+    run = {"seconds_per_frame": 0.05, "steady_seconds_per_frame": 0.05, "achieved_tflops": 900.0, "vae_seconds_per_frame": None,
+           "end_to_end_seconds_per_frame": 0.06, "run_modes": ["eager"],
+           "parallel": {"world_size": 4, "bytes_sent_per_chunk": 2**30, "bytes_sent_per_chunk_model": 2**30}}
+    (tmp_path / "bench-multi-gpu.json").write_text(json.dumps({"command": "histream bench --parallel ulysses", "parallel": {"world_size": 4},
+                                                               "schedules": {"histream": run}}))
+    facts, text = gpu_suite.summarise(tmp_path, {})
+    assert "Sequence parallel on 4 GPUs: histream 0.0500 s/frame, 1024 MiB sent per chunk and rank (model 1024)" in text
+    assert facts["multi_gpu"]["histream"]["world_size"] == 4
 
 
 def test_the_fp8_step_runs_bf16_and_fp8_benches_alike_and_skips_below_sm89(monkeypatch, tmp_path):
