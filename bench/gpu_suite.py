@@ -53,7 +53,7 @@ from typing import Callable
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "bench_full", "fp8", "multi_gpu", "tensorrt")
+STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "live", "bench_full", "fp8", "multi_gpu", "tensorrt")
 FP8_SCHEDULES = ("histream", "histream_plus")
 FP8_TESTS = ("tests/kernels/test_gpu_numerics.py::test_fp8_core_equals_its_torch_model_on_gpu",
              "tests/kernels/test_gpu_numerics.py::test_fp8_recache_write_equals_its_torch_reference_on_gpu",

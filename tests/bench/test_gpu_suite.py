@@ -34,6 +34,10 @@ def test_dry_run_plans_every_step_and_prints_its_commands():
     assert "$ " in text and text.count("--preset 1080p-1.3b") == 8 and "build-trt --onnx" in text
 
 
+def test_every_planned_step_can_be_named(tmp_path):
+    assert tuple(s.name for s in gpu_suite.plan(57, tmp_path)) == gpu_suite.STEP_NAMES  # --steps takes these, in this order
+
+
 def test_the_multi_gpu_step_runs_on_every_gpu_or_says_why_not(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu_suite.torch.cuda, "device_count", lambda: 4)
     step = next(s for s in gpu_suite.plan(57, tmp_path) if s.name == "multi_gpu")
