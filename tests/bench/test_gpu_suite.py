@@ -31,7 +31,7 @@ def test_dry_run_plans_every_step_and_prints_its_commands():
                   "tests/attention/test_fp8.py tests/runtime/test_fp8_engine.py", "--precision fp8",
                   "bench-bf16.json", "bench-fp8.json"):
         assert piece in text, piece
-    assert "$ " in text and text.count("--preset 1080p-1.3b") == 8 and "build-trt --onnx" in text
+    assert "$ " in text and text.count("--preset 1080p-1.3b") == 9 and "build-trt --onnx" in text
 
 
 def test_every_planned_step_can_be_named(tmp_path):
