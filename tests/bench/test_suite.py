@@ -14,6 +14,7 @@ SCHEDULE_FIELDS = {
     "per_chunk_seconds", "per_chunk_flops", "flops_per_frame", "achieved_tflops", "peak_fraction", "peak_flops",
     "peak_memory_bytes", "cache_bytes", "forwards_per_chunk", "recache_per_chunk", "run_modes",
     "speedup_vs_self_forcing", "predicted_speedup_vs_self_forcing", "speedup_vs_wan_baseline",
+    "parallel",  # None on one process; tests/test_cli_parallel.py checks it under torchrun
 }
 
 
@@ -30,11 +31,12 @@ def test_cpu_small_writes_every_field_and_agrees_with_the_flop_model(tmp_path, c
     assert record["attention_auto"] is None  # --attention torch
     assert {"device", "torch", "triton", "cuda", "git_commit"} <= set(record["environment"])
     assert record["torch_compile"] is True and record["cuda_graphs"] is False and record["prompt_tokens"] == 128
+    assert record["parallel"] is None
     assert record["wan_baseline"]["seconds_per_frame"] > 0
     preset = PRESETS["cpu-small"]
     cfg = WanConfig.from_name(preset.model)
     for name, r in record["schedules"].items():
-        assert set(r) == SCHEDULE_FIELDS
+        assert set(r) == SCHEDULE_FIELDS and r["parallel"] is None
         # the default prompt: 128 real rows and zero padding, which the engine attends as one key (fp32)
         model = flops.schedule_flops(cfg, name, 33, height, width, text_len=128 + 1)
         assert r["per_chunk_flops"] == [c.total for c in model]
