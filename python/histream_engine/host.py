@@ -65,14 +65,21 @@ class HostEngine:
         """Checks the request now (``Engine.stream`` checks before the first chunk), then yields each chunk's result
         and its frames ``[T, H, W, 3]`` uint8 in host memory. ``frames=0`` is a live stream: it runs until closed, on
         the schedule with ``positions='window'``. Closing it closes the engine's stream at once."""
+        return HostStream(self, self.engine.stream(*self.stream_args(prompt, prompt_embeds_path, frames, height, width, schedule),
+                                                   seed=seed))
+
+    def stream_args(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int,
+                    schedule: str) -> tuple:
+        """``Engine.stream``'s positional arguments for a host request: the prompt resolved to embeddings on the model's
+        device, and ``frames=0`` turned into a live stream on the schedule with window positions. A sequence-parallel
+        host resolves them once, on its first rank, and hands the very same arguments to every rank."""
         embeds = check_prompt_embeds(self._prompt(prompt, prompt_embeds_path), self.engine.dit.config.text_dim, max_batch=1)
         device = next(self.engine.dit.parameters()).device
         num_frames = None if frames == 0 else frames
         sched = resolve_schedule(schedule)
         if num_frames is None:
             sched = sched.replace(positions="window")
-        chunks = self.engine.stream(embeds.to(device), num_frames, height, width, schedule=sched, seed=seed)
-        return HostStream(self, chunks)
+        return embeds.to(device), num_frames, height, width, sched
 
     def stream(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
                seed: int) -> Iterator[HostChunk]:
@@ -136,26 +143,35 @@ class HostStream:
         self.chunks.close()
 
 
+def _config(parallel_group, **settings) -> EngineConfig:
+    if parallel_group is None:
+        return EngineConfig(**settings)
+    return EngineConfig(**settings, parallel="ulysses", group=parallel_group)
+
+
 def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attention: str, cuda_graphs: bool,
-                text_encoder: bool, tae_path: str = "") -> HostEngine:
-    """``tae_path`` (taew2_1.pth): decode with TAEHV instead of the folder's Wan VAE."""
+                text_encoder: bool, tae_path: str = "", *, parallel_group=None) -> HostEngine:
+    """``tae_path`` (taew2_1.pth): decode with TAEHV instead of the folder's Wan VAE. ``parallel_group`` (a
+    torch.distributed ProcessGroup): this engine is one rank of a sequence-parallel group (every rank opens it)."""
     if not model_dir:
         raise ValueError("EngineOptions.model_dir is empty: name a Wan2.1 folder (or use Engine::tiny_demo)")
-    config = EngineConfig(attention=attention, cuda_graphs=cuda_graphs)
+    config = _config(parallel_group, attention=attention, cuda_graphs=cuda_graphs)
     engine = Engine.from_pretrained(model_dir, checkpoint=checkpoint or None, dtype=_dtype(dtype), device=device or None,
                                     config=config, text_encoder=text_encoder, vae="tae" if tae_path else "wan",
                                     tae_path=tae_path or None)
     return HostEngine(engine)
 
 
-def tiny_demo(device: str, attention: str, seed: int, decoder: str = "wan", tae_path: str = "") -> HostEngine:
+def tiny_demo(device: str, attention: str, seed: int, decoder: str = "wan", tae_path: str = "", *,
+              parallel_group=None) -> HostEngine:
     """The demo model; ``decoder="tae"``: its embedded tiny TAEHV (random weights); ``tae_path``: a taew2_1 file's
-    TAEHV decoding the tiny DiT's latents (both are Wan 2.1's 16-channel latent space)."""
+    TAEHV decoding the tiny DiT's latents (both are Wan 2.1's 16-channel latent space). ``parallel_group``: as
+    ``open_engine``'s."""
     if tae_path and decoder != "wan":
         raise ValueError("give either the embedded tiny TAEHV (decoder 'tae') or a taew2_1 file (tae_path), not both")
     dev = resolve_device(device or "cpu")
     tae = load_taehv(tae_path, device=dev) if tae_path else None  # before the model: a bad path fails fast
-    engine, prompt = tiny_demo_engine(EngineConfig(attention=attention), seed=seed, device=dev, decoder=decoder)
+    engine, prompt = tiny_demo_engine(_config(parallel_group, attention=attention), seed=seed, device=dev, decoder=decoder)
     if tae is not None:
         engine = Engine(engine.dit, engine.config, vae=tae)
     return HostEngine(engine, prompt)
