@@ -302,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--replicas", default="1", help="--ray: engine replicas, a count or 'auto' (autoscaling on ongoing streams)")
     srv.add_argument("--min-replicas", type=int, default=1, help="--ray --replicas auto: fewest replicas")
     srv.add_argument("--max-replicas", type=int, default=4, help="--ray --replicas auto: most replicas")
-    srv.add_argument("--gpus-per-replica", type=int, default=1, help="--ray: GPUs each replica holds (only 1 for now)")
-    srv.add_argument("--cpus-per-replica", type=float, default=1.0, help="--ray: CPUs Ray reserves for each replica")
+    srv.add_argument("--gpus-per-replica", type=int, default=1, help="--ray: N > 1 makes each replica one N-rank sequence-parallel group, "
+                     "a GPU a rank, packed on one node (on CPUs: N processes); the model's heads must divide by N")
+    srv.add_argument("--cpus-per-replica", type=float, default=1.0, help="--ray: CPUs Ray reserves for each replica (for each of its ranks with --gpus-per-replica N)")
     srv.add_argument("--ray-address", help="--ray: join this Ray cluster (e.g. auto, ray://head:10001); default: start a local one")
     srv.add_argument("--reconnect-grace-seconds", type=float, default=10.0,
                      help="--ray: a stream whose watchers all left is cancelled if none reconnects within this")

@@ -72,12 +72,14 @@ def shared_registry():
     return _server["registry"]
 
 
-def take_over() -> None:
-    """For a test that deploys its own application: the shared one leaves (and is deployed again if asked for later)."""
+def take_over(replace: bool = False) -> None:
+    """For a test that deploys its own application: the shared one leaves (and is deployed again if asked for later).
+    ``replace``: the caller's deploy replaces whatever application runs, in place, which takes about 3 s less than
+    deleting it first."""
     from ray import serve
 
     from histream_engine.serve.ray_app import APP_NAME
 
-    if APP_NAME in serve.status().applications:
+    if not replace and APP_NAME in serve.status().applications:
         serve.delete(APP_NAME)
     _server.clear()

@@ -1,6 +1,7 @@
 """What `histream serve` refuses before it starts: an --embeds-dir that is missing, a file, or unreadable stops the
 server with exit code 2 and one line, before a model loads or a port opens (with or without --ray), where it used to
-start and then answer every request with HTTP 500; and --ray's replica and grace options, before a cluster starts."""
+start and then answer every request with HTTP 500; and --ray's replica and grace options, before a cluster starts; a
+cluster with no node that holds one replica's ranks (--gpus-per-replica N), before deploying."""
 
 import os
 
@@ -44,11 +45,14 @@ def test_the_app_refuses_a_missing_folder_too(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--gpus-per-replica", "2"], "needs sequence parallelism"),
+    (["--gpus-per-replica", "0"], "--gpus-per-replica 0: give 1, or N > 1"),
+    # the tiny demo model has 2 heads, dealt out to the ranks
+    (["--gpus-per-replica", "3"], "the model's 2 attention heads out to the ranks, and 2 is not divisible by 3: use one of [1, 2]"),
+    (["--gpus-per-replica", "2", "--device", "cuda:1"], "each rank runs on the GPU Ray gives it; give --device cuda"),
     (["--replicas", "0"], "give a count >= 1 or 'auto'"),
     (["--replicas", "auto", "--min-replicas", "3", "--max-replicas", "2"], "need 1 <= min <= max"),
     (["--reconnect-grace-seconds", "-1"], "give 0 to 3600 seconds"),
-], ids=["gpus_per_replica", "replicas", "min_over_max", "grace"])
+], ids=["gpus_per_replica", "heads", "device_index", "replicas", "min_over_max", "grace"])
 def test_ray_options_are_refused_before_a_cluster_starts(capsys, monkeypatch, flags, message):
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.serve")
@@ -60,3 +64,25 @@ def test_ray_options_are_refused_before_a_cluster_starts(capsys, monkeypatch, fl
     assert cli.main(["serve", "--ray", "--port", "1", *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_a_replica_of_n_ranks_is_packed_on_one_node_that_can_hold_it():
+    pytest.importorskip("ray")
+    from histream_engine.serve.ray_app import Scaling, check_cluster_fits
+
+    gpus = Scaling(1, cpus_per_replica=2, gpus_per_rank=1, ranks=4)
+    assert gpus.options(3)["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}] * 4
+    assert gpus.options(3)["placement_group_strategy"] == "STRICT_PACK"
+    assert gpus.options(3)["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}  # the replica: rank 0, bundle 0
+    check_cluster_fits(gpus, [{"CPU": 8, "GPU": 2}, {"CPU": 16, "GPU": 4}])
+    with pytest.raises(ValueError) as refused:  # 9 GPUs in all, but no node with 4 GPUs and 8 CPUs
+        check_cluster_fits(gpus, [{"CPU": 8, "GPU": 2}, {"CPU": 64, "GPU": 3}, {"CPU": 6, "GPU": 4}])
+    assert str(refused.value) == (
+        "--gpus-per-replica 4 packs a replica's 4 ranks on one node (STRICT_PACK), 8 CPU and 4 GPU in all, and no node "
+        "of this Ray cluster has that (its nodes: 8 CPU, 2 GPU; 64 CPU, 3 GPU; 6 CPU, 4 GPU): lower --gpus-per-replica "
+        "(or --cpus-per-replica), or add a larger node")
+    cpus = Scaling(1, cpus_per_replica=0.5, ranks=2)  # --device cpu: bundles of CPUs only
+    assert cpus.options(3)["placement_group_bundles"] == [{"CPU": 0.5}] * 2
+    with pytest.raises(ValueError, match="give --cpus-per-replica > 0"):
+        Scaling(1, cpus_per_replica=0, ranks=2).options(3)
+    assert "placement_group_bundles" not in Scaling(1).options(3)  # one GPU a replica, as before

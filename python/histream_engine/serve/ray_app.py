@@ -21,8 +21,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
+from ..checkpoint import CheckpointError, read_config
+from ..config import WanConfig
+from ..model_dir import find_model_files
 from ..runtime.engine import EngineConfig, check_video_request
 from ..runtime.schedules import SCHEDULES
+from ..runtime.ulysses import divisors
 from . import guards
 from .app import STATIC, StreamRequest
 from .embeddings import EmbeddingsDir
@@ -38,8 +42,10 @@ class Scaling:
     replicas: int | None = 1  # None: autoscale between min and max
     min_replicas: int = 1
     max_replicas: int = 4
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: int = 0
+    cpus_per_replica: float = 1.0  # with ranks > 1: each rank's
+    gpus_per_rank: int = 0  # 1 on a GPU cluster; 0 on CPUs
+    ranks: int = 1  # --gpus-per-replica: one sequence-parallel group of this many ranks a replica (rank_group)
+    rank_timeout_s: float = 300.0  # the group's rendezvous and collectives: a rank that never answers is an error then
     upscale_delay_s: float = 5.0
     downscale_delay_s: float = 30.0
     metrics_interval_s: float = 0.5
@@ -56,6 +62,14 @@ class Scaling:
         """How long a replica may go unheard before /api/info drops it: three missed health checks."""
         return 3 * self.health_check_period_s + 1.0
 
+    def rank_resources(self) -> dict:
+        return {"num_cpus": self.cpus_per_replica, "num_gpus": self.gpus_per_rank}
+
+    def bundle(self) -> dict:
+        """One rank's placement-group bundle."""
+        bundle = {"CPU": self.cpus_per_replica, "GPU": self.gpus_per_rank}
+        return {k: v for k, v in bundle.items() if v}
+
     def options(self, max_waiting: int) -> dict:
         # Ray's queue is bounded by the registry's own count of waiting streams (which it answers with 429), so Ray
         # never refuses a stream the registry accepted
@@ -63,7 +77,15 @@ class Scaling:
                 "health_check_period_s": self.health_check_period_s,
                 "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
                 "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
-                "ray_actor_options": {"num_cpus": self.cpus_per_replica, "num_gpus": self.gpus_per_replica}}
+                "ray_actor_options": self.rank_resources()}
+        if self.ranks > 1:
+            if not self.bundle():
+                raise ValueError(f"--gpus-per-replica {self.ranks} on CPUs places {self.ranks} ranks in bundles of "
+                                 "--cpus-per-replica CPUs each, and a bundle cannot be empty: give --cpus-per-replica > 0")
+            # the replica (rank 0) takes bundle 0 and starts the other ranks in the rest; STRICT_PACK keeps them on one
+            # node, so the per-layer all-to-alls run over NVLink, not the network
+            opts["placement_group_bundles"] = [self.bundle() for _ in range(self.ranks)]
+            opts["placement_group_strategy"] = "STRICT_PACK"
         if self.replicas is None:
             opts["autoscaling_config"] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                                           "target_ongoing_requests": 1, "upscale_delay_s": self.upscale_delay_s,
@@ -227,16 +249,17 @@ def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embed
     registry = StreamRegistry.options(name=name, namespace=NAMESPACE).remote(
         APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s())
     engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(max_waiting)).bind(
-        {**spec, "embeds_dir": embeds_dir}, name)
+        {**spec, "embeds_dir": embeds_dir, "ranks": scaling.ranks, "rank_resources": scaling.rank_resources(),
+         "rank_timeout_s": scaling.rank_timeout_s}, name)
     serve.run(Ingress.bind(engine, description, limits, embeds_dir, name, watching), name=APP_NAME, route_prefix=route_prefix)
     return registry
 
 
 def scaling_from_args(args) -> Scaling:
-    """The CLI's replica options; --gpus-per-replica other than 1 is refused until sequence parallelism lands."""
-    if args.gpus_per_replica != 1:
-        raise ValueError(f"--gpus-per-replica {args.gpus_per_replica} needs sequence parallelism inside a replica "
-                         "(EngineConfig(parallel='ulysses')), which this build does not have yet; use 1")
+    """The CLI's replica options, checked before a cluster starts."""
+    if args.gpus_per_replica < 1:
+        raise ValueError(f"--gpus-per-replica {args.gpus_per_replica}: give 1, or N > 1 for one N-rank sequence-parallel "
+                         "group a replica")
     if args.replicas == "auto":
         if not 1 <= args.min_replicas <= args.max_replicas:
             raise ValueError(f"--min-replicas {args.min_replicas} and --max-replicas {args.max_replicas}: need 1 <= min <= max")
@@ -245,7 +268,49 @@ def scaling_from_args(args) -> Scaling:
         replicas = int(args.replicas)
     else:
         raise ValueError(f"--replicas {args.replicas!r}: give a count >= 1 or 'auto'")
-    return Scaling(replicas, args.min_replicas, args.max_replicas, cpus_per_replica=args.cpus_per_replica)
+    return Scaling(replicas, args.min_replicas, args.max_replicas, cpus_per_replica=args.cpus_per_replica,
+                   ranks=args.gpus_per_replica)
+
+
+def check_ranks(ranks: int, spec: dict) -> None:
+    """What --gpus-per-replica N needs of the model and device, where it can be known before deploying: the heads
+    are dealt out to the ranks (the engine refuses the rest on every replica, with the same words)."""
+    if ranks == 1:
+        return
+    device = spec.get("device") or ""
+    if device.startswith("cuda:"):
+        raise ValueError(f"--device {device} with --gpus-per-replica {ranks}: each rank runs on the GPU Ray gives it; "
+                         "give --device cuda (or leave it out)")
+    heads = model_heads(spec)
+    if heads is not None and heads % ranks:
+        raise ValueError(f"--gpus-per-replica {ranks}: sequence parallelism deals the model's {heads} attention heads out "
+                         f"to the ranks, and {heads} is not divisible by {ranks}: use one of {divisors(heads)}")
+
+
+def model_heads(spec: dict) -> int | None:
+    """The DiT's attention heads from its config alone (no weights read), or None where the folder does not say."""
+    if spec["model_dir"] is None:
+        return WanConfig.from_name("tiny").num_heads  # the demo model
+    try:
+        files = find_model_files(spec["model_dir"], need=())
+        config = read_config(files.dit) if files.dit is not None else None
+    except CheckpointError:
+        return None  # a folder the replicas will refuse with the loader's own message
+    return None if config is None else config.num_heads
+
+
+def check_cluster_fits(scaling: Scaling, nodes: list[dict]) -> None:
+    """A replica of N ranks is packed on one node (STRICT_PACK): refuse a cluster none of whose ``nodes`` (each
+    node's total resources, as ``ray.nodes()`` lists them) can hold one, instead of a deployment that waits forever."""
+    if scaling.ranks == 1:
+        return
+    need = {k: v * scaling.ranks for k, v in scaling.bundle().items()}
+    if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+        return
+    has = "; ".join(", ".join(f"{node.get(k, 0):g} {k}" for k in need) for node in nodes) or "no nodes"
+    raise ValueError(f"--gpus-per-replica {scaling.ranks} packs a replica's {scaling.ranks} ranks on one node (STRICT_PACK), "
+                     f"{' and '.join(f'{v:g} {k}' for k, v in need.items())} in all, and no node of this Ray cluster has "
+                     f"that (its nodes: {has}): lower --gpus-per-replica (or --cpus-per-replica), or add a larger node")
 
 
 def watching_from_args(args) -> Watching:
@@ -274,6 +339,7 @@ def listening(asked_host: str, asked_port: int) -> str:
 
 def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     scaling, watching = scaling_from_args(args), watching_from_args(args)  # refusals first, before a cluster starts
+    check_ranks(scaling.ranks, spec)
     EmbeddingsDir(args.embeds_dir)
     joined = bool(args.ray_address)
     if joined:
@@ -285,7 +351,12 @@ def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     else:
         ray.init(namespace=NAMESPACE, include_dashboard=False)
     on_gpu = (args.device or "").startswith("cuda") or (args.device is None and ray.cluster_resources().get("GPU", 0) > 0)
-    scaling.gpus_per_replica = 1 if on_gpu else 0
+    scaling.gpus_per_rank = 1 if on_gpu else 0
+    try:
+        check_cluster_fits(scaling, [n["Resources"] for n in ray.nodes() if n["Alive"]])
+    except ValueError:
+        ray.shutdown()
+        raise
     # SIGTERM (docker stop, systemd) stops the server as Ctrl-C does, so the application leaves the cluster
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     registry = None

@@ -6,8 +6,12 @@ node). A request the engine refuses, or an error while it runs (an out-of-memory
 the engine's message; the replica stays up for the next one. A cancel is read from the stream registry before the
 stream starts and after each chunk.
 
-The replica reports itself to the registry (device, dtype, decoder, text encoder) when it starts and on every Serve
-health check, and says goodbye when Serve stops it cleanly, so ``/api/info`` lists the replicas that exist.
+The replica reports itself to the registry (device, dtype, decoder, text encoder, world size and each rank's device)
+when it starts and on every Serve health check, and says goodbye when Serve stops it cleanly, so ``/api/info`` lists
+the replicas that exist.
+
+With ``spec["ranks"]`` N > 1 (``--gpus-per-replica N``) the replica is rank 0 of an N-rank sequence-parallel group
+(``rank_group``): it runs each stream on every rank and alone decodes and sends frames.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ray import serve
 from .. import host as hosting
 from ..video import FPS, Mp4Writer
 from .jobs import encode_jpeg
+from .rank_group import RankGroup, device_name
 from .stream_registry import NAMESPACE
 
 
@@ -34,29 +39,40 @@ def open_host(spec: dict) -> hosting.HostEngine:
                                spec["attention"], False, spec["text_encoder"], spec.get("tae_path", ""))
 
 
-def describe(host: hosting.HostEngine) -> dict:
-    """What ``/api/info`` shows of a replica: the model as it runs there."""
+def describe(host: hosting.HostEngine, devices: list[str] | None = None) -> dict:
+    """What ``/api/info`` shows of a replica: the model as it runs there, on how many ranks and devices."""
     engine = host.engine
     dit = engine.dit
-    return {"device": torch.cuda.get_device_name(dit.device) if dit.device.type == "cuda" else "CPU",
-            "dtype": str(dit.dtype).replace("torch.", ""), "decoder": engine.vae.name,
-            "text_encoder": getattr(engine, "text_encoder", None) is not None}
+    devices = devices or [device_name(host)]
+    return {"device": devices[0], "dtype": str(dit.dtype).replace("torch.", ""), "decoder": engine.vae.name,
+            "text_encoder": getattr(engine, "text_encoder", None) is not None, "world_size": len(devices),
+            "devices": devices}
 
 
 class EngineReplica:
     def __init__(self, spec: dict, registry: str):
-        self.host = open_host(spec)
-        self.embeds_dir = spec.get("embeds_dir")
         self.replica = serve.get_replica_context().replica_id.unique_id
-        self.info = describe(self.host)
+        ranks = spec.get("ranks", 1)
+        self.group = None if ranks == 1 else RankGroup(spec, ranks, spec["rank_resources"], spec["rank_timeout_s"],
+                                                       f"histream-{self.replica}")
+        self._host = open_host(spec) if self.group is None else None
+        self.embeds_dir = spec.get("embeds_dir")
+        self.info = describe(self.host, None if self.group is None else self.group.devices)
         self.device = self.info["device"]
         self.registry = ray.get_actor(registry, namespace=NAMESPACE)
         self.registry.replica_seen.remote(self.replica, self.info)
         self._tmp = tempfile.TemporaryDirectory(prefix="histream-replica-")
 
+    @property
+    def host(self) -> hosting.HostEngine:
+        return self._host if self.group is None else self.group.host  # a rebuilt group has a new rank-0 engine
+
     def check_health(self) -> None:
-        """Serve calls this every health-check period: the registry hears that this replica is alive. Never raises:
-        the replica's health is its own, not the registry's."""
+        """Serve calls this every health-check period: the registry hears that this replica is alive. Raises only when
+        its rank group could not be rebuilt after a lost rank (Serve then replaces the replica); never for the
+        registry: the replica's health is its own."""
+        if self.group is not None and self.group.unusable is not None:
+            raise RuntimeError(self.group.unusable)
         try:
             self.registry.replica_seen.remote(self.replica, self.info)
         except Exception:  # noqa: BLE001
@@ -66,12 +82,17 @@ class EngineReplica:
         """Serve calls this when it stops the replica cleanly (scaled down, redeployed). Waits for the registry (at most
         2 s): the process ends right after, and a call still unsent would be lost with it."""
         try:
+            if getattr(self, "group", None) is not None:
+                self.group.shutdown()  # its placement group goes with the replica too; this is only sooner
             ray.get(self.registry.replica_down.remote(self.replica), timeout=2)
         except Exception:  # noqa: BLE001 - the registry may be gone first; the list ages the replica out then
             pass
 
     def _results(self, req: dict):
         embeds = str(Path(self.embeds_dir) / req["prompt_embeds"]) if req.get("prompt_embeds") else ""
+        if self.group is not None:
+            return self.group.stream(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"],
+                                     req["seed"])
         return self.host.results(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"], req["seed"])
 
     def run(self, stream_id: str, req: dict):
