@@ -22,20 +22,6 @@ if not torch.cuda.is_available():
 from histream_engine import WanConfig, WanDiT
 
 
-# Under pytest-xdist (README's `-n ... --dist loadgroup`) a test module runs on one worker, so that its module
-# fixtures (compiled kernels, exported graphs) are built once; so do the modules sharing a session fixture that
-# costs seconds. Each worker computes on one thread: two workers on two cores, not four threads fighting for them.
-SHARED_FIXTURE_GROUPS = {"ray_cluster": "ray", "cli_tiny_export": "tiny_export"}
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        shared = [g for f, g in SHARED_FIXTURE_GROUPS.items() if f in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.nodeid.split("::")[0]))
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative error ||a - b|| / ||b||, computed in float64."""
     a, b = a.double(), b.double()
