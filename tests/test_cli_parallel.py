@@ -8,6 +8,7 @@ import sys
 
 import imageio_ffmpeg
 import numpy as np
+import pytest
 
 from test_cli import model_dir, read_mp4  # noqa: F401 - the tiny Wan folder fixture (2 heads: 2 ranks divide them)
 
@@ -18,6 +19,12 @@ def frames(path) -> np.ndarray:
     return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader]).astype(np.int16)
 
 
+# torchrun starts an agent and two ranks, each importing torch: about 20 s for both tests on 2 cores, so they run in
+# the slow suite; tests/runtime/test_parallel.py's two ranks (the same engine code) run in the default one
+TORCHRUN = pytest.mark.skipif(os.environ.get("HISTREAM_SLOW_TESTS") != "1", reason="torchrun runs: HISTREAM_SLOW_TESTS=1")
+
+
+@TORCHRUN
 def test_torchrun_generate_writes_one_mp4_from_rank_0(tmp_path, model_dir):  # noqa: F811
     args = ["generate", "--model-dir", str(model_dir), "--prompt-embeds", str(tmp_path / "prompt.pt"), "--schedule", "histream_plus",
             "--height", "64", "--width", "128", "--frames", "21", "--dtype", "float32"]
@@ -45,6 +52,7 @@ def test_parallel_outside_torchrun_says_how_to_start_it(tmp_path, model_dir):  #
     assert not (tmp_path / "x.mp4").exists()
 
 
+@TORCHRUN
 def test_torchrun_bench_records_the_world_size_per_rank_flops_and_bytes_sent(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
