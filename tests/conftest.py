@@ -19,6 +19,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import background
 from histream_engine import WanConfig, WanDiT
 
 
@@ -44,18 +45,32 @@ def tiny_dit() -> WanDiT:
 
 
 @pytest.fixture(scope="session")
-def cli_tiny_export(tmp_path_factory):
+def cli_tiny_export():
     """`histream export --preset tiny` of `two_step` at 64x64, 9 frames (4 graphs of the bench preset's own random
-    weights), run once for every test that reads an export folder written by the CLI: (exit code, folder, stdout).
-    Tests read it and never write into it."""
-    import contextlib
-    import io
+    weights), run once, in the background (``background``), for every test that reads an export folder written by the
+    CLI: (exit code, folder, stdout). Tests read it and never write into it."""
+    proc, out = background.result("cli_tiny_export")
+    return proc.returncode, out / "graphs", proc.stdout
 
-    from histream_engine.cli import main
 
-    out = tmp_path_factory.mktemp("cli_export") / "graphs"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(["export", "--preset", "tiny", "--schedule", "two_step", "--height", "64", "--width", "64",
-                     "--frames", "9", "--out", str(out)])
-    return code, out, stdout.getvalue()
+_LAST_RAY_TEST: list[str] = []  # the node id of the last test using the session's Ray cluster
+
+
+def pytest_collection_modifyitems(config, items):
+    items[:] = background.run_last(items)
+    _LAST_RAY_TEST[:] = [i.nodeid for i in items if "ray_cluster" in getattr(i, "fixturenames", ())][-1:]
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if _LAST_RAY_TEST == [item.nodeid]:
+        sys.modules["ray_cluster"].shutdown_cluster()  # the module the Ray tests import, which holds the cluster
+
+
+def pytest_collection_finish(session):
+    """Start the background jobs (``background.JOBS``) the collected tests will wait for."""
+    if not session.config.option.collectonly:
+        background.start({f for item in session.items for f in getattr(item, "fixturenames", ())})
+
+
+def pytest_sessionfinish(session):
+    background.finish()

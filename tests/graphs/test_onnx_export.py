@@ -11,7 +11,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import background
+import export_jobs
 from conftest import random_dit, rel_err
+from export_jobs import FRAMES, SIZE
 from histream_engine import Engine, EngineConfig
 from histream_engine.checkpoint import CheckpointError
 from histream_engine.graphs.graph_forward import GraphForward, example_inputs
@@ -21,20 +24,19 @@ from histream_engine.runtime.dit_runners import dit_backends
 from histream_engine.graphs.manifest import MANIFEST, read_manifest
 from histream_engine.graphs.signature import Signature
 
-SIZE = (33, 64, 96)  # 3 chunks; latents 8x12, so 4x6 high-res tokens and 2x3 low-res
-# a full cache needs one graph more per chunk: two chunks show that at two thirds of the export time
-FRAMES = {"histream_plus": 33, "self_forcing": 21}
 
 
 @pytest.fixture(scope="module")
 def dit():
-    return random_dit("tiny", seed=8)
+    return export_jobs.model()
 
 
 @pytest.fixture(scope="module")
-def exports(dit, tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx")
-    return {s: export_graphs(dit, s, SIZE[1], SIZE[2], frames, root / s, log=lambda _: None).parent for s, frames in FRAMES.items()}
+def exports():
+    """export_jobs.graph_exports, built while earlier tests ran (tests/background.py)."""
+    proc, root = background.result("graph_exports")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {s: root / s for s in FRAMES}
 
 
 def prompt(dit):
@@ -165,11 +167,11 @@ def in_range_inputs(dit, sig):
 
 
 @pytest.fixture(scope="module")
-def fp8_export(dit, tmp_path_factory):
-    """One FP8 export of a whole `two_step` video (one chunk: step and recache at both resolutions), shared by the
-    graph check and the video check. Its graphs see no window K/V; the window path is the same in FP8 graphs (only
-    the blocks' linears are quantized) and is checked in the float32 graphs above."""
-    return export_graphs(dit, "two_step", 64, 96, 9, tmp_path_factory.mktemp("fp8"), fp8=True, log=lambda _: None).parent
+def fp8_export():
+    """export_jobs.fp8_export, shared by the graph check and the video check, built in the background."""
+    proc, root = background.result("fp8_export")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root
 
 
 def test_fp8_graphs_quantize_only_the_block_linears(dit, fp8_export):

@@ -3,29 +3,25 @@ memory, with its dots on wgmma and a hot loop that issues faster than its tensor
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+import background
 from histream_engine.kernels import aot, attention_core, attention_core_fp8
 
 SLOW = os.environ.get("HISTREAM_SLOW_TESTS") == "1"
 
 
 @pytest.fixture(scope="module")
-def summary(tmp_path_factory):
-    out = tmp_path_factory.mktemp("aot")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter does not compile
-    env["TRITON_CACHE_DIR"] = str(out / "cache")
-    # every FP8 variant (544p, the pre-pass and write, the other V layout) only in the slow suite: ~60 s more
-    proc = subprocess.run([sys.executable, "-m", "histream_engine.kernels.aot", "--arch", "sm_90a", "--out", str(out)] + ["--all-fp8"] * SLOW,
-                          env=env, capture_output=True, text=True, timeout=900)
+def aot_summary():
+    """`python -m histream_engine.kernels.aot --arch sm_90a`, run in the background while earlier tests ran
+    (tests/background.py); every FP8 variant (544p, the pre-pass and write, the other V layout) only in the slow suite."""
+    proc, out = background.result("aot")
     return proc, out, json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else None
 
 
-def test_every_variant_passes_on_sm90a(summary):
-    proc, out, result = summary
+def test_every_variant_passes_on_sm90a(aot_summary):
+    proc, out, result = aot_summary
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert result["failures"] == {}
     variants = result["variants"]
@@ -47,8 +43,8 @@ def test_every_variant_passes_on_sm90a(summary):
         assert (out / f"{tag}.ptx").stat().st_size > 0 and (out / f"{tag}.cubin").stat().st_size > 0
 
 
-def test_attention_core_runs_on_wgmma_and_tma(summary):
-    _proc, _out, result = summary
+def test_attention_core_runs_on_wgmma_and_tma(aot_summary):
+    _proc, _out, result = aot_summary
     cores = {tag: rec for tag, rec in result["variants"].items() if tag.startswith("attention_core_") and not rec["fp8"]}
     assert cores
     for tag, rec in cores.items():
@@ -58,8 +54,8 @@ def test_attention_core_runs_on_wgmma_and_tma(summary):
         assert 0 < rec["issue_over_tensor"] <= aot.MAX_ISSUE_OVER_TENSOR, tag
 
 
-def test_fp8_core_runs_e4m3_wgmma_from_tma_and_reports_the_fp8_rate(summary):
-    _proc, _out, result = summary
+def test_fp8_core_runs_e4m3_wgmma_from_tma_and_reports_the_fp8_rate(aot_summary):
+    _proc, _out, result = aot_summary
     cores = {tag: rec for tag, rec in result["variants"].items() if tag.startswith("attention_core_fp8_")}
     assert "attention_core_fp8_1088x1920_vt_M128_N128_w8_s2" in cores
     for tag, rec in cores.items():

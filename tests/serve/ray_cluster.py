@@ -30,6 +30,17 @@ def ray_cluster():
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     _started.append(f"http://127.0.0.1:{port}")
     yield _started[0]
+    shutdown_cluster()
+
+
+def shutdown_cluster() -> None:
+    """Stop the session's cluster, if it runs: after the last test that uses it (tests/conftest.py), so that its
+    processes (the controller, the proxy, replicas answering health checks) stop taking CPU from the tests after it."""
+    if not _started:
+        return
+    import ray
+    from ray import serve
+
     _server.clear()
     serve.shutdown()
     ray.shutdown()
