@@ -28,6 +28,7 @@ from histream_engine import (SCHEDULES, CheckpointError, Engine, EngineConfig, V
 from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
+from histream_engine.runtime.parallel import arguments_fingerprint
 from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
 
 from .baseline import wan_baseline
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
     if args.parallel:
         par = init_parallel()
         # every rank must run the same command; then the checks below refuse the same things on every rank
-        par.agreed("bench commands", {k: str(v) for k, v in sorted(vars(args).items())}, lambda: None)
+        par.agreed("bench commands", arguments_fingerprint(args), lambda: None)
         if not par.is_first:
             sys.stdout = open(os.devnull, "w")  # rank 0 prints and writes the record
     preset = PRESETS[args.preset]

@@ -89,6 +89,10 @@ def _run(name: str, job: Job) -> tuple[subprocess.CompletedProcess, Path]:
     _running.append(popen)
     try:
         stdout, stderr = popen.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        stdout, stderr = popen.communicate()
+        stderr += "\n(background job killed after 900 s)"
     finally:
         _running.remove(popen)
     return subprocess.CompletedProcess(command, popen.returncode, stdout, stderr), out

@@ -15,7 +15,7 @@ from .model.dit import initialized_dit
 from .output_paths import check_output_file, check_output_folder
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
-from .runtime.parallel import init_parallel
+from .runtime.parallel import arguments_fingerprint, init_parallel
 from .runtime.request_checks import check_prompt_embeds
 from .runtime.schedules import resolve_schedule
 from .text_encoder import load_prompt_embeds
@@ -98,18 +98,22 @@ def run_generate(args) -> int:
             check_output_file(args.out, (".mp4",), "--out")
         return sched, config, num_chunks
 
-    sched, config, num_chunks = checks() if par is None else par.agreed("generate commands", command_fingerprint(args), checks)
+    sched, config, num_chunks = checks() if par is None else par.agreed("generate commands", arguments_fingerprint(args), checks)
     dtype = getattr(torch, args.dtype)
     engine = Engine.from_pretrained(
         args.model_dir, checkpoint=args.checkpoint, dtype=dtype, device=args.device if par is None else par.device,
         config=config, text_encoder=args.prompt is not None, vae="tae" if args.tae else "wan", tae_path=args.tae,
     )
-    if args.prompt is not None:
-        embeds = engine.text_encoder.encode(args.prompt)
-        engine.text_encoder.free()
-    else:
-        embeds = load_prompt_embeds(args.prompt_embeds, engine.dit.config.text_dim)
-    embeds = check_prompt_embeds(embeds, engine.dit.config.text_dim, max_batch=1)
+
+    def prompt():
+        if args.prompt is not None:
+            embeds = engine.text_encoder.encode(args.prompt)
+            engine.text_encoder.free()
+        else:
+            embeds = load_prompt_embeds(args.prompt_embeds, engine.dit.config.text_dim)
+        return check_prompt_embeds(embeds, engine.dit.config.text_dim, max_batch=1)
+
+    embeds = prompt() if par is None else par.agreed("prompts", {}, prompt)  # every rank encodes; one failing fails all
     stream = engine.stream(embeds, args.frames, args.height, args.width, schedule=sched, seed=args.seed)
     if not first:
         for _ in stream:
@@ -131,11 +135,6 @@ def joined_group(args):
         raise ValueError(f"--device {args.device}: with --parallel each rank runs on its process group's device ({par.device} "
                          "here: NCCL ranks on cuda:LOCAL_RANK, gloo ranks on the CPU); drop --device")
     return par
-
-
-def command_fingerprint(args) -> dict:
-    """Every option of a command, for the ranks of ``--parallel`` to check they were all given the same."""
-    return {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"}
 
 
 def run_export(args) -> int:

@@ -7,6 +7,8 @@ the test process against the single-process engine.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import traceback
 
 import torch
@@ -62,6 +64,25 @@ def live(engine, switch_after: int, chunks: int = 6) -> dict:
             "freed": not stream.holds_caches}
 
 
+class FailingDecoder:
+    """A decoder (``model.decoder.VideoDecoder``) whose decode raises once it decoded ``after`` + 1 chunks."""
+
+    name, latent_channels, dtype, device = "failing", 16, torch.float32, torch.device("cpu")
+
+    def __init__(self, after: int):
+        self.after, self.calls = after, 0
+
+    def new_state(self):
+        return None
+
+    def decode(self, latents, state=None):
+        self.calls += 1
+        if self.calls > self.after + 1:
+            raise RuntimeError("the decoder failed")
+        frames = 4 * latents.shape[2] - (3 if self.calls == 1 else 0)  # a video's first latent frame decodes to one
+        return torch.zeros(latents.shape[0], 3, frames, 8 * latents.shape[3], 8 * latents.shape[4])  # [B, 3, T, H, W]
+
+
 def caught(fn) -> dict:
     try:
         fn()
@@ -103,6 +124,33 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
             if len(seen) == 10:
                 break
         results["one_rank_closes"] = {"seen": seen, "freed": not stream.holds_caches}
+
+        # the first rank's stream is closed from another thread while its chunk 2 runs: every rank stops after it
+        stream = engine.stream(prompt(), None, 64, 96, schedule=SCHEDULES["histream"].replace(positions="window"))
+        plain_step = engine.forwards.step
+
+        def step_closing_mid_chunk_2(*args):
+            if rank == 0 and stream._next_chunk == 2:  # a step of chunk 2 (the next boundary is chunk 3's)
+                closer = threading.Thread(target=stream.close)
+                closer.start()
+                closer.join()  # close() returns at once: the chunk holds the stream's turn
+            return plain_step(*args)
+
+        engine.forwards.step = step_closing_mid_chunk_2
+        seen = [c.index for c in itertools.islice(stream, 10)]
+        engine.forwards.step = plain_step
+        results["closed_mid_chunk"] = {"seen": seen, "freed": not stream.holds_caches}
+
+        # the first rank's decoder fails after chunk 1 (an error between chunks on one rank): the others stop too
+        engine.vae = FailingDecoder(after=1) if rank == 0 else None
+        got = []
+        try:
+            for chunk in engine.stream(prompt(), 45, 64, 96, schedule="histream"):
+                got.append(chunk.index)
+        except RuntimeError as exc:
+            got.append(str(exc))
+        engine.vae = None
+        results["decoder_fails"] = got
 
         # a request that differs on one rank: every rank refuses it, naming the field; the group stays usable
         seed = 5 + rank % 2

@@ -71,6 +71,19 @@ def test_a_rank_that_closes_stops_every_rank_at_the_next_boundary(sharded):
         assert res["one_rank_closes"] == {"seen": [0, 1, 2], "freed": True}
 
 
+def test_a_close_from_another_thread_mid_chunk_stops_every_rank_after_that_chunk(sharded):
+    _world, results = sharded
+    for res in results:
+        assert res["closed_mid_chunk"] == {"seen": [0, 1, 2], "freed": True}
+
+
+def test_an_error_between_chunks_on_one_rank_stops_the_others_at_the_next_boundary(sharded):
+    _world, results = sharded
+    assert results[0]["decoder_fails"] == [0, 1, "the decoder failed"]  # rank 0 decodes; its third decode raises
+    for res in results[1:]:
+        assert res["decoder_fails"] == [0, 1, 2]  # the others stop at chunk 3's boundary instead of waiting there
+
+
 def test_each_rank_caches_one_nth_of_the_heads(sharded, single):
     world, results = sharded
     for name, *_ in ranks.VIDEOS:

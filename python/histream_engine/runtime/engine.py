@@ -189,10 +189,22 @@ class Engine:
         need = ("text_encoder", "tokenizer") if text_encoder else ()
         need = need + ("vae",) if vae == "wan" else need
         vae_dtype = torch.float32 if device.type == "cpu" else dtype
-        decoder = load_taehv(tae_path, dtype=vae_dtype, device=device) if vae == "tae" else None  # before the DiT: a bad path fails fast
-        dit, files = load_folder_dit(model_dir, checkpoint, dtype, device, need)
-        engine = cls(dit, config, vae=decoder or load_vae(files.vae, dtype=vae_dtype, device=device))
-        engine.text_encoder = load_text_encoder(files.text_encoder, files.tokenizer, dtype=dtype, device=device) if text_encoder else None
+
+        def load():
+            decoder = load_taehv(tae_path, dtype=vae_dtype, device=device) if vae == "tae" else None  # before the DiT: a bad path fails fast
+            dit, files = load_folder_dit(model_dir, checkpoint, dtype, device, need)
+            decoder = decoder or load_vae(files.vae, dtype=vae_dtype, device=device)
+            encoder = load_text_encoder(files.text_encoder, files.tokenizer, dtype=dtype, device=device) if text_encoder else None
+            return dit, decoder, encoder
+
+        if config is not None and config.parallel:  # every rank loads; a file one rank cannot read fails all of them
+            asked = {"model_dir": str(model_dir), "checkpoint": str(checkpoint), "dtype": str(dtype), "vae": vae,
+                     "tae_path": str(tae_path), "text_encoder": text_encoder}
+            dit, decoder, encoder = resolve_group(config.group).agreed("model loads", asked, load)
+        else:
+            dit, decoder, encoder = load()
+        engine = cls(dit, config, vae=decoder)
+        engine.text_encoder = encoder
         return engine
 
     # ---- input checks ----

@@ -43,10 +43,14 @@ class ParallelGroup:
         return self.rank == 0
 
     def all_gather_object(self, obj) -> list:
+        import contextlib
+
         import torch.distributed as dist
 
         out = [None] * self.world_size
-        dist.all_gather_object(out, obj, group=self.group)
+        # NCCL stages the objects on the calling thread's current device: the rank's own, from whichever thread
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            dist.all_gather_object(out, obj, group=self.group)
         return out
 
     def agreed(self, what: str, fingerprint: dict, run: Callable[[], T]) -> T:
@@ -57,7 +61,7 @@ class ParallelGroup:
             result, error = run(), None
         except Exception as exc:  # noqa: BLE001 - handed to every rank, then raised here as it was
             result, error = None, exc
-        reports = self.all_gather_object((fingerprint, None if error is None else (type(error).__name__, str(error))))
+        reports = self.all_gather_object((fingerprint, None if error is None else (_builtin_kind(error), str(error))))
         differ = sorted({k for fp, _ in reports for k in set(fp) | set(fingerprint) if fp.get(k) != fingerprint.get(k)})
         if differ:
             by_rank = "; ".join(f"rank {r}: " + ", ".join(f"{k}={fp.get(k)!r}" for k in differ) for r, (fp, _) in enumerate(reports))
@@ -80,14 +84,20 @@ class ParallelGroup:
         """Element-wise max over the ranks of a few small integers (one tiny collective)."""
         import torch.distributed as dist
 
-        t = torch.tensor(values, dtype=torch.int64, device=self.device if self.device.type == "cuda" else "cpu")
+        t = torch.tensor(values, dtype=torch.int64, device=self.device)  # [len(values)]
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return t.tolist()
 
 
+def _builtin_kind(error: Exception) -> str:
+    """The nearest built-in class of ``error`` (ValueError for a refused request or path, MemoryError, ...): what the
+    other ranks raise, so that their callers catch what this rank's caller catches."""
+    import builtins
+
+    return next(c.__name__ for c in type(error).__mro__ if getattr(builtins, c.__name__, None) is c)
+
+
 def _same_kind(name: str) -> type[Exception]:
-    """The built-in exception class called ``name`` where there is one (so callers catch what they would have caught
-    on the failing rank: ValueError for a refused request, MemoryError, ...), else RuntimeError."""
     import builtins
 
     kind = getattr(builtins, name, None)
@@ -95,10 +105,12 @@ def _same_kind(name: str) -> type[Exception]:
 
 
 def tensor_fingerprint(t) -> str:
-    """A short digest of a tensor's shape, dtype and bytes; any other value's repr. Never raises: it is computed
-    before the checks that would refuse a bad value, so that ranks can compare what they were given first."""
+    """A short digest of a tensor's shape, dtype and bytes; any other value's repr (long ones with a digest of the
+    whole). Never raises: it is computed before the checks that would refuse a bad value, so that ranks can compare
+    what they were given first."""
     if not isinstance(t, torch.Tensor):
-        return repr(t)[:200]
+        text = repr(t)
+        return text if len(text) <= 80 else f"{text[:60]}... {hashlib.sha1(text.encode()).hexdigest()[:12]}"
     try:
         data = t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
     except (RuntimeError, TypeError):
@@ -111,6 +123,12 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     otherwise stream a wrong video without a word. One pass over the weights and one host read, at engine setup."""
     sums = torch.stack([p.detach().sum(dtype=torch.float64) for p in module.parameters()])  # [num_params]
     return hashlib.sha1(sums.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def arguments_fingerprint(args) -> dict:
+    """Every option of a parsed command line (``argparse.Namespace``), for the ranks of ``--parallel`` to check they
+    were all given the same."""
+    return {k: tensor_fingerprint(v) for k, v in sorted(vars(args).items()) if k != "func"}
 
 
 def engine_fingerprint(dit, config, vae=None) -> dict:

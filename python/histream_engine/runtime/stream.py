@@ -50,10 +50,14 @@ class VideoStream(Iterator[ChunkResult]):
         self._seed = seed
         self._lock = threading.Lock()  # guards the flags below, held only for a moment
         self._turn = threading.Lock()  # held while a chunk runs: close() from another thread then only sets the flag
-        self._pending: _Pending | None = None
+        # switches queued and not landed yet; on one process the last lands (a newer one overrides), across ranks the
+        # first (every rank makes the same calls, but one may queue its second before another queued its first)
+        self._pending: list[_Pending] = []
         self._closed = False
         self._started = False
         self._next_chunk = 0  # the chunk whose boundary the loop reaches next
+        self._peers_told = False  # this rank's group agreed at a boundary to stop (or it told the others it stopped)
+        self._in_chunk = False  # inside a chunk's forwards: the other ranks are in its collectives too
         self.caches: dict | None = None  # resolution -> RingKVCache while the stream runs; None once it ended
         self._gen = self._run()
 
@@ -76,28 +80,48 @@ class VideoStream(Iterator[ChunkResult]):
 
     def __next__(self) -> ChunkResult:
         with self._turn:
-            if self._closed:
+            if self._closed:  # closed while a chunk ran: what close() could not do then is done now
+                self._stop()
                 raise StopIteration
             self._started = True
-            return next(self._gen)
+            try:
+                return next(self._gen)
+            except StopIteration:
+                raise
+            except Exception:
+                # an error on this rank between chunks (a decode, a check every rank makes): the others, at or on
+                # their way to the next boundary, hear that this one stopped instead of waiting for it there
+                if not self._in_chunk:
+                    self._tell_peers()
+                raise
 
     def close(self) -> None:
         """Stop the stream and free its caches at once (or, when another thread is inside a chunk, as that chunk ends).
 
         On a sequence-parallel stream whose other ranks will reach another chunk boundary, this rank takes its part
-        in that boundary's exchange first, saying it closed: the others stop there too instead of waiting for it."""
+        in that boundary's exchange, saying it closed: the others stop there too instead of waiting for it."""
         with self._lock:
-            already, self._closed = self._closed, True
-            self._pending = None
+            self._closed = True
+            self._pending = []
         if not self._turn.acquire(blocking=False):
-            return  # another thread is running a chunk: the loop sees ``_closed`` at the boundary and returns
+            return  # another thread is running a chunk: the loop (or the next ``__next__``) stops at its end
         try:
-            par = self.engine.parallel
-            if par is not None and not already and self._gen.gi_frame is not None and self._boundary_ahead():
-                par.all_reduce_max([1, 1])  # (closed, no switch queued): the flags ``_boundary`` exchanges
-            self._gen.close()
+            self._stop()
         finally:
             self._turn.release()
+
+    def _stop(self) -> None:
+        """Under ``_turn``: tell the other ranks, where they will wait at a boundary, and free the caches."""
+        try:
+            self._tell_peers()
+        finally:
+            self._gen.close()
+
+    def _tell_peers(self) -> None:
+        par = self.engine.parallel
+        if par is not None and not self._peers_told and self._boundary_ahead():
+            self._peers_told = True
+            par.all_reduce_max([1, 1])  # (stopped, no switch queued): the flags ``_boundary`` exchanges
 
     def _boundary_ahead(self) -> bool:
         return self.live or self._next_chunk < self.shape.num_chunks
@@ -116,7 +140,7 @@ class VideoStream(Iterator[ChunkResult]):
         with self._lock:
             if self._closed:
                 raise StreamClosedError("this stream is closed: open a new one with engine.stream(...)")
-            self._pending = _Pending(embeds, recache)
+            self._pending.append(_Pending(embeds, recache))
 
     def _checked_embeds(self, embeds) -> torch.Tensor:
         if not isinstance(embeds, torch.Tensor):
@@ -140,23 +164,27 @@ class VideoStream(Iterator[ChunkResult]):
 
         The ranks of a sequence-parallel stream must stop and switch at the same chunk, whenever each rank's
         ``close()`` or ``set_prompt()`` arrived from its own threads: they exchange two flags per chunk (one tiny
-        collective). A switch lands once every rank has one queued, after the ranks checked it is the same switch;
-        a close on any rank stops every rank. Each rank still calls ``close()`` itself, as with every other call."""
-        with self._lock:
-            closed, pending = self._closed, self._pending
+        collective). Switches land in the order they were queued, one a boundary, once every rank has queued the
+        next one, after the ranks checked it is the same switch; a close on any rank stops every rank. Each rank still
+        calls ``close()`` itself, as with every other call."""
         par = self.engine.parallel
-        if par is not None:
-            any_closed, any_missing = par.all_reduce_max([int(closed), int(pending is None)])
-            if any_closed:
-                return True, None
-            if any_missing:
-                return False, None  # a rank has no switch queued yet: this one waits for it, still queued
-            par.agreed("prompt switches", {"embeds": tensor_fingerprint(pending.embeds), "recache": pending.recache}, lambda: None)
-        elif closed:
-            return True, None
         with self._lock:
-            if self._pending is pending:  # a newer switch queued meanwhile stays for the next boundary
-                self._pending = None
+            closed = self._closed
+            if par is None:  # one process: the newest switch lands, the ones it overrode are dropped
+                pending = self._pending[-1] if self._pending else None
+                self._pending = []
+                return closed, None if closed else pending
+            pending = self._pending[0] if self._pending else None
+        any_closed, any_missing = par.all_reduce_max([int(closed), int(pending is None)])
+        if any_closed:
+            self._peers_told = True  # the group stops here: no rank waits at another boundary
+            return True, None
+        if any_missing:
+            return False, None  # a rank has no switch queued yet: this one waits for it, still queued
+        par.agreed("prompt switches", {"embeds": tensor_fingerprint(pending.embeds), "recache": pending.recache}, lambda: None)
+        with self._lock:
+            if self._pending and self._pending[0] is pending:
+                self._pending.pop(0)
         return False, pending
 
     @torch.no_grad()
@@ -196,8 +224,11 @@ class VideoStream(Iterator[ChunkResult]):
         chunks = itertools.count() if shape.num_chunks is None else range(shape.num_chunks)
         for c in chunks:
             stop, pending = self._boundary()
-            if stop:
+            if stop and self._closed:
                 return
+            if stop:
+                break  # another rank stopped: the chunks this one denoised still reach its caller (its decoder lags one)
+            self._in_chunk = True
             switch = None
             if pending is not None:
                 t0 = time.perf_counter()
@@ -222,7 +253,7 @@ class VideoStream(Iterator[ChunkResult]):
                 for s in steps
             ]
             x0, mode = graphs.run(steps, noises, views, body)
-            self._next_chunk = c + 1
+            self._next_chunk, self._in_chunk = c + 1, False
             check_finite_latents(x0, c, steps)
             if latents is not None:
                 latents.write(c, x0)

@@ -1,8 +1,9 @@
 """One stream on N ranks: DeepSpeed-Ulysses sequence parallelism inside the cached forward.
 
 Each rank owns a slice of every latent frame's tokens (``TokenSplit``: uneven where N does not divide the frame)
-and runs everything token-wise on it: patch embedding, modulation, the Q/K/V projections, the across-heads
-RMSNorms, the output projection, cross-attention (the text K/V are replicated) and the FFN. Around
+and runs the blocks token-wise on it: modulation, the Q/K/V projections, the across-heads RMSNorms, the output
+projection, cross-attention (the text K/V are replicated) and the FFN (the patch embedding, one small matmul a
+token, runs on the whole grid on every rank, which keeps its slice). Around
 self-attention one all-to-all turns the rank's ``[L/N, H, D]`` Q, K and V into ``[L, H/N, D]`` (all tokens, its
 heads), and one turns the output back. So a rank attends, writes and keeps only its own heads' ring cache:
 1/N of the cache memory and no cache traffic, with every attention backend unchanged (they read H from the
@@ -55,19 +56,23 @@ class Exchange:
     par: ParallelGroup
     bytes_sent: int = field(default=0)
 
+    def _count(self, send: torch.Tensor, keeps: torch.Tensor) -> None:
+        """An all-to-all sends ``send`` but for the part that stays on this rank, ``keeps``."""
+        self.bytes_sent += (send.numel() - keeps.numel()) * send.element_size()
+
     def to_heads(self, x: torch.Tensor, split: TokenSplit) -> torch.Tensor:
         """``[G, B, F, S_r, H, D]`` (G tensors of this rank's tokens, every head) -> ``[G, B, F, S, H/N, D]`` (every
         token, this rank's heads)."""
         import torch.distributed as dist
 
-        N, r = self.par.world_size, self.par.rank
+        N = self.par.world_size
         G, B, Fr, Sr, H, D = x.shape
         h = H // N
         send = x.view(G, B, Fr, Sr, N, h, D).permute(4, 0, 1, 2, 3, 5, 6).contiguous()  # [N, G, B, F, S_r, h, D]
         unit = G * B * Fr * h * D  # elements per token of one rank's heads
-        recv = x.new_empty(unit * split.tokens)  # rank j's tokens of my heads, rank after rank
+        recv = x.new_empty(unit * split.tokens)  # [sum_j G*B*F*S_j*h*D]: rank j's tokens of my heads, rank after rank
         dist.all_to_all_single(recv, send.view(-1), [unit * s for s in split.sizes], [unit * Sr] * N, group=self.par.group)
-        self.bytes_sent += unit * Sr * (N - 1) * x.element_size()
+        self._count(send, keeps=send[self.par.rank])
         pieces = [p.view(G, B, Fr, s, h, D) for p, s in zip(recv.split([unit * s for s in split.sizes]), split.sizes)]
         return torch.cat(pieces, dim=3)  # [G, B, F, S, h, D]
 
@@ -79,10 +84,11 @@ class Exchange:
         B, Fr, S, h, D = y.shape
         Sr = split.sizes[r]
         unit = B * Fr * h * D
-        send = torch.cat([p.reshape(-1) for p in y.split(split.sizes, dim=2)])  # rank j's tokens, rank after rank
-        recv = y.new_empty(N * unit * Sr)
+        parts = y.split(split.sizes, dim=2)  # [B, F, S_j, h, D] each: rank j's tokens
+        send = torch.cat([p.reshape(-1) for p in parts])  # [B*F*S*h*D], rank after rank
+        recv = y.new_empty(N * unit * Sr)  # [N * B*F*S_r*h*D]: my tokens of each rank's heads
         dist.all_to_all_single(recv, send, [unit * Sr] * N, [unit * s for s in split.sizes], group=self.par.group)
-        self.bytes_sent += unit * (S - Sr) * y.element_size()
+        self._count(send, keeps=parts[r])
         return recv.view(N, B, Fr, Sr, h, D).permute(1, 2, 3, 0, 4, 5).reshape(B, Fr, Sr, N * h, D)
 
     def gather_tokens(self, y: torch.Tensor, split: TokenSplit) -> torch.Tensor:
@@ -90,13 +96,13 @@ class Exchange:
         slice for the gather, which wants equal sizes, and cut back)."""
         import torch.distributed as dist
 
-        N, r = self.par.world_size, self.par.rank
+        N = self.par.world_size
         B, Fr, Sr, P = y.shape
         most = max(split.sizes)
         padded = y if Sr == most else torch.cat([y, y.new_zeros(B, Fr, most - Sr, P)], dim=2)  # [B, F, most, P]
-        parts = [torch.empty_like(padded) for _ in range(N)]
+        parts = [torch.empty_like(padded) for _ in range(N)]  # [B, F, most, P] from each rank
         dist.all_gather(parts, padded.contiguous(), group=self.par.group)
-        self.bytes_sent += padded.numel() * padded.element_size() * (N - 1)
+        self.bytes_sent += padded.numel() * padded.element_size() * (N - 1)  # one copy to every other rank
         return torch.cat([p[:, :, :s] for p, s in zip(parts, split.sizes)], dim=2)
 
 
