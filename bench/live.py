@@ -60,6 +60,14 @@ def tenth_medians(seconds: list[float]) -> tuple[float, float]:
     return statistics.median(seconds[1 : 1 + n]), statistics.median(seconds[-n:])  # chunk 0 is the warm-up
 
 
+def tenths(seconds: list[float]) -> list[float]:
+    """The median chunk time of each tenth of the stream (chunk 0, the warm-up, left out): a trend shows as a rise
+    across them, where a busy machine shows as scattered tenths."""
+    rest = seconds[1:]
+    n = max(1, len(rest) // 10)
+    return [statistics.median(rest[i * n : (i + 1) * n]) for i in range(min(10, len(rest) // n))]
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -124,7 +132,7 @@ def main(argv=None) -> int:
         "chunks": len(seconds),
         "wall_seconds": time.perf_counter() - t_start,
         "chunk_seconds": {"first_tenth_median": first, "last_tenth_median": last, "drift": last / first - 1,
-                          "steady_median": steady,
+                          "steady_median": steady, "tenth_medians": tenths(seconds),
                           "after_switch_median": statistics.median([seconds[c] for c in switch_chunks]) if switches else None},
         "switches": {"count": len(switches), "recache": args.recache,
                      "median_seconds": statistics.median([s["seconds"] for s in switches]) if switches else None,
@@ -138,6 +146,7 @@ def main(argv=None) -> int:
     out = args.out or RESULTS / f"{record['date']}-{slug}-live-{preset.name}.json"
     write_json(record, out)
     cs = record["chunk_seconds"]
+    print("median ms of each tenth: " + " ".join(f"{1e3 * t:.2f}" for t in cs["tenth_medians"]))
     print(f"chunks {len(seconds)}: first tenth {first * 1e3:.2f} ms, last tenth {last * 1e3:.2f} ms, drift {100 * cs['drift']:+.1f}%; "
           f"{len(switches)} switches, {1e3 * (record['switches']['median_seconds'] or 0):.2f} ms each; "
           f"rss {rss['start'] / 2**20:.0f} -> {rss['end'] / 2**20:.0f} MiB; cache {cache_bytes} B + latents {latent_bytes} B")
