@@ -27,20 +27,25 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 
 @pytest.fixture(scope="module", params=["one process", "ray"])
-def server(request):
+def server(request, tmp_path_factory):
     if request.param == "ray":  # the same page over Ray Serve: two replicas of the tiny model on the test cluster
         yield request.getfixturevalue("ray_server") + "/"
         return
+    import torch
     import uvicorn
 
     from histream_engine import host
     from histream_engine.serve.app import create_app
     from histream_engine.serve.jobs import Limits
 
+    tiny = host.tiny_demo("cpu", "torch", 0)
+    embeds = tmp_path_factory.mktemp("embeds")  # two prompts to steer a live stream between
+    for name, seed in (("calm.pt", 1), ("storm.pt", 2)):
+        torch.save(torch.randn(8, tiny.engine.dit.config.text_dim, generator=torch.Generator().manual_seed(seed)), embeds / name)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = create_app(host.tiny_demo("cpu", "torch", 0), "the embedded tiny demo model", Limits(max_frames=81, max_side=256))
+    app = create_app(tiny, "the embedded tiny demo model", Limits(max_frames=81, max_side=256), embeds)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -101,4 +106,43 @@ def test_page_streams_live_cancels_and_downloads(server, tmp_path, request):
         page.click("#start")
         sync_api.expect(page.locator("#status")).to_contain_text("Refused (400)", timeout=10_000)
         sync_api.expect(page.locator("#status")).to_contain_text("4k+1")
+        browser.close()
+
+
+def test_page_steers_a_live_stream_and_stops_it(server, request):
+    if request.node.callspec.params["server"] == "ray":
+        with sync_api.sync_playwright() as p:  # Ray serves bounded streams: the page offers no live mode there
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page()
+            page.goto(server)
+            sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model")
+            assert page.locator("#live").is_hidden() and page.locator("#steer").is_hidden()
+            browser.close()
+        return
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page()
+        page.goto(server)
+        sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model")
+        for field, value in (("#width", "64"), ("#height", "64")):
+            page.fill(field, value)
+        page.check("#live")
+        assert page.locator("#frames").is_disabled()
+        page.select_option("#embeds", "calm.pt")
+        page.click("#start")
+        page.wait_for_function("() => document.querySelectorAll('#chunks tr').length >= 3", timeout=60_000)  # two chunks in
+        page.select_option("#new-embeds", "storm.pt")
+        page.click("#switch")
+        switched = page.locator("#chunks tr.switched")
+        sync_api.expect(switched).to_have_count(1, timeout=60_000)
+        assert "re-cached" in switched.inner_text()
+        rows = page.locator("#chunks tr").count()
+        received = int(page.locator("#shown").inner_text().split("/")[1])
+        # frames keep coming after the switch: two more chunks, and their frames on the page
+        page.wait_for_function(f"() => document.querySelectorAll('#chunks tr').length >= {rows + 2}", timeout=60_000)
+        page.wait_for_function(f"() => parseInt(document.getElementById('shown').textContent.split('/')[1]) > {received}",
+                               timeout=30_000)
+        page.click("#cancel")
+        sync_api.expect(page.locator("#status")).to_contain_text("Cancelled after", timeout=60_000)
+        assert page.locator("#start").is_enabled() and page.locator("#switch").is_disabled()
         browser.close()

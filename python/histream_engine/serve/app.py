@@ -90,7 +90,7 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
         dit = host.engine.dit
         return {"model": description, "device": device_name(dit), "dtype": str(dit.dtype).replace("torch.", ""),
                 "decoder": host.engine.vae.name, "schedules": sorted(SCHEDULES), "limits": vars(limits), "embeddings": embeds.names(),
-                "text_encoder": getattr(host.engine, "text_encoder", None) is not None, "fps": 16,
+                "text_encoder": getattr(host.engine, "text_encoder", None) is not None, "fps": 16, "live": True,
                 "reconnect_grace_seconds": 0}  # a watcher's disconnect cancels the stream at once: one engine, a FIFO queue
 
     @app.post("/api/streams", status_code=201)

@@ -145,7 +145,7 @@ class Ingress:
         replicas = await self.registry.replica_info.remote()
         return {"model": self.description, "device": joined(replicas, "device"), "dtype": joined(replicas, "dtype"),
                 "decoder": joined(replicas, "decoder"), "schedules": sorted(SCHEDULES), "limits": vars(self.limits),
-                "embeddings": self.embeds.names(), "fps": 16,
+                "embeddings": self.embeds.names(), "fps": 16, "live": False,  # bounded streams only (see start)
                 "text_encoder": bool(replicas) and all(r.get("text_encoder") for r in replicas),
                 "reconnect_grace_seconds": self.watching.grace_s, "replicas": replicas}
 
