@@ -42,6 +42,7 @@ def shutdown_cluster() -> None:
     from ray import serve
 
     _server.clear()
+    _started.clear()
     serve.shutdown()
     ray.shutdown()
 
