@@ -7,6 +7,7 @@ the test process against the single-process engine.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import traceback
@@ -99,8 +100,7 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
     from histream_engine import Engine, EngineConfig
     from histream_engine.runtime import engine as engine_module
 
-    results = {}
-    try:
+    with reported(rank, out) as results:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
         config = EngineConfig(attention=attention, parallel="ulysses")
         engine = Engine(model(), config)
@@ -171,12 +171,6 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
         # weights that differ between ranks, and heads the world size does not divide
         results["weights_differ"] = caught(lambda: Engine(model(seed=rank), config))
         results["heads_indivisible"] = caught(lambda: Engine(model(num_heads=world + 1, dim=16 * (world + 1)), config))
-    except Exception:  # noqa: BLE001 - reported to the test, which fails with it
-        results["crash"] = traceback.format_exc()
-    finally:
-        torch.save(results, f"{out}/rank{rank}.pt")
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def run_cuda_graphs(rank: int, world: int, init_file: str, out: str) -> None:
@@ -184,8 +178,7 @@ def run_cuda_graphs(rank: int, world: int, init_file: str, out: str) -> None:
     the gather captured with the kernels) against the same stream run eagerly."""
     from histream_engine import Engine, EngineConfig
 
-    results = {}
-    try:
+    with reported(rank, out) as results:
         torch.cuda.set_device(rank)
         dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
         dit = model().to(f"cuda:{rank}")
@@ -193,6 +186,15 @@ def run_cuda_graphs(rank: int, world: int, init_file: str, out: str) -> None:
             engine = Engine(dit, EngineConfig(parallel="ulysses", cuda_graphs=graphs))
             chunks = list(engine.stream(prompt().cuda(), 45, 96, 160, schedule="histream_plus", seed=5))
             results[graphs] = {"latents": torch.cat([c.latents for c in chunks], dim=2).cpu(), "modes": [c.run_mode for c in chunks]}
+
+
+@contextlib.contextmanager
+def reported(rank: int, out: str):
+    """The dict a rank fills with its cases' outcomes, saved for the test whatever happens (a crash as its traceback,
+    which the test fails with), and the rank's process group left."""
+    results = {}
+    try:
+        yield results
     except Exception:  # noqa: BLE001 - reported to the test, which fails with it
         results["crash"] = traceback.format_exc()
     finally:
