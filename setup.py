@@ -12,6 +12,7 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -70,6 +71,18 @@ class CMakeBuild(build_ext):
         print(f"histream_engine: built histream_engine._C in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+class BuildPy(build_py):
+    """Copies the top-level ``kernels/`` modules into ``histream_engine.kernels`` in a wheel. That folder has no
+    ``__init__.py`` (so it never shadows PyPI's ``kernels`` from the repository root); the package's own
+    ``python/histream_engine/kernels/__init__.py`` reaches it in a source checkout, and carries it in a wheel."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        if package == "histream_engine.kernels":
+            modules += [(package, p.stem, str(p.relative_to(ROOT))) for p in sorted((ROOT / "kernels").glob("*.py"))]
+        return modules
+
+
 setup(
     name="histream_engine",
     version="0.1.0",
@@ -77,16 +90,16 @@ setup(
     python_requires=">=3.10",
     package_dir={
         "histream_engine": "python/histream_engine",
-        "histream_engine.kernels": "kernels",
         "histream_engine.bench": "bench",
     },
-    # every subpackage under python/histream_engine, found rather than listed (a listed one went stale when export/
-    # became graphs/), plus the Triton kernels and the bench suite mapped in from the top level
+    # every subpackage under python/histream_engine (histream_engine.kernels among them, filled from kernels/ by
+    # BuildPy), found rather than listed (a listed one went stale when export/ became graphs/), plus the bench suite
+    # mapped in from the top level
     packages=["histream_engine." + p if p else "histream_engine" for p in [""] + find_packages("python/histream_engine")]
-    + ["histream_engine.kernels", "histream_engine.bench"],
+    + ["histream_engine.bench"],
     package_data={"histream_engine.serve": ["static/*.html"]},
     ext_modules=[Extension("histream_engine._C", sources=[])],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
     install_requires=[
         "torch>=2.5",
         "safetensors>=0.4",

@@ -1,15 +1,5 @@
 import os
 import sys
-from pathlib import Path
-
-# `python -m pytest` puts the working directory first on sys.path, and in the repository root the
-# top-level `kernels/` source folder (installed as `histream_engine.kernels`) then shadows the
-# `kernels` distribution that transformers >= 5.25 imports, failing every diffusers and transformers
-# reference test. The package is installed, so the root is never needed on the path.
-_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
-if "kernels" in sys.modules and _ROOT in Path(getattr(sys.modules["kernels"], "__file__", "") or "/").parents:
-    del sys.modules["kernels"]
 
 import pytest
 import torch
