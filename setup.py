@@ -71,15 +71,18 @@ class CMakeBuild(build_ext):
         print(f"histream_engine: built histream_engine._C in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-class BuildPy(build_py):
-    """Copies the top-level ``kernels/`` modules into ``histream_engine.kernels`` in a wheel. That folder has no
-    ``__init__.py`` (so it never shadows PyPI's ``kernels`` from the repository root); the package's own
-    ``python/histream_engine/kernels/__init__.py`` reaches it in a source checkout, and carries it in a wheel."""
+# Subpackages whose modules live in a top-level folder of the repository (fixed by the product card). Those folders
+# have no __init__.py, so that from the repository root they never shadow an installed package of the same name
+# (PyPI's ``kernels``, which transformers imports); each package's own __init__.py under python/ reaches its folder
+# in a source checkout, and BuildPy copies the folder's modules into it in a wheel.
+MAPPED_IN = {"histream_engine.kernels": ROOT / "kernels", "histream_engine.bench": ROOT / "bench"}
 
+
+class BuildPy(build_py):
     def find_package_modules(self, package, package_dir):
         modules = super().find_package_modules(package, package_dir)
-        if package == "histream_engine.kernels":
-            modules += [(package, p.stem, str(p.relative_to(ROOT))) for p in sorted((ROOT / "kernels").glob("*.py"))]
+        if package in MAPPED_IN:
+            modules += [(package, p.stem, str(p.relative_to(ROOT))) for p in sorted(MAPPED_IN[package].glob("*.py"))]
         return modules
 
 
@@ -88,15 +91,10 @@ setup(
     version="0.1.0",
     description="Inference engine for HiStream: fast 1080p autoregressive video diffusion on Wan2.1",
     python_requires=">=3.10",
-    package_dir={
-        "histream_engine": "python/histream_engine",
-        "histream_engine.bench": "bench",
-    },
-    # every subpackage under python/histream_engine (histream_engine.kernels among them, filled from kernels/ by
-    # BuildPy), found rather than listed (a listed one went stale when export/ became graphs/), plus the bench suite
-    # mapped in from the top level
-    packages=["histream_engine." + p if p else "histream_engine" for p in [""] + find_packages("python/histream_engine")]
-    + ["histream_engine.bench"],
+    package_dir={"histream_engine": "python/histream_engine"},
+    # every subpackage under python/histream_engine (the MAPPED_IN ones among them), found rather than listed (a listed
+    # one went stale when export/ became graphs/)
+    packages=["histream_engine." + p if p else "histream_engine" for p in [""] + find_packages("python/histream_engine")],
     package_data={"histream_engine.serve": ["static/*.html"]},
     ext_modules=[Extension("histream_engine._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},

@@ -20,9 +20,13 @@ def run_from_root(*args: str, timeout: float = 180) -> subprocess.CompletedProce
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_the_root_kernels_folder_is_not_a_regular_package():
-    assert (REPO / "kernels" / "attention_core.py").is_file()
-    assert not (REPO / "kernels" / "__init__.py").exists(), "kernels/__init__.py makes the folder shadow PyPI's kernels"
+@pytest.mark.parametrize("folder, module", [("kernels", "attention_core"), ("bench", "suite")])
+def test_the_mapped_in_folders_are_not_regular_packages(folder, module):
+    """A regular package at the root would shadow an installed one of its name (PyPI's kernels, for transformers)."""
+    assert (REPO / folder / f"{module}.py").is_file()
+    assert not (REPO / folder / "__init__.py").exists(), f"{folder}/__init__.py makes the folder shadow an installed {folder}"
+    proc = run_from_root(sys.executable, "-c", f"import histream_engine.{folder}.{module} as m; print(m.__file__)")
+    assert proc.returncode == 0 and Path(proc.stdout.strip()) == REPO / folder / f"{module}.py", proc.stdout + proc.stderr
 
 
 def test_transformers_umt5_imports_beside_the_package_from_the_root():
