@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from histream_engine.runtime.schedules import resolve_schedule
+from histream_engine.runtime.denoise.schedules import resolve_schedule
 
 TOP_OPS = 20
 

@@ -28,7 +28,7 @@ from histream_engine import (SCHEDULES, CheckpointError, Engine, EngineConfig, V
 from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
-from histream_engine.runtime.parallel import arguments_fingerprint
+from histream_engine.runtime.parallel.group import arguments_fingerprint
 from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
 
 from .baseline import wan_baseline

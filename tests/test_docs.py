@@ -192,7 +192,7 @@ def test_links_inside_docs_pages_exist():
 
 
 PATH_SPAN = re.compile(r"^[\w.*/-]+/[\w.*-]+\.(?:py|cu|h|cpp|hpp|sh|json|txt|cmake|html|md|png|toml)$")
-# Where a named file may live: the repository root, the package (`runtime/window.py`), the C++ host
+# Where a named file may live: the repository root, the package (`runtime/cache/window.py`), the C++ host
 # (`include/histream/histream.hpp`).
 PATH_ROOTS = [REPO, REPO / "python/histream_engine", REPO / "engine"]
 

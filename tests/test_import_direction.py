@@ -114,7 +114,7 @@ def direction_violations(imports: list[Import], root: str = ROOT) -> list[str]:
         src, dst = imp.source, imp.target
         if _under(src, f"{root}.runtime"):
             if _under(dst, f"{root}.graphs"):
-                bad.append(f"{imp}: runtime/ reaches graphs/ only by module name, through runtime/dit_runners.py's registry")
+                bad.append(f"{imp}: runtime/ reaches graphs/ only by module name, through runtime/runners/registry.py's registry")
             if imp.from_root:
                 bad.append(f"{imp} from the package root: pass the value in, or import the module that defines it")
         if _under(src, f"{root}.model") or _under(src, f"{root}.attention"):

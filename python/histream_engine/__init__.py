@@ -13,8 +13,8 @@ from .model.taehv import TAEHV, TAEHVConfig
 from .model.vae import VAEConfig, WanVAE, to_uint8_frames
 from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
 from .graphs.manifest import package_version
-from .runtime.dit_runners import dit_backends
-from .runtime.parallel import ParallelGroup, init_parallel
+from .runtime.runners.registry import dit_backends
+from .runtime.parallel.group import ParallelGroup, init_parallel
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
 from .taehv_checkpoint import load_taehv, save_taehv
 from .vae_checkpoint import load_vae, save_vae

@@ -15,9 +15,9 @@ from .model.dit import initialized_dit
 from .output_paths import check_output_file, check_output_folder
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.engine import ChunkResult, check_video_request
-from .runtime.parallel import arguments_fingerprint, init_parallel
+from .runtime.parallel.group import arguments_fingerprint, init_parallel
 from .runtime.request_checks import check_prompt_embeds
-from .runtime.schedules import resolve_schedule
+from .runtime.denoise.schedules import resolve_schedule
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
 
@@ -159,7 +159,7 @@ def run_export(args) -> int:
 
 def run_build_trt(args) -> int:
     from .graphs.tensorrt_build import build_trt
-    from .runtime.dit_runners import REASONS
+    from .runtime.runners.registry import REASONS
 
     if (why := REASONS["tensorrt"]()) is not None:
         raise RuntimeError(f"histream build-trt needs TensorRT: {why}")

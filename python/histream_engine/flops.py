@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from .config import WanConfig
 from .runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, chunk_video_frames
-from .runtime.schedules import Schedule, resolve_schedule
+from .runtime.denoise.schedules import Schedule, resolve_schedule
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .demo import tiny_demo_engine
 from .output_paths import check_output_file
 from .runtime import ChunkResult, Engine, EngineConfig
 from .runtime.request_checks import check_prompt_embeds, resolve_device
-from .runtime.schedules import resolve_schedule
+from .runtime.denoise.schedules import resolve_schedule
 from .taehv_checkpoint import load_taehv
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer

@@ -9,9 +9,9 @@ import torch
 
 from histream_engine.checkpoint import CheckpointError
 from histream_engine.runtime import Engine, EngineConfig
-from histream_engine.runtime.finite_check import NonFiniteLatents, check_finite_latents
+from histream_engine.runtime.denoise.finite_check import NonFiniteLatents, check_finite_latents
 from histream_engine.runtime.request_checks import RequestError, RequestTypeError, resolve_device
-from histream_engine.runtime.schedules import SCHEDULES, Schedule
+from histream_engine.runtime.denoise.schedules import SCHEDULES, Schedule
 
 GOOD = {"frames": 9, "height": 16, "width": 16, "schedule": "self_forcing"}  # one chunk of the tiny model
 

@@ -69,7 +69,7 @@ ROWS = [
 
 @pytest.fixture(scope="module")
 def places(tmp_path_factory, embeds_dir):
-    from histream_engine.runtime.schedules import SCHEDULES
+    from histream_engine.runtime.denoise.schedules import SCHEDULES
     import json
 
     import torch

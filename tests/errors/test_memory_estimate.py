@@ -9,7 +9,7 @@ import torch
 
 from histream_engine.runtime.memory_estimate import GiB, MemoryEstimate, check_fits
 from histream_engine.runtime.request_checks import RequestError
-from histream_engine.runtime.schedules import SCHEDULES
+from histream_engine.runtime.denoise.schedules import SCHEDULES
 from histream_engine.runtime.engine import Engine, VideoShape
 
 
@@ -34,7 +34,7 @@ PEAK = """
 import resource, torch
 from histream_engine import host
 from histream_engine.runtime.engine import Engine, VideoShape
-from histream_engine.runtime.schedules import SCHEDULES
+from histream_engine.runtime.denoise.schedules import SCHEDULES
 h = host.tiny_demo("cpu", "torch", 0)
 list(h.results("", "", 9, 64, 64, "histream", 0))  # allocators warm
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from histream_engine.runtime import Engine
-from histream_engine.runtime.schedules import Schedule
+from histream_engine.runtime.denoise.schedules import Schedule
 
 steps = st.lists(st.tuples(st.sampled_from(["low", "high", "mid"]),
                            st.one_of(st.floats(-10, 1100), st.just(float("nan")), st.integers(-5, 1005), st.text(max_size=4))),

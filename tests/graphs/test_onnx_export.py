@@ -20,7 +20,7 @@ from histream_engine.checkpoint import CheckpointError
 from histream_engine.graphs.graph_forward import GraphForward, example_inputs
 from histream_engine.graphs.onnx_export import check_graph_ops, export_graphs
 from histream_engine.graphs.onnxruntime_session import OnnxRuntimeSession
-from histream_engine.runtime.dit_runners import dit_backends
+from histream_engine.runtime.runners.registry import dit_backends
 from histream_engine.graphs.manifest import MANIFEST, read_manifest
 from histream_engine.graphs.signature import Signature
 

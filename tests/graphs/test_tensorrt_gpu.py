@@ -6,7 +6,7 @@ import torch
 
 from conftest import random_dit, rel_err
 from histream_engine import Engine, EngineConfig
-from histream_engine.runtime.dit_runners import REASONS
+from histream_engine.runtime.runners.registry import REASONS
 
 pytestmark = pytest.mark.skipif(REASONS["tensorrt"]() is not None, reason=REASONS["tensorrt"]() or "")
 

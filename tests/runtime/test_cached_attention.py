@@ -7,9 +7,9 @@ from conftest import rel_err
 from histream_engine.attention import get_backend
 from histream_engine.model.dit import RMSNorm
 from histream_engine.attention.rope import axis_dims, inv_freqs, ntk_theta
-from histream_engine.runtime.cached_attention import WindowAttention
-from histream_engine.runtime.kv_cache import RingKVCache
-from histream_engine.runtime.window import WindowPlan
+from histream_engine.runtime.cache.layer_attention import WindowAttention
+from histream_engine.runtime.cache.kv_cache import RingKVCache
+from histream_engine.runtime.cache.window import WindowPlan
 
 
 def rotate_complex(x, pos, head_dim, theta, scales):

@@ -12,9 +12,9 @@ import torch
 from conftest import rel_err, random_dit
 from histream_engine import Engine, EngineConfig, SCHEDULES
 from histream_engine.attention.rope import inv_freqs
-from histream_engine.runtime.chunk_graphs import CAPTURED, EAGER, REPLAYED, ChunkGraphs
-from histream_engine.runtime.kv_cache import RingKVCache
-from histream_engine.runtime.window import WindowPlan
+from histream_engine.runtime.denoise.chunk_graphs import CAPTURED, EAGER, REPLAYED, ChunkGraphs
+from histream_engine.runtime.cache.kv_cache import RingKVCache
+from histream_engine.runtime.cache.window import WindowPlan
 
 
 class ReexecGraph:

@@ -3,7 +3,7 @@ import torch
 
 from conftest import rel_err, random_dit
 from histream_engine import Engine, EngineConfig, SCHEDULES
-from histream_engine.runtime.sampling import renoise, sigma_of, x0_from_flow
+from histream_engine.runtime.denoise.sampling import renoise, sigma_of, x0_from_flow
 
 
 def block_causal_reference(dit, ctx, num_chunks, M, latent_hw, schedule, seed):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import rel_err, random_dit
 from histream_engine import SCHEDULES, Engine, WanConfig
-from histream_engine.runtime.sampling import renoise, sigma_of, x0_from_flow
+from histream_engine.runtime.denoise.sampling import renoise, sigma_of, x0_from_flow
 from histream_engine.runtime.stream import StreamClosedError
 
 M = 3

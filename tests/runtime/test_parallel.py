@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from conftest import rel_err
 from histream_engine import Engine, EngineConfig, WanConfig, flops
-from histream_engine.runtime.ulysses import TokenSplit
+from histream_engine.runtime.parallel.ulysses import TokenSplit
 
 import parallel_ranks as ranks
 

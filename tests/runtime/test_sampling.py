@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from histream_engine.runtime.sampling import renoise, warp_timesteps, x0_from_flow
+from histream_engine.runtime.denoise.sampling import renoise, warp_timesteps, x0_from_flow
 
 
 def test_warped_timesteps():

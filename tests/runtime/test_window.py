@@ -1,6 +1,6 @@
 import pytest
 
-from histream_engine.runtime.window import WindowPlan
+from histream_engine.runtime.cache.window import WindowPlan
 
 
 def agsw(M=3, anchor=1, positions="absolute"):

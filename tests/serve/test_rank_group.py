@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from histream_engine.runtime.finite_check import NonFiniteLatents  # noqa: E402
+from histream_engine.runtime.denoise.finite_check import NonFiniteLatents  # noqa: E402
 from histream_engine.serve import rank_group  # noqa: E402
 from histream_engine.serve.rank_group import GroupStream, RankEnd, RankLost  # noqa: E402
 

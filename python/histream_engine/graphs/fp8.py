@@ -22,7 +22,7 @@ import torch
 from ..model.dit import WanDiT
 from ..model.fp8_linear import E4M3_MAX, block_linears, channel_scales
 from .signature import Signature
-from ..runtime.schedules import resolve_schedule
+from ..runtime.denoise.schedules import resolve_schedule
 
 STORED = {16: torch.bfloat16, 10: torch.float16}  # onnx.TensorProto.BFLOAT16, FLOAT16
 BLOCK_LINEAR = re.compile(r"^dit\.(blocks\.\d+\.(self_attn\.[qkvo]|cross_attn\.[qo]|ffn\.[02]))\.bias$")

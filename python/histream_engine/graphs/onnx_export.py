@@ -23,7 +23,7 @@ from ..model.dit import WanDiT
 from ..runtime.engine import VAE_SPACE_STRIDE, check_video_request
 from .manifest import write_manifest
 from .signature import GRAPH_INPUTS, GRAPH_OUTPUTS, Signature, needed_signatures
-from ..runtime.schedules import resolve_schedule
+from ..runtime.denoise.schedules import resolve_schedule
 from .graph_forward import GraphForward, example_inputs
 
 OPSET = 19  # the first with float8 Quantize/DequantizeLinear; ONNX Runtime and TensorRT 10 read it

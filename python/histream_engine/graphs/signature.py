@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..config import WanConfig
-from ..runtime.schedules import RESOLUTIONS, Schedule
+from ..runtime.denoise.schedules import RESOLUTIONS, Schedule
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 GRAPH_INPUTS = ("patches", "time_sinusoid", "cross_k", "cross_v", "cross_bias", "window_k", "window_v", "rope_cos", "rope_sin")

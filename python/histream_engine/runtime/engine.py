@@ -17,21 +17,21 @@ from ..attention import get_backend
 from ..attention.rope import inv_freqs
 from ..model.dit import WanDiT, engine_ops
 from ..model.decoder import VideoDecoder
-from .cached_attention import WindowAttention
-from .chunk_graphs import cuda_graph_factory
-from . import precision as precision_rules
-from .dit_runners import build_runner, runner_entry
-from .finite_check import check_finite_latents
-from .kv_cache import RingKVCache
+from .cache.layer_attention import WindowAttention
+from .denoise.chunk_graphs import cuda_graph_factory
+from .runners import precision as precision_rules
+from .runners.registry import build_runner, runner_entry
+from .denoise.finite_check import check_finite_latents
+from .cache.kv_cache import RingKVCache
 from .memory_estimate import check_fits, estimate_stream
-from .parallel import PARALLEL_MODES, engine_fingerprint, resolve_group, tensor_fingerprint
+from .parallel.group import PARALLEL_MODES, engine_fingerprint, resolve_group, tensor_fingerprint
 from .request_checks import check_chunk_size, check_model_dtype, check_prompt_embeds, check_seed, resolve_device
-from .resample import upsample_latents
+from .denoise.resample import upsample_latents
 from .results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, ChunkResult, GenerationResult, PromptSwitch, chunk_video_frames
 from .stream import VideoStream
-from .sampling import renoise, sigma_of, x0_from_flow
-from .schedules import RESOLUTIONS, Schedule, resolve_schedule
-from .window import WindowPlan
+from .denoise.sampling import renoise, sigma_of, x0_from_flow
+from .denoise.schedules import RESOLUTIONS, Schedule, resolve_schedule
+from .cache.window import WindowPlan
 
 def check_video_request(num_frames, height, width, chunk_size: int, sched: Schedule, patch_size=(1, 2, 2)) -> int | None:
     """Check a requested video against the VAE, patch, chunk and schedule constraints; returns its latent frames

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from .cached_attention import WindowAttention
-from .chunk_graphs import ChunkGraphs
+from .cache.layer_attention import WindowAttention
+from .denoise.chunk_graphs import ChunkGraphs
 from .decoding import ChunkDecoder
-from .finite_check import check_finite_latents
-from .parallel import tensor_fingerprint
-from .recache import LatentRing, RecacheTarget, recache_window
+from .denoise.finite_check import check_finite_latents
+from .parallel.group import tensor_fingerprint
+from .cache.recache import LatentRing, RecacheTarget, recache_window
 from .results import ChunkResult, PromptSwitch, chunk_video_frames
-from .schedules import RESOLUTIONS
+from .denoise.schedules import RESOLUTIONS
 from .timing import ChunkTimer
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..checkpoint import CheckpointError
 from ..host import HostEngine
-from ..runtime.schedules import SCHEDULES
+from ..runtime.denoise.schedules import SCHEDULES
 from . import guards
 from .embeddings import EmbeddingsDir
 from .jobs import FINAL, Event, JobQueue, Limits, QueueFull

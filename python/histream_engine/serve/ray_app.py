@@ -25,8 +25,8 @@ from ..checkpoint import CheckpointError, read_config
 from ..config import WanConfig
 from ..model_dir import find_model_files
 from ..runtime.engine import EngineConfig, check_video_request
-from ..runtime.schedules import SCHEDULES
-from ..runtime.ulysses import divisors
+from ..runtime.denoise.schedules import SCHEDULES
+from ..runtime.parallel.ulysses import divisors
 from . import guards
 from .app import STATIC, StreamRequest
 from .embeddings import EmbeddingsDir

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .sampling import NUM_TRAIN_TIMESTEPS, warp_timesteps
 
-from .window import POSITION_MODES, WindowPlan
+from ..cache.window import POSITION_MODES, WindowPlan
 
 RESOLUTIONS = ("low", "high")
 # "full": every earlier latent frame stays attended (Self-Forcing); "anchor": anchor + M-1 previous frames (AGSW).

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .parallel import ParallelGroup
+from .group import ParallelGroup
 
 _NO_NORM = nn.Identity()  # K arrives at the attention already normalised: its RMSNorm spans every head
 

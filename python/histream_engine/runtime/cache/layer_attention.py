@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..attention.ring import RingView
+from ...attention.ring import RingView
 from .kv_cache import RingKVCache
 
 

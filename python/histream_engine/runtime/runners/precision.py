@@ -73,6 +73,6 @@ def kv_torch_dtype(config) -> torch.dtype | None:
 def apply_linears(config, dit) -> None:
     """Quantize the model's block linears once, in place, when asked."""
     if config.linear_dtype == FP8:
-        from ..model.fp8_linear import quantize_block_linears
+        from ...model.fp8_linear import quantize_block_linears
 
         quantize_block_linears(dit)

@@ -44,7 +44,7 @@ class RunnerEntry:
 
 
 RUNNERS = (
-    RunnerEntry("torch", lambda: None, ".runtime.torch_runner", "torch_forwards", False, False),
+    RunnerEntry("torch", lambda: None, ".runtime.runners.torch_runner", "torch_forwards", False, False),
     RunnerEntry("onnxruntime", _onnxruntime_reason, ".graphs.runners", "onnxruntime_forwards", True, True),
     RunnerEntry("tensorrt", _tensorrt_reason, ".graphs.runners", "tensorrt_forwards", True, True),
 )
@@ -74,6 +74,6 @@ def build_runner(name: str, dit, backend, ops, engine_dir, parallel=None):
         raise ValueError(f"dit={name!r} runs exported whole-model graphs, one process each; parallel='ulysses' runs dit='torch'")
     if entry.needs_engine_dir and engine_dir is None:
         raise ValueError(f"dit={name!r} needs engine_dir: the folder histream export (or histream build-trt) wrote")
-    package = __package__.rsplit(".", 1)[0]  # histream_engine
+    package = __package__.split(".")[0]  # histream_engine
     factory = getattr(importlib.import_module(entry.module, package), entry.factory)
     return factory(dit, backend, ops, engine_dir, parallel)

@@ -37,6 +37,6 @@ def torch_forwards(dit, backend, ops, engine_dir, parallel=None):
     """The model's forwards; sharded over ``parallel``'s ranks (``ulysses.UlyssesForwards``) when given."""
     if parallel is None:
         return TorchForwards(dit, backend, ops)
-    from .ulysses import UlyssesForwards
+    from ..parallel.ulysses import UlyssesForwards
 
     return UlyssesForwards(dit, backend, ops, parallel)

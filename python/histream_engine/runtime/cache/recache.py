@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention.ring import RingView
-from ..attention.torch_ref import TorchAttention
+from ...attention.ring import RingView
+from ...attention.torch_ref import TorchAttention
 from .kv_cache import RingKVCache
 from .window import WindowPlan
 

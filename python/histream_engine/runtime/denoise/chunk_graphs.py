@@ -21,7 +21,7 @@ from typing import Callable, Hashable, Protocol
 
 import torch
 
-from ..attention.ring import RingView
+from ...attention.ring import RingView
 
 EAGER, CAPTURED, REPLAYED = "eager", "captured", "replayed"
 
