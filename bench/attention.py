@@ -60,7 +60,7 @@ def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:
     """Every registered backend on one view: time, TFLOP/s, error against the float32 reference; pre-pass and core apart."""
     ref = get_backend("torch").ring_attention(q.float(), k_store.float(), v_store.float(), view)
     results = {}
-    for entry in BACKENDS:
+    for entry in BACKENDS.entries:
         reason = entry.unavailable_reason()
         if reason is not None:
             results[entry.name] = {"skipped": reason}

@@ -73,11 +73,13 @@ def run_variant(make_dit, variant: Variant, fp8_attention: str, prompt, frames, 
     config = dict(variant.config)
     attention = config.pop("attention", "torch")
     attention = fp8_attention if attention == "fp8" else attention
-    if config.get("precision") == "fp8":
-        attention = {"torch_fp8": "torch", "triton_fp8": "triton"}[fp8_attention]  # the preset maps it to its FP8 core
-    engine = Engine(dit, EngineConfig(attention=attention, **config), vae=vae)
-    if hasattr(engine.forwards, "ops"):  # the FFN through its modules (not the fused workspace), so hooks see its linears
-        engine.forwards.ops = EAGER_OPS
+    if config.pop("precision", None) == "fp8":  # the preset maps the base backend to its FP8 core
+        settings = EngineConfig.with_precision("fp8", attention={"torch_fp8": "torch", "triton_fp8": "triton"}[fp8_attention])
+    else:
+        settings = EngineConfig(attention=attention, **config)
+    engine = Engine(dit, settings, vae=vae)
+    if hasattr(engine.runner, "ops"):  # the FFN through its modules (not the fused workspace), so hooks see its linears
+        engine.runner.ops = EAGER_OPS
     watch = FirstOutputs(engine.dit)  # after the engine swapped in its FP8 layers
     try:
         result = engine.generate(prompt.to(dit.dtype), frames, height, width, schedule=schedule, seed=seed)

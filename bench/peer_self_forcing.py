@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from histream_engine import SCHEDULES, WanDiT
-from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from histream_engine.runtime.results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
 
 PEER_MODULES = ("pipeline.causal_inference", "utils.wan_wrapper", "utils.scheduler", "wan.modules.causal_model")
 

@@ -29,7 +29,8 @@ from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
 from histream_engine.runtime.parallel.group import arguments_fingerprint
-from histream_engine.runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, check_video_request
+from histream_engine.runtime.results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from histream_engine.runtime.video_request import check_video_request
 
 from .baseline import wan_baseline
 from .peer_self_forcing import PeerError, compare, load_peer
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def engine_config(args) -> EngineConfig:
+    """The engine settings the command line asks for; ``--precision fp8`` spelled out (``EngineConfig.with_precision``)."""
+    settings = dict(cuda_graphs=args.cuda_graphs, compile=args.compile, dit=args.dit,
+                    engine_dir=args.engine_dir and str(args.engine_dir), parallel=args.parallel)
+    if args.precision:
+        return EngineConfig.with_precision(args.precision, attention=args.attention, **settings)
+    return EngineConfig(attention=args.attention, **settings)
+
+
 def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, frames: int, repeats: int, cfg: WanConfig,
                     ranks: int = 1) -> None:
     """Every argument checked before a model is built (minutes at 1080p): a bad one exits 2 with one line. ``ranks``: the
@@ -125,7 +135,7 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
         fail(f"--precision fp8 applies to --dit torch; {args.dit} graphs choose FP8 when built (histream export --fp8)")
     if args.precision:
         try:
-            EngineConfig(attention=args.attention, precision=args.precision)
+            EngineConfig.with_precision(args.precision, attention=args.attention)
         except ValueError as e:
             fail(str(e))
     if args.peer_self_forcing is not None:
@@ -155,7 +165,7 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runs, walls = [], []
-    sent_before = engine.forwards.exchange.bytes_sent if par else 0
+    sent_before = engine.runner.exchange.bytes_sent if par else 0
     for _ in range(repeats):
         t0 = time.perf_counter()
         runs.append(engine.generate(prompt, frames, preset.height, preset.width, schedule=name))
@@ -182,7 +192,7 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
                     "flops_per_rank_per_frame": flops_per_frame / ranks,
                     # counted in Python as the collectives are issued: a replayed CUDA graph issues them without it
                     "bytes_sent_per_chunk": None if engine.config.cuda_graphs else
-                    (engine.forwards.exchange.bytes_sent - sent_before) / (repeats * len(per_chunk)),
+                    (engine.runner.exchange.bytes_sent - sent_before) / (repeats * len(per_chunk)),
                     "bytes_sent_per_chunk_model": sum(modelled) / len(modelled)}
     return {
         "seconds_per_frame": seconds_per_frame,
@@ -255,10 +265,7 @@ def main(argv=None) -> int:
         except CheckpointError as e:
             parser.exit(2, f"{parser.prog}: error: --tae: {' '.join(str(e).split())}\n")  # the loader's message, on one line
     dit = initialized_dit(cfg, getattr(torch, dtype_name), device)
-    engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs, compile=args.compile, dit=args.dit,
-                                      engine_dir=args.engine_dir and str(args.engine_dir), precision=args.precision,
-                                      parallel=args.parallel),
-                    vae=next(iter(decoders.values()), None))
+    engine = Engine(dit, engine_config(args), vae=next(iter(decoders.values()), None))
     prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
     prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
     env = environment(device)

@@ -22,7 +22,7 @@ def test_chunks_arrive_as_contiguous_uint8_frames_without_a_copy(demo, monkeypat
             yield c
 
     monkeypatch.setattr(demo.engine, "stream", spy)
-    chunks = list(demo.stream("", "", 21, 64, 96, "histream", 0))
+    chunks = list(demo.stream(host.HostRequest("", "", 21, 64, 96, "histream", 0)))
     for (_, frames, _, _), tensor in zip(chunks, decoded):  # on a CPU the array is the decoded tensor's memory
         assert frames.ctypes.data == tensor.data_ptr()
     assert [c[0] for c in chunks] == [0, 1]
@@ -34,27 +34,33 @@ def test_chunks_arrive_as_contiguous_uint8_frames_without_a_copy(demo, monkeypat
 
 def test_requests_are_checked_before_any_chunk_runs(demo):
     with pytest.raises(ValueError, match="4k\\+1"):
-        demo.stream("", "", 20, 64, 96, "histream", 0)
+        demo.stream(host.HostRequest("", "", 20, 64, 96, "histream", 0))
     with pytest.raises(ValueError, match="either a prompt or prompt_embeds_path"):
-        demo.stream("a fox", "x.pt", 21, 64, 96, "histream", 0)
+        host.HostRequest("a fox", "x.pt", 21, 64, 96, "histream", 0)
+    with pytest.raises(ValueError, match="a live stream has no frame count, but frames=45"):
+        host.HostRequest(frames=45, live=True)
+    with pytest.raises(ValueError, match="give frames"):
+        host.HostRequest(frames=None)
     with pytest.raises(ValueError, match="no text encoder"):
-        demo.stream("a fox", "", 21, 64, 96, "histream", 0)
+        demo.stream(host.HostRequest("a fox", "", 21, 64, 96, "histream", 0))
     with pytest.raises(ValueError, match="unknown dtype 'int8'"):
-        host.open_engine("/tmp", "", "int8", "cpu", "torch", False, False)
+        host.open_engine(host.EngineOptions("/tmp", dtype="int8", device="cpu", text_encoder=False))
     with pytest.raises(ValueError, match="model_dir is empty"):
-        host.open_engine("", "", "float32", "cpu", "torch", False, False)
+        host.EngineOptions("", dtype="float32", device="cpu")
+    with pytest.raises(TypeError, match="text_encoder must be true or false"):
+        host.EngineOptions("/tmp", text_encoder="no")
 
 
 def test_closing_a_stream_early_closes_the_engine_stream(demo, monkeypatch):
     inner = []
     engine_stream = demo.engine.stream
     monkeypatch.setattr(demo.engine, "stream", lambda *a, **k: inner.append(engine_stream(*a, **k)) or inner[-1])
-    stream = demo.stream("", "", 33, 64, 96, "histream", 0)
+    stream = demo.stream(host.HostRequest("", "", 33, 64, 96, "histream", 0))
     next(stream)
     assert inner[0].holds_caches  # suspended after its first chunk
     stream.close()  # what a C++ cancel does
     assert inner[0].closed and not inner[0].holds_caches  # closed at once, not left to the garbage collector
-    assert len(list(demo.stream("", "", 33, 64, 96, "histream", 0))) == 3
+    assert len(list(demo.stream(host.HostRequest("", "", 33, 64, 96, "histream", 0)))) == 3
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,7 @@ def embeds_file(demo, tmp_path_factory):
 
 
 def test_a_live_handle_reports_the_switch_on_the_chunk_after_it(demo, embeds_file):
-    stream = demo.open("", "", 0, 64, 64, "histream", 0)  # frames 0: live
+    stream = demo.open(host.HostRequest("", "", None, 64, 64, "histream", 0, live=True))
     first, second = stream.next_chunk(), stream.next_chunk()
     assert (first[0], second[0]) == (0, 1) and first[4] is None and second[4] is None
     stream.set_prompt("", embeds_file, True)
@@ -80,7 +86,7 @@ def test_a_live_handle_reports_the_switch_on_the_chunk_after_it(demo, embeds_fil
     assert index == 2 and frames.shape == (12, 64, 64, 3)
     assert recache is True and forwards > 0 and seconds > 0
     assert stream.next_chunk()[4] is None  # reported once
-    with pytest.raises(ValueError, match="needs a prompt or prompt_embeds_path"):
+    with pytest.raises(ValueError, match="needs a prompt or prompt embeddings"):
         stream.set_prompt("", "", True)
     stream.close()
     assert stream.next_chunk() is None
@@ -89,7 +95,7 @@ def test_a_live_handle_reports_the_switch_on_the_chunk_after_it(demo, embeds_fil
 
 
 def test_a_bounded_handle_ends_with_none(demo):
-    stream = demo.open("", "", 21, 64, 64, "histream", 0)
+    stream = demo.open(host.HostRequest("", "", 21, 64, 64, "histream", 0))
     assert [stream.next_chunk()[0] for _ in range(2)] == [0, 1]
     assert stream.next_chunk() is None
 
@@ -102,7 +108,7 @@ def test_the_tiny_demo_decodes_with_a_taew2_1_file(tmp_path):
     path = save_taehv(TAEHV(TAEHVConfig(channels=(24, 16, 8, 8))), tmp_path / "taew2_1.pth")
     engine = host.tiny_demo("cpu", "torch", 0, tae_path=str(path))
     assert engine.engine.vae.name == "taehv" and engine.engine.vae.config.channels == (24, 16, 8, 8)
-    (_, frames, _, _), = list(engine.stream("", "", 9, 32, 32, "self_forcing", 0))
+    (_, frames, _, _), = list(engine.stream(host.HostRequest("", "", 9, 32, 32, "self_forcing", 0)))
     assert frames.shape == (9, 32, 32, 3)
     with pytest.raises(ValueError, match="not both"):
         host.tiny_demo("cpu", "torch", 0, decoder="tae", tae_path=str(path))

@@ -12,8 +12,12 @@ Engine Engine::open(Runtime& rt, const EngineOptions& o) {
     auto impl = std::make_unique<Impl>();
     impl->rt = rt.state_;
     impl->engine = with_python("Engine::open", [&] {
-        return rt.state_->host.attr("open_engine")(o.model_dir, o.checkpoint, o.dtype, o.device, o.attention, o.cuda_graphs,
-                                                   o.text_encoder, o.tae_path);
+        using namespace pybind11::literals;
+        py::object host = rt.state_->host;
+        return host.attr("open_engine")(host.attr("EngineOptions")(
+            "model_dir"_a = o.model_dir, "checkpoint"_a = o.checkpoint, "dtype"_a = o.dtype, "device"_a = o.device,
+            "attention"_a = o.attention, "cuda_graphs"_a = o.cuda_graphs, "text_encoder"_a = o.text_encoder,
+            "tae_path"_a = o.tae_path));
     });
     return Engine(std::move(impl));
 }
@@ -53,6 +57,14 @@ Chunk as_chunk(const py::tuple& item, const py::array& frames) {
     return c;
 }
 
+py::object host_request(const py::object& host, const StreamRequest& r) {
+    using namespace pybind11::literals;
+    py::object frames = r.live ? py::none() : py::object(py::int_(r.frames));
+    return host.attr("HostRequest")("prompt"_a = r.prompt, "prompt_embeds_path"_a = r.prompt_embeds_path, "frames"_a = frames,
+                                    "height"_a = r.height, "width"_a = r.width, "schedule"_a = r.schedule, "seed"_a = r.seed,
+                                    "live"_a = r.live);
+}
+
 void close_quietly(py::object& stream) {
     if (!stream) return;
     try {
@@ -66,8 +78,7 @@ int Engine::stream(const StreamRequest& r, const ChunkCallback& on_chunk) {
     if (!impl_) throw Error("histream::Engine::stream on a moved-from engine");
     TurnHeld turn(*impl_->turns, "histream::Engine::stream");
     return with_python("Engine::stream", [&] {
-        py::object chunks = impl_->engine.attr("stream")(r.prompt, r.prompt_embeds_path, r.frames, r.height, r.width,
-                                                         r.schedule, r.seed);
+        py::object chunks = impl_->engine.attr("stream")(host_request(impl_->rt->host, r));
         int delivered = 0;
         try {
             while (true) {

@@ -20,6 +20,9 @@ struct Engine::Impl {
 // [T, H, W, 3] uint8 C-contiguous array the caller keeps alive). The GIL must be held.
 Chunk as_chunk(const py::tuple& item, const py::array& frames);
 
+// The request as histream_engine.host.HostRequest: a live one has no frame count (None). The GIL must be held.
+py::object host_request(const py::object& host, const StreamRequest& r);
+
 // Closes a Python generator or stream, keeping quiet about errors (the one that ended the stream is the one to
 // report). The GIL must be held.
 void close_quietly(py::object& stream);

@@ -67,7 +67,7 @@ Stream Engine::open_stream(const StreamRequest& r) {
     impl->rt = impl_->rt;
     impl->turns = impl_->turns;
     impl->stream = with_python("Engine::open_stream", [&] {  // checks the request; no chunk runs yet
-        return impl_->engine.attr("open")(r.prompt, r.prompt_embeds_path, r.frames, r.height, r.width, r.schedule, r.seed);
+        return impl_->engine.attr("open")(host_request(impl_->rt->host, r));
     });
     turn.keep();
     return Stream(std::move(impl));

@@ -14,7 +14,8 @@ from .demo import tiny_demo_engine
 from .model.dit import initialized_dit
 from .output_paths import check_output_file, check_output_folder
 from .runtime import SCHEDULES, Engine, EngineConfig
-from .runtime.engine import ChunkResult, check_video_request
+from .runtime.results import ChunkResult
+from .runtime.video_request import check_video_request
 from .runtime.parallel.group import arguments_fingerprint, init_parallel
 from .runtime.request_checks import check_prompt_embeds
 from .runtime.denoise.schedules import resolve_schedule
@@ -159,9 +160,9 @@ def run_export(args) -> int:
 
 def run_build_trt(args) -> int:
     from .graphs.tensorrt_build import build_trt
-    from .runtime.runners.registry import REASONS
+    from .runtime.runners.registry import RUNNERS
 
-    if (why := REASONS["tensorrt"]()) is not None:
+    if (why := RUNNERS.entry("tensorrt").unavailable_reason()) is not None:
         raise RuntimeError(f"histream build-trt needs TensorRT: {why}")
     out = build_trt(args.onnx, args.precision, args.out, args.workspace_gib)
     print(f"wrote {out}: EngineConfig(dit='tensorrt', engine_dir='{out}')")
@@ -185,8 +186,9 @@ def run_serve(args) -> int:
         engine = None  # each replica opens its own
         description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
     elif args.model_dir is not None:
-        engine = hosting.open_engine(str(args.model_dir), str(args.checkpoint or ""), args.dtype, args.device or "", args.attention,
-                                     False, args.text_encoder, str(args.tae or ""))
+        engine = hosting.open_engine(hosting.EngineOptions(str(args.model_dir), str(args.checkpoint or ""), args.dtype,
+                                                           args.device or "", args.attention, text_encoder=args.text_encoder,
+                                                           tae_path=str(args.tae or "")))
         description = f"{args.checkpoint or args.model_dir}"
     else:
         if args.tae is not None:

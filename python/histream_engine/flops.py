@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import WanConfig
-from .runtime.engine import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, chunk_video_frames
+from .runtime.results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, chunk_video_frames
 from .runtime.denoise.schedules import Schedule, resolve_schedule
 
 

@@ -8,6 +8,7 @@ again (the C++ callback reads that array's buffer; ``to_uint8_frames`` makes the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +37,53 @@ def _dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a host opens an engine on a model folder (``open_engine``; the C++ ``histream::EngineOptions``)."""
+
+    model_dir: str  # a Wan2.1 folder or a diffusers layout
+    checkpoint: str = ""  # causal DiT weights replacing the folder's (a Self-Forcing / HiStream .pt)
+    dtype: str = "bfloat16"  # bfloat16, float16 or float32
+    device: str = ""  # "cuda", "cuda:1", "cpu"; empty: cuda if available, else cpu
+    attention: str = "torch"  # an attention backend name
+    cuda_graphs: bool = False  # replay steady-state chunks as CUDA graphs (CUDA only)
+    text_encoder: bool = True  # load UMT5 for text prompts; off: prompt embeddings files only
+    tae_path: str = ""  # taew2_1.pth / .safetensors: decode with TAEHV instead of the folder's Wan VAE
+
+    def __post_init__(self):
+        if not self.model_dir:
+            raise ValueError("EngineOptions.model_dir is empty: name a Wan2.1 folder (or use Engine::tiny_demo)")
+        for name in ("cuda_graphs", "text_encoder"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"EngineOptions.{name} must be true or false, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class HostRequest:
+    """One stream a host asks for (the C++ ``histream::StreamRequest``): a prompt (text or an embeddings file, or neither
+    for an engine with a default prompt), its size and schedule; ``live`` runs until closed, with no frame count."""
+
+    prompt: str = ""
+    prompt_embeds_path: str = ""
+    frames: int | None = 45  # 4k+1, with (frames - 1) / 4 + 1 divisible by the chunk size; None when live
+    height: int = 256
+    width: int = 256
+    schedule: str = "histream"
+    seed: int = 0
+    live: bool = False  # an unbounded stream on the schedule with window positions: it runs until closed
+
+    def __post_init__(self):
+        if not isinstance(self.live, bool):
+            raise TypeError(f"live must be true or false, got {self.live!r}")
+        if self.live and self.frames is not None:
+            raise ValueError(f"a live stream has no frame count, but frames={self.frames!r} was given: drop frames, or "
+                             "drop live for a video of that many frames")
+        if not self.live and self.frames is None:
+            raise ValueError("give frames (4k+1, e.g. 45), or live for a stream that runs until closed")
+        if self.prompt and self.prompt_embeds_path:
+            raise ValueError("give either a prompt or prompt_embeds_path, not both")
+
+
 class HostEngine:
     """An engine with a VAE, and the prompt it falls back on (the tiny demo's random one) when a request gives none."""
 
@@ -46,46 +94,44 @@ class HostEngine:
         self.default_prompt = default_prompt
 
     def _prompt(self, prompt: str, prompt_embeds_path: str) -> torch.Tensor:
+        """The prompt a request names, as embeddings ``[B, L, text_dim]`` checked by the engine's one prompt check."""
         if prompt and prompt_embeds_path:
             raise ValueError("give either a prompt or prompt_embeds_path, not both")
         if prompt_embeds_path:
-            return load_prompt_embeds(Path(prompt_embeds_path), self.engine.dit.config.text_dim)
-        if prompt:
+            embeds = load_prompt_embeds(Path(prompt_embeds_path), self.engine.dit.config.text_dim)
+        elif prompt:
             encoder = getattr(self.engine, "text_encoder", None)
             if encoder is None:
                 raise ValueError("this engine has no text encoder (the tiny demo model has none, or it was opened with "
-                                 "text_encoder off): pass prompt_embeds_path instead of a prompt")
-            return encoder.encode(prompt)
-        if self.default_prompt is None:
-            raise ValueError("the request has neither a prompt nor prompt_embeds_path")
-        return self.default_prompt
+                                 "text_encoder off): give prompt embeddings instead of a prompt")
+            embeds = encoder.encode(prompt)
+        elif self.default_prompt is None:
+            raise ValueError("the request has neither a prompt nor prompt embeddings")
+        else:
+            embeds = self.default_prompt
+        return check_prompt_embeds(embeds, self.engine.dit.config.text_dim, max_batch=1)
 
-    def results(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
-                seed: int) -> "HostStream":
+    def results(self, request: HostRequest) -> "HostStream":
         """Checks the request now (``Engine.stream`` checks before the first chunk), then yields each chunk's result
-        and its frames ``[T, H, W, 3]`` uint8 in host memory. ``frames=0`` is a live stream: it runs until closed, on
-        the schedule with ``positions='window'``. Closing it closes the engine's stream at once."""
-        return HostStream(self, self.engine.stream(*self.stream_args(prompt, prompt_embeds_path, frames, height, width, schedule),
-                                                   seed=seed))
+        and its frames ``[T, H, W, 3]`` uint8 in host memory. A live request runs until closed, on the schedule with
+        ``positions='window'``. Closing it closes the engine's stream at once."""
+        embeds, num_frames, height, width, sched = self.stream_args(request)
+        return HostStream(self, self.engine.stream(embeds, num_frames, height, width, sched, seed=request.seed))
 
-    def stream_args(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int,
-                    schedule: str) -> tuple:
+    def stream_args(self, request: HostRequest) -> tuple:
         """``Engine.stream``'s positional arguments for a host request: the prompt resolved to embeddings on the model's
-        device, and ``frames=0`` turned into a live stream on the schedule with window positions. A sequence-parallel
-        host resolves them once, on its first rank, and hands the very same arguments to every rank."""
-        embeds = check_prompt_embeds(self._prompt(prompt, prompt_embeds_path), self.engine.dit.config.text_dim, max_batch=1)
+        device, and a live request turned into ``num_frames=None`` on the schedule with window positions. A
+        sequence-parallel host resolves them once, on its first rank, and hands the very same arguments to every rank."""
+        embeds = self._prompt(request.prompt, request.prompt_embeds_path)
         device = next(self.engine.dit.parameters()).device
-        num_frames = None if frames == 0 else frames
-        sched = resolve_schedule(schedule)
-        if num_frames is None:
+        sched = resolve_schedule(request.schedule)
+        if request.live:
             sched = sched.replace(positions="window")
-        return embeds.to(device), num_frames, height, width, sched
+        return embeds.to(device), request.frames, request.height, request.width, sched
 
-    def stream(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
-               seed: int) -> Iterator[HostChunk]:
+    def stream(self, request: HostRequest) -> Iterator[HostChunk]:
         """``results`` as the C++ host's callback form takes them: (index, frames, denoise s, VAE s)."""
-        results = self.results(prompt, prompt_embeds_path, frames, height, width, schedule, seed)
-        return self._callback_chunks(results)
+        return self._callback_chunks(self.results(request))
 
     @staticmethod
     def _callback_chunks(results: "HostStream") -> Iterator[HostChunk]:
@@ -95,10 +141,9 @@ class HostEngine:
         finally:
             results.close()  # a cancel from the host closes the engine's stream at once
 
-    def open(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
-             seed: int) -> "HostStream":
+    def open(self, request: HostRequest) -> "HostStream":
         """A stream handle a C++ host steers from its own loop (``next_chunk``, ``set_prompt``, ``close``)."""
-        return self.results(prompt, prompt_embeds_path, frames, height, width, schedule, seed)
+        return self.results(request)
 
 
 class HostStream:
@@ -134,9 +179,8 @@ class HostStream:
     def set_prompt(self, prompt: str, prompt_embeds_path: str, recache: bool = True) -> None:
         """Switch to a text prompt or an embeddings file at the next chunk boundary (``VideoStream.set_prompt``)."""
         if not prompt and not prompt_embeds_path:
-            raise ValueError("a prompt switch needs a prompt or prompt_embeds_path")
-        embeds = self.host._prompt(prompt, prompt_embeds_path)
-        self.chunks.set_prompt(embeds[:1], recache=recache)
+            raise ValueError("a prompt switch needs a prompt or prompt embeddings")
+        self.chunks.set_prompt(self.host._prompt(prompt, prompt_embeds_path), recache=recache)
 
     def close(self) -> None:
         self._iter.close()
@@ -149,20 +193,19 @@ def _config(parallel_group, **settings) -> EngineConfig:
     return EngineConfig(**settings, parallel="ulysses", group=parallel_group)
 
 
-def open_engine(model_dir: str, checkpoint: str, dtype: str, device: str, attention: str, cuda_graphs: bool,
-                text_encoder: bool, tae_path: str = "", *, parallel_group=None) -> HostEngine:
-    """``tae_path`` (taew2_1.pth): decode with TAEHV instead of the folder's Wan VAE. ``parallel_group`` (a
-    torch.distributed ProcessGroup): this engine is one rank of a sequence-parallel group (every rank opens it)."""
-    if not model_dir:
-        raise ValueError("EngineOptions.model_dir is empty: name a Wan2.1 folder (or use Engine::tiny_demo)")
-    config = _config(parallel_group, attention=attention, cuda_graphs=cuda_graphs)
-    engine = Engine.from_pretrained(model_dir, checkpoint=checkpoint or None, dtype=_dtype(dtype), device=device or None,
-                                    config=config, text_encoder=text_encoder, vae="tae" if tae_path else "wan",
-                                    tae_path=tae_path or None)
+def open_engine(options: EngineOptions, *, parallel_group=None) -> HostEngine:
+    """An engine on ``options.model_dir``. ``parallel_group`` (a torch.distributed ProcessGroup): this engine is one rank
+    of a sequence-parallel group (every rank opens it)."""
+    if not isinstance(options, EngineOptions):
+        raise TypeError(f"open_engine takes an EngineOptions, got {type(options).__name__}")
+    config = _config(parallel_group, attention=options.attention, cuda_graphs=options.cuda_graphs)
+    engine = Engine.from_pretrained(options.model_dir, checkpoint=options.checkpoint or None, dtype=_dtype(options.dtype),
+                                    device=options.device or None, config=config, text_encoder=options.text_encoder,
+                                    vae="tae" if options.tae_path else "wan", tae_path=options.tae_path or None)
     return HostEngine(engine)
 
 
-def tiny_demo(device: str, attention: str, seed: int, decoder: str = "wan", tae_path: str = "", *,
+def tiny_demo(device: str = "cpu", attention: str = "torch", seed: int = 0, decoder: str = "wan", tae_path: str = "", *,
               parallel_group=None) -> HostEngine:
     """The demo model; ``decoder="tae"``: its embedded tiny TAEHV (random weights); ``tae_path``: a taew2_1 file's
     TAEHV decoding the tiny DiT's latents (both are Wan 2.1's 16-channel latent space). ``parallel_group``: as

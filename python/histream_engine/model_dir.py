@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from .checkpoint import CheckpointError
 
 # (what, Wan layout name, diffusers layout name)
@@ -60,3 +62,21 @@ def load_folder_dit(model_dir: str | os.PathLike, checkpoint: str | os.PathLike 
         base = read_config(files.dit) if files.dit is not None else None
         return load_dit(checkpoint, dtype=dtype, device=device, config=base), files
     return load_dit(files.dit, dtype=dtype, device=device), files
+
+
+def load_folder_parts(model_dir, checkpoint, dtype, device, text_encoder: bool, tae_path=None):
+    """(DiT, decoder, text encoder or None) of a Wan2.1 folder: the folder's Wan VAE, or TAEHV from ``tae_path`` (read
+    first, so a bad path fails before the DiT loads); UMT5 and its tokenizer when ``text_encoder``. The decoder runs in
+    float32 on a CPU."""
+    from .taehv_checkpoint import load_taehv
+    from .text_encoder import load_text_encoder
+    from .vae_checkpoint import load_vae
+
+    need = ("text_encoder", "tokenizer") if text_encoder else ()
+    need = need + ("vae",) if tae_path is None else need
+    vae_dtype = torch.float32 if torch.device(device).type == "cpu" else dtype
+    decoder = load_taehv(tae_path, dtype=vae_dtype, device=device) if tae_path is not None else None
+    dit, files = load_folder_dit(model_dir, checkpoint, dtype, device, need)
+    decoder = decoder or load_vae(files.vae, dtype=vae_dtype, device=device)
+    encoder = load_text_encoder(files.text_encoder, files.tokenizer, dtype=dtype, device=device) if text_encoder else None
+    return dit, decoder, encoder

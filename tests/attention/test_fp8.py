@@ -8,7 +8,8 @@ import torch
 
 from conftest import rel_err
 from histream_engine.attention import fp8_quant
-from histream_engine.attention.fp8 import TorchFp8Attention, TritonFp8Attention, reference_write_kv_fp8
+from histream_engine.attention.fp8 import TorchFp8Attention, TritonFp8Attention
+from histream_engine.attention.fp8_ring import reference_write_kv_fp8
 from histream_engine.attention.fp8_quant import E4M3, SCALE_FLOOR, quantize_frames, slot_tiles
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs

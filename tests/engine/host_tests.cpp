@@ -236,7 +236,11 @@ void stream_handle() {
     check(collect(engine, small()).frames == expected.frames, "the engine streams the same after the handles");
 }
 
-histream::StreamRequest live() { return small(0); }  // frames = 0: until closed
+histream::StreamRequest live() {  // until closed
+    histream::StreamRequest r = small();
+    r.live = true;
+    return r;
+}
 
 // A live stream switched once (with a re-cache) and closed, against the same stream left alone.
 void live_switch() {

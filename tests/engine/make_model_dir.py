@@ -36,8 +36,9 @@ with torch.no_grad():
 save_taehv(tae, root / "taew2_1.pth")
 
 # the request host_tests.cpp's tae_decoder case makes: small() there, 33 frames at 64x96, histream_plus, seed 0
-engine = host.open_engine(str(root / "model"), "", "float32", "cpu", "torch", False, False, str(root / "taew2_1.pth"))
-stream = engine.open("", str(root / "prompt.safetensors"), 33, 64, 96, "histream_plus", 0)
+engine = host.open_engine(host.EngineOptions(str(root / "model"), dtype="float32", device="cpu", text_encoder=False,
+                                             tae_path=str(root / "taew2_1.pth")))
+stream = engine.open(host.HostRequest("", str(root / "prompt.safetensors"), 33, 64, 96, "histream_plus", 0))
 frames = stream.next_chunk()[1]  # [9, 64, 96, 3] uint8
 stream.close()
 (root / "tae_chunk0.rgb").write_bytes(frames.tobytes())

@@ -31,7 +31,7 @@ ROWS = [
     ("embeds_list", lambda h: stream(h, [[0.0] * 32] * 4), RequestTypeError, "must be a torch.Tensor"),
     ("embeds_numpy", lambda h: stream(h, np.zeros((4, 32), np.float32)), RequestTypeError, "got ndarray"),
     ("embeds_complex", lambda h: stream(h, torch.zeros(4, 32, dtype=torch.complex64)), RequestError, "must be a real floating"),
-    ("embeds_int", lambda h: stream(h, torch.zeros(4, 32, dtype=torch.int64)), RequestError, "torch.int64"),
+    ("embeds_int", lambda h: stream(h, torch.zeros(4, 32, dtype=torch.int64)), RequestError, "got int64"),
     ("embeds_nan", lambda h: stream(h, torch.full((4, 32), float("nan"))), RequestError, "NaN or Inf"),
     ("embeds_inf", lambda h: stream(h, torch.tensor([float("inf")] * 32).repeat(4, 1)), RequestError, "128 NaN or Inf"),
     ("embeds_batch0", lambda h: stream(h, torch.zeros(0, 4, 32)), RequestError, "batch >= 1"),

@@ -10,7 +10,8 @@ import torch
 from histream_engine.runtime.memory_estimate import GiB, MemoryEstimate, check_fits
 from histream_engine.runtime.request_checks import RequestError
 from histream_engine.runtime.denoise.schedules import SCHEDULES
-from histream_engine.runtime.engine import Engine, VideoShape
+from histream_engine.runtime.engine import Engine
+from histream_engine.runtime.video_request import VideoShape
 
 
 def test_cache_term_is_what_the_stream_allocates(tiny_host):
@@ -33,7 +34,8 @@ def test_a_request_over_the_limit_is_refused_with_both_figures():
 PEAK = """
 import resource, torch
 from histream_engine import host
-from histream_engine.runtime.engine import Engine, VideoShape
+from histream_engine.runtime.engine import Engine
+from histream_engine.runtime.video_request import VideoShape
 from histream_engine.runtime.denoise.schedules import SCHEDULES
 h = host.tiny_demo("cpu", "torch", 0)
 list(h.results("", "", 9, 64, 64, "histream", 0))  # allocators warm

@@ -6,9 +6,10 @@ import torch
 
 from conftest import random_dit, rel_err
 from histream_engine import Engine, EngineConfig
-from histream_engine.runtime.runners.registry import REASONS
+from histream_engine.runtime.runners.registry import RUNNERS
 
-pytestmark = pytest.mark.skipif(REASONS["tensorrt"]() is not None, reason=REASONS["tensorrt"]() or "")
+WHY = RUNNERS.entry("tensorrt").unavailable_reason()
+pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 SIZE = (33, 64, 96)
 

@@ -12,7 +12,7 @@ from histream_engine.attention.rope import inv_freqs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled kernels)")
 
-PREPASS_BACKENDS = [e.name for e in BACKENDS if e.core is not None] + ["auto"]
+PREPASS_BACKENDS = [e.name for e in BACKENDS.entries if e.traits is not None] + ["auto"]
 
 CASES = {
     # a wrapped 6-slot ring, absolute positions (K cached rotated), NTK on both spatial axes; 510 tokens per frame
@@ -41,7 +41,7 @@ def case_inputs(case, dtype, H=4, D=128, seed=0):
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("backend_name", PREPASS_BACKENDS)
 def test_backend_error_at_most_twice_torchs_own(backend_name, case, dtype):
-    entry = next(e for e in BACKENDS if e.name == backend_name)
+    entry = BACKENDS.entry(backend_name)
     if (reason := entry.unavailable_reason()) is not None:
         pytest.skip(reason)
     view, q, k, v = case_inputs(CASES[case], dtype)
@@ -55,7 +55,7 @@ def test_backend_error_at_most_twice_torchs_own(backend_name, case, dtype):
 
 def available(name: str) -> str:
     """``name``, skipping the test where that backend cannot run here."""
-    if (reason := next(e for e in BACKENDS if e.name == name).unavailable_reason()) is not None:
+    if (reason := BACKENDS.entry(name).unavailable_reason()) is not None:
         pytest.skip(reason)
     return name
 
@@ -141,7 +141,8 @@ def test_fp8_core_equals_its_torch_model_on_gpu(case):
 @pytest.mark.parametrize("rotated", [True, False])
 def test_fp8_recache_write_equals_its_torch_reference_on_gpu(rotated):
     """The fused e4m3 write (K RMSNorm, RoPE where rotated, per-(frame, head) scales) against ``reference_write_kv_fp8``."""
-    from histream_engine.attention.fp8 import TritonFp8Attention, reference_write_kv_fp8
+    from histream_engine.attention.fp8 import TritonFp8Attention
+    from histream_engine.attention.fp8_ring import reference_write_kv_fp8
     from histream_engine.attention.fp8_quant import dequantize_frames
     from histream_engine.bench.attention import fp8_ring
     from histream_engine.model.dit import RMSNorm

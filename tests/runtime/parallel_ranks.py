@@ -105,9 +105,9 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
         config = EngineConfig(attention=attention, parallel="ulysses")
         engine = Engine(model(), config)
         for name, *args in VIDEOS:
-            before = engine.forwards.exchange.bytes_sent
+            before = engine.runner.exchange.bytes_sent
             results[name] = video(engine, name, *args)
-            results[name]["bytes_sent"] = engine.forwards.exchange.bytes_sent - before
+            results[name]["bytes_sent"] = engine.runner.exchange.bytes_sent - before
 
         # each rank queues the switch a chunk later than the one before: it lands when the last rank has it
         results["live_staggered_switch"] = live(engine, switch_after=1 + rank)
@@ -127,7 +127,7 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
 
         # the first rank's stream is closed from another thread while its chunk 2 runs: every rank stops after it
         stream = engine.stream(prompt(), None, 64, 96, schedule=SCHEDULES["histream"].replace(positions="window"))
-        plain_step = engine.forwards.step
+        plain_step = engine.runner.step
 
         def step_closing_mid_chunk_2(*args):
             if rank == 0 and stream._next_chunk == 2:  # a step of chunk 2 (the next boundary is chunk 3's)
@@ -136,9 +136,9 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
                 closer.join()  # close() returns at once: the chunk holds the stream's turn
             return plain_step(*args)
 
-        engine.forwards.step = step_closing_mid_chunk_2
+        engine.runner.step = step_closing_mid_chunk_2
         seen = [c.index for c in itertools.islice(stream, 10)]
-        engine.forwards.step = plain_step
+        engine.runner.step = plain_step
         results["closed_mid_chunk"] = {"seen": seen, "freed": not stream.holds_caches}
 
         # the first rank's decoder fails after chunk 1 (an error between chunks on one rank): the others stop too

@@ -150,6 +150,6 @@ def test_compiled_block_ops_equal_eager():
     ctx = torch.randn(1, 5, dit.config.text_dim)
     eager = Engine(dit).generate(ctx, 4 * 9 - 3, 32, 64, schedule="histream_plus", seed=2)
     compiled_engine = Engine(dit, EngineConfig(compile=True))
-    assert compiled_engine.ops.modulated_norm is not Engine(dit).ops.modulated_norm
+    assert compiled_engine.runner.ops.modulated_norm is not Engine(dit).runner.ops.modulated_norm
     compiled = compiled_engine.generate(ctx, 4 * 9 - 3, 32, 64, schedule="histream_plus", seed=2)
     assert rel_err(compiled.latents, eager.latents) < 1e-5

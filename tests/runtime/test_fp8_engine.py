@@ -12,7 +12,7 @@ from histream_engine import Engine, EngineConfig
 from histream_engine.attention import fp8_quant
 from histream_engine.attention.prepass_backend import PrepassAttention
 from histream_engine.model import fp8_linear
-from histream_engine.runtime import precision
+from histream_engine.runtime.runners import precision
 
 ARGS = (21, 64, 96)  # 2 chunks, 8x12 high-res tokens, 4x6 low-res
 # Measured on the tiny model (random weights std 0.1, model seeds 8-10, prompt seed 0, ARGS, histream_plus, the bf16
@@ -31,7 +31,8 @@ def reference():
 
 
 def fp8_run(ctx, **config):
-    return Engine(random_dit("tiny", seed=8, dtype=torch.bfloat16), EngineConfig(**config)).generate(ctx, *ARGS, schedule="histream_plus", seed=1)
+    settings = EngineConfig.with_precision(**config) if "precision" in config else EngineConfig(**config)
+    return Engine(random_dit("tiny", seed=8, dtype=torch.bfloat16), settings).generate(ctx, *ARGS, schedule="histream_plus", seed=1)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -81,9 +82,9 @@ def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
     with pytest.raises(ValueError, match="reads an e4m3 ring cache: set kv_dtype"):
         EngineConfig(attention="triton_fp8")
     with pytest.raises(ValueError, match="dit='onnxruntime' runs exported graphs.*histream export --fp8"):
-        EngineConfig(dit="onnxruntime", engine_dir="x", precision="fp8")
+        EngineConfig.with_precision("fp8", dit="onnxruntime", engine_dir="x")
     with pytest.raises(ValueError, match="no FP8 attention core for attention='cudnn'"):
-        EngineConfig(attention="cudnn", precision="fp8")
+        EngineConfig.with_precision("fp8", attention="cudnn")
     with pytest.raises(ValueError, match="kv_dtype must be None"):
         EngineConfig(kv_dtype="float8_e5m2")
     config = EngineConfig(kv_dtype="float8_e4m3fn", attention="cuda")
@@ -91,7 +92,12 @@ def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
     for name in ("cuda", "triton"):  # the compiled mma.sync core and the bf16 Triton core take K/V in the model dtype
         with pytest.raises(ValueError, match=f"attention='cuda' has no FP8 path"):
             precision.check_engine(config, PrepassAttention(name, core=None, ops=None), dit)
-    assert EngineConfig(precision="fp8", attention="triton").attention == "triton_fp8"
+    spelled = EngineConfig.with_precision("fp8", attention="triton")
+    assert (spelled.attention, spelled.kv_dtype, spelled.linear_dtype) == ("triton_fp8", "float8_e4m3fn", "float8_e4m3fn")
+    assert EngineConfig(**{f: getattr(spelled, f) for f in ("precision", "attention", "kv_dtype", "linear_dtype")}) == spelled
+    # the preset's name with other fields is refused with what it would change, never rewritten
+    with pytest.raises(ValueError, match="kv_dtype=None -> 'float8_e4m3fn'.*attention='triton' -> 'triton_fp8'.*with_precision"):
+        EngineConfig(precision="fp8", attention="triton")
     fake_gpu_dit = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
@@ -180,7 +186,7 @@ def test_a_broken_recache_scale_fails_the_switch_tolerance(monkeypatch, switch_s
     # chunk 0.020 to 0.044 off and the frames 0.84-0.85; a doubled K scale puts the frames ~1.0 off while the chunk stays
     # within 2.2e-4 to 3.2e-4 (the tiny model's near-uniform softmax hardly sees its keys doubled: the ring check is
     # what catches it).
-    from histream_engine.runtime import recache
+    from histream_engine.runtime.cache import recache
 
     torch_ref = recache._TORCH
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from conftest import rel_err, random_dit
 from histream_engine import SCHEDULES, Engine, WanConfig
 from histream_engine.runtime.denoise.sampling import renoise, sigma_of, x0_from_flow
+from histream_engine.runtime.denoise.chunk import ChunkDenoiser
 from histream_engine.runtime.stream import StreamClosedError
 
 M = 3
@@ -92,7 +93,7 @@ def ring_state(stream):
 
 
 @pytest.mark.parametrize("recache", [False, True])
-def test_a_switch_without_recache_changes_only_the_cross_attention(tiny_dit, recache):
+def test_a_switch_without_recache_changes_only_the_cross_attention(tiny_dit, recache, monkeypatch):
     ctx, new = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
     sched = live("histream_plus")
     a = Engine(tiny_dit).stream(ctx, None, 32, 32, schedule=sched, seed=1)
@@ -102,8 +103,8 @@ def test_a_switch_without_recache_changes_only_the_cross_attention(tiny_dit, rec
         assert torch.equal(next(a).latents, next(b).latents)
     before = ring_state(b)
     seen = []
-    denoise = engine._denoise_chunk
-    engine._denoise_chunk = lambda *args: seen.append(ring_state(b)) or denoise(*args)  # the ring as the chunk finds it
+    denoise = ChunkDenoiser.__call__
+    monkeypatch.setattr(ChunkDenoiser, "__call__", lambda *args: seen.append(ring_state(b)) or denoise(*args))  # the ring as the chunk finds it
     b.set_prompt(new, recache=recache)
     b_next, a_next = next(b), next(a)
     assert b_next.prompt_switch.recache == recache
@@ -129,10 +130,19 @@ def test_unbounded_streams_need_a_window_with_window_positions(tiny_dit):
 def test_bad_switches_are_refused(tiny_dit):
     stream = Engine(tiny_dit).stream(torch.randn(1, 3, 32), None, 32, 32, schedule=live("histream"))
     next(stream)
-    with pytest.raises(ValueError, match="text width"):
+    # a switch passes the very check a stream's first prompt passes (request_checks.check_prompt_embeds)
+    with pytest.raises(ValueError, match="text_dim=32"):
         stream.set_prompt(torch.randn(1, 3, 16))
-    with pytest.raises(ValueError, match="float64"):
-        stream.set_prompt(torch.randn(1, 3, 32, dtype=torch.float64))
+    with pytest.raises(ValueError, match="real floating tensor.*float8_e4m3fn"):
+        stream.set_prompt(torch.randn(1, 3, 32).to(torch.float8_e4m3fn))
+    with pytest.raises(ValueError, match="batch of 2; this stream streams 1"):
+        stream.set_prompt(torch.randn(2, 7, 32))
+    with pytest.raises(ValueError, match=">= 1 token"):
+        stream.set_prompt(torch.randn(0, 32))
+    with pytest.raises(ValueError, match="meta device"):
+        stream.set_prompt(torch.empty(3, 32, device="meta"))
+    with pytest.raises(ValueError, match="dense tensor, got layout sparse_coo"):
+        stream.set_prompt(torch.randn(3, 32).to_sparse())
     with pytest.raises(ValueError, match="NaN"):
         stream.set_prompt(torch.full((3, 32), float("nan")))
     with pytest.raises(TypeError, match="torch.Tensor"):

@@ -178,7 +178,9 @@ def test_messages_that_are_not_commands_are_answered_and_a_silent_disconnect_sti
 
 
 def test_a_model_that_goes_non_finite_mid_stream_fails_the_stream_with_the_engines_message(client, demo, monkeypatch):
-    real = demo.engine._denoise_chunk
+    from histream_engine.runtime.denoise.chunk import ChunkDenoiser
+
+    real = ChunkDenoiser.__call__
     calls = []
 
     def poisoned(*args, **kwargs):  # chunk 0 as it is, then the latents go NaN (one call a chunk, no CUDA graphs here)
@@ -186,7 +188,7 @@ def test_a_model_that_goes_non_finite_mid_stream_fails_the_stream_with_the_engin
         x0 = real(*args, **kwargs)
         return x0 if len(calls) == 1 else x0 * float("nan")
 
-    monkeypatch.setattr(demo.engine, "_denoise_chunk", poisoned)
+    monkeypatch.setattr(ChunkDenoiser, "__call__", poisoned)
     events, frames = watch(client, client.post("/api/streams", json=SHORT).json()["id"])  # 2 chunks
     assert [e["index"] for e in events if e["type"] == "chunk"] == [0] and len(frames) == 9
     assert events[-1]["type"] == "failed" and "NonFiniteLatents: chunk 1: the latents hold NaN or Inf" in events[-1]["error"]

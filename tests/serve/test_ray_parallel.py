@@ -86,7 +86,7 @@ def test_two_ranks_stream_the_one_process_engines_frames(server):
     torch.set_num_threads(1)  # as a replica with half a CPU runs (Ray sets OMP_NUM_THREADS=1)
     try:
         one = hosting.tiny_demo("cpu", "torch", 0)
-        expected = [encode_jpeg(f) for _, chunk in one.results("", "", 21, 64, 64, "histream", SHORT["seed"]) for f in chunk]
+        expected = [encode_jpeg(f) for _, chunk in one.results(hosting.HostRequest("", "", 21, 64, 64, "histream", SHORT["seed"])) for f in chunk]
     finally:
         torch.set_num_threads(threads)
     # the tiny model's 2 heads split over 2 ranks give the very latents of one process, so the same JPEG bytes
@@ -137,7 +137,7 @@ def live_switch_on_two_ranks(spec: dict, switch_to: str) -> dict:
 
     group = RankGroup(spec, 2, {"num_cpus": 0.25}, 60.0, "histream-test-live")
     try:
-        stream = group.stream("", "", 0, 64, 96, "histream", 5)
+        stream = group.stream(hosting.HostRequest("", "", None, 64, 96, "histream", 5, live=True))
         chunks = []
         for chunk, _frames in stream:
             chunks.append(chunk)
@@ -177,7 +177,7 @@ def test_a_live_prompt_switch_lands_on_both_ranks(server, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:  # one process, the switch queued so that it lands where the group's did
-        stream = hosting.tiny_demo("cpu", "torch", 0).results("", "", 0, 64, 96, "histream", 5)
+        stream = hosting.tiny_demo("cpu", "torch", 0).results(hosting.HostRequest("", "", None, 64, 96, "histream", 5, live=True))
         expected = []
         for chunk, _ in stream:
             expected.append(chunk)

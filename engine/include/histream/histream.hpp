@@ -82,11 +82,12 @@ struct DemoOptions {
 struct StreamRequest {
     std::string prompt;  // text (needs the engine's text encoder), or
     std::string prompt_embeds_path;  // precomputed UMT5 embeddings (.safetensors / .pt, [512, 4096]); the tiny demo takes neither
-    int frames = 45;  // 4k+1, with (frames - 1) / 4 + 1 divisible by the chunk size (3); 0: live (Engine::open_stream)
+    int frames = 45;  // 4k+1, with (frames - 1) / 4 + 1 divisible by the chunk size (3); not read when live
     int height = 256;  // multiple of 16 (of 32 for schedules with low-res steps)
     int width = 256;
     std::string schedule = "histream";  // a preset name or a schedule JSON file
     int64_t seed = 0;
+    bool live = false;  // an unbounded stream (Engine::open_stream): no frame count, it runs until closed
 };
 
 // A prompt switch (Stream::set_prompt) as the chunk after it reports it.
@@ -157,7 +158,7 @@ public:
     // Streams on one engine (this form and open_stream's) run one at a time: a second thread waits for the first;
     // a thread that already runs one on this engine (an open Stream, a callback) gets an Error instead of waiting.
     int stream(const StreamRequest& request, const ChunkCallback& on_chunk);
-    // Checks the request and opens a stream handle; no chunk runs until next(). request.frames = 0: a live stream,
+    // Checks the request and opens a stream handle; no chunk runs until next(). request.live: a live stream,
     // until closed (sliding-window schedules; the default histream is one).
     Stream open_stream(const StreamRequest& request);
 

@@ -16,27 +16,16 @@ a backend whose dependency is missing is never imported.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-
-@dataclass(frozen=True)
-class BackendEntry:
-    name: str
-    # Returns None when usable, else the reason it is not (missing package, no GPU).
-    unavailable_reason: Callable[[], str | None]
-    build: Callable[[], object]
-    core: str | None = None  # pre-pass backends: their core's function in ``cores``, what ``auto`` chooses among
+from ..plugins import Plugin, Registry, missing_package
 
 
 def _missing(package: str) -> str | None:
-    if importlib.util.find_spec(package) is None:
-        return f"the {package} package is not installed (pip install {package})"
-    return None
+    return missing_package(package, f"pip install {package}")
 
 
 def _triton_reason() -> str | None:
@@ -91,13 +80,14 @@ def _build_triton_fp8():
     return TritonFp8Attention()
 
 
-def _prepass(name: str, unavailable_reason: Callable[[], str | None], core: str, ops: str = "triton_ops") -> BackendEntry:
+def _prepass(name: str, unavailable_reason: Callable[[], str | None], core: str, ops: str = "triton_ops") -> Plugin:
+    """A pre-pass backend; its traits name its core's function in ``cores``, what ``auto`` chooses among."""
     def build():
         from . import cores, prepass_backend
 
         return prepass_backend.PrepassAttention(name, getattr(cores, core), getattr(prepass_backend, ops)())
 
-    return BackendEntry(name, unavailable_reason, build, core)
+    return Plugin(name, unavailable_reason, build, core)
 
 
 def _build_auto():
@@ -108,11 +98,11 @@ def _build_auto():
     from .prepass_backend import PrepassAttention, cuda_ops, triton_ops
 
     available, unavailable = {}, {}
-    for entry in BACKENDS:
-        if entry.core is not None:
+    for entry in BACKENDS.entries:
+        if entry.traits is not None:
             reason = entry.unavailable_reason()
             if reason is None:
-                available[entry.name] = getattr(cores, entry.core)
+                available[entry.name] = getattr(cores, entry.traits)
             else:
                 unavailable[entry.name] = reason
     if not available:
@@ -121,32 +111,22 @@ def _build_auto():
     return PrepassAttention("auto", AutoCore(available, unavailable), ops)
 
 
-BACKENDS: tuple[BackendEntry, ...] = (
-    BackendEntry("torch", lambda: None, _build_torch),
+BACKENDS: Registry = Registry("attention backend", (
+    Plugin("torch", lambda: None, _build_torch),
     _prepass("triton", _triton_reason, "triton_core"),
     _prepass("cuda", _cuda_reason, "cuda_core", ops="cuda_ops"),
     _prepass("cudnn", _cudnn_reason, "cudnn_core"),
     _prepass("flash_attn", _flash_reason, "flash_core"),
-    BackendEntry("torch_fp8", lambda: None, _build_torch_fp8),
-    BackendEntry("triton_fp8", _triton_reason, _build_triton_fp8),
-    BackendEntry("auto", lambda: None, _build_auto),
-)
+    Plugin("torch_fp8", lambda: None, _build_torch_fp8),
+    Plugin("triton_fp8", _triton_reason, _build_triton_fp8),
+    Plugin("auto", lambda: None, _build_auto),
+))
 
 
 def attention_backends() -> list[tuple[str, bool, str]]:
     """Every registered backend as (name, available, reason); reason is "" when available."""
-    out = []
-    for entry in BACKENDS:
-        reason = entry.unavailable_reason()
-        out.append((entry.name, reason is None, reason or ""))
-    return out
+    return BACKENDS.listing()
 
 
 def get_backend(name: str):
-    for entry in BACKENDS:
-        if entry.name == name:
-            reason = entry.unavailable_reason()
-            if reason is not None:
-                raise RuntimeError(f"attention backend {name!r} is unavailable: {reason}")
-            return entry.build()
-    raise ValueError(f"unknown attention backend {name!r}; registered: {[e.name for e in BACKENDS]}")
+    return BACKENDS.build(name)

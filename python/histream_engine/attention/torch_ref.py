@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fp8_ring import dequantized_kv, reference_write_kv_fp8
 from .ring import RingView
 from .rope import apply_rope
 
@@ -76,13 +77,9 @@ class TorchAttention:
         return self.cross_attention(apply_rope(q, *view.q_rope), k, v)
 
     def write_kv_fp8(self, k_store, v_store, k_scale, v_scale, view: RingView, k_proj, v_proj, norm_k) -> None:
-        from .fp8 import reference_write_kv_fp8
-
         reference_write_kv_fp8(k_store, v_store, k_scale, v_scale, view, k_proj, v_proj, norm_k)
 
     def ring_attention_fp8(self, q, k_store, v_store, k_scale, v_scale, view: RingView) -> torch.Tensor:
-        from .fp8 import dequantized_kv
-
         k, v = dequantized_kv(k_store, v_store, k_scale, v_scale, view, q.dtype)  # [B, Lk, H, D]
         if not view.rotated_keys:
             k = apply_rope(k, *view.slot_rope)

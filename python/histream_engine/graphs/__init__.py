@@ -7,5 +7,5 @@
   over an ``onnxruntime_session`` or a ``tensorrt_session``.
 
 This room uses the runtime (schedules, window plans, request checks); the runtime reaches it only through its
-DiT-runner registry (``runtime.dit_runners``), by name.
+DiT-runner registry (``runtime.runners.registry``), by name.
 """

@@ -20,7 +20,8 @@ from typing import Callable
 import torch
 
 from ..model.dit import WanDiT
-from ..runtime.engine import VAE_SPACE_STRIDE, check_video_request
+from ..runtime.results import VAE_SPACE_STRIDE
+from ..runtime.video_request import check_video_request
 from .manifest import write_manifest
 from .signature import GRAPH_INPUTS, GRAPH_OUTPUTS, Signature, needed_signatures
 from ..runtime.denoise.schedules import resolve_schedule

@@ -1,5 +1,5 @@
 """Exported graphs as the engine's DiT runner, through ONNX Runtime or TensorRT (``EngineConfig(dit=...)``, reached
-by name through ``runtime.dit_runners``).
+by name through ``runtime.runners.registry``).
 
 Per forward: look up the signature's graph in the export manifest, gather the window's other frames' K/V from the
 ring into preallocated inputs, run the graph, and write the chunk's K/V (un-rotated: graph engines keep K
@@ -57,7 +57,7 @@ class GraphForwards:
         self.writer = TorchAttention()
 
     def check(self, sched, chunk_size: int, shape) -> None:
-        """Refuse, before the first chunk, a request (schedule, chunk size, ``runtime.engine.VideoShape``) that needs a
+        """Refuse, before the first chunk, a request (schedule, chunk size, ``runtime.video_request.VideoShape``) that needs a
         graph the export does not hold."""
         latent_hw = (shape.latent_height, shape.latent_width)
         self.manifest.check_covers(needed_signatures(self.dit.config, sched, chunk_size, shape.latent_frames, latent_hw,

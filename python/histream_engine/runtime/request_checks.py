@@ -11,6 +11,7 @@ import torch
 
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes a 64-bit seed; larger or negative ones alias others
 MODEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+PROMPT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 class RequestError(ValueError):
@@ -24,14 +25,23 @@ class RequestTypeError(RequestError, TypeError):
 def check_prompt_embeds(embeds, text_dim: int, max_batch: int | None = None) -> torch.Tensor:
     """Prompt embeddings ``[L, text_dim]`` or ``[B, L, text_dim]`` -> ``[B, L, text_dim]``, unchanged otherwise.
 
-    Refuses non-tensors, non-real or non-floating dtypes, empty batches or prompts, the wrong width, non-finite
-    values (they decode to a black video) and, where an entry point streams one prompt, batches over ``max_batch``.
+    The one check every way a prompt enters goes through: a stream's first prompt and every switch, from Python, the
+    CLI, serve (start and switch, over WebSocket or REST, on either transport) and the C++ host. Refuses non-tensors,
+    sparse and meta tensors, dtypes other than ``PROMPT_DTYPES``, empty batches or prompts, the wrong width,
+    non-finite values (they decode to a black video) and, where an entry point streams one prompt, batches over
+    ``max_batch``.
     """
     if not isinstance(embeds, torch.Tensor):
         raise RequestTypeError(f"prompt embeddings must be a torch.Tensor [B, L, {text_dim}], got {type(embeds).__name__}; "
                                "convert with torch.as_tensor(x, dtype=torch.float32)")
-    if embeds.is_complex() or not embeds.is_floating_point():
-        raise RequestError(f"prompt embeddings must be a real floating tensor (float32, bfloat16 or float16), got {embeds.dtype}")
+    if embeds.layout != torch.strided:
+        raise RequestError(f"prompt embeddings must be a dense tensor, got layout {str(embeds.layout).replace('torch.', '')}; "
+                           "convert with .to_dense()")
+    if embeds.device.type == "meta":
+        raise RequestError("prompt embeddings are on the meta device, which holds shapes but no values: load the real tensor")
+    if embeds.dtype not in PROMPT_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in PROMPT_DTYPES)
+        raise RequestError(f"prompt embeddings must be a real floating tensor ({names}), got {str(embeds.dtype).replace('torch.', '')}")
     if embeds.dim() == 2:
         embeds = embeds.unsqueeze(0)  # [1, L, text_dim]
     if embeds.dim() != 3 or embeds.shape[-1] != text_dim:

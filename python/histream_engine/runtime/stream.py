@@ -5,32 +5,28 @@ bounded request, until the video is complete; for ``num_frames=None``, until ``c
 called from any thread: the switch is queued and lands at the next chunk boundary (a switch that arrives
 mid-chunk waits for that chunk; of several queued before one boundary, the last wins). With ``recache=False``
 only the text cross-attention K/V change; with ``recache=True`` the frames the next chunk attends are also
-re-encoded under the new prompt (``recache.recache_window``). The chunk after a switch reports it
+re-encoded under the new prompt (``cache.recache.recache_window``). The chunk after a switch reports it
 (``ChunkResult.prompt_switch``) with its cost.
+
+The device work lives in ``stream_run.StreamRun``; this class owns the when: threads, closing, and (on a
+sequence-parallel engine) the ranks' agreement at every boundary (``parallel.boundary``).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 
-from .cache.layer_attention import WindowAttention
-from .denoise.chunk_graphs import ChunkGraphs
-from .decoding import ChunkDecoder
-from .denoise.finite_check import check_finite_latents
-from .parallel.group import tensor_fingerprint
-from .cache.recache import LatentRing, RecacheTarget, recache_window
-from .results import ChunkResult, PromptSwitch, chunk_video_frames
-from .denoise.schedules import RESOLUTIONS
-from .timing import ChunkTimer
-
-if TYPE_CHECKING:
-    from .engine import Engine, VideoShape
+from .parallel import boundary
+from .parts import StreamParts
+from .request_checks import RequestError, check_prompt_embeds
+from .results import ChunkResult
+from .stream_run import StreamRun
+from .video_request import VideoShape
 
 
 @dataclass
@@ -40,12 +36,12 @@ class _Pending:
 
 
 class StreamClosedError(RuntimeError):
-    pass
+    """A call on a stream that was closed (or ended): open a new one."""
 
 
 class VideoStream(Iterator[ChunkResult]):
-    def __init__(self, engine: "Engine", prompt_embeds: torch.Tensor, shape: "VideoShape", sched, plan, seed: int):
-        self.engine, self.shape, self.schedule, self.plan = engine, shape, sched, plan
+    def __init__(self, parts: StreamParts, prompt_embeds: torch.Tensor, shape: VideoShape, sched, plan, seed: int):
+        self.parts, self.shape, self.schedule, self.plan = parts, shape, sched, plan
         self._prompt = prompt_embeds
         self._seed = seed
         self._lock = threading.Lock()  # guards the flags below, held only for a moment
@@ -118,17 +114,18 @@ class VideoStream(Iterator[ChunkResult]):
             self._gen.close()
 
     def _tell_peers(self) -> None:
-        par = self.engine.parallel
+        par = self.parts.parallel
         if par is not None and not self._peers_told and self._boundary_ahead():
             self._peers_told = True
-            par.all_reduce_max([1, 1])  # (stopped, no switch queued): the flags ``_boundary`` exchanges
+            boundary.notify_stopped(par)
 
     def _boundary_ahead(self) -> bool:
         return self.live or self._next_chunk < self.shape.num_chunks
 
     def set_prompt(self, prompt_embeds, recache: bool = True) -> None:
-        """Switch to ``prompt_embeds`` (``[L, text_dim]`` or ``[B, L, text_dim]``, the stream's batch and dtype) at the
-        next chunk boundary. Checked here, in the caller's thread; the switch itself runs in the stream's."""
+        """Switch to ``prompt_embeds`` (``[L, text_dim]`` or ``[B, L, text_dim]``, the stream's batch) at the next chunk
+        boundary. Checked here, in the caller's thread, by the same check a stream's first prompt passes; the switch
+        itself runs in the stream's thread."""
         if not isinstance(recache, bool):
             raise TypeError(f"recache must be True or False, got {recache!r}")
         if self._closed:
@@ -143,45 +140,32 @@ class VideoStream(Iterator[ChunkResult]):
             self._pending.append(_Pending(embeds, recache))
 
     def _checked_embeds(self, embeds) -> torch.Tensor:
-        if not isinstance(embeds, torch.Tensor):
-            raise TypeError(f"prompt embeddings must be a torch.Tensor [L, text_dim] or [B, L, text_dim], got {type(embeds).__name__}")
-        if embeds.dim() == 2:
-            embeds = embeds.unsqueeze(0)
-        cur = self._prompt
-        if embeds.dim() != 3 or embeds.shape[0] != cur.shape[0] or embeds.shape[2] != cur.shape[2]:
-            raise ValueError(f"new prompt embeddings have shape {tuple(embeds.shape)}; this stream takes [{cur.shape[0]}, L, "
-                             f"{cur.shape[2]}] (its batch and the model's text width)")
-        if embeds.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"new prompt embeddings are {embeds.dtype}; give float32, bfloat16 or float16 (this stream's "
-                             f"prompt is {cur.dtype})")
-        if not torch.isfinite(embeds).all():
-            raise ValueError("new prompt embeddings hold NaN or Inf values")
-        self.engine.dit.check_context(embeds)
-        return embeds.to(self.engine.dit.device, cur.dtype)
+        embeds = check_prompt_embeds(embeds, self.parts.dit.config.text_dim)
+        batch = self._prompt.shape[0]
+        if embeds.shape[0] != batch:
+            raise RequestError(f"new prompt embeddings hold a batch of {embeds.shape[0]}; this stream streams {batch}: give "
+                               f"[L, {embeds.shape[2]}] or [{batch}, L, {embeds.shape[2]}]")
+        return embeds.to(self.parts.device, self._prompt.dtype)
 
     def _boundary(self) -> tuple[bool, _Pending | None]:
-        """At a chunk boundary: whether to stop, and the prompt switch to land now (or None).
-
-        The ranks of a sequence-parallel stream must stop and switch at the same chunk, whenever each rank's
-        ``close()`` or ``set_prompt()`` arrived from its own threads: they exchange two flags per chunk (one tiny
-        collective). Switches land in the order they were queued, one a boundary, once every rank has queued the
-        next one, after the ranks checked it is the same switch; a close on any rank stops every rank. Each rank still
+        """At a chunk boundary: whether to stop, and the prompt switch to land now (or None). On one process the newest
+        switch lands and the ones it overrode are dropped; on a sequence-parallel stream the ranks agree first
+        (``parallel.boundary.agree``) and switches land in the order they were queued, one a boundary. Each rank still
         calls ``close()`` itself, as with every other call."""
-        par = self.engine.parallel
+        par = self.parts.parallel
         with self._lock:
             closed = self._closed
-            if par is None:  # one process: the newest switch lands, the ones it overrode are dropped
+            if par is None:
                 pending = self._pending[-1] if self._pending else None
                 self._pending = []
                 return closed, None if closed else pending
             pending = self._pending[0] if self._pending else None
-        any_closed, any_missing = par.all_reduce_max([int(closed), int(pending is None)])
-        if any_closed:
+        stop, lands = boundary.agree(par, closed, pending)
+        if stop:
             self._peers_told = True  # the group stops here: no rank waits at another boundary
             return True, None
-        if any_missing:
+        if not lands:
             return False, None  # a rank has no switch queued yet: this one waits for it, still queued
-        par.agreed("prompt switches", {"embeds": tensor_fingerprint(pending.embeds), "recache": pending.recache}, lambda: None)
         with self._lock:
             if self._pending and self._pending[0] is pending:
                 self._pending.pop(0)
@@ -189,39 +173,15 @@ class VideoStream(Iterator[ChunkResult]):
 
     @torch.no_grad()
     def _run(self) -> Iterator[ChunkResult]:
-        engine, shape, sched, plan = self.engine, self.shape, self.schedule, self.plan
-        dit = engine.dit
-        used = ("low", "high") if sched.uses_low else ("high",)
-        res = {name: engine._resolution(name, shape, sched, plan) for name in used}
-        self.caches = {name: r.cache for name, r in res.items()}
+        run = StreamRun(self.parts, self.shape, self.schedule, self.plan, self._prompt, self._seed)
+        self.caches = run.caches
         try:
-            yield from self._chunks(res)
+            yield from self._chunks(run)
         finally:
             self.caches = None
 
-    def _chunks(self, res) -> Iterator[ChunkResult]:
-        engine, shape, sched, plan = self.engine, self.shape, self.schedule, self.plan
-        dit, M = engine.dit, engine.config.chunk_size
-        device = dit.device
-        raw_cross = dit.cross_kv(self._prompt.to(device))
-        cross = {"kv": engine.forwards.prepare_cross(raw_cross)}  # replaced on a prompt switch
-        latents = LatentRing(plan, shape.batch, dit.config.out_dim, (shape.latent_height, shape.latent_width), device) \
-            if plan.history_frames is not None else None
-        cache_bytes = sum(r.cache.nbytes for r in res.values())
-        rope_dtype = torch.promote_types(dit.dtype, torch.float32)
-        rope_positions = max(plan.max_temporal_position(engine.position_horizon(plan, shape)) + 1,
-                             *(g for r in res.values() for g in r.grid))
-        gen = torch.Generator(device=device).manual_seed(self._seed)
-        timer = ChunkTimer(device)
-        decoder = ChunkDecoder(engine.vae, device) if engine.decodes else None
-        graphs = ChunkGraphs(engine.graph_factory())
-        t_clean = torch.zeros((shape.batch, M), device=device)  # [B, M] recache timesteps
-
-        def body(steps, noises: list[torch.Tensor], views: dict) -> torch.Tensor:
-            attn = {name: WindowAttention(res[name].cache, view, engine.attention) for name, view in views.items()}
-            return engine._denoise_chunk(steps, noises, attn, sched, cross["kv"], t_clean)
-
-        chunks = itertools.count() if shape.num_chunks is None else range(shape.num_chunks)
+    def _chunks(self, run: StreamRun) -> Iterator[ChunkResult]:
+        chunks = itertools.count() if self.shape.num_chunks is None else range(self.shape.num_chunks)
         for c in chunks:
             stop, pending = self._boundary()
             if stop and self._closed:
@@ -231,51 +191,9 @@ class VideoStream(Iterator[ChunkResult]):
             self._in_chunk = True
             switch = None
             if pending is not None:
-                t0 = time.perf_counter()
-                raw_cross = dit.cross_kv(pending.embeds)
-                cross["kv"] = engine.forwards.prepare_cross(raw_cross)
-                extra = {name: 0 for name in RESOLUTIONS}
-                if pending.recache:
-                    targets = {name: RecacheTarget(r.cache, r.grid, r.freqs) for name, r in res.items()}
-                    extra.update(recache_window(dit, engine.forwards, targets, latents, c, raw_cross, sched.low_factor, rope_dtype))
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                # Captured graphs bake in the old text K/V's addresses (and their shapes change with the prompt's
-                # length): the chunks after a switch run eagerly, then are captured anew.
-                graphs = ChunkGraphs(engine.graph_factory())
+                switch = run.switch_prompt(pending.embeds, pending.recache, c)
                 self._prompt = pending.embeds
-                switch = PromptSwitch(pending.recache, extra, time.perf_counter() - t0)
-            timer.start()
-            steps = sched.steps(c)
-            views = {name: r.cache.view(c, r.grid, r.freqs, rope_dtype, rope_positions) for name, r in res.items()}
-            noises = [
-                torch.randn((shape.batch, dit.config.in_dim, M) + res[s.resolution].latent_hw, generator=gen, device=device)  # [B, 16, M, h, w]
-                for s in steps
-            ]
-            x0, mode = graphs.run(steps, noises, views, body)
+            x0, mode, views, steps = run.denoise_chunk(c)
             self._next_chunk, self._in_chunk = c + 1, False
-            check_finite_latents(x0, c, steps)
-            if latents is not None:
-                latents.write(c, x0)
-            forwards = {name: sum(s.resolution == name for s in steps) for name in RESOLUTIONS}
-            recache = {name: int(name in res) for name in RESOLUTIONS}
-            passes = [s.resolution for s in steps] + list(res)
-            result = ChunkResult(
-                index=c,
-                latents=x0,
-                seconds=timer.stop(),
-                video_frames=chunk_video_frames(c, M),
-                forwards=forwards,
-                recache=recache,
-                tokens_attended=sum(views[name].key_tokens for name in passes),
-                cache_bytes=cache_bytes,
-                latent_bytes=latents.nbytes if latents is not None else 0,
-                run_mode=engine.forwards.run_mode or mode,
-                prompt_switch=switch,
-            )
-            if decoder is None:
-                yield result
-            else:
-                yield from decoder.submit(result)
-        if decoder is not None:
-            yield from decoder.flush()
+            yield from run.output(run.finish_chunk(c, x0, mode, views, steps, switch))
+        yield from run.flush()

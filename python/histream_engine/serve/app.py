@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..checkpoint import CheckpointError
-from ..host import HostEngine
+from ..host import HostEngine, HostRequest
 from ..runtime.denoise.schedules import SCHEDULES
 from . import guards
 from .embeddings import EmbeddingsDir
@@ -110,9 +110,10 @@ def create_app(host: HostEngine, description: str, limits: Limits | None = None,
         try:
             embeds_path = embeds.path(req.prompt_embeds)
             queue.check_room()
-            frames = 0 if req.live else req.frames  # 0: the host's live stream
+            request = HostRequest(req.prompt, embeds_path, None if req.live else req.frames, req.height, req.width,
+                                  req.schedule, req.seed, live=req.live)
             with prompt_lock:  # one request at a time encodes its prompt (and is checked) on the engine's device
-                results = host.results(req.prompt, embeds_path, frames, req.height, req.width, req.schedule, req.seed)
+                results = host.results(request)
             record = req.model_dump()
             if req.live:
                 record.update(frames=None, duration=duration)

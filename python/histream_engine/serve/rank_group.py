@@ -30,7 +30,7 @@ import uuid
 import ray
 import torch
 
-from .. import host as hosting
+from ..host import EngineOptions, HostEngine, HostRequest, HostStream, open_engine, tiny_demo
 from .stream_registry import NAMESPACE, replica_lost
 
 SETTLE_S = 10.0  # how long rank 0 waits, after its stream ended, for the other ranks' streams to end with it
@@ -57,20 +57,21 @@ def rank_device(backend: str) -> str:
     return f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
 
 
-def device_name(host: hosting.HostEngine) -> str:
+def device_name(host: HostEngine) -> str:
     dit = host.engine.dit
     return torch.cuda.get_device_name(dit.device) if dit.device.type == "cuda" else "CPU"
 
 
-def open_rank_host(spec: dict, backend: str) -> hosting.HostEngine:
+def open_rank_host(spec: dict, backend: str) -> HostEngine:
     """This rank's engine on its group, from the CLI's model options (``model_dir`` None: the tiny demo model)."""
     import torch.distributed as dist
 
     device, group = rank_device(backend), dist.group.WORLD
     if spec["model_dir"] is None:
-        return hosting.tiny_demo(device, spec["attention"], 0, parallel_group=group)
-    return hosting.open_engine(spec["model_dir"], spec["checkpoint"] or "", spec["dtype"], device, spec["attention"], False,
-                               spec["text_encoder"], spec.get("tae_path", ""), parallel_group=group)
+        return tiny_demo(device, spec["attention"], 0, parallel_group=group)
+    options = EngineOptions(spec["model_dir"], spec["checkpoint"] or "", spec["dtype"], device, spec["attention"],
+                            text_encoder=spec["text_encoder"], tae_path=spec.get("tae_path", ""))
+    return open_engine(options, parallel_group=group)
 
 
 class RankActor:
@@ -172,7 +173,7 @@ class RankGroup:
         if self.placement is None:
             raise RuntimeError(f"a replica of {world} ranks runs in a placement group of {world} bundles "
                                "(deploy with ray_app.Scaling(ranks=...), which declares it)")
-        self.host: hosting.HostEngine | None = None
+        self.host: HostEngine | None = None
         self.actors: list = []
         self.devices: list[str] = []
         self.broken: str | None = None  # why the group must be rebuilt before the next stream
@@ -202,7 +203,7 @@ class RankGroup:
         self.devices = [device_name(self.host)] + ray.get(opens, timeout=self.timeout_s)
         self.broken = None
 
-    def _open_here(self) -> hosting.HostEngine:
+    def _open_here(self) -> HostEngine:
         import torch.distributed as dist
 
         if self.host is None:
@@ -211,7 +212,7 @@ class RankGroup:
         old = self.host.engine
         engine = type(old)(old.dit, dataclasses.replace(old.config, group=dist.group.WORLD), vae=old.vae)
         engine.text_encoder = old.text_encoder
-        return hosting.HostEngine(engine, self.host.default_prompt)
+        return HostEngine(engine, self.host.default_prompt)
 
     def rebuild(self) -> None:
         """A fresh group after a lost rank: the old actors go (the survivors are stuck in the broken group). If that
@@ -233,18 +234,18 @@ class RankGroup:
         if dist.is_initialized():
             dist.destroy_process_group()
 
-    def stream(self, prompt: str, prompt_embeds_path: str, frames: int, height: int, width: int, schedule: str,
-               seed: int) -> "GroupStream":
+    def stream(self, request: HostRequest) -> "GroupStream":
         """As ``HostEngine.results``, on every rank. What only rank 0 can check (the prompt, its text encoder) is
         checked before any other rank is asked; the engine's own checks run on every rank and agree."""
         if self.broken is None and (lost := self.lost_rank([a.ready.remote() for a in self.actors], PING_S)) is not None:
             self.broken = f"rank {lost.rank} lost between streams"  # no stream fails for it: the group is rebuilt first
         if self.broken is not None:
             self.rebuild()
-        embeds, *args = self.host.stream_args(prompt, prompt_embeds_path, frames, height, width, schedule)
+        embeds, *args = self.host.stream_args(request)
         key = uuid.uuid4().hex
-        refs = [a.run_stream.remote(key, embeds.cpu(), *args, seed) for a in self.actors]
-        return GroupStream(self, key, refs, lambda: hosting.HostStream(self.host, self.host.engine.stream(embeds, *args, seed=seed)))
+        refs = [a.run_stream.remote(key, embeds.cpu(), *args, request.seed) for a in self.actors]
+        return GroupStream(self, key, refs,
+                           lambda: HostStream(self.host, self.host.engine.stream(embeds, *args, seed=request.seed)))
 
     def ends(self, refs: list, wait_s: float | None):
         """Each stream call's ``RankEnd`` (ranks 1..N-1) as it finishes, for up to ``wait_s`` seconds (None: until all
@@ -344,8 +345,8 @@ class GroupStream:
         all of them have it: the next one, or the one after when the other ranks were already waiting at the next
         (they do not decode, so they usually are), one chunk later than on one process."""
         if not prompt and not prompt_embeds_path:
-            raise ValueError("a prompt switch needs a prompt or prompt_embeds_path")
-        embeds = self.group.host._prompt(prompt, prompt_embeds_path)[:1]
+            raise ValueError("a prompt switch needs a prompt or prompt embeddings")
+        embeds = self.group.host._prompt(prompt, prompt_embeds_path)
         self.local.chunks.set_prompt(embeds, recache=recache)  # checked here first: a bad switch reaches no other rank
         ray.get([a.set_prompt.remote(self.key, embeds.cpu(), recache) for a in self.group.actors], timeout=self.group.timeout_s)
 

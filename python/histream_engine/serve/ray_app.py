@@ -24,7 +24,8 @@ from ray.serve.exceptions import RayServeException
 from ..checkpoint import CheckpointError, read_config
 from ..config import WanConfig
 from ..model_dir import find_model_files
-from ..runtime.engine import EngineConfig, check_video_request
+from ..runtime.engine_config import EngineConfig
+from ..runtime.video_request import check_video_request
 from ..runtime.denoise.schedules import SCHEDULES
 from ..runtime.parallel.ulysses import divisors
 from . import guards

@@ -24,22 +24,22 @@ import ray
 import torch
 from ray import serve
 
-from .. import host as hosting
+from ..host import EngineOptions, HostEngine, HostRequest, open_engine, tiny_demo
 from ..video import FPS, Mp4Writer
 from .jobs import encode_jpeg
 from .rank_group import RankGroup, device_name
 from .stream_registry import NAMESPACE
 
 
-def open_host(spec: dict) -> hosting.HostEngine:
+def open_host(spec: dict) -> HostEngine:
     """The engine a replica holds, from the CLI's model options (``model_dir`` None: the tiny demo model)."""
     if spec["model_dir"] is None:
-        return hosting.tiny_demo(spec["device"] or "cpu", spec["attention"], 0)
-    return hosting.open_engine(spec["model_dir"], spec["checkpoint"] or "", spec["dtype"], spec["device"] or "",
-                               spec["attention"], False, spec["text_encoder"], spec.get("tae_path", ""))
+        return tiny_demo(spec["device"] or "cpu", spec["attention"], 0)
+    return open_engine(EngineOptions(spec["model_dir"], spec["checkpoint"] or "", spec["dtype"], spec["device"] or "",
+                                     spec["attention"], text_encoder=spec["text_encoder"], tae_path=spec.get("tae_path", "")))
 
 
-def describe(host: hosting.HostEngine, devices: list[str] | None = None) -> dict:
+def describe(host: HostEngine, devices: list[str] | None = None) -> dict:
     """What ``/api/info`` shows of a replica: the model as it runs there, on how many ranks and devices."""
     engine = host.engine
     dit = engine.dit
@@ -64,7 +64,7 @@ class EngineReplica:
         self._tmp = tempfile.TemporaryDirectory(prefix="histream-replica-")
 
     @property
-    def host(self) -> hosting.HostEngine:
+    def host(self) -> HostEngine:
         return self._host if self.group is None else self.group.host  # a rebuilt group has a new rank-0 engine
 
     def check_health(self) -> None:
@@ -90,10 +90,10 @@ class EngineReplica:
 
     def _results(self, req: dict):
         embeds = str(Path(self.embeds_dir) / req["prompt_embeds"]) if req.get("prompt_embeds") else ""
+        request = HostRequest(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"], req["seed"])
         if self.group is not None:
-            return self.group.stream(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"],
-                                     req["seed"])
-        return self.host.results(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"], req["seed"])
+            return self.group.stream(request)
+        return self.host.results(request)
 
     def run(self, stream_id: str, req: dict):
         if ray.get(self.registry.cancelled.remote(stream_id)):  # cancelled while it waited in Ray's queue: no work

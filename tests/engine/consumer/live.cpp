@@ -10,7 +10,7 @@ int main(int argc, char** argv) {
     histream::Runtime rt;
     auto engine = histream::Engine::tiny_demo(rt);
     histream::StreamRequest req;
-    req.frames = 0;                                         // live: chunks until close()
+    req.live = true;                                        // live: chunks until close()
     req.height = 64;
     req.width = 96;
     int switches = 0;

@@ -18,13 +18,12 @@ reference the Triton FP8 write is tested against, so each re-encoded (frame, hea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ...attention.ring import RingView
 from ...attention.torch_ref import TorchAttention
 from .kv_cache import RingKVCache
+from .resolution import Resolution
 from .window import WindowPlan
 
 _TORCH = TorchAttention()
@@ -76,16 +75,7 @@ class _RecacheAttention:
         return _TORCH.self_attention(q, k, v, self.view.q_rope, self.view.q_rope)
 
 
-@dataclass
-class RecacheTarget:
-    """One resolution's ring, with what a view of it needs."""
-
-    cache: RingKVCache
-    grid: tuple[int, int]
-    freqs: torch.Tensor  # [D/2] float64
-
-
-def recache_window(dit, forwards, targets: dict[str, RecacheTarget], latents: LatentRing, next_chunk: int, cross_kv,
+def recache_window(dit, forwards, targets: dict[str, Resolution], latents: LatentRing, next_chunk: int, cross_kv,
                    low_factor: int, rope_dtype) -> dict[str, int]:
     """Re-encode, under ``cross_kv`` (``WanDiT.cross_kv`` of the new prompt), the frames chunk ``next_chunk`` attends
     besides its own, through the engine's DiT runner ``forwards`` (its ``recache_tokens``: sharded on a

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..runners.torch_runner import TorchRunner
 from .group import ParallelGroup
 
 _NO_NORM = nn.Identity()  # K arrives at the attention already normalised: its RMSNorm spans every head
@@ -130,19 +131,17 @@ class UlyssesAttend:
         return self.exchange.to_tokens(out.reshape(B, Fr, S, h, D), self.split).view(B, Lr, H, D)
 
 
-class UlyssesForwards:
-    """The torch runner's forwards, sharded over a sequence-parallel group (``EngineConfig(parallel="ulysses")``)."""
-
-    name = "torch"
-    run_mode = None
-    rotate_keys = True
+class UlyssesRunner(TorchRunner):
+    """The torch runner with its forwards sharded over a sequence-parallel group (``EngineConfig(parallel="ulysses")``):
+    every forward goes through ``_forward``, which this runner replaces."""
 
     def __init__(self, dit, backend, ops, par: ParallelGroup):
         heads = dit.config.num_heads
         if heads % par.world_size:
             raise ValueError(f"parallel='ulysses' deals the model's {heads} attention heads out to the ranks, and {heads} is "
                              f"not divisible by the world size {par.world_size}: use {divisors(heads)} processes")
-        self.dit, self.backend, self.ops, self.par = dit, backend, ops, par
+        super().__init__(dit, backend, ops)
+        self.par = par
         self.exchange = Exchange(par)
 
     @property
@@ -150,39 +149,18 @@ class UlyssesForwards:
         """Ranks the heads (and so each ring cache) are dealt out to."""
         return self.par.world_size
 
-    def check(self, sched, chunk_size: int, shape) -> None:
-        """The model runs any shape the engine's checks pass; every rank owns at least one token of a frame there."""
-
-    def prepare_cross(self, cross_kv):
-        return cross_kv
-
-    def _run(self, tokens: torch.Tensor, t, cross, attn, cache_only: bool) -> torch.Tensor | None:
+    def _forward(self, tokens: torch.Tensor, t, cross, attend, cache_only: bool) -> torch.Tensor | None:
         # tokens: [B, F, h, w, C], the whole grid on every rank (the embedding is token-wise and cheap)
         dit = self.dit
         B, Fr, gh, gw, C = tokens.shape
         split = TokenSplit(gh * gw, self.par.world_size)
         start, stop = split.bounds(self.par.rank)
         mine = tokens.reshape(B, Fr, gh * gw, C)[:, :, start:stop]  # [B, F, S_r, C]
-        attend = UlyssesAttend(attn, self.exchange, split, Fr, dit.config.num_heads)
-        y = dit.run_blocks(mine, *dit.time_embed(t), cross, attend, self.backend, cache_only, self.ops)  # [B, F, S_r, P]
+        sharded = UlyssesAttend(attend, self.exchange, split, Fr, dit.config.num_heads)
+        y = dit.run_blocks(mine, *dit.time_embed(t), cross, sharded, self.backend, cache_only, self.ops)  # [B, F, S_r, P]
         if y is None:
             return None
         return dit.unpatchify(self.exchange.gather_tokens(y, split), (Fr, gh, gw))
-
-    def step(self, resolution, x, t, cross, attn):
-        self.dit.latent_grid(x)
-        return self._run(self.dit.patchify(x), t, cross, attn, cache_only=False)
-
-    def recache_latents(self, resolution, x0, t, cross, attn) -> None:
-        self._run(self.dit.patchify(x0), t, cross, attn, cache_only=True)
-
-    def recache_patches(self, resolution, patches, t, cross, attn) -> None:
-        self._run(self.dit.embed_patches(patches), t, cross, attn, cache_only=True)
-
-    def recache_tokens(self, tokens, t, cross_kv, attend) -> None:
-        """A prompt switch's re-cache pass over tokens ``[B, F, h, w, C]``, sharded like the others (``attend`` writes
-        this rank's heads)."""
-        self._run(tokens, t, cross_kv, attend, cache_only=True)
 
 
 def divisors(n: int) -> list[int]:

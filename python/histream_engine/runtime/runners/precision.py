@@ -6,7 +6,9 @@ Three switches, each usable alone (``docs/fp8.md``):
 - an FP8 attention core, chosen by backend name: ``triton_fp8`` (sm_90a), or ``torch_fp8`` (its numerics in torch);
 - ``linear_dtype="float8_e4m3fn"``: the blocks' linear layers as scaled e4m3 matmuls (``model.fp8_linear``).
 
-``precision="fp8"`` turns all three on: both dtypes, and the FP8 counterpart of the chosen backend (``FP8_CORES``).
+``EngineConfig.with_precision("fp8", attention=...)`` turns all three on, spelled out in the config it makes: both
+dtypes, the FP8 counterpart of the chosen backend (``FP8_CORES``), and ``precision="fp8"`` naming the preset; a config
+naming the preset with other fields is refused, never rewritten.
 The dtype options are named after torch's dtype, so a value reads the same in Python, on the command line and in a
 bench record, and a later e5m2 or MX format is another value, not another flag.
 """
@@ -23,23 +25,38 @@ FP8_CORES = {"torch": "torch_fp8", "triton": "triton_fp8", "auto": "triton_fp8",
 MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (sm_89) and Hopper (sm_90)
 
 
-def resolve(config) -> None:
-    """Apply ``config.precision`` to an ``EngineConfig`` and check its FP8 fields, in place (its ``__post_init__``)."""
+def spelled_out(precision: str, attention: str = "torch") -> dict:
+    """The fields ``precision`` stands for, with ``attention`` swapped for its FP8 core: what
+    ``EngineConfig.with_precision`` writes into the config it makes."""
+    if precision not in PRECISIONS or precision is None:
+        raise ValueError(f"precision must be one of {[p for p in PRECISIONS if p]}, got {precision!r}")
+    if attention not in FP8_CORES:
+        raise ValueError(f"precision='fp8' has no FP8 attention core for attention={attention!r}; "
+                         f"use one of {sorted(FP8_CORES)}, or set kv_dtype/linear_dtype alone")
+    return {"precision": precision, "kv_dtype": FP8, "linear_dtype": FP8, "attention": FP8_CORES[attention]}
+
+
+def check(config) -> None:
+    """An ``EngineConfig``'s FP8 fields (its ``__post_init__``). ``precision`` names the preset its other fields were
+    spelled out from: a config whose fields say otherwise is refused with the fields the preset would change."""
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
-    if config.precision == "fp8":
-        if config.attention not in FP8_CORES:
-            raise ValueError(f"precision='fp8' has no FP8 attention core for attention={config.attention!r}; "
-                             f"use one of {sorted(FP8_CORES)}, or set kv_dtype/linear_dtype alone")
-        config.kv_dtype = config.kv_dtype or FP8
-        config.linear_dtype = config.linear_dtype or FP8
-        config.attention = FP8_CORES[config.attention]
     if config.kv_dtype not in KV_DTYPES:
         raise ValueError(f"kv_dtype must be None (the model dtype) or {FP8!r}, got {config.kv_dtype!r}")
     if config.linear_dtype not in LINEAR_DTYPES:
         raise ValueError(f"linear_dtype must be None (the model dtype) or {FP8!r}, got {config.linear_dtype!r}")
+    if config.precision is not None:
+        base = next((name for name, core in FP8_CORES.items() if core == config.attention), config.attention)
+        wanted = spelled_out(config.precision, base if config.attention in FP8_CORES.values() else config.attention)
+        changes = [f"{k}={getattr(config, k)!r} -> {v!r}" for k, v in wanted.items() if getattr(config, k) != v]
+        if changes:
+            raise ValueError(f"precision={config.precision!r} stands for {', '.join(f'{k}={v!r}' for k, v in wanted.items() if k != 'precision')}; "
+                             f"this config has {'; '.join(changes)}. Nothing is changed behind your back: give those "
+                             f"fields too, or build the config with EngineConfig.with_precision({config.precision!r}, "
+                             f"attention={base!r})")
     if config.attention in ("torch_fp8", "triton_fp8") and config.kv_dtype != FP8:
-        raise ValueError(f"attention={config.attention!r} reads an e4m3 ring cache: set kv_dtype={FP8!r} (or precision='fp8')")
+        raise ValueError(f"attention={config.attention!r} reads an e4m3 ring cache: set kv_dtype={FP8!r} "
+                         f"(or EngineConfig.with_precision('fp8'))")
 
 
 def uses_fp8(config) -> bool:
