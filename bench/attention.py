@@ -36,7 +36,9 @@ from pathlib import Path
 import torch
 
 from histream_engine.attention import BACKENDS, get_backend
-from histream_engine.attention.auto import auto_choices, device_seconds
+from histream_engine.attention.auto import auto_choices
+from histream_engine.device_timing import device_seconds
+from histream_engine.numerics import rel_err
 from histream_engine.attention.fp8_quant import E4M3, group_scales, quantize, quantize_frames
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs
@@ -50,10 +52,6 @@ def median_seconds(fn, repeats: int, device) -> float:
     # one warm-up call compiles and autotunes; up to three settle clocks and caches for a real measurement, and a
     # --repeats 1 run (a smoke test) wants none of that
     return statistics.median(device_seconds(fn, device, warmup=min(3, repeats), repeats=repeats))
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:

@@ -11,7 +11,7 @@ import statistics
 import torch
 
 from histream_engine.model.keys import wan_to_diffusers
-from histream_engine.runtime.timing import ChunkTimer
+from histream_engine.device_timing import DeviceTimer
 
 STEPS = 50
 CFG = 2
@@ -35,7 +35,7 @@ def wan_baseline(dit, prompt, latent_shape: tuple[int, int, int], frames: int, s
     F, h, w = latent_shape
     x = torch.randn(1, dit.config.in_dim, F, h, w, device=dit.device, dtype=dit.dtype)  # [1, 16, F, h, w]
     t = torch.full((1,), 500.0, device=dit.device)
-    timer = ChunkTimer(dit.device)
+    timer = DeviceTimer(dit.device)
     times = []
     with torch.no_grad():
         ref(x, t, prompt, return_dict=False)  # warm-up

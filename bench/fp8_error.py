@@ -17,6 +17,7 @@ import torch
 from histream_engine import Engine, EngineConfig
 from histream_engine.model.dit import EAGER_OPS
 from histream_engine.model.fp8_linear import block_linears
+from histream_engine.numerics import rel_err
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,6 @@ VARIANTS = (
     Variant("fp8_linears", "bfloat16", {"linear_dtype": "float8_e4m3fn"}),
     Variant("fp8_all", "bfloat16", {"precision": "fp8"}),
 )
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
 
 
 def psnr(frames: torch.Tensor, ref: torch.Tensor) -> float:

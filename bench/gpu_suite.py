@@ -52,6 +52,8 @@ from typing import Callable
 
 import torch
 
+from histream_engine.provenance import git_commit
+
 REPO = Path(__file__).resolve().parent.parent
 STEP_NAMES = ("env", "tests", "aot", "attention", "vae", "bench", "graphs", "live", "bench_full", "fp8", "multi_gpu", "tensorrt")
 FP8_SCHEDULES = ("histream", "histream_plus")
@@ -182,18 +184,11 @@ def write_env(path: Path) -> None:
         "dit_backends": [{"name": n, "available": ok, "reason": why} for n, ok, why in dit_backends()],
         "optional_packages": {m: _has(m) is None for m in ("flash_attn", "diffusers", "transformers", "pytest", "matplotlib",
                                                             "pybind11", "onnxruntime", "tensorrt")},
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(REPO),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def run_step(step: Step, work: Path, log) -> dict:

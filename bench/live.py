@@ -21,7 +21,9 @@ from histream_engine import SCHEDULES, Engine, EngineConfig, WanConfig
 from histream_engine.model.dit import initialized_dit
 
 from .presets import PRESETS
-from .report import environment, write_json
+from histream_engine.provenance import environment
+
+from .report import write_json
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from histream_engine import SCHEDULES, WanDiT
-from histream_engine.runtime.results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from histream_engine.provenance import git_commit
+from histream_engine.model.decoder import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
 
 PEER_MODULES = ("pipeline.causal_inference", "utils.wan_wrapper", "utils.scheduler", "wan.modules.causal_model")
 
@@ -258,15 +259,6 @@ def engine_noises(engine, batch: int, frames: int, height: int, width: int, seed
     shape = (batch, engine.dit.config.in_dim, M, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE)
     return [[torch.randn(shape, generator=gen, device=engine.dit.device) for _ in sched.steps(c)]
             for c in range(latent_frames // M)]
-
-
-def git_commit(path) -> str | None:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=path).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def compare(path, engine, prompt_embeds: torch.Tensor, frames: int, height: int, width: int, schedules: list[str],

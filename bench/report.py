@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-import torch
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of the GPUs we report utilisation for.
 DEVICE_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -22,30 +20,6 @@ def device_peak(device_name: str, dtype: str) -> float | None:
     if dtype not in ("bfloat16", "float16"):
         return None
     return next((peak for key, peak in DEVICE_PEAKS.items() if key in device_name), None)
-
-
-def environment(device: torch.device) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU ({torch.get_num_threads()} threads)"
-    return {
-        "device": name,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda,
-        "git_commit": commit,
-    }
 
 
 def markdown_table(record: dict) -> str:

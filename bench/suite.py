@@ -29,14 +29,16 @@ from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
 from histream_engine.runtime.parallel.group import arguments_fingerprint
-from histream_engine.runtime.results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from histream_engine.model.decoder import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
 from histream_engine.runtime.video_request import check_video_request
 
 from .baseline import wan_baseline
 from .peer_self_forcing import PeerError, compare, load_peer
 from .presets import PRESETS, BenchPreset
 from .profile import profile_last_chunk
-from .report import device_peak, environment, fp8_peak, markdown_table, plot_chunks, write_json
+from histream_engine.provenance import environment
+
+from .report import device_peak, fp8_peak, markdown_table, plot_chunks, write_json
 from .vae import RANDOM_TAE, build_decoder
 
 RESULTS = Path(__file__).parent / "results"

@@ -23,10 +23,13 @@ from pathlib import Path
 import torch
 
 from histream_engine import TAEHV, CheckpointError, VAEConfig, WanVAE, flops
+from histream_engine.model.decoder import VAE_SPACE_STRIDE
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.taehv_checkpoint import load_taehv, taehv_from_state
 
-from .report import environment, write_json
+from histream_engine.provenance import environment
+
+from .report import write_json
 
 RESULTS = Path(__file__).parent / "results"
 DECODERS = ("wan", "tae")
@@ -57,11 +60,11 @@ def _sync(device: torch.device) -> None:
 def time_decoder(decoder, height: int, width: int, latent_frames: int, repeats: int) -> float:
     """Median seconds per video frame of a steady chunk of ``latent_frames``."""
     device = decoder.device
-    shape = (1, decoder.latent_channels, latent_frames, height // 8, width // 8)  # [B, 16, F, h, w]
+    shape = (1, decoder.latent_channels, latent_frames, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE)  # [B, 16, F, h, w]
     times = []
     for _ in range(repeats):
         state = decoder.new_state()
-        decoder.decode(torch.randn(1, decoder.latent_channels, 1, height // 8, width // 8, device=device), state)
+        decoder.decode(torch.randn(1, decoder.latent_channels, 1, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE, device=device), state)
         z = torch.randn(shape, device=device)
         _sync(device)
         t0 = time.perf_counter()

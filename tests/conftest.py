@@ -11,12 +11,7 @@ if not torch.cuda.is_available():
 
 import background
 from histream_engine import WanConfig, WanDiT
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative error ||a - b|| / ||b||, computed in float64."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
+from histream_engine.numerics import rel_err  # noqa: F401 - the tests import it from here
 
 
 def random_dit(config: WanConfig | str = "tiny", seed: int = 0, std: float = 0.1, dtype=torch.float32) -> WanDiT:

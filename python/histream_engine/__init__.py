@@ -11,8 +11,9 @@ from .model import WanDiT
 from .model.decoder import VideoDecoder
 from .model.taehv import TAEHV, TAEHVConfig
 from .model.vae import VAEConfig, WanVAE, to_uint8_frames
-from .runtime import SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, Schedule, Step
-from .graphs.manifest import package_version
+from .runtime import (SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationResult, RequestError, RequestTypeError, Schedule,
+                      Step, StreamClosedError, VideoStream)
+from .provenance import package_version
 from .runtime.runners.registry import dit_backends
 from .runtime.parallel.group import ParallelGroup, init_parallel
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
@@ -29,14 +30,18 @@ __all__ = [
     "GenerationResult",
     "PRESETS",
     "ParallelGroup",
+    "RequestError",
+    "RequestTypeError",
     "SCHEDULES",
     "Schedule",
     "Step",
+    "StreamClosedError",
     "TAEHV",
     "TAEHVConfig",
     "TextEncoder",
     "VAEConfig",
     "VideoDecoder",
+    "VideoStream",
     "WanConfig",
     "WanDiT",
     "WanVAE",

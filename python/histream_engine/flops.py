@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import WanConfig
-from .runtime.results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE, chunk_video_frames
+from .model.decoder import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from .runtime.results import chunk_video_frames
 from .runtime.denoise.schedules import Schedule, resolve_schedule
 
 
@@ -129,49 +130,18 @@ def taehv_flops_per_frame(height: int, width: int, config=None) -> float:
 
 
 def _decoder_flops_per_frame(vae, height: int, width: int) -> float:
+    """Counted by torch's ``FlopCounterMode`` on meta tensors (no memory, no arithmetic, no global patched): every
+    convolution, module or functional (TAEHV's fused MemBlock conv), and the attention block's matmuls, at 2 FLOPs a
+    multiply-add, over one steady-state latent frame (4 video frames) once the first has primed the causal history."""
     import torch
-    import torch.nn.functional as F
-
-    from .model.vae import AttentionBlock
-
-    total = [0.0]
-
-    def conv_hook(module, inputs, output):
-        k = 1
-        for s in module.kernel_size:
-            k *= s
-        total[0] += 2.0 * output.numel() * (module.in_channels // module.groups) * k
-
-    def attn_hook(module, inputs, output):
-        B, C, T, H, W = inputs[0].shape
-        total[0] += 4.0 * B * T * (H * W) ** 2 * C
-
-    hooks = []
-    for m in vae.modules():
-        if isinstance(m, torch.nn.Conv3d):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, AttentionBlock):
-            hooks.append(m.register_forward_hook(attn_hook))
-    # every 2D conv, modules' and functional ones (TAEHV's fused MemBlock conv), is counted by wrapping F.conv2d
-    plain_conv2d = F.conv2d
-
-    def counted_conv2d(x, weight, *args, **kwargs):
-        out = plain_conv2d(x, weight, *args, **kwargs)
-        total[0] += 2.0 * out.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
-        return out
+    from torch.utils.flop_counter import FlopCounterMode
 
     state = vae.new_state()
     z = torch.zeros(1, vae.latent_channels, 1, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE, device="meta")
-    F.conv2d = counted_conv2d
-    try:
-        vae.decode(z, state)  # the first latent frame (1 video frame) primes the causal history
-        total[0] = 0.0
-        vae.decode(z, state)  # a steady-state latent frame: 4 video frames
-    finally:
-        F.conv2d = plain_conv2d
-        for h in hooks:
-            h.remove()
-    return total[0] / VAE_TIME_STRIDE
+    vae.decode(z, state)  # the first latent frame (1 video frame) primes the causal history
+    with FlopCounterMode(display=False) as counter:
+        vae.decode(z, state)
+    return counter.get_total_flops() / VAE_TIME_STRIDE
 
 
 def precision_peak(f: Flops, bf16_peak: float, fp8_peak: float, fp8_linear: bool, fp8_attention: bool) -> float:

@@ -25,8 +25,9 @@ class Plugin(Generic[T]):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, entries: tuple[Plugin[T], ...]):
-        self.kind, self.entries = kind, entries
+    def __init__(self, kind: str, entries: tuple[Plugin[T], ...], field: str | None = None):
+        """``kind`` names the plug-ins in messages; ``field``, the setting that picks one (``dit='tensorrt'``), if any."""
+        self.kind, self.entries, self.field = kind, entries, field
         self._by_name = {e.name: e for e in entries}
 
     @property
@@ -46,5 +47,6 @@ class Registry(Generic[T]):
         """The plug-in ``name``, refusing with the reason when it cannot run here."""
         entry = self.entry(name)
         if (why := entry.unavailable_reason()) is not None:
-            raise RuntimeError(f"{self.kind} {name!r} is unavailable: {why}")
+            what = f"{self.field}={name!r}" if self.field else f"{self.kind} {name!r}"
+            raise RuntimeError(f"{what} is unavailable: {why}")
         return entry.build(*args, **kwargs)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from histream_engine.checkpoint import CheckpointError
+from histream_engine.host import HostRequest
 from histream_engine.runtime import Engine, EngineConfig
 from histream_engine.runtime.denoise.finite_check import NonFiniteLatents, check_finite_latents
 from histream_engine.runtime.request_checks import RequestError, RequestTypeError, resolve_device
@@ -60,7 +61,7 @@ ROWS = [
      RequestError, "CUDA device"),
     ("device_name", lambda h: resolve_device("gpu0"), RequestError, "unknown device 'gpu0'"),
     ("model_dir_missing", lambda h: Engine.from_pretrained("/nonexist/wan", device="cpu"), CheckpointError, "does not exist"),
-    ("host_batch", lambda h: type(h)(h.engine, torch.zeros(2, 4, 32)).results("", "", 9, 32, 32, "self_forcing", 0),
+    ("host_batch", lambda h: type(h)(h.engine, torch.zeros(2, 4, 32)).results(HostRequest(frames=9, height=32, width=32, schedule="self_forcing")),
      RequestError, "batch of 2 prompts"),
 ]
 

@@ -133,11 +133,12 @@ def test_a_lost_rank_fails_only_its_stream_and_the_group_is_rebuilt(server):
 def live_switch_on_two_ranks(spec: dict, switch_to: str) -> dict:
     """In a Ray task in bundle 0 of a 2-bundle placement group, as rank 0 of a replica: a live stream with a prompt
     switch (re-cache) queued after chunk 1, closed after chunk 3."""
+    from histream_engine.host import HostRequest
     from histream_engine.serve.rank_group import RankGroup
 
     group = RankGroup(spec, 2, {"num_cpus": 0.25}, 60.0, "histream-test-live")
     try:
-        stream = group.stream(hosting.HostRequest("", "", None, 64, 96, "histream", 5, live=True))
+        stream = group.stream(HostRequest("", "", None, 64, 96, "histream", 5, live=True))
         chunks = []
         for chunk, _frames in stream:
             chunks.append(chunk)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from ..device_timing import device_seconds
 
 from .torch_ref import TorchAttention
 
@@ -48,26 +49,6 @@ def shape_name(key: tuple) -> str:
     return f"q{list(q)} k{list(k)} k strides {list(k_strides)} {str(dtype).replace('torch.', '')} {device}"
 
 
-def device_seconds(fn: Callable[[], object], device: torch.device, warmup: int = WARMUP, repeats: int = REPEATS) -> list[float]:
-    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones: CUDA events on a GPU, wall clock elsewhere."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return times
-
-
 class AutoCore:
     """A core that dispatches to the fastest of ``cores`` measured for each input shape."""
 
@@ -91,7 +72,7 @@ class AutoCore:
         seconds, failed = {}, {}
         for name, core in self.cores.items():
             try:
-                times = device_seconds(lambda core=core: core(q, k, v), q.device)
+                times = device_seconds(lambda core=core: core(q, k, v), q.device, WARMUP, REPEATS)
                 seconds[name] = statistics.median(times)
             except Exception as e:  # noqa: BLE001 - a core that cannot run this shape is skipped, and the reason kept
                 failed[name] = f"{type(e).__name__}: {e}"

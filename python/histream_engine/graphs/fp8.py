@@ -19,6 +19,7 @@ import re
 
 import torch
 
+from ..model.decoder import VAE_SPACE_STRIDE
 from ..model.dit import WanDiT
 from ..model.fp8_linear import E4M3_MAX, block_linears, channel_scales
 from .signature import Signature
@@ -46,7 +47,7 @@ def calibrate(dit: WanDiT, schedule: str, height: int, width: int, chunk_size: i
     try:
         for res in sorted(resolutions):
             factor = sched.low_factor if res == "low" else 1
-            latent = torch.randn(1, cfg.in_dim, chunk_size, height // 8 // factor, width // 8 // factor, generator=g)
+            latent = torch.randn(1, cfg.in_dim, chunk_size, height // VAE_SPACE_STRIDE // factor, width // VAE_SPACE_STRIDE // factor, generator=g)
             for t in timesteps:
                 dit(latent.to(dit.device), torch.tensor([t], device=dit.device), prompt.to(dit.device))
     finally:

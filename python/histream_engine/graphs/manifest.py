@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import CheckpointError
+from ..provenance import git_commit, package_version
 from .signature import Signature
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-
-
-def package_version() -> str:
-    """The installed histream_engine's version, from the package metadata (graphs are tied to the package that wrote
-    them); the package root re-exports the same figure as ``__version__``."""
-    try:
-        return metadata.version("histream_engine")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"  # run from a source tree that was never installed
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -39,15 +29,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         h.update(repr((name, tuple(p.shape), str(p.dtype))).encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from ..model.dit import WanDiT
-from ..runtime.results import VAE_SPACE_STRIDE
+from ..model.decoder import VAE_SPACE_STRIDE
 from ..runtime.video_request import check_video_request
 from .manifest import write_manifest
 from .signature import GRAPH_INPUTS, GRAPH_OUTPUTS, Signature, needed_signatures

@@ -10,6 +10,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+# Both decoders keep the Wan VAE's compression: 4x in time (the first latent frame decodes to one video frame, each
+# later one to 4), 8x in each spatial direction.
+VAE_TIME_STRIDE = 4
+VAE_SPACE_STRIDE = 8
+
 
 @runtime_checkable
 class VideoDecoder(Protocol):

@@ -9,7 +9,7 @@ latent frame decodes to 1 video frame, every later one to 4 (two temporal upsamp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

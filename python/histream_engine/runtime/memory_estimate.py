@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.decoder import VAE_SPACE_STRIDE
 from .request_checks import RequestError
 
 GiB = 2**30
@@ -63,7 +64,7 @@ def estimate_stream(dit_config, dtype: torch.dtype, device: torch.device, batch:
         activations += 2 * batch * (cfg.num_heads // shards) * chunk_size * tokens_per_frame(1) * keys * 4
     vae = 0
     if vae_dim is not None:
-        pixels = latent_hw[0] * 8 * latent_hw[1] * 8
+        pixels = latent_hw[0] * VAE_SPACE_STRIDE * latent_hw[1] * VAE_SPACE_STRIDE
         vae = batch * VAE_LIVE_TENSORS * vae_dim * 4 * pixels * 4 + batch * 4 * chunk_size * pixels * 3
     return MemoryEstimate(cache, int(TRANSIENT_HEADROOM * activations), int(TRANSIENT_HEADROOM * vae))
 

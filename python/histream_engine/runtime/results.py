@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Wan VAE: 4x temporal, 8x spatial compression; the first latent frame decodes to one video frame.
-VAE_TIME_STRIDE = 4
-VAE_SPACE_STRIDE = 8
+from ..model.decoder import VAE_TIME_STRIDE
 
 
 def chunk_video_frames(chunk: int, chunk_size: int) -> int:

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from ..device_timing import DeviceTimer
 from .cache.layer_attention import WindowAttention
 from .cache.recache import LatentRing, recache_window
 from .cache.resolution import build_resolution
@@ -20,7 +21,6 @@ from .denoise.finite_check import check_finite_latents
 from .denoise.schedules import RESOLUTIONS
 from .parts import StreamParts
 from .results import ChunkResult, PromptSwitch, chunk_video_frames
-from .timing import ChunkTimer
 from .video_request import VideoShape, position_horizon
 
 
@@ -38,7 +38,7 @@ class StreamRun:
         self.rope_positions = max(plan.max_temporal_position(position_horizon(plan, shape)) + 1,
                                   *(g for r in self.res.values() for g in r.grid))
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.timer = ChunkTimer(device)
+        self.timer = DeviceTimer(device)
         self.decoder = ChunkDecoder(parts.decoder, device) if parts.decoder is not None else None
         self.graphs = self._new_graphs()
         self.t_clean = torch.zeros((shape.batch, parts.chunk_size), device=device)  # [B, M] recache timesteps

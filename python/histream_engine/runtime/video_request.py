@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .cache.window import WindowPlan
 from .denoise.schedules import Schedule
-from .results import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
+from ..model.decoder import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ RUNNERS: Registry = Registry("dit runner", (
     Plugin("onnxruntime", lambda: missing_package("onnxruntime", "pip install onnxruntime, or onnxruntime-gpu for CUDA"),
            _graph_runner("onnxruntime_forwards"), RunnerTraits(True, True)),
     Plugin("tensorrt", _tensorrt_reason, _graph_runner("tensorrt_forwards"), RunnerTraits(True, True)),
-))
+), field="dit")
 DIT_RUNNERS = RUNNERS.names
 
 
