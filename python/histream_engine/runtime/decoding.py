@@ -13,9 +13,9 @@ from ..model.vae import to_uint8_frames
 
 
 class ChunkDecoder:
-    def __init__(self, vae: VideoDecoder, device: torch.device, lag: bool | None = None):
+    def __init__(self, vae: VideoDecoder, device: torch.device, lag: bool | None = None, state=None):
         self.vae = vae
-        self.state = vae.new_state()  # the causal history, carried from chunk to chunk
+        self.state = vae.new_state() if state is None else state  # the causal history, carried from chunk to chunk
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.lag = self.stream is not None if lag is None else lag
         self._pending: list[tuple] = []
@@ -43,6 +43,11 @@ class ChunkDecoder:
 
     def flush(self) -> list:
         return self._release(keep=0)
+
+    @property
+    def pending(self) -> int:
+        """Chunks submitted whose decode has not been handed out yet (one at most, and only with the lag)."""
+        return len(self._pending)
 
     def _release(self, keep: int) -> list:
         ready = []

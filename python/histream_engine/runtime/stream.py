@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -25,8 +25,14 @@ from .parallel import boundary
 from .parts import StreamParts
 from .request_checks import RequestError, check_prompt_embeds
 from .results import ChunkResult
+from .results import PromptSwitch
 from .stream_run import StreamRun
+from .stream_state import StreamState, StreamStateError
 from .video_request import VideoShape
+
+# What puts a new stream's run where it starts (a resumed state, a given clip, an image), before its first chunk; it
+# returns the re-cache it ran as a prompt switch report for that chunk, or None.
+StartFn = Callable[[StreamRun], "PromptSwitch | None"]
 
 
 @dataclass
@@ -40,10 +46,15 @@ class StreamClosedError(RuntimeError):
 
 
 class VideoStream(Iterator[ChunkResult]):
-    def __init__(self, parts: StreamParts, prompt_embeds: torch.Tensor, shape: VideoShape, sched, plan, seed: int):
+    def __init__(self, parts: StreamParts, prompt_embeds: torch.Tensor, shape: VideoShape, sched, plan, seed: int,
+                 first_chunk: int = 0, start: StartFn | None = None, model: dict | None = None):
         self.parts, self.shape, self.schedule, self.plan = parts, shape, sched, plan
         self._prompt = prompt_embeds
         self._seed = seed
+        self._first_chunk, self._start, self._model = first_chunk, start, model or {}
+        self._run_obj: StreamRun | None = None  # made at the first chunk (or the first state()); kept, without rings, after
+        self._start_switch: PromptSwitch | None = None  # what ``start`` re-cached: the first chunk reports it
+        self._ready: list[ChunkResult] = []  # chunks finished by a state()'s flush, handed out before any new chunk
         self._lock = threading.Lock()  # guards the flags below, held only for a moment
         self._turn = threading.Lock()  # held while a chunk runs: close() from another thread then only sets the flag
         # switches queued and not landed yet; on one process the last lands (a newer one overrides), across ranks the
@@ -51,7 +62,7 @@ class VideoStream(Iterator[ChunkResult]):
         self._pending: list[_Pending] = []
         self._closed = False
         self._started = False
-        self._next_chunk = 0  # the chunk whose boundary the loop reaches next
+        self._next_chunk = first_chunk  # the chunk whose boundary the loop reaches next
         self._peers_told = False  # this rank's group agreed at a boundary to stop (or it told the others it stopped)
         self._in_chunk = False  # inside a chunk's forwards: the other ranks are in its collectives too
         self.caches: dict | None = None  # resolution -> RingKVCache while the stream runs; None once it ended
@@ -69,7 +80,7 @@ class VideoStream(Iterator[ChunkResult]):
     @property
     def holds_caches(self) -> bool:
         """Whether the stream's caches are still allocated (from its first chunk until it ends or is closed)."""
-        return self._started and self._gen.gi_frame is not None
+        return self._run_obj is not None and self._run_obj.res is not None
 
     def __iter__(self) -> "VideoStream":
         return self
@@ -80,6 +91,8 @@ class VideoStream(Iterator[ChunkResult]):
                 self._stop()
                 raise StopIteration
             self._started = True
+            if self._ready:
+                return self._ready.pop(0)
             try:
                 return next(self._gen)
             except StopIteration:
@@ -112,6 +125,9 @@ class VideoStream(Iterator[ChunkResult]):
             self._tell_peers()
         finally:
             self._gen.close()
+            if self._run_obj is not None:  # a run made by state() before the first chunk has no generator frame to end
+                self._run_obj.release_caches()
+                self.caches = None
 
     def _tell_peers(self) -> None:
         par = self.parts.parallel
@@ -147,6 +163,26 @@ class VideoStream(Iterator[ChunkResult]):
                                f"[L, {embeds.shape[2]}] or [{batch}, L, {embeds.shape[2]}]")
         return embeds.to(self.parts.device, self._prompt.dtype)
 
+    def state(self, include_cache: bool = False) -> StreamState:
+        """What this stream needs to go on, at the boundary after the last chunk it has denoised (``stream_state``):
+        between chunks, or once it ended; ``include_cache`` adds the rings (while it runs). A decode still in flight
+        (on a GPU, chunk k decodes while k+1 denoises) is finished first, and the chunks it finishes are handed out by
+        the next ``next()`` calls, before any new chunk runs: so the state's boundary comes after every chunk the
+        caller will have received by then. ``Engine.resume`` goes on from it."""
+        if not isinstance(include_cache, bool):
+            raise TypeError(f"include_cache must be True or False, got {include_cache!r}")
+        if include_cache and self.parts.parallel is not None:
+            raise StreamStateError("include_cache on a sequence-parallel stream: each rank holds only its own heads' rings; "
+                                   "take the state without them (every rank's is the same)")
+        with self._turn:
+            if self._closed and self._run_obj is not None and self._run_obj.decoder is not None and self._run_obj.decoder.pending:
+                raise StreamStateError("this stream was closed with a chunk still decoding: its frames never reached you, "
+                                       "so no state continues after them")
+            run = self._ensure_run()
+            if run.decoder is not None:
+                self._ready.extend(run.decoder.flush())
+            return run.snapshot(self._next_chunk, include_cache, self._model)
+
     def _boundary(self) -> tuple[bool, _Pending | None]:
         """At a chunk boundary: whether to stop, and the prompt switch to land now (or None). On one process the newest
         switch lands and the ones it overrode are dropped; on a sequence-parallel stream the ranks agree first
@@ -172,16 +208,25 @@ class VideoStream(Iterator[ChunkResult]):
         return False, pending
 
     @torch.no_grad()
+    def _ensure_run(self) -> StreamRun:
+        if self._run_obj is None:
+            run = StreamRun(self.parts, self.shape, self.schedule, self.plan, self._prompt, self._seed)
+            self._start_switch = self._start(run) if self._start is not None else None
+            self._run_obj, self.caches = run, run.caches
+        return self._run_obj
+
+    @torch.no_grad()
     def _run(self) -> Iterator[ChunkResult]:
-        run = StreamRun(self.parts, self.shape, self.schedule, self.plan, self._prompt, self._seed)
-        self.caches = run.caches
+        run = self._ensure_run()
         try:
             yield from self._chunks(run)
         finally:
             self.caches = None
+            run.release_caches()
 
     def _chunks(self, run: StreamRun) -> Iterator[ChunkResult]:
-        chunks = itertools.count() if self.shape.num_chunks is None else range(self.shape.num_chunks)
+        start = self._first_chunk
+        chunks = itertools.count(start) if self.shape.num_chunks is None else range(start, self.shape.num_chunks)
         for c in chunks:
             stop, pending = self._boundary()
             if stop and self._closed:
@@ -189,7 +234,7 @@ class VideoStream(Iterator[ChunkResult]):
             if stop:
                 break  # another rank stopped: the chunks this one denoised still reach its caller (its decoder lags one)
             self._in_chunk = True
-            switch = None
+            switch, self._start_switch = self._start_switch, None
             if pending is not None:
                 switch = run.switch_prompt(pending.embeds, pending.recache, c)
                 self._prompt = pending.embeds

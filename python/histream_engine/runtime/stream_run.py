@@ -3,6 +3,7 @@
 ``VideoStream`` (the iterator a caller holds) decides when a chunk runs, stops or switches prompts; a ``StreamRun``
 does the work: it holds each resolution's ring cache, the clean latents a re-cache reads, the seeded noise generator,
 the text K/V, the decoder's causal history and the chunk graphs, and turns a chunk index into a ``ChunkResult``.
+It also takes and restores a ``StreamState`` at a chunk boundary (``snapshot``, ``restore``).
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ from .cache.layer_attention import WindowAttention
 from .cache.recache import LatentRing, recache_window
 from .cache.resolution import build_resolution
 from .decoding import ChunkDecoder
+from .denoise.chunk import CleanFrames
 from .denoise.chunk_graphs import ChunkGraphs
 from .denoise.finite_check import check_finite_latents
 from .denoise.schedules import RESOLUTIONS
 from .parts import StreamParts
 from .results import ChunkResult, PromptSwitch, chunk_video_frames
+from .stream_state import DecoderState, StreamState, StreamStateError
+from ..model.decoder import VAE_SPACE_STRIDE
 from .video_request import VideoShape, position_horizon
 
 
 class StreamRun:
     def __init__(self, parts: StreamParts, shape: VideoShape, sched, plan, prompt: torch.Tensor, seed: int):
-        self.parts, self.shape, self.sched, self.plan = parts, shape, sched, plan
+        self.parts, self.shape, self.sched, self.plan, self.seed = parts, shape, sched, plan, seed
         dit, device = parts.dit, parts.device
         used = ("low", "high") if sched.uses_low else ("high",)
         self.res = {name: build_resolution(name, dit.config, dit.dtype, device, shape.batch, shape.latent_hw, sched, plan,
@@ -43,6 +47,7 @@ class StreamRun:
         self.graphs = self._new_graphs()
         self.t_clean = torch.zeros((shape.batch, parts.chunk_size), device=device)  # [B, M] recache timesteps
         self.denoise = parts.denoiser
+        self.clean = None  # CleanFrames chunk 0 starts with (an image), set by ``condition``
         self.prompt = prompt  # [B, L, text_dim] on the model's device
         self.raw_cross = dit.cross_kv(prompt.to(device))
         self.cross = parts.runner.prepare_cross(self.raw_cross)
@@ -50,6 +55,10 @@ class StreamRun:
     @property
     def caches(self) -> dict:
         return {name: r.cache for name, r in self.res.items()}
+
+    def release_caches(self) -> None:
+        """Free the rings and graphs once the stream ended: what a later ``snapshot`` without rings needs stays."""
+        self.res, self.graphs = None, None
 
     @property
     def cache_bytes(self) -> int:
@@ -89,9 +98,11 @@ class StreamRun:
         steps = self.sched.steps(c)
         views = {name: r.view(c, self.rope_dtype, self.rope_positions) for name, r in self.res.items()}
 
+        clean = self.clean if c == 0 else None  # a chunk that holds given frames never repeats a graph signature
+
         def body(steps, noises, views):
             attn = {name: WindowAttention(self.res[name].cache, view, self.parts.backend) for name, view in views.items()}
-            return self.denoise(steps, noises, attn, self.sched, self.cross, self.t_clean)
+            return self.denoise(steps, noises, attn, self.sched, self.cross, self.t_clean, clean)
 
         x0, mode = self.graphs.run(steps, self._noises(steps), views, body)
         return x0, mode, views, steps
@@ -122,3 +133,75 @@ class StreamRun:
 
     def flush(self) -> list[ChunkResult]:
         return [] if self.decoder is None else self.decoder.flush()
+
+    # ---- stream states (``stream_state``) ----
+    def context_frames(self, chunk: int) -> list[int]:
+        """The frames chunk ``chunk`` attends besides its own: what a state at that boundary keeps."""
+        visible = self.plan.visible_frames(chunk)
+        return visible[: len(visible) - self.parts.chunk_size]
+
+    def snapshot(self, chunk: int, include_cache: bool, model: dict) -> StreamState:
+        """The state at the boundary before chunk ``chunk`` (no chunk running, no decode in flight)."""
+        if self.latents is None and not include_cache:
+            raise StreamStateError(f"schedule {self.sched.name!r} keeps the full history (window='full'): a state without "
+                                   "the rings would have to re-encode the whole video; take state(include_cache=True)")
+        if include_cache and self.res is None:
+            raise StreamStateError("this stream's rings were freed when it ended or was closed: take "
+                                   "state(include_cache=True) while it runs, or the state without them")
+        if self.decoder is not None and self.decoder.pending:
+            raise RuntimeError("a decode is in flight: VideoStream.state flushes it first")
+        frames = self.context_frames(chunk)
+        latents = self.latents.frames([self.plan.slot_of(f) for f in frames]) if self.latents is not None else \
+            torch.zeros((self.shape.batch, self.parts.dit.config.out_dim, 0) + self.shape.latent_hw)
+        decoder = None
+        if self.decoder is not None:
+            tensors, meta = self.parts.decoder.state_tensors(self.decoder.state)
+            decoder = DecoderState(self.parts.decoder.name, {k: t.detach().clone() for k, t in tensors.items()}, meta)
+        state = StreamState(
+            next_chunk=chunk, chunk_size=self.parts.chunk_size, height=self.shape.latent_height * VAE_SPACE_STRIDE,
+            width=self.shape.latent_width * VAE_SPACE_STRIDE, num_chunks=self.shape.num_chunks, schedule=self.sched,
+            seed=self.seed, context_frames=frames, latents=latents.clone(), generator=self.generator.get_state().clone(),
+            generator_device=self.parts.device.type, prompt_embeds=self.prompt.detach().clone(), model=model, decoder=decoder)
+        if include_cache:
+            state.rings = {name: [t.clone() for t in r.cache.storage] for name, r in self.res.items()}
+            state.latent_ring = None if self.latents is None else self.latents.x0.clone()
+        return state
+
+    def restore(self, state: StreamState, prompt: torch.Tensor, recache: bool) -> PromptSwitch | None:
+        """Put the stream where ``state`` left it, before its first chunk: the noise generator, the decoder's history and
+        either the saved rings or the context frames' latents, re-encoded under ``prompt`` (a prompt switch with
+        re-cache at that boundary). Returns that switch's report (None when the rings were loaded as they were)."""
+        self.generator.set_state(state.generator.cpu())
+        if self.decoder is not None and state.decoder is not None:
+            self.decoder.state = self.parts.decoder.load_state(state.decoder.tensors, state.decoder.meta)
+        if state.has_rings:
+            for name, r in self.res.items():
+                r.cache.load_storage([t.to(self.parts.device) for t in state.rings[name]])
+            if self.latents is not None:
+                self.latents.x0.copy_(state.latent_ring)
+        else:
+            slots = [self.plan.slot_of(f) for f in state.context_frames]
+            self.latents.x0[:, :, slots] = state.latents.to(self.latents.x0)
+        if not recache:
+            return None
+        return self.switch_prompt(prompt, True, state.next_chunk)
+
+    def condition(self, image_latents: torch.Tensor) -> None:
+        """Chunk 0 starts with ``image_latents`` ``[B, 16, k, h, w]`` (DiT space, high resolution) as clean frames; at the
+        low resolution they are area-downsampled, as the low-res ring's frames are."""
+        latents = {"high": image_latents.float()}
+        if "low" in self.res:
+            r = self.sched.low_factor
+            latents["low"] = torch.nn.functional.avg_pool3d(latents["high"], (1, r, r))
+        self.clean = CleanFrames(latents)
+
+    def start_after(self, latents: torch.Tensor, chunks: int) -> PromptSwitch:
+        """The stream's first ``chunks`` chunks are given (``latents`` ``[B, 16, chunks * M, h, w]``): the frames the next
+        chunk attends are written into the rings at t=0 (a re-cache under the stream's prompt), and the decoder's
+        causal history is what decoding the given frames leaves (their frames are not handed out again)."""
+        M = self.parts.chunk_size
+        for c in range(chunks):
+            self.latents.write(c, latents[:, :, c * M:(c + 1) * M])
+        if self.decoder is not None:
+            self.parts.decoder.decode(latents.to(self.parts.decoder.dtype), self.decoder.state)
+        return self.switch_prompt(self.prompt, True, chunks)

@@ -70,6 +70,24 @@ class RingKVCache:
         )
 
     @property
+    def storage(self) -> tuple[torch.Tensor, ...]:
+        """The tensors that hold everything the cache knows (K, V, and for e4m3 V's padded storage and the scales):
+        what a stream state with its rings saves."""
+        return self._storage
+
+    def load_storage(self, tensors) -> None:
+        """Copy a saved ``storage`` back in place, refusing one of another shape or dtype (another model, size or
+        window)."""
+        if len(tensors) != len(self._storage):
+            raise ValueError(f"a ring of {len(self._storage)} tensors cannot take {len(tensors)}: the state comes from "
+                             "another cache dtype")
+        for mine, saved in zip(self._storage, tensors):
+            if tuple(mine.shape) != tuple(saved.shape) or mine.dtype != saved.dtype:
+                raise ValueError(f"a ring tensor {tuple(mine.shape)} {mine.dtype} cannot take {tuple(saved.shape)} "
+                                 f"{saved.dtype}: the state comes from another model, size, window or cache dtype")
+            mine.copy_(saved)
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the stored tensors (scales and row padding included)."""
         return sum(t.numel() * t.element_size() for t in self._storage)

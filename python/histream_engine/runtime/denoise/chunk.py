@@ -20,14 +20,34 @@ from .sampling import renoise, sigma_of, x0_from_flow
 
 
 @dataclass(frozen=True)
+class CleanFrames:
+    """Given frames at the start of a chunk (an image as latent frame 0 of chunk 0): in every forward they sit clean,
+    at t=0, beside the chunk's noisy frames (per-frame timesteps), as CausVid conditions a causal model on an image;
+    the chunk's x0 keeps them exactly."""
+
+    latents: dict  # resolution -> [B, 16, k, h, w] float32, the given frames at that resolution
+
+    @property
+    def count(self) -> int:
+        return next(iter(self.latents.values())).shape[2]
+
+    def into(self, x: torch.Tensor, resolution: str) -> torch.Tensor:
+        """``x`` ``[B, 16, M, h, w]`` with its first frames replaced by the given ones."""
+        given = self.latents[resolution]
+        return torch.cat([given.to(x.dtype), x[:, :, given.shape[2]:]], dim=2)
+
+
+@dataclass(frozen=True)
 class ChunkDenoiser:
     runner: object  # the engine's DiT runner (``runners.protocol.DiTRunner``)
     backend: object  # the attention backend: its fused ``downsample_patches`` feeds the low-res recache
     patch_size: tuple[int, int, int]
 
-    def __call__(self, steps, noises: list[torch.Tensor], attn: dict, sched, cross_kv, t_clean: torch.Tensor) -> torch.Tensor:
+    def __call__(self, steps, noises: list[torch.Tensor], attn: dict, sched, cross_kv, t_clean: torch.Tensor,
+                 clean: CleanFrames | None = None) -> torch.Tensor:
         """``noises``: one ``[B, 16, M, h, w]`` per step at its resolution; ``attn``: resolution -> ``WindowAttention``;
-        ``t_clean`` ``[B, M]`` zeros. Returns the final x0 ``[B, 16, M, h, w]`` float32 at high resolution."""
+        ``t_clean`` ``[B, M]`` zeros; ``clean``: given frames this chunk starts with. Returns the final x0
+        ``[B, 16, M, h, w]`` float32 at high resolution."""
         x0, prev = None, None
         for step, noise in zip(steps, noises):
             sigma = sigma_of(step.timestep)
@@ -37,8 +57,13 @@ class ChunkDenoiser:
                 base = x0 if step.resolution == prev else upsample_latents(x0, sched.low_factor, sched.upsample)
                 x = renoise(base, noise, sigma)
             t_frames = torch.full_like(t_clean, step.timestep)  # [B, M]
+            if clean is not None:
+                x = clean.into(x, step.resolution)
+                t_frames[:, : clean.count] = 0.0
             flow = self.runner.step(step.resolution, x, t_frames, cross_kv, attn[step.resolution])
             x0 = x0_from_flow(x, flow.float(), sigma)
+            if clean is not None:
+                x0 = clean.into(x0, step.resolution)
             prev = step.resolution
         self.runner.recache_latents("high", x0, t_clean, cross_kv, attn["high"])
         if "low" in attn:
