@@ -122,7 +122,9 @@ def load_stream_state(path: str | Path) -> StreamState:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
+        # fresh allocations: the tensors of a loaded file can sit at any byte offset, and a CPU matmul over a misaligned
+        # operand may round differently (cross-attention K/V 1 ulp off), which a bit-exact resume must not see
+        tensors = {k: t.clone() for k, t in load_file(str(path)).items()}
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own kinds for a file that is not one
         raise StreamStateError(f"{path} is not a stream state (not a safetensors file: {exc})") from exc
     if METADATA_KEY not in header:
