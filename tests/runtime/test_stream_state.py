@@ -141,3 +141,19 @@ def test_a_resumed_live_stream_runs_until_closed(engine):
     assert [next(b).index for _ in range(4)] == [2, 3, 4, 5]
     b.close()
     assert not b.holds_caches
+
+
+@pytest.mark.parametrize("schedule", [live("histream_plus"), SCHEDULES["self_forcing"]], ids=["plus", "self_forcing"])
+def test_the_size_accounting_equals_a_real_states_bytes(engine, schedule):
+    """``state_nbytes`` (what docs/python-api.md quotes for the 1.3B model) counts what a steady-state state holds."""
+    from histream_engine.runtime.stream_state import state_nbytes
+
+    old, _ = prompts()
+    a = engine.stream(old, None if schedule.positions == "window" else 81, H, W, schedule=schedule, seed=1)
+    [next(a) for _ in range(4)]  # the window is full from chunk 2 on
+    state = a.state(include_cache=True)
+    a.close()
+    counted = state_nbytes(engine.dit.config, engine.dit.dtype, H, W, schedule, prompt_rows=old.shape[1], generator_device="cpu")
+    assert counted["with_rings"] == state.nbytes()["total"]
+    if schedule.window == "anchor":
+        assert counted["without_rings"] == state.nbytes()["total"] - state.nbytes()["rings"]

@@ -152,3 +152,34 @@ def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> StreamState:
         seed=int(meta["seed"]), context_frames=[int(f) for f in meta["context_frames"]], latents=tensors["latents"],
         generator=tensors["generator"], generator_device=meta["generator_device"], prompt_embeds=tensors["prompt_embeds"],
         model=meta["model"], decoder=decoder, rings=rings, latent_ring=tensors.get("latent_ring"))
+
+
+def state_nbytes(model_config, dtype: torch.dtype, height: int, width: int, sched: Schedule, chunk_size: int = 3,
+                 batch: int = 1, prompt_rows: int | None = None, kv_dtype: torch.dtype | None = None,
+                 generator_device: str = "cuda", decoder_bytes: int = 0) -> dict[str, int]:
+    """Bytes of a steady-state ``StreamState`` (the window full) without and with its rings, by part, counted with the
+    very caches a stream allocates (built on the meta device: no memory, no arithmetic), for an 81-frame video (a
+    sliding window's rings do not depend on the length; a full history's hold all 21 latent frames). ``decoder_bytes``:
+    the decoder's state (``VideoDecoder.state_nbytes``), not counted here. A full-history schedule resumes only with
+    its rings, so its ``without_rings`` is None."""
+    from .cache.resolution import build_resolution
+    from .video_request import video_shape
+
+    shape = video_shape(batch, 81, height, width, chunk_size, sched, model_config.patch_size)
+    plan = sched.window_plan(chunk_size, shape.latent_frames)
+    steady = plan.slots + 2  # a chunk far enough in that its window is full
+    context = len(plan.visible_frames(steady)) - chunk_size
+    item = torch.empty((), dtype=dtype).element_size()
+    rows = model_config.text_len if prompt_rows is None else prompt_rows
+    generator = 16 if generator_device == "cuda" else 5056  # torch's Philox offset and seed; the CPU's Mersenne twister
+    latent = batch * model_config.out_dim * shape.latent_height * shape.latent_width * 4
+    runner = type("OneProcess", (), {"head_shards": 1, "rotate_keys": True})
+    used = ("low", "high") if sched.uses_low else ("high",)
+    rings = sum(build_resolution(n, model_config, dtype, "meta", batch, shape.latent_hw, sched, plan, runner,
+                                 kv_dtype).cache.nbytes for n in used)
+    windowed = sched.window == "anchor"  # a full history keeps no latent ring: its state's frames are in the rings
+    without = {"latents": context * latent if windowed else 0, "prompt_embeds": batch * rows * model_config.text_dim * item,
+               "generator": generator, "decoder": decoder_bytes}
+    with_rings = dict(without, rings=rings + (plan.slots * latent if windowed else 0))
+    return {"without_rings": sum(without.values()) if windowed else None,
+            "with_rings": sum(with_rings.values()), **{f"part_{k}": v for k, v in with_rings.items()}}
