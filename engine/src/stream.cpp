@@ -109,6 +109,26 @@ void Stream::set_prompt(const std::string& prompt, const std::string& prompt_emb
     with_python("Stream::set_prompt", [&] { impl_->stream.attr("set_prompt")(prompt, prompt_embeds_path, recache); });
 }
 
+void Stream::save_state(const std::string& path, bool include_cache) {
+    if (!impl_) throw Error("histream::Stream::save_state on a moved-from stream");
+    auto lock = lock_outside_gil(impl_->stepping);  // between chunks: a next() in progress ends first
+    with_python("Stream::save_state", [&] { impl_->stream.attr("save_state")(path, include_cache); });
+}
+
+Stream Engine::resume_stream(const std::string& state_path, const ResumeRequest& r) {
+    if (!impl_) throw Error("histream::Engine::resume_stream on a moved-from engine");
+    TurnHeld turn(*impl_->turns, "histream::Engine::resume_stream");
+    auto impl = std::make_unique<Stream::Impl>();
+    impl->rt = impl_->rt;
+    impl->turns = impl_->turns;
+    impl->stream = with_python("Engine::resume_stream", [&] {  // checks the state and the prompt; no chunk runs yet
+        py::object chunks = r.chunks ? py::object(py::int_(*r.chunks)) : py::none();
+        return impl_->engine.attr("resume")(state_path, r.prompt, r.prompt_embeds_path, chunks);
+    });
+    turn.keep();
+    return Stream(std::move(impl));
+}
+
 void Stream::close() {
     if (!impl_) return;
     impl_->closing = true;  // a next() waiting behind the one in progress returns none

@@ -20,6 +20,7 @@ from .output_paths import check_output_file
 from .runtime import ChunkResult, Engine, EngineConfig
 from .runtime.request_checks import check_prompt_embeds, resolve_device
 from .runtime.denoise.schedules import resolve_schedule
+from .runtime.stream_state import load_stream_state
 from .taehv_checkpoint import load_taehv
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
@@ -145,6 +146,14 @@ class HostEngine:
         """A stream handle a C++ host steers from its own loop (``next_chunk``, ``set_prompt``, ``close``)."""
         return self.results(request)
 
+    def resume(self, state_path: str, prompt: str = "", prompt_embeds_path: str = "", chunks: int | None = None) -> "HostStream":
+        """A stream handle going on from a state file (``HostStream.save_state``; ``Engine.resume``): under the state's
+        prompt unless a new one is given (then its attended frames are re-encoded under it first), for ``chunks`` more
+        chunks (None: what the state's request had left; a live stream until closed)."""
+        state = load_stream_state(state_path)
+        embeds = self._prompt(prompt, prompt_embeds_path) if (prompt or prompt_embeds_path) else None
+        return HostStream(self, self.engine.resume(state, embeds, chunks))
+
 
 class HostStream:
     """One engine stream for a host: iterates (ChunkResult, frames ``[T, H, W, 3]`` uint8), switches prompts, closes."""
@@ -181,6 +190,12 @@ class HostStream:
         if not prompt and not prompt_embeds_path:
             raise ValueError("a prompt switch needs a prompt or prompt embeddings")
         self.chunks.set_prompt(self.host._prompt(prompt, prompt_embeds_path), recache=recache)
+
+    def save_state(self, path: str, include_cache: bool = False) -> str:
+        """The stream's state at its boundary, saved to ``path`` (``.safetensors``): ``VideoStream.state``, whose
+        boundary comes after every chunk this handle hands out before its next new one."""
+        out = check_output_file(path, (".safetensors",))
+        return str(self.chunks.state(include_cache).save(out))
 
     def close(self) -> None:
         self._iter.close()

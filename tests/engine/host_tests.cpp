@@ -279,6 +279,53 @@ void live_switch() {
     check(again.next().has_value() && again.next().has_value(), "the stream goes on after a refused switch");
 }
 
+// A live stream saved after chunk 1, then switched (re-cached) to the same prompt: resuming the saved state runs the
+// very chunks the switched stream runs (exact on a CPU), and a state saved at a bounded stream's end extends it.
+void state_resume() {
+    histream::Runtime rt;
+    std::string root;
+    fixture_options(root);
+    const std::string state = root + "/live.state.safetensors";
+    auto engine = histream::Engine::tiny_demo(rt);
+    std::vector<std::vector<uint8_t>> switched;
+    {
+        histream::Stream stream = engine.open_stream(live());
+        for (int i = 0; i < 2; ++i) stream.next();
+        stream.save_state(state);
+        stream.set_prompt("", root + "/prompt.safetensors", true);
+        for (int i = 0; i < 2; ++i) switched.push_back(bytes_of(*stream.next()));
+    }
+    histream::ResumeRequest same;
+    same.prompt_embeds_path = root + "/prompt.safetensors";
+    same.chunks = 2;
+    histream::Stream resumed = engine.resume_stream(state, same);
+    std::vector<int> indices;
+    std::vector<std::vector<uint8_t>> got;
+    while (auto c = resumed.next()) {
+        indices.push_back(c->index);
+        got.push_back(bytes_of(*c));
+        if (c->index == 2) check(bool(c->prompt_switch) && c->prompt_switch->recache, "the first resumed chunk reports its re-cache");
+    }
+    check(indices == std::vector<int>({2, 3}), "the resumed chunks continue the saved stream's numbering");
+    check(got == switched, "resuming equals the uninterrupted stream with a re-cache switch at that boundary");
+    // a bounded stream's end state extends it by a chunk
+    {
+        histream::Stream bounded = engine.open_stream(small(21));
+        while (bounded.next()) {
+        }
+        bounded.save_state(root + "/end.state.safetensors");
+    }
+    histream::ResumeRequest more;
+    more.chunks = 1;
+    histream::Stream extended = engine.resume_stream(root + "/end.state.safetensors", more);
+    auto c = extended.next();
+    check(c && c->index == 2 && c->num_frames == 12 && !extended.next(), "an ended stream's state extends it by one chunk");
+    expect_error([&] { engine.resume_stream(root + "/end.state.safetensors"); }, "end of its video", "no chunks to run");
+    expect_error([&] { engine.resume_stream(root + "/absent.safetensors"); }, "does not exist", "a missing state file");
+    std::filesystem::remove(state);
+    std::filesystem::remove(root + "/end.state.safetensors");
+}
+
 // set_prompt from a second thread while the first is in next(), then close() from there too.
 void switch_from_thread() {
     histream::Runtime rt;
@@ -391,7 +438,8 @@ int main(int argc, char** argv) {
         {"demo_stream", demo_stream}, {"cancel", cancel}, {"bad_request", bad_request}, {"open_model_dir", open_model_dir},
         {"two_threads", two_threads}, {"two_engines", two_engines}, {"video_writer", video_writer},
         {"failed_start", failed_start}, {"stream_handle", stream_handle}, {"live_switch", live_switch},
-        {"switch_from_thread", switch_from_thread}, {"tae_decoder", tae_decoder}, {"tiny_tae", tiny_tae}};
+        {"switch_from_thread", switch_from_thread}, {"tae_decoder", tae_decoder}, {"tiny_tae", tiny_tae},
+        {"state_resume", state_resume}};
     if (argc != 2 || !cases.count(argv[1])) {
         std::string names;
         for (const auto& entry : cases) names += (names.empty() ? "" : ", ") + entry.first;

@@ -110,6 +110,13 @@ struct Chunk {
     std::optional<PromptSwitch> prompt_switch;  // set when a switch landed just before this chunk
 };
 
+// How a saved stream goes on (Engine::resume_stream).
+struct ResumeRequest {
+    std::string prompt;  // a new text prompt from the boundary on (the attended frames are re-encoded under it), or
+    std::string prompt_embeds_path;  // a new embeddings file; both empty: the state's own prompt
+    std::optional<int> chunks;  // chunks to run from the boundary; none: what the state's request had left (live: until closed)
+};
+
 // Return false to cancel: the stream stops cleanly after that chunk.
 using ChunkCallback = std::function<bool(const Chunk&)>;
 
@@ -132,6 +139,11 @@ public:
     // Ends the stream and frees its caches; from any thread (a next() in progress first returns its chunk, then
     // the stream's next() calls return none). The last chunk's frames stay valid until next() or destruction.
     void close();
+    // Saves what the stream needs to go on from the boundary after the last chunk next() returned, to `path`
+    // (.safetensors): the attended frames' latents, the noise generator, the prompt, the decoder's history, and with
+    // include_cache the rings too (GBs at 1080p; only while the stream runs). Also once it has ended, to extend it
+    // (Engine::resume_stream). Waits for a next() in progress.
+    void save_state(const std::string& path, bool include_cache = false);
 
     struct Impl;
 
@@ -161,6 +173,10 @@ public:
     // Checks the request and opens a stream handle; no chunk runs until next(). request.live: a live stream,
     // until closed (sliding-window schedules; the default histream is one).
     Stream open_stream(const StreamRequest& request);
+    // Opens a stream handle going on from a state file (Stream::save_state), as the uninterrupted stream would with
+    // the new prompt switched in (re-cached) at that boundary; with the state's rings and its own prompt, bit for bit.
+    // Chunk indices continue the saved stream's.
+    Stream resume_stream(const std::string& state_path, const ResumeRequest& request = {});
 
     struct Impl;
 
