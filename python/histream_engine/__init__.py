@@ -15,6 +15,7 @@ from .runtime import (SCHEDULES, ChunkResult, Engine, EngineConfig, GenerationRe
                       Step, StreamClosedError, VideoStream)
 from .provenance import package_version
 from .runtime.runners.registry import dit_backends
+from .runtime.stream_state import StreamState, StreamStateError, load_stream_state
 from .runtime.parallel.group import ParallelGroup, init_parallel
 from .text_encoder import TextEncoder, load_prompt_embeds, load_text_encoder
 from .taehv_checkpoint import load_taehv, save_taehv
@@ -36,6 +37,8 @@ __all__ = [
     "Schedule",
     "Step",
     "StreamClosedError",
+    "StreamState",
+    "StreamStateError",
     "TAEHV",
     "TAEHVConfig",
     "TextEncoder",
@@ -51,6 +54,7 @@ __all__ = [
     "init_parallel",
     "load_dit",
     "load_prompt_embeds",
+    "load_stream_state",
     "load_taehv",
     "load_text_encoder",
     "load_vae",
