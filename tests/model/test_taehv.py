@@ -385,3 +385,18 @@ def test_state_bytes_of_taew2_1_from_its_layout():
         model = TAEHV()
     for h, w in ((60, 104), (136, 240)):  # 480x832 and 1920x1088
         assert state_nbytes_at(model, 1, h, w, dtype=torch.bfloat16) == 3 * (256 + 128 * 4 + 64 * 16) * h * w * 2
+
+
+def test_tpool_keeps_channels_last_and_the_frame_order():
+    """On a GPU frames are channels-last; TPool's grouping must give the same frames in either layout, and put the
+    earlier frame's channels first, as the published reshape of batch-major frames does."""
+    from histream_engine.model.taehv import TPool
+
+    pool = TPool(5, 2)
+    x = torch.randn(4 * 3, 5, 4, 6)  # [T * B, C, H, W], T = 4, B = 3
+    with torch.no_grad():
+        plain = pool(x, batch=3)
+        last = pool(x.contiguous(memory_format=torch.channels_last), batch=3)
+        frames = x.view(4, 3, 5, 4, 6).transpose(0, 1).reshape(3 * 2, 10, 4, 6)  # batch-major, pairs side by side
+        want = pool.conv(frames).view(3, 2, 5, 4, 6).transpose(0, 1).reshape(6, 5, 4, 6)  # back to time-major
+    assert plain.shape == (2 * 3, 5, 4, 6) and rel_err(plain, want) < 1e-6 and rel_err(last, plain) < 1e-6
