@@ -64,7 +64,7 @@ def load_vae(
     encoder: bool = False,
 ) -> WanVAE | TAEHV:
     """The VAE from ``Wan2.1_VAE.pth`` or a diffusers folder (``vae/`` or its parent); decoder only unless ``encoder``.
-    A TAEHV file (``taew2_1.pth`` or ``.safetensors``) gives the TAEHV decoder (no encoder)."""
+    A TAEHV file (``taew2_1.pth`` or ``.safetensors``) gives TAEHV (with its own encoder when ``encoder``)."""
     check_dtype(dtype)
     path = Path(path)
     if not path.exists():
@@ -79,14 +79,15 @@ def load_vae(
     elif path.suffix in (".pth", ".pt", ".safetensors"):
         state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
         if is_taehv_state(state):
-            if encoder:
-                raise CheckpointError(f"{path} is a TAEHV decoder; histream_engine loads no TAEHV encoder (encoder=True)")
-            return taehv_from_state(state, path, dtype, device)
+            return taehv_from_state(state, path, dtype, device, encoder)
         state = {k: v for k, v in state.items() if _wanted(k, encoder)}
         if "decoder.head.2.weight" in state and config is None:
             config = VAEConfig(dim=state["decoder.head.2.weight"].shape[1], z_dim=state["conv2.weight"].shape[0])
     else:
         raise CheckpointError(f"unrecognised VAE checkpoint {path}: expected Wan2.1_VAE.pth, a diffusers folder or taew2_1.pth / .safetensors")
+    if encoder and not any(k.startswith("encoder.") for k in state):
+        raise CheckpointError(f"{path} holds no VAE encoder (no encoder.* tensors): use the full Wan2.1_VAE.pth or "
+                              "diffusers vae/ folder, or load it without encoder=True (decoding needs none)")
     config = config or VAEConfig()
     with torch.device("meta"):
         model = WanVAE(config, with_encoder=encoder)

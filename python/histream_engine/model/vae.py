@@ -15,12 +15,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .decoder import (VAE_TIME_STRIDE, EncoderNotLoadedError, check_state, check_stream_shape, check_video, config_json,
+                      state_layout)
+
 # Per-channel latent statistics of the Wan2.1 VAE (z = latent * std + mean before decoding).
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                       0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 LATENT_FRAMES_PER_PASS = 3  # one chunk
+# After 3 latent frames every causal conv holds its full 2 past frames, the temporal upsamplers' included (their time
+# conv first runs on the second latent frame): the state's shapes stop changing.
+STATE_STEADY_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class DecodeState:
         self.frames: dict[nn.Module, torch.Tensor] = {}
         self.started: set[nn.Module] = set()  # temporal upsamplers that have seen their first frame
         self.latent_frames = 0
+        self.latent_shape: tuple[int, int, int] | None = None  # (B, h, w) of the stream's latents: the first decode's
 
 
 class CausalConv3d(nn.Conv3d):
@@ -255,6 +262,7 @@ class WanVAE(nn.Module):
         if latents.dim() != 5 or latents.shape[1] != self.config.z_dim:
             raise ValueError(f"latents must be [B, {self.config.z_dim}, F, h, w], got {tuple(latents.shape)}")
         state = state or DecodeState()
+        check_stream_shape(state, latents)
         z = latents.to(self.dtype) * self.latents_std.to(self.dtype) + self.latents_mean.to(self.dtype)
         z = self.conv2(z)
         # The stream's first latent frame goes alone (the temporal upsamplers skip it); later ones go through the
@@ -271,18 +279,54 @@ class WanVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Video ``[B, 3, T, H, W]`` in [-1, 1], T = 4k+1, H and W multiples of 8 -> normalised latents (the mean)."""
+        """Video ``[B, 3, T, H, W]`` in [-1, 1], T = 4k+1, H and W multiples of 8 -> normalised latents
+        ``[B, 16, k+1, H/8, W/8]`` (the posterior's mean), what ``decode`` takes."""
         if not self.has_encoder:
-            raise RuntimeError("this VAE was loaded without its encoder; load it with load_vae(..., encoder=True)")
-        if video.dim() != 5 or video.shape[1] != 3 or (video.shape[2] - 1) % 4 or video.shape[3] % 8 or video.shape[4] % 8:
-            raise ValueError(f"video must be [B, 3, 4k+1, 8m, 8n], got {tuple(video.shape)}")
+            raise EncoderNotLoadedError("this Wan VAE was loaded without its encoder: load it with "
+                                        "load_vae(path, encoder=True) to encode frames")
+        check_video(video)
         state = DecodeState()
         x = video.to(self.dtype)
         # the first frame alone, then groups of 4: each group becomes one latent frame
-        pieces = [x[:, :, :1]] + [x[:, :, i : i + 4] for i in range(1, x.shape[2], 4)]
+        pieces = [x[:, :, :1]] + [x[:, :, i : i + VAE_TIME_STRIDE] for i in range(1, x.shape[2], VAE_TIME_STRIDE)]
         h = self.conv1(torch.cat([self.encoder(p, state) for p in pieces], dim=2))
         mu = h[:, : self.config.z_dim]
         return (mu - self.latents_mean.to(mu.dtype)) / self.latents_std.to(mu.dtype)
+
+    def state_tensors(self, state: DecodeState) -> tuple[dict[str, torch.Tensor], dict]:
+        """Each causal conv's carried frames under its module name (``decoder.middle.0.residual.2``, ...), and a dict:
+        decoder, config, dtype, latent_frames, latent_shape and the temporal upsamplers already started."""
+        names = {module: name for name, module in self.named_modules()}
+        if any(m not in names for m in state.frames) or any(m not in names for m in state.started):
+            raise ValueError("this state was made by another WanVAE instance: save it from the decoder that decoded it")
+        tensors = {names[m]: t.contiguous() for m, t in state.frames.items()}  # [B, C, <=2, H, W] each
+        meta = {"decoder": self.name, "config": config_json(self.config),
+                "dtype": str(self.dtype).removeprefix("torch."), "latent_frames": state.latent_frames,
+                "latent_shape": list(state.latent_shape) if state.latent_shape is not None else None,
+                "started": sorted(names[m] for m in state.started)}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> DecodeState:
+        check_state(self, tensors, meta, self._twin, STATE_STEADY_AFTER)
+        modules = dict(self.named_modules())
+        state = DecodeState()
+        state.frames = {modules[k]: t.to(self.device) for k, t in tensors.items()}
+        state.started = {modules[k] for k in meta["started"]}
+        state.latent_frames = meta["latent_frames"]
+        state.latent_shape = tuple(meta["latent_shape"]) if meta["latent_shape"] is not None else None
+        return state
+
+    def state_nbytes(self, state: DecodeState) -> int:
+        return sum(t.nbytes for t in state.frames.values())
+
+    def state_shapes(self, batch: int, height: int, width: int, latent_frames: int = STATE_STEADY_AFTER
+                     ) -> dict[str, tuple[int, ...]]:
+        """The carried frames' names and shapes after ``latent_frames`` latent frames of ``[batch, 16, F, height,
+        width]``, from a decode on meta tensors (no memory, no arithmetic)."""
+        return state_layout(self._twin, batch, height, width, latent_frames, STATE_STEADY_AFTER)[0]
+
+    def _twin(self) -> WanVAE:
+        return WanVAE(self.config)
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
