@@ -17,18 +17,20 @@ TINY_TAEHV = TAEHVConfig(channels=(64, 32, 16, 16))
 
 
 def tiny_demo_engine(config: EngineConfig | None = None, seed: int = 0, device: str = "cpu",
-                     decoder: str = "wan") -> tuple[Engine, torch.Tensor]:
+                     decoder: str = "wan", encoder: bool = False) -> tuple[Engine, torch.Tensor]:
     """The tiny DiT and decoder (``wan``: the Wan VAE, ``tae``: TAEHV) seeded with ``seed``, and a random prompt
-    ``[1, 512, text_dim]``."""
+    ``[1, 512, text_dim]``. ``encoder``: the decoder comes with its encoder, for context frames (an image, a clip);
+    the tiny Wan VAE then has one more residual block a stage (its encoder widens each stage in one), a third slower."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown demo decoder {decoder!r}; choose one of {DECODERS}")
     torch.manual_seed(seed)
     dit = WanDiT("tiny").eval().requires_grad_(False).to(device)
-    if decoder == "tae":
-        vae = TAEHV(TINY_TAEHV).eval().requires_grad_(False).to(device)
-    else:
-        # one residual block per stage and 16 channels: CPU 3D convs with 8 channels fall off PyTorch's fast path
-        vae = WanVAE(VAEConfig(dim=16, num_res_blocks=0)).eval().requires_grad_(False).to(device)
     prompt = torch.zeros(1, dit.config.text_len, dit.config.text_dim, device=device)  # [1, 512, text_dim]
     prompt[:, :PROMPT_ROWS] = torch.randn(1, PROMPT_ROWS, dit.config.text_dim, device=device)
+    if decoder == "tae":
+        vae = TAEHV(TINY_TAEHV, with_encoder=encoder)
+    else:
+        # one residual block per stage and 16 channels: CPU 3D convs with 8 channels fall off PyTorch's fast path
+        vae = WanVAE(VAEConfig(dim=16, num_res_blocks=1 if encoder else 0), with_encoder=encoder)
+    vae = vae.eval().requires_grad_(False).to(device)
     return Engine(dit, config or EngineConfig(), vae=vae), prompt

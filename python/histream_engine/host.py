@@ -221,15 +221,16 @@ def open_engine(options: EngineOptions, *, parallel_group=None) -> HostEngine:
 
 
 def tiny_demo(device: str = "cpu", attention: str = "torch", seed: int = 0, decoder: str = "wan", tae_path: str = "", *,
-              parallel_group=None) -> HostEngine:
+              encoder: bool = False, parallel_group=None) -> HostEngine:
     """The demo model; ``decoder="tae"``: its embedded tiny TAEHV (random weights); ``tae_path``: a taew2_1 file's
     TAEHV decoding the tiny DiT's latents (both are Wan 2.1's 16-channel latent space). ``parallel_group``: as
-    ``open_engine``'s."""
+    ``open_engine``'s. ``encoder``: the decoder comes with its encoder (context frames: an image, a clip)."""
     if tae_path and decoder != "wan":
         raise ValueError("give either the embedded tiny TAEHV (decoder 'tae') or a taew2_1 file (tae_path), not both")
     dev = resolve_device(device or "cpu")
     tae = load_taehv(tae_path, device=dev) if tae_path else None  # before the model: a bad path fails fast
-    engine, prompt = tiny_demo_engine(_config(parallel_group, attention=attention), seed=seed, device=dev, decoder=decoder)
+    engine, prompt = tiny_demo_engine(_config(parallel_group, attention=attention), seed=seed, device=dev, decoder=decoder,
+                                      encoder=encoder)
     if tae is not None:
         engine = Engine(engine.dit, engine.config, vae=tae)
     return HostEngine(engine, prompt)

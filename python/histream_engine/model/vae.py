@@ -232,6 +232,11 @@ class WanVAE(nn.Module):
         self.conv2 = CausalConv3d(self.config.z_dim, self.config.z_dim, 1)
         self.decoder = Decoder(self.config)
         if with_encoder:
+            if self.config.num_res_blocks < 1:
+                # the encoder widens each stage in its first residual block: with none, the widths cannot meet
+                raise ValueError(f"a Wan VAE encoder needs num_res_blocks >= 1 (it widens each stage in a residual "
+                                 f"block); this config has {self.config.num_res_blocks}: build the decoder alone, or "
+                                 "give num_res_blocks=1")
             self.conv1 = CausalConv3d(2 * self.config.z_dim, 2 * self.config.z_dim, 1)
             self.encoder = Encoder(self.config)
         self.register_buffer("latents_mean", torch.tensor(self.config.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
