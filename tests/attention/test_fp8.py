@@ -12,6 +12,7 @@ from histream_engine.attention.fp8 import TorchFp8Attention, TritonFp8Attention
 from histream_engine.attention.fp8_ring import reference_write_kv_fp8
 from histream_engine.attention.fp8_quant import E4M3, SCALE_FLOOR, quantize_frames, slot_tiles
 from histream_engine.attention.ring import RingView
+from histream_engine.kernels import fp8_constants
 from histream_engine.attention.rope import inv_freqs
 from histream_engine.attention.torch_ref import TorchAttention
 from histream_engine.model.dit import RMSNorm
@@ -132,4 +133,4 @@ def test_p_shift_keeps_small_probabilities_out_of_subnormals():
     # P in [0, 2^P_SHIFT]: a probability 2^-12 of the row max is a normal e4m3 value, not flushed
     p = torch.tensor([2.0 ** (-12 + fp8_quant.P_SHIFT)])
     assert p.to(E4M3).float().item() == p.item()
-    assert math.isclose(fp8_quant.ROTATED_K_SCALE, 2 ** 0.5)
+    assert math.isclose(fp8_constants.ROTATED_K_SCALE, 2 ** 0.5)

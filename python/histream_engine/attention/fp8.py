@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .fp8_quant import Q_BLOCK, ROTATED_K_SCALE, fp8_core_reference
+from ..kernels.fp8_constants import Q_BLOCK, ROTATED_K_SCALE
+from .fp8_quant import fp8_core_reference
 from .fp8_ring import chunk_slots, reference_fp8_operands
 from .prepass_backend import PrepassAttention, triton_ops
 from .ring import RingView

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .fp8_quant import ROTATED_K_SCALE, dequantize_frames, quantize, quantize_frames, quantize_q_blocks
+from ..kernels.fp8_constants import ROTATED_K_SCALE
+from .fp8_quant import dequantize_frames, quantize, quantize_frames, quantize_q_blocks
 from .ring import RingView
 from .rope import apply_rope
 

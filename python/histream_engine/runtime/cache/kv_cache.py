@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ...attention.fp8_quant import E4M3, SCALE_FLOOR
+from ...kernels.fp8_constants import E4M3, SCALE_FLOOR
 from ...attention.ring import RingView
 from .window import WindowPlan
 
