@@ -5,7 +5,7 @@ A frame's scale needs the amax over all its tokens, which many programs hold: th
 reduces each program's tokens per head and ``atomic_max``es ``amax / 448`` into the slot's scale (set to the floor
 just before); the second recomputes the same K and V (a few FLOPs per loaded byte: cheaper than a round trip of
 fp32 scratch) and stores them quantized. V's storage is transposed (keys contiguous, ``runtime.kv_cache``), so its
-stores take a D stride. ``histream_engine.attention.fp8.reference_write_kv_fp8`` is the reference.
+stores take a D stride. ``histream_engine.attention.fp8_ring.reference_write_kv_fp8`` is the reference.
 """
 
 from __future__ import annotations

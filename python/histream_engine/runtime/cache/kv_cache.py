@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels.fp8_constants import E4M3, SCALE_FLOOR
 from ...attention.protocol import CacheLayer
 from ...attention.ring import RingView
+from ...kernels.fp8_constants import E4M3, SCALE_FLOOR
 from .window import WindowPlan
 
 
