@@ -37,11 +37,13 @@ import torch
 
 from histream_engine.attention import BACKENDS, get_backend
 from histream_engine.attention.auto import auto_choices
+from histream_engine.attention.fp8_quant import group_scales, quantize, quantize_frames
+from histream_engine.attention.protocol import CacheLayer, PrepassCore
 from histream_engine.device_timing import device_seconds
 from histream_engine.numerics import rel_err
-from histream_engine.attention.fp8_quant import E4M3, group_scales, quantize, quantize_frames
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs
+from histream_engine.kernels.fp8_constants import E4M3
 
 GRIDS = {"1088x1920": (68, 120), "544x960": (34, 60)}
 TRAIN_GRID = (30, 52)
@@ -54,9 +56,11 @@ def median_seconds(fn, repeats: int, device) -> float:
     return statistics.median(device_seconds(fn, device, warmup=min(3, repeats), repeats=repeats))
 
 
-def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:
-    """Every registered backend on one view: time, TFLOP/s, error against the float32 reference; pre-pass and core apart."""
-    ref = get_backend("torch").ring_attention(q.float(), k_store.float(), v_store.float(), view)
+def run_backends(q, ring: CacheLayer, view, flop, repeats, device) -> dict:
+    """Every registered backend on one view of the model-dtype ``ring``: time, TFLOP/s, error against the float32
+    reference; pre-pass and core apart. An FP8 core (its ``capabilities``) reads the same K/V as an e4m3 cache holds it."""
+    ref = get_backend("torch").ring_attention(q.float(), CacheLayer(ring.k.float(), ring.v.float()), view)
+    e4m3 = None
     results = {}
     for entry in BACKENDS.entries:
         reason = entry.unavailable_reason()
@@ -65,27 +69,25 @@ def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:
             print(f"{entry.name:>10}: skipped, {reason}", flush=True)
             continue
         backend = get_backend(entry.name)
-        if getattr(backend, "fp8_core", False):
-            results[entry.name] = run_fp8(backend, q, fp8_ring(k_store, v_store, view.tokens_per_frame), view, ref, flop, repeats, device)
+        if backend.capabilities.fp8_core:
+            e4m3 = e4m3 or fp8_ring(ring.k, ring.v, view.tokens_per_frame)
+            results[entry.name] = run_fp8(backend, q, e4m3, view, ref, flop, repeats, device)
             continue
         try:
-            out = backend.ring_attention(q, k_store, v_store, view)
-            secs = median_seconds(lambda: backend.ring_attention(q, k_store, v_store, view), repeats, device)
+            out = backend.ring_attention(q, ring, view)
+            secs = median_seconds(lambda: backend.ring_attention(q, ring, view), repeats, device)
         except Exception as e:  # noqa: BLE001 - one backend failing at this shape is a result; the others still run
             results[entry.name] = {"failed": f"{type(e).__name__}: {e}"}
             print(f"{entry.name:>10}: FAILED {type(e).__name__}: {e}", flush=True)
             continue
         r = {"seconds": secs, "tflops": flop / secs / 1e12, "rel_err": rel_err(out, ref)}
         line = f"{entry.name:>10}: {secs * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}"
-        if hasattr(backend, "prepass"):
-            core_inputs = backend.prepass(q, k_store, v_store, view)
-            r["prepass_seconds"] = median_seconds(lambda: backend.prepass(q, k_store, v_store, view), repeats, device)
-            core = median_seconds(lambda: backend.core(*core_inputs), repeats, device)
-            r["core_seconds"], r["core_tflops"] = core, flop / core / 1e12
-            line += f"  (pre-pass {r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)"
+        if isinstance(backend, PrepassCore):
+            r.update(split_seconds(backend, q, ring, view, flop, repeats, device))
+            line += f"  (pre-pass {r['prepass_seconds'] * 1e3:.3f} ms, core {r['core_seconds'] * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)"
         results[entry.name] = r
         print(line, flush=True)
-    results["flash_attn3_fp8"] = run_fa3_fp8(q, k_store, v_store, view, ref, flop, repeats, device)
+    results["flash_attn3_fp8"] = run_fa3_fp8(q, ring, view, ref, flop, repeats, device)
     torch_err = results.get("torch", {}).get("rel_err")
     for r in results.values():
         if "rel_err" in r:
@@ -93,9 +95,17 @@ def run_backends(q, k_store, v_store, view, flop, repeats, device) -> dict:
     return results
 
 
-def fp8_ring(k_store: torch.Tensor, v_store: torch.Tensor, tokens_per_frame: int) -> tuple[torch.Tensor, ...]:
-    """``[B, R, H, D]`` K and V -> the e4m3 ring an FP8 cache would hold (``runtime.kv_cache``): K head-major, V stored
-    ``[B, H, D, R16]`` and seen as ``[B, R, H, D]`` (keys contiguous, rows padded to 16), scales ``[B, slots, H]``."""
+def split_seconds(backend: PrepassCore, q, ring: CacheLayer, view, flop, repeats, device) -> dict:
+    """A pre-pass backend's pre-pass and core timed apart."""
+    core_inputs = backend.prepass(q, ring, view)
+    pre = median_seconds(lambda: backend.prepass(q, ring, view), repeats, device)
+    core = median_seconds(lambda: backend.core(*core_inputs), repeats, device)
+    return {"prepass_seconds": pre, "core_seconds": core, "core_tflops": flop / core / 1e12}
+
+
+def fp8_ring(k_store: torch.Tensor, v_store: torch.Tensor, tokens_per_frame: int) -> CacheLayer:
+    """``[B, R, H, D]`` K and V -> the e4m3 ring layer an FP8 cache would hold (``runtime.kv_cache``): K head-major, V
+    stored ``[B, H, D, R16]`` and seen as ``[B, R, H, D]`` (keys contiguous, rows padded to 16), scales ``[B, slots, H]``."""
     B, R, H, D = k_store.shape
     k8 = torch.zeros(B, H, R, D, dtype=E4M3, device=k_store.device).transpose(1, 2)  # [B, R, H, D]
     v_t = torch.zeros(B, H, D, -(-R // 16) * 16, dtype=E4M3, device=k_store.device)  # [B, H, D, R16]
@@ -105,30 +115,28 @@ def fp8_ring(k_store: torch.Tensor, v_store: torch.Tensor, tokens_per_frame: int
         codes, scale = quantize_frames(x, tokens_per_frame)  # [B, R, H, D] e4m3, [B, slots, H]
         store.view(torch.uint8).copy_(codes.view(torch.uint8))  # copy_ has no float8 -> strided float8 kernel everywhere
         scales.append(scale)
-    return k8, v8, *scales
+    return CacheLayer(k8, v8, *scales)
 
 
-def run_fp8(backend, q, ring, view, ref, flop, repeats, device) -> dict:
+def run_fp8(backend, q, ring: CacheLayer, view, ref, flop, repeats, device) -> dict:
     """An FP8 backend over the e4m3 ring: its error against the float32 reference; timed (pre-pass and core apart)
     where it is a kernel, not where it is the torch model of one."""
     name = backend.name
     try:
-        out = backend.ring_attention_fp8(q, *ring, view)
+        out = backend.ring_attention(q, ring, view)
         r = {"rel_err": rel_err(out, ref), "precision": "e4m3"}
-        if not hasattr(backend, "prepass_fp8"):
+        if not isinstance(backend, PrepassCore):
             r["not_timed"] = "the FP8 core's numerics model in torch: its error only"
             print(f"{name:>10}: rel err {r['rel_err']:.2e} (not timed: the FP8 core's torch model)", flush=True)
             return r
-        secs = median_seconds(lambda: backend.ring_attention_fp8(q, *ring, view), repeats, device)
-        core_inputs = backend.prepass_fp8(q, *ring, view)
-        r["prepass_seconds"] = median_seconds(lambda: backend.prepass_fp8(q, *ring, view), repeats, device)
-        core = median_seconds(lambda: backend.core_fp8(*core_inputs), repeats, device)
+        secs = median_seconds(lambda: backend.ring_attention(q, ring, view), repeats, device)
+        r.update(split_seconds(backend, q, ring, view, flop, repeats, device))
     except Exception as e:  # noqa: BLE001 - one backend failing at this shape is a result; the others still run
         print(f"{name:>10}: FAILED {type(e).__name__}: {e}", flush=True)
         return {"failed": f"{type(e).__name__}: {e}"}
-    r.update(seconds=secs, tflops=flop / secs / 1e12, core_seconds=core, core_tflops=flop / core / 1e12)
+    r.update(seconds=secs, tflops=flop / secs / 1e12)
     print(f"{name:>10}: {secs * 1e3:9.3f} ms  {r['tflops']:7.1f} TFLOP/s  rel err {r['rel_err']:.2e}  (pre-pass "
-          f"{r['prepass_seconds'] * 1e3:.3f} ms, core {core * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)", flush=True)
+          f"{r['prepass_seconds'] * 1e3:.3f} ms, core {r['core_seconds'] * 1e3:.3f} ms = {r['core_tflops']:.1f} TFLOP/s)", flush=True)
     return r
 
 
@@ -161,7 +169,7 @@ def fa3_fp8_reason(device: torch.device) -> str | None:
     return None
 
 
-def run_fa3_fp8(q, k_store, v_store, view, ref, flop, repeats, device) -> dict:
+def run_fa3_fp8(q, ring: CacheLayer, view, ref, flop, repeats, device) -> dict:
     """FlashAttention-3's FP8 forward behind our bf16 RoPE pre-pass: error, time, and its core alone."""
     if (reason := fa3_fp8_reason(device)) is not None:
         print(f"{'flash_attn3_fp8':>10}: skipped, {reason}", flush=True)
@@ -170,10 +178,10 @@ def run_fa3_fp8(q, k_store, v_store, view, ref, flop, repeats, device) -> dict:
 
     prepass = get_backend("triton").prepass
     try:
-        out = fa3_fp8(flash_attn_func, *prepass(q, k_store, v_store, view))
-        secs = median_seconds(lambda: fa3_fp8(flash_attn_func, *prepass(q, k_store, v_store, view)), repeats, device)
-        args, descales = fa3_fp8_inputs(*prepass(q, k_store, v_store, view))
-        pre = median_seconds(lambda: fa3_fp8_inputs(*prepass(q, k_store, v_store, view)), repeats, device)
+        out = fa3_fp8(flash_attn_func, *prepass(q, ring, view))
+        secs = median_seconds(lambda: fa3_fp8(flash_attn_func, *prepass(q, ring, view)), repeats, device)
+        args, descales = fa3_fp8_inputs(*prepass(q, ring, view))
+        pre = median_seconds(lambda: fa3_fp8_inputs(*prepass(q, ring, view)), repeats, device)
         core = median_seconds(lambda: flash_attn_func(*args, **descales), repeats, device)
     except Exception as e:  # noqa: BLE001 - an FA3 build without FP8, or with another signature, is a result
         print(f"{'flash_attn3_fp8':>10}: FAILED {type(e).__name__}: {e}", flush=True)
@@ -218,7 +226,7 @@ def main(argv=None) -> int:
         print(f"attention at {'small' if args.small else args.resolution}, {positions} positions "
               f"({'K cached rotated' if view.rotated_keys else 'K rotated per call'}): Lq {3 * S}, Lk {view.key_tokens}, "
               f"{heads} x {head_dim}, {args.dtype}, {device_name}", flush=True)
-        results[positions] = run_backends(q, k_store, v_store, view, flop, args.repeats, device)
+        results[positions] = run_backends(q, CacheLayer(k_store, v_store), view, flop, args.repeats, device)
 
     timed_ok = {(pos, n): r for pos, rs in results.items() for n, r in rs.items() if "tflops" in r}
     # the bf16 targets are judged on bf16 paths; the FP8 ones are reported beside them (no FP8 target is set)

@@ -183,7 +183,7 @@ def run_schedule(engine: Engine, prompt, preset: BenchPreset, frames: int, name:
     if config.kv_dtype or config.linear_dtype:  # an FP8 run: utilisation against the peak of its bf16/FP8 mix
         whole = sum((c.denoise + c.recache for c in model), flops.Flops())
         peak = None if peak is None or fp8 is None else flops.precision_peak(
-            whole, peak, fp8, config.linear_dtype is not None, getattr(engine.attention, "fp8_core", False))
+            whole, peak, fp8, config.linear_dtype is not None, engine.attention.capabilities.fp8_core)
     steady = per_chunk[1:] or per_chunk
     ranks = par.world_size if par else 1
     parallel = None

@@ -29,14 +29,10 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .launch_checks import check_16_byte_aligned, check_attention_core_fp8, check_fp8_prepass
 from .e4m3 import to_e4m3
+from .fp8_constants import E4M3_MAX, P_SHIFT, Q_BLOCK, ROTATED_K_SCALE, SCALE_FLOOR
 from .rope_rotate import rope_rotate
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-E4M3_MAX = 448.0
-SCALE_FLOOR = 1e-12 / E4M3_MAX
-Q_BLOCK = 64  # query rows per Q scale (attention.fp8_quant.Q_BLOCK)
-P_SHIFT = 8.0  # P scaled by 2**8 before its e4m3 cast (attention.fp8_quant.P_SHIFT)
-ROTATED_K_SCALE = math.sqrt(2.0)
 # the same values as constexprs, which jitted code may read as globals
 _E4M3_MAX, _SCALE_FLOOR, _Q_BLOCK = tl.constexpr(E4M3_MAX), tl.constexpr(SCALE_FLOOR), tl.constexpr(Q_BLOCK)
 _P_SHIFT, _ROTATED_K_SCALE = tl.constexpr(P_SHIFT), tl.constexpr(ROTATED_K_SCALE)

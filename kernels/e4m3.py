@@ -3,7 +3,7 @@
 The interpreter's float conversion rounds the mantissa but drops its carry into the exponent (31.9 becomes 16, not
 32: about 2% of random values). Under it (``ROUND_FIRST``) values are rounded to the e4m3 grid in fp32 (3 mantissa
 bits; below 2^-6 the subnormals' fixed step 2^-9), so the cast has nothing left to round. A GPU casts with
-``cvt.rn.satfinite`` and takes the plain path. Callers clamp to +-448 first.
+``cvt.rn.satfinite`` and takes the plain path. Callers clamp to +-E4M3_MAX (``fp8_constants``) first.
 """
 
 from __future__ import annotations

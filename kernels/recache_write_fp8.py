@@ -5,7 +5,7 @@ A frame's scale needs the amax over all its tokens, which many programs hold: th
 reduces each program's tokens per head and ``atomic_max``es ``amax / 448`` into the slot's scale (set to the floor
 just before); the second recomputes the same K and V (a few FLOPs per loaded byte: cheaper than a round trip of
 fp32 scratch) and stores them quantized. V's storage is transposed (keys contiguous, ``runtime.kv_cache``), so its
-stores take a D stride. ``histream_engine.attention.fp8.reference_write_kv_fp8`` is the reference.
+stores take a D stride. ``histream_engine.attention.fp8_ring.reference_write_kv_fp8`` is the reference.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import triton.language as tl
 
 from .launch_checks import check_recache_write_fp8
 from .e4m3 import to_e4m3
+from .fp8_constants import E4M3_MAX, SCALE_FLOOR
 from .rope_rotate import rope_rotate
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 RECACHE_BLOCK_T = 16 if INTERPRET else 4  # tokens per program, as the bf16 write
-E4M3_MAX = 448.0
-SCALE_FLOOR = 1e-12 / E4M3_MAX  # attention.fp8_quant.SCALE_FLOOR
 _E4M3_MAX = tl.constexpr(E4M3_MAX)  # what jitted code may read as a global
 
 

@@ -11,7 +11,9 @@ from histream_engine.attention import fp8_quant
 from histream_engine.attention.fp8 import TorchFp8Attention, TritonFp8Attention
 from histream_engine.attention.fp8_ring import reference_write_kv_fp8
 from histream_engine.attention.fp8_quant import E4M3, SCALE_FLOOR, quantize_frames, slot_tiles
+from histream_engine.attention.protocol import CacheLayer
 from histream_engine.attention.ring import RingView
+from histream_engine.kernels import fp8_constants
 from histream_engine.attention.rope import inv_freqs
 from histream_engine.attention.torch_ref import TorchAttention
 from histream_engine.model.dit import RMSNorm
@@ -27,7 +29,7 @@ def make_ring(B, H, D, slots, S):
     k = torch.zeros(B, H, R, D, dtype=E4M3).transpose(1, 2)  # [B, R, H, D], head-major as the cache
     v_t = torch.zeros(B, H, D, -(-R // 16) * 16, dtype=E4M3)
     v = v_t[..., :R].permute(0, 3, 1, 2)  # [B, R, H, D], keys contiguous
-    return k, v, torch.full((B, slots, H), SCALE_FLOOR), torch.full((B, slots, H), SCALE_FLOOR)
+    return CacheLayer(k, v, torch.full((B, slots, H), SCALE_FLOOR), torch.full((B, slots, H), SCALE_FLOOR))
 
 
 def views(D, grid, rotated, slots=4, query_frames=2):
@@ -47,7 +49,7 @@ def filled(seed, B, H, D, grid, rotated, write):
     k_proj, v_proj = torch.randn(B, 4 * S, H * D) * mags, torch.randn(B, 4 * S, H * D) * mags.flip(1)
     ring = make_ring(B, H, D, 4, S)
     with torch.no_grad():
-        write(*ring, full, k_proj, v_proj, norm)
+        write(ring, full, k_proj, v_proj, norm)
     return ring, view, full, (k_proj, v_proj, norm)
 
 
@@ -57,16 +59,16 @@ def filled(seed, B, H, D, grid, rotated, write):
 def test_triton_fp8_write_prepass_and_core_equal_their_torch_model(rotated):
     B, H, D, grid = 2, 3, 32, (3, 5)  # 15 tokens a frame: slots start off 16-row tiles, tiles straddle nothing
     ref, view, _, _ = filled(0, B, H, D, grid, rotated, reference_write_kv_fp8)
-    tri, _, _, _ = filled(0, B, H, D, grid, rotated, TritonFp8Attention().write_kv_fp8)
+    tri, _, _, _ = filled(0, B, H, D, grid, rotated, TritonFp8Attention().write_kv)
     # the kernel's RMSNorm and RoPE round differently in the last bit: scales agree to fp32, codes but for rare ties
-    for a, b in zip(ref[:2], tri[:2]):
+    for a, b in ((ref.k, tri.k), (ref.v, tri.v)):
         assert (a.float() != b.float()).float().mean() < 1e-3
-    for a, b in zip(ref[2:], tri[2:]):
+    for a, b in ((ref.k_scale, tri.k_scale), (ref.v_scale, tri.v_scale)):
         assert rel_err(b, a) < 1e-6
     torch.manual_seed(1)
     q = torch.randn(B, 2 * 15, H, D)
-    model = TorchFp8Attention(block_n=32).ring_attention_fp8(q, *ref, view)  # the interpreter's BLOCK_N
-    got = TritonFp8Attention().ring_attention_fp8(q, *tri, view)
+    model = TorchFp8Attention(block_n=32).ring_attention(q, ref, view)  # the interpreter's BLOCK_N
+    got = TritonFp8Attention().ring_attention(q, tri, view)
     assert rel_err(got, model) < 1e-5
 
 
@@ -77,9 +79,9 @@ def test_fp8_ring_and_core_stay_within_measured_error(rotated):
     exact = make_exact(B, H, D, full, k_proj, v_proj, norm)
     torch.manual_seed(3)
     q = torch.randn(B, 2 * 24, H, D)
-    truth = TorchAttention().ring_attention(q, *exact, view)
-    deq = TorchAttention().ring_attention_fp8(q, *ring, view)
-    core = TorchFp8Attention().ring_attention_fp8(q, *ring, view)
+    truth = TorchAttention().ring_attention(q, exact, view)
+    deq = TorchAttention().ring_attention(q, ring, view)
+    core = TorchFp8Attention().ring_attention(q, ring, view)
     assert 1e-3 < rel_err(deq, truth) < RING_TOL
     assert 1e-3 < rel_err(core, truth) < CORE_TOL
 
@@ -88,8 +90,9 @@ def make_exact(B, H, D, full, k_proj, v_proj, norm):
     R = full.key_tokens
     k, v = torch.zeros(B, R, H, D), torch.zeros(B, R, H, D)
     with torch.no_grad():
-        TorchAttention().write_kv(k, v, full, k_proj, v_proj, norm)
-    return k, v
+        exact = CacheLayer(k, v)
+        TorchAttention().write_kv(exact, full, k_proj, v_proj, norm)
+    return exact
 
 
 @pytest.mark.parametrize("e4m3_max", [448.0 * 16, 448.0 / 16384])
@@ -102,9 +105,9 @@ def test_a_broken_scale_fails_the_tolerances(monkeypatch, e4m3_max):
     ring, view, full, (k_proj, v_proj, norm) = filled(2, B, H, D, grid, True, reference_write_kv_fp8)
     exact = make_exact(B, H, D, full, k_proj, v_proj, norm)
     q = torch.randn(B, 2 * 24, H, D)
-    truth = TorchAttention().ring_attention(q, *exact, view)
-    assert rel_err(TorchAttention().ring_attention_fp8(q, *ring, view), truth) > RING_TOL
-    assert rel_err(TorchFp8Attention().ring_attention_fp8(q, *ring, view), truth) > CORE_TOL
+    truth = TorchAttention().ring_attention(q, exact, view)
+    assert rel_err(TorchAttention().ring_attention(q, ring, view), truth) > RING_TOL
+    assert rel_err(TorchFp8Attention().ring_attention(q, ring, view), truth) > CORE_TOL
 
 
 def test_frame_scales_follow_each_frame_and_head():
@@ -132,4 +135,4 @@ def test_p_shift_keeps_small_probabilities_out_of_subnormals():
     # P in [0, 2^P_SHIFT]: a probability 2^-12 of the row max is a normal e4m3 value, not flushed
     p = torch.tensor([2.0 ** (-12 + fp8_quant.P_SHIFT)])
     assert p.to(E4M3).float().item() == p.item()
-    assert math.isclose(fp8_quant.ROTATED_K_SCALE, 2 ** 0.5)
+    assert math.isclose(fp8_constants.ROTATED_K_SCALE, 2 ** 0.5)

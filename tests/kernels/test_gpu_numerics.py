@@ -7,6 +7,7 @@ import torch
 
 from conftest import rel_err
 from histream_engine.attention import BACKENDS, get_backend
+from histream_engine.attention.protocol import CacheLayer
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs
 
@@ -46,9 +47,9 @@ def test_backend_error_at_most_twice_torchs_own(backend_name, case, dtype):
         pytest.skip(reason)
     view, q, k, v = case_inputs(CASES[case], dtype)
     torch_backend = get_backend("torch")
-    ref = torch_backend.ring_attention(q.double(), k.double(), v.double(), view)
-    own = rel_err(torch_backend.ring_attention(q, k, v, view), ref)
-    out = get_backend(backend_name).ring_attention(q, k, v, view)
+    ref = torch_backend.ring_attention(q.double(), CacheLayer(k.double(), v.double()), view)
+    own = rel_err(torch_backend.ring_attention(q, CacheLayer(k, v), view), ref)
+    out = get_backend(backend_name).ring_attention(q, CacheLayer(k, v), view)
     assert out.dtype == dtype and not out.isnan().any()
     assert rel_err(out, ref) <= 2 * own, (rel_err(out, ref), own)
 
@@ -67,8 +68,8 @@ def test_prepass_equals_plain_rotation_on_gpu(dtype, case, backend_name):
     from histream_engine.attention.prepass_backend import reference_prepass
 
     view, q, k, v = case_inputs(CASES[case], dtype)
-    got = get_backend(available(backend_name)).prepass(q, k, v, view)
-    want = reference_prepass(q, k, v, view)
+    got = get_backend(available(backend_name)).prepass(q, CacheLayer(k, v), view)
+    want = reference_prepass(q, CacheLayer(k, v), view)
     # both round the same fp32 rotation to the input precision; FMA contraction may flip a last bit
     eps = torch.finfo(dtype).eps
     for name, g, w in zip("qkv", got, want):
@@ -90,7 +91,7 @@ def test_recache_write_rotates_like_the_torch_path_on_gpu(backend_name):
     for name in ("torch", available(backend_name)):
         k_store = torch.zeros(1, 6 * view.tokens_per_frame, H, D, device="cuda", dtype=torch.bfloat16)
         v_store = torch.zeros_like(k_store)
-        get_backend(name).write_kv(k_store, v_store, view, k_proj, v_proj, norm)
+        get_backend(name).write_kv(CacheLayer(k_store, v_store), view, k_proj, v_proj, norm)
         stores.append((k_store, v_store))
     (k_ref, v_ref), (k_got, v_got) = stores
     assert torch.equal(v_got, v_ref)
@@ -130,9 +131,9 @@ def test_fp8_core_equals_its_torch_model_on_gpu(case):
     view, q, k, v = case_inputs(FP8_CASES[case], torch.bfloat16, H=2 if case == "1080p" else 4)
     ring = fp8_ring(k, v, view.tokens_per_frame)  # e4m3 K, V (keys contiguous), scales [B, slots, H]
     assert {c[1] for c in CONFIGS} == {128}  # every config the autotuner may pick tiles keys by 128, as the model does
-    model = TorchFp8Attention(block_n=128).ring_attention_fp8(q, *ring, view)
-    got = TritonFp8Attention().ring_attention_fp8(q, *ring, view)
-    exact = get_backend("torch").ring_attention(q.float(), k.float(), v.float(), view)  # float32: float64 scores at 1080p need 19 GB
+    model = TorchFp8Attention(block_n=128).ring_attention(q, ring, view)
+    got = TritonFp8Attention().ring_attention(q, ring, view)
+    exact = get_backend("torch").ring_attention(q.float(), CacheLayer(k.float(), v.float()), view)  # float32: float64 scores at 1080p need 19 GB
     assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
     assert rel_err(got, model) < FP8_KERNEL_TOL, rel_err(got, model)
     assert rel_err(got, exact) <= 1.1 * rel_err(model, exact), (rel_err(got, exact), rel_err(model, exact))
@@ -156,12 +157,12 @@ def test_fp8_recache_write_equals_its_torch_reference_on_gpu(rotated):
     norm = RMSNorm(H * D, 1e-6).cuda().bfloat16()
     norm.weight.data = (torch.rand(H * D, device="cuda", generator=g) + 0.5).bfloat16()
     rings = []
-    for write in (reference_write_kv_fp8, TritonFp8Attention().write_kv_fp8):
+    for write in (reference_write_kv_fp8, TritonFp8Attention().write_kv):
         ring = fp8_ring(torch.zeros_like(k), torch.zeros_like(k), view.tokens_per_frame)
         with torch.no_grad():  # as the engine runs it (a weight requiring grad also garbles the CPU interpreter's loads)
-            write(*ring, view, k_proj, v_proj, norm)
+            write(ring, view, k_proj, v_proj, norm)
         rings.append(ring)
-    (k_ref, v_ref, ks_ref, vs_ref), (k_got, v_got, ks_got, vs_got) = rings
+    (k_ref, v_ref, ks_ref, vs_ref), (k_got, v_got, ks_got, vs_got) = ((r.k, r.v, r.k_scale, r.v_scale) for r in rings)
     # V: no arithmetic before the scale, so scales agree to the bit and codes but for division ties
     assert rel_err(vs_got, vs_ref) < 1e-6
     assert (v_got.float() != v_ref.float()).float().mean() < 1e-3

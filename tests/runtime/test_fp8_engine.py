@@ -9,7 +9,7 @@ import torch
 
 from conftest import rel_err, random_dit
 from histream_engine import Engine, EngineConfig
-from histream_engine.attention import fp8_quant
+from histream_engine.attention import fp8_quant, get_backend
 from histream_engine.attention.prepass_backend import PrepassAttention
 from histream_engine.model import fp8_linear
 from histream_engine.runtime.runners import precision
@@ -79,8 +79,9 @@ def test_fp8_linears_equal_their_fp32_arithmetic_and_the_export_shares_their_lay
 
 
 def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
-    with pytest.raises(ValueError, match="reads an e4m3 ring cache: set kv_dtype"):
-        EngineConfig(attention="triton_fp8")
+    for name in ("torch_fp8", "triton_fp8"):  # by their capabilities: they read an e4m3 ring only
+        with pytest.raises(ValueError, match=f"attention={name!r} reads an e4m3 ring cache only: set kv_dtype"):
+            Engine(random_dit("tiny"), EngineConfig(attention=name))
     with pytest.raises(ValueError, match="dit='onnxruntime' runs exported graphs.*histream export --fp8"):
         EngineConfig.with_precision("fp8", dit="onnxruntime", engine_dir="x")
     with pytest.raises(ValueError, match="no FP8 attention core for attention='cudnn'"):
@@ -102,7 +103,7 @@ def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
     with pytest.raises(ValueError, match="sm_89 or newer.*A100 is sm_80"):
-        precision.check_engine(EngineConfig(linear_dtype="float8_e4m3fn"), None, fake_gpu_dit)
+        precision.check_engine(EngineConfig(linear_dtype="float8_e4m3fn"), get_backend("torch"), fake_gpu_dit)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("HISTREAM_SLOW_TESTS") != "1",
@@ -123,7 +124,7 @@ def test_triton_fp8_engine_equals_its_torch_model():
     assert rel_err(got.latents, ref.latents) < (1e-2 if gpu else 1e-5)
 
 
-# A prompt switch with re-cache on an e4m3 ring (runtime.recache writes through TorchAttention.write_kv_fp8), against the
+# A prompt switch with re-cache on an e4m3 ring (runtime.recache writes through TorchAttention.write_kv), against the
 # same switch on a model-dtype ring. fp32 model, so the cache is the only rounding. Measured over seeds 7-9 and both
 # histream schedules (live, window positions): the chunk after the switch 1.8e-4 to 2.6e-4 from the model-dtype one
 # (5e-4: ~2x margin), and 2.7e-3 to 6.2e-3 without the re-cache (so 5e-4 sees a missing one); the re-encoded frames'
@@ -194,14 +195,15 @@ def test_a_broken_recache_scale_fails_the_switch_tolerance(monkeypatch, switch_s
         def __getattr__(self, name):
             return getattr(torch_ref, name)
 
-        def write_kv_fp8(self, k_store, v_store, k_scale, v_scale, *args):
+        def write_kv(self, layer, *args):
+            assert layer.kv_dtype is not None  # the e4m3 ring: the write under test
             if broken == "scales_16x_small":
                 with monkeypatch.context() as m:
                     m.setattr(fp8_quant, "E4M3_MAX", 448.0 * 16)
-                    torch_ref.write_kv_fp8(k_store, v_store, k_scale, v_scale, *args)
+                    torch_ref.write_kv(layer, *args)
             else:
-                torch_ref.write_kv_fp8(k_store, v_store, k_scale, v_scale, *args)
-                k_scale.mul_(2.0)
+                torch_ref.write_kv(layer, *args)
+                layer.k_scale.mul_(2.0)
 
     dit, old, new, sched, (want, want_kv) = switch_setup
     monkeypatch.setattr(recache, "_TORCH", Broken())

@@ -1,7 +1,9 @@
-"""Attention backends behind one interface (see ``torch_ref``), registered in one explicit list.
+"""Attention backends behind one interface (``protocol.AttentionBackend``), registered in one explicit list.
 
 Each entry says how to check availability, with a human-readable reason, and how to build the backend;
-a backend whose dependency is missing is never imported.
+a backend whose dependency is missing is never imported. A built backend states what it reads and how it computes in
+its ``capabilities`` (``protocol.Capabilities``); the backends share the plain torch pieces (``reference``) rather
+than inherit from one another.
 
 - ``torch``: plain torch, the baseline every kernel is tested against (rotate, SDPA over slices of the ring).
 - ``triton``, ``cudnn``, ``flash_attn`` (FlashAttention-3 or -2): the Triton RoPE pre-pass, then that attention core
@@ -9,7 +11,8 @@ a backend whose dependency is missing is never imported.
 - ``cuda``: the same path compiled ahead of time (``histream_engine._C`` from ``csrc/``): pre-pass, recache write,
   downsample and an mma.sync attention core, with no Triton and no JIT at run time.
 - ``torch_fp8``, ``triton_fp8``: attention over an e4m3 ring with an FP8 core (``fp8``): its torch model (any device)
-  and the Triton kernels (sm_90a; the CPU interpreter for tests). Both need ``EngineConfig(kv_dtype="float8_e4m3fn")``.
+  and the Triton kernels (sm_90a; the CPU interpreter for tests). Both read an e4m3 ring only: the engine refuses them
+  without ``EngineConfig(kv_dtype="float8_e4m3fn")``, as it refuses an e4m3 ring to the model-dtype cores.
 - ``auto``: the pre-pass, then whichever available core measured fastest for the shape (``auto``); the
   torch reference where no core can run.
 """
@@ -22,6 +25,7 @@ from typing import Callable
 import torch
 
 from ..plugins import Plugin, Registry, missing_package
+from .protocol import AttentionBackend
 
 
 def _missing(package: str) -> str | None:
@@ -111,7 +115,7 @@ def _build_auto():
     return PrepassAttention("auto", AutoCore(available, unavailable), ops)
 
 
-BACKENDS: Registry = Registry("attention backend", (
+BACKENDS: Registry[AttentionBackend] = Registry("attention backend", (
     Plugin("torch", lambda: None, _build_torch),
     _prepass("triton", _triton_reason, "triton_core"),
     _prepass("cuda", _cuda_reason, "cuda_core", ops="cuda_ops"),
@@ -128,5 +132,5 @@ def attention_backends() -> list[tuple[str, bool, str]]:
     return BACKENDS.listing()
 
 
-def get_backend(name: str):
+def get_backend(name: str) -> AttentionBackend:
     return BACKENDS.build(name)

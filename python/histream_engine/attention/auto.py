@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..device_timing import device_seconds
-
+from . import reference
 from .torch_ref import TorchAttention
 
 log = logging.getLogger("histream_engine")
@@ -89,8 +89,17 @@ class AutoCore:
         return self.cores[self.choose(q, k, v).core](q, k, v)
 
 
-class ReferenceFallback(TorchAttention):
-    """``auto`` where no core can run (no GPU, no Triton): the torch reference, saying why once."""
+class ReferenceFallback:
+    """``auto`` where no core can run (no GPU, no Triton): the torch reference's functions and capabilities (both ring
+    dtypes), saying why once."""
+
+    name = TorchAttention.name
+    capabilities = TorchAttention.capabilities
+    self_attention = staticmethod(reference.self_attention)
+    cross_attention = staticmethod(reference.cross_attention)
+    write_kv = staticmethod(reference.write_kv)
+    ring_attention = staticmethod(reference.ring_attention)
+    downsample_patches = staticmethod(reference.downsample_patches)
 
     def __init__(self, reason: str):
         self.reason = f"{reason}: using the torch reference"

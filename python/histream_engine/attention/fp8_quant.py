@@ -1,8 +1,9 @@
 """E4M3 quantization of the ring cache and of the FP8 attention core's operands, in plain torch: the reference that the
 Triton kernels (``kernels/recache_write_fp8.py``, ``kernels/attention_core_fp8.py``) are tested against.
 
-Scales are ``amax / 448`` (448 is e4m3's largest finite value), floored at ``SCALE_FLOOR`` so that an all-zero group
-never divides by zero: its codes are zeros whatever the scale.
+Scales are ``amax / E4M3_MAX`` (448, e4m3's largest finite value), floored at ``SCALE_FLOOR``
+(``kernels/fp8_constants.py``, the one definition the kernels share) so that an all-zero group never divides by zero: its
+codes are zeros whatever the scale.
 
 - Ring K and V: one scale per (batch, frame slot, head), over the frame's ``S`` tokens and the head's ``D`` dims.
 - The core's Q: one scale per (batch, head, ``Q_BLOCK`` query rows), set by the pre-pass.
@@ -16,14 +17,7 @@ import math
 
 import torch
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = 448.0
-SCALE_FLOOR = 1e-12 / E4M3_MAX
-Q_BLOCK = 64  # query rows per Q scale: the pre-pass's tile
-P_SHIFT = 8.0  # log2 of the factor P is scaled by before its cast: [0, 1] -> [0, 256], clear of e4m3's subnormals
-# With ``window`` positions K is rotated after dequantization and quantized again with its slot's scale times this:
-# a rotation turns a pair (x, y) into one whose elements reach at most sqrt(2) * max(|x|, |y|).
-ROTATED_K_SCALE = math.sqrt(2.0)
+from ..kernels.fp8_constants import E4M3, E4M3_MAX, P_SHIFT, Q_BLOCK, SCALE_FLOOR
 
 
 def group_scales(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:

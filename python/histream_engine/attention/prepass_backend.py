@@ -11,7 +11,8 @@ Per cached self-attention call:
 The low-res recache input comes from the fused downsample-patchify kernel. The three kernels around the core
 come in two builds with one contract (``PrepassOps``): Triton (``kernels/``) and CUDA compiled ahead of time
 (``histream_engine._C``, the ``cuda`` backend, which needs no Triton). Whole-sequence and text cross-attention
-stay on SDPA (inherited): they are not on the cached path.
+are ``reference``'s SDPA functions: they are not on the cached path. The cores take K and V in the model dtype, so these
+backends read a model-dtype ring only (``fp8.TritonFp8Attention`` reads an e4m3 one).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import Callable
 
 import torch
 
+from . import reference
+from .protocol import CacheLayer, Capabilities, check_readable
 from .ring import RingView
 from .rope import apply_rope, axis_dims
-from .torch_ref import TorchAttention
 
 Core = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,60 +52,71 @@ def cuda_ops() -> PrepassOps:
     return PrepassOps(ops.rope_prepass, ops.recache_write, ops.downsample_patchify)
 
 
-class PrepassAttention(TorchAttention):
-    fp8_ring = False  # its cores take K and V in the model dtype; ``fp8.TritonFp8Attention`` reads an e4m3 ring
+class Scratch:
+    """Buffers allocated once per shape and reused by every layer and chunk: a CUDA graph captures their addresses, and
+    an unbounded stream must not allocate per call."""
+
+    def __init__(self):
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
+        key = (shape, like.dtype, like.device, tag)  # ``tag`` keeps two buffers of one shape apart
+        if key not in self._buffers:
+            # zeros: rows a pre-pass leaves unwritten are never garbage
+            self._buffers[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        return self._buffers[key]
+
+
+def rope_args(view: RingView, head_dim: int):
+    """The kernels' RoPE arguments: the cos/sin table ``[NPOS, D/2]`` each, the token grid, the rotation pairs per axis (t, h, w)."""
+    cos, sin = view.rope_table
+    return cos, sin, view.grid, tuple(d // 2 for d in axis_dims(head_dim))
+
+
+def write_rope(view: RingView, head_dim: int):
+    """What a fused write needs to rotate the chunk's K, or None where K is stored un-rotated."""
+    return (view.query_position_index, *rope_args(view, head_dim)) if view.rotated_keys else None
+
+
+class PrepassAttention:
+    capabilities = Capabilities(ring_dtypes=(None,))  # its cores take K and V in the model dtype
+    self_attention = staticmethod(reference.self_attention)
+    cross_attention = staticmethod(reference.cross_attention)
 
     def __init__(self, name: str, core: Core, ops: PrepassOps):
         self.name = name
         self.core = core
         self.ops = ops
-        # Scratch is allocated once per shape and reused by every layer and chunk: a CUDA graph captures
-        # its addresses, and an unbounded stream must not allocate per call.
-        self._scratch: dict[tuple, torch.Tensor] = {}
+        self.scratch = Scratch()
 
-    def scratch(self, shape: tuple[int, ...], like: torch.Tensor, tag: str = "") -> torch.Tensor:
-        key = (shape, like.dtype, like.device, tag)  # ``tag`` keeps two buffers of one shape apart
-        if key not in self._scratch:
-            # zeros: rows a pre-pass leaves unwritten are never garbage
-            self._scratch[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        return self._scratch[key]
+    def write_kv(self, layer: CacheLayer, view: RingView, k_proj, v_proj, norm_k) -> None:
+        check_readable(self, layer)
+        self.ops.recache_write(k_proj.contiguous(), v_proj.contiguous(), getattr(norm_k, "weight", None), getattr(norm_k, "eps", 0.0),
+                               view.write_rows, layer.k, layer.v, write_rope(view, layer.k.shape[-1]))
 
-    @staticmethod
-    def rope_args(view: RingView, head_dim: int):
-        cos, sin = view.rope_table
-        return cos, sin, view.grid, tuple(d // 2 for d in axis_dims(head_dim))
-
-    def write_kv(self, k_store, v_store, view: RingView, k_proj, v_proj, norm_k) -> None:
-        weight = getattr(norm_k, "weight", None)
-        rope = None
-        if view.rotated_keys:
-            cos, sin, grid, pairs = self.rope_args(view, k_store.shape[-1])
-            rope = (view.query_position_index, cos, sin, grid, pairs)
-        self.ops.recache_write(k_proj.contiguous(), v_proj.contiguous(), weight, getattr(norm_k, "eps", 0.0), view.write_rows,
-                      k_store, v_store, rope)
-
-    def prepass(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView):
+    def prepass(self, q: torch.Tensor, layer: CacheLayer, view: RingView):
         """The core's inputs ``[B, H, L, D]``: Q rotated (scratch), K rotated (ring or scratch), V (ring)."""
         B, Lq, H, D = q.shape
-        R, Lk = k_store.shape[1], view.key_tokens
-        cos, sin, grid, pairs = self.rope_args(view, D)
+        R, Lk = layer.k.shape[1], view.key_tokens
+        cos, sin, grid, pairs = rope_args(view, D)
         q_rot = self.scratch((B, H, Lq, D), q)  # [B, H, Lq, D]
-        v = v_store[:, :Lk].transpose(1, 2)  # [B, H, Lk, D]
+        v = layer.v[:, :Lk].transpose(1, 2)  # [B, H, Lk, D]
         if view.rotated_keys:
             self.ops.rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot)
-            return q_rot, k_store[:, :Lk].transpose(1, 2), v
+            return q_rot, layer.k[:, :Lk].transpose(1, 2), v
         k_rot = self.scratch((B, H, R, D), q)  # [B, H, R, D], slot order
-        self.ops.rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot, k_store, view.slot_position_index, k_rot)
+        self.ops.rope_prepass(q, view.query_position_index, cos, sin, grid, pairs, q_rot, layer.k, view.slot_position_index, k_rot)
         return q_rot, k_rot[:, :, :Lk], v
 
-    def ring_attention(self, q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView) -> torch.Tensor:
-        return self.core(*self.prepass(q, k_store, v_store, view))
+    def ring_attention(self, q: torch.Tensor, layer: CacheLayer, view: RingView) -> torch.Tensor:
+        check_readable(self, layer)
+        return self.core(*self.prepass(q, layer, view))
 
     def downsample_patches(self, x: torch.Tensor, factor: int, patch_size: tuple[int, int, int]) -> torch.Tensor:
         return self.ops.downsample_patchify(x, factor, patch_size)
 
 
-def reference_prepass(q: torch.Tensor, k_store: torch.Tensor, v_store: torch.Tensor, view: RingView):
+def reference_prepass(q: torch.Tensor, layer: CacheLayer, view: RingView):
     """What the pre-pass hands a core, in plain torch: Q, K, V as ``[B, H, L, D]``."""
-    k, v = TorchAttention().visible_kv(k_store, v_store, view)  # [B, Lk, H, D]
+    k, v = reference.visible_kv(layer, view, q.dtype)  # [B, Lk, H, D]
     return apply_rope(q, *view.q_rope).transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

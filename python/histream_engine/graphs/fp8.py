@@ -21,7 +21,8 @@ import torch
 
 from ..model.decoder import VAE_SPACE_STRIDE
 from ..model.dit import WanDiT
-from ..model.fp8_linear import E4M3_MAX, block_linears, channel_scales
+from ..kernels.fp8_constants import E4M3_MAX, SCALE_FLOOR
+from ..model.fp8_linear import block_linears, channel_scales
 from .signature import Signature
 from ..runtime.denoise.schedules import resolve_schedule
 
@@ -87,7 +88,7 @@ def quantize_block_linears(model, sig: Signature, amax: dict[str, float]):
                 dtype = w_init.data_type
                 as_stored = STORED.get(dtype, torch.float32)  # scales are stored in the graph's dtype: divide by those
                 w_scale = channel_scales(w, 0).to(as_stored).float()  # [C_out]
-                x_scale = torch.tensor(max(amax[layer], 1e-12) / E4M3_MAX).to(as_stored).item()
+                x_scale = torch.tensor(max(amax[layer] / E4M3_MAX, SCALE_FLOOR)).to(as_stored).item()
                 prefix = f"fp8.{layer}"
                 graph.initializer.extend([
                     _fp8_initializer(f"{prefix}.weight", w / w_scale),

@@ -128,8 +128,8 @@ class GraphForwards:
         out = self._sessions[sig].run(inputs)
         identity = nn.Identity()
         for layer in range(cache.k.shape[0]):  # K arrives after its RMSNorm, so it is written as it is
-            self.writer.write_kv(cache.k[layer], cache.v[layer], view, out["chunk_k"][layer].flatten(-2),
-                                 out["chunk_v"][layer].flatten(-2), identity)
+            self.writer.write_kv(cache.layer(layer), view, out["chunk_k"][layer].flatten(-2), out["chunk_v"][layer].flatten(-2),
+                                 identity)
         return out["flow"] if head else None
 
 

@@ -17,9 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = 448.0
-SCALE_FLOOR = 1e-12 / E4M3_MAX
+from ..kernels.fp8_constants import E4M3, E4M3_MAX, SCALE_FLOOR
+
 BLOCK_PARTS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o", "ffn.0", "ffn.2")
 
 

@@ -3,7 +3,8 @@
 K is stored after RMSNorm, and after RoPE where a frame's positions never change (``absolute`` temporal
 positions: every attention call then reads it as it lies); with ``window`` positions it is stored before RoPE
 and rotated by its current position when attended. Which frame lives in which slot is decided by
-``window.WindowPlan``; this class holds the tensors and turns the plan into per-chunk ``RingView``s.
+``window.WindowPlan``; this class holds the tensors, turns the plan into per-chunk ``RingView``s, and hands an
+attention backend one layer at a time (``layer``: K, V and, in e4m3, their scales).
 
 With ``kv_dtype=torch.float8_e4m3fn`` K and V are stored in e4m3 with one float32 scale per (layer, batch, frame slot,
 head) (``attention.fp8_quant``), half the bytes of bf16. V is then stored transposed, ``[.., H, D, rows]`` seen as
@@ -15,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from ...attention.fp8_quant import E4M3, SCALE_FLOOR
+from ...attention.protocol import CacheLayer
 from ...attention.ring import RingView
+from ...kernels.fp8_constants import E4M3, SCALE_FLOOR
 from .window import WindowPlan
 
 
@@ -36,6 +38,7 @@ class RingKVCache:
             self.k = torch.zeros(shape, dtype=dtype, device=device).transpose(2, 3)  # [layers, B, slots*S, H, D]
             self.v = torch.zeros(shape, dtype=dtype, device=device).transpose(2, 3)  # [layers, B, slots*S, H, D]
             self._storage = (self.k, self.v)
+            self._layers = tuple(CacheLayer(self.k[i], self.v[i]) for i in range(num_layers))
             return
         if kv_dtype != E4M3:
             raise ValueError(f"kv_dtype must be None (the model dtype) or torch.float8_e4m3fn, got {kv_dtype}")
@@ -46,10 +49,16 @@ class RingKVCache:
         self.k_scale = torch.full(scales, SCALE_FLOOR, dtype=torch.float32, device=device)  # [layers, B, slots, H]
         self.v_scale = torch.full(scales, SCALE_FLOOR, dtype=torch.float32, device=device)  # [layers, B, slots, H]
         self._storage = (self.k, v_t, self.k_scale, self.v_scale)
+        self._layers = tuple(CacheLayer(self.k[i], self.v[i], self.k_scale[i], self.v_scale[i]) for i in range(num_layers))
 
     @property
     def fp8(self) -> bool:
         return self.k_scale is not None
+
+    def layer(self, index: int) -> CacheLayer:
+        """Layer ``index``'s K and V ``[B, slots*S, H, D]`` (and, in e4m3, scales ``[B, slots, H]``): views of the
+        storage, made once, so a captured CUDA graph and every later call read the same addresses."""
+        return self._layers[index]
 
     def view(self, chunk: int, grid: tuple[int, int], freqs: torch.Tensor, rope_dtype=torch.float32, rope_positions: int = 0) -> RingView:
         """Chunk ``chunk``'s window: the slots and temporal positions of the frames it attends.

@@ -12,8 +12,8 @@ they are overwritten.
 
 The pass's self-attention runs through the torch path whatever the stream's backend: a switch is rare, and the
 torch path writes K/V in the layout every backend reads (un-rotated with ``window`` positions, rotated by the
-same positions otherwise). On an e4m3 ring (``kv_dtype``) it writes through ``TorchAttention.write_kv_fp8``, the
-reference the Triton FP8 write is tested against, so each re-encoded (frame, head) gets its own scale.
+same positions otherwise), and reads both ring dtypes: on an e4m3 ring (``kv_dtype``) its write is the reference the
+Triton FP8 write is tested against, so each re-encoded (frame, head) gets its own scale.
 """
 
 from __future__ import annotations
@@ -57,15 +57,11 @@ class _RecacheAttention:
 
     def __call__(self, layer: int, q, k_proj, v_proj, norm_k):
         # q: [B, n*S, H, D] after RMSNorm, un-rotated, or None (the last layer only writes); k_proj, v_proj: [B, n*S, C]
-        k_store, v_store = self.cache.k[layer], self.cache.v[layer]  # [B, slots*S, H, D]
-        if self.cache.fp8:
-            scales = self.cache.k_scale[layer], self.cache.v_scale[layer]  # [B, slots, H] each, float32
-            _TORCH.write_kv_fp8(k_store, v_store, *scales, self.view, k_proj, v_proj, norm_k)
-        else:
-            _TORCH.write_kv(k_store, v_store, self.view, k_proj, v_proj, norm_k)
+        ring = self.cache.layer(layer)  # K, V [B, slots*S, H, D] (and, in e4m3, scales [B, slots, H])
+        _TORCH.write_kv(ring, self.view, k_proj, v_proj, norm_k)
         if q is None:
             return None
-        H, D = k_store.shape[2:]
+        H, D = ring.k.shape[2:]
         # The frames attend each other's K/V as computed, not as stored: the uncached reference the pass stands for has
         # no rounding, and with every frame present there is no cache to read. Attending the dequantized rows instead
         # would round each layer's input as well; on the tiny model both gave the same chunk after the switch

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.fp8_constants import E4M3
+
 FP8 = "float8_e4m3fn"
 KV_DTYPES = (None, FP8)
 LINEAR_DTYPES = (None, FP8)
@@ -54,9 +56,6 @@ def check(config) -> None:
                              f"this config has {'; '.join(changes)}. Nothing is changed behind your back: give those "
                              f"fields too, or build the config with EngineConfig.with_precision({config.precision!r}, "
                              f"attention={base!r})")
-    if config.attention in ("torch_fp8", "triton_fp8") and config.kv_dtype != FP8:
-        raise ValueError(f"attention={config.attention!r} reads an e4m3 ring cache: set kv_dtype={FP8!r} "
-                         f"(or EngineConfig.with_precision('fp8'))")
 
 
 def uses_fp8(config) -> bool:
@@ -70,10 +69,9 @@ def refuse_for_exported_graphs(config) -> None:
 
 
 def check_engine(config, backend, dit) -> None:
-    """What needs the backend and the model: refused combinations, with the reason."""
-    if config.kv_dtype == FP8 and not getattr(backend, "fp8_ring", False):
-        raise ValueError(f"attention={config.attention!r} has no FP8 path: its core takes K and V in the model dtype. With "
-                         f"kv_dtype={FP8!r} use triton_fp8 (or torch, which dequantizes; or torch_fp8, the FP8 core's model)")
+    """What needs the backend and the model: refused combinations, with the reason. Whether the backend reads the
+    ring's dtype is its ``capabilities`` (``attention.protocol.Capabilities``)."""
+    check_ring_dtype(config, backend.capabilities)
     if uses_fp8(config) and dit.device.type == "cuda":
         cap = torch.cuda.get_device_capability(dit.device)
         if cap < MIN_CAPABILITY:
@@ -83,8 +81,19 @@ def check_engine(config, backend, dit) -> None:
             raise ValueError(f"FP8 linears on a GPU write bf16 (row-wise scaled matmuls); load the model in bf16, not {dit.dtype}")
 
 
+def check_ring_dtype(config, capabilities) -> None:
+    """Refuse a ring dtype (``kv_dtype``) the backend cannot read, naming the fix."""
+    if capabilities.reads(kv_torch_dtype(config)):
+        return
+    if config.kv_dtype == FP8:
+        raise ValueError(f"attention={config.attention!r} has no FP8 path: it reads a ring in {capabilities.describe_reads()}. "
+                         f"With kv_dtype={FP8!r} use triton_fp8 (or torch, which dequantizes; or torch_fp8, the FP8 core's model)")
+    raise ValueError(f"attention={config.attention!r} reads an e4m3 ring cache only: set kv_dtype={FP8!r} "
+                     f"(or EngineConfig.with_precision('fp8')), or pick a backend that reads the model dtype (torch, triton, auto)")
+
+
 def kv_torch_dtype(config) -> torch.dtype | None:
-    return torch.float8_e4m3fn if config.kv_dtype == FP8 else None
+    return E4M3 if config.kv_dtype == FP8 else None
 
 
 def apply_linears(config, dit) -> None:
