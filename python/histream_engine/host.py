@@ -20,7 +20,7 @@ from .output_paths import check_output_file
 from .runtime import ChunkResult, Engine, EngineConfig
 from .runtime.request_checks import check_prompt_embeds, resolve_device
 from .runtime.denoise.schedules import resolve_schedule
-from .runtime.stream_state import load_stream_state
+from .runtime.stream_state import StreamState, load_stream_state
 from .taehv_checkpoint import load_taehv
 from .text_encoder import load_prompt_embeds
 from .video import Mp4Writer
@@ -72,6 +72,7 @@ class HostRequest:
     schedule: str = "histream"
     seed: int = 0
     live: bool = False  # an unbounded stream on the schedule with window positions: it runs until closed
+    context: torch.Tensor | None = None  # given frames (runtime.context): an image [3, H, W] or a clip [3, T, H, W] in [-1, 1]
 
     def __post_init__(self):
         if not isinstance(self.live, bool):
@@ -117,7 +118,8 @@ class HostEngine:
         and its frames ``[T, H, W, 3]`` uint8 in host memory. A live request runs until closed, on the schedule with
         ``positions='window'``. Closing it closes the engine's stream at once."""
         embeds, num_frames, height, width, sched = self.stream_args(request)
-        return HostStream(self, self.engine.stream(embeds, num_frames, height, width, sched, seed=request.seed))
+        return HostStream(self, self.engine.stream(embeds, num_frames, height, width, sched, seed=request.seed,
+                                                   context=request.context))
 
     def stream_args(self, request: HostRequest) -> tuple:
         """``Engine.stream``'s positional arguments for a host request: the prompt resolved to embeddings on the model's
@@ -150,7 +152,11 @@ class HostEngine:
         """A stream handle going on from a state file (``HostStream.save_state``; ``Engine.resume``): under the state's
         prompt unless a new one is given (then its attended frames are re-encoded under it first), for ``chunks`` more
         chunks (None: what the state's request had left; a live stream until closed)."""
-        state = load_stream_state(state_path)
+        return self.resume_state(load_stream_state(state_path), prompt, prompt_embeds_path, chunks)
+
+    def resume_state(self, state: StreamState, prompt: str = "", prompt_embeds_path: str = "",
+                     chunks: int | None = None) -> "HostStream":
+        """``resume`` from a ``StreamState`` in memory (a server's checkpoint, sent between processes as bytes)."""
         embeds = self._prompt(prompt, prompt_embeds_path) if (prompt or prompt_embeds_path) else None
         return HostStream(self, self.engine.resume(state, embeds, chunks))
 
@@ -191,11 +197,17 @@ class HostStream:
             raise ValueError("a prompt switch needs a prompt or prompt embeddings")
         self.chunks.set_prompt(self.host._prompt(prompt, prompt_embeds_path), recache=recache)
 
+    def state(self, include_cache: bool = False) -> StreamState:
+        """The stream's state at its boundary (``VideoStream.state``): between chunks, or once it ended. A decode still
+        in flight is finished first, and its chunk is the next this handle hands out; so a server that keeps the state
+        as a checkpoint keeps it once every chunk before ``state.next_chunk`` is out."""
+        return self.chunks.state(include_cache)
+
     def save_state(self, path: str, include_cache: bool = False) -> str:
         """The stream's state at its boundary, saved to ``path`` (``.safetensors``): ``VideoStream.state``, whose
         boundary comes after every chunk this handle hands out before its next new one."""
         out = check_output_file(path, (".safetensors",))
-        return str(self.chunks.state(include_cache).save(out))
+        return str(self.state(include_cache).save(out))
 
     def close(self) -> None:
         self._iter.close()
