@@ -19,6 +19,9 @@ import torch
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
 SCALE_FLOOR = 1e-12 / E4M3_MAX
+# Where codes saturate: e4m3's largest finite value, a property of the format, kept apart from E4M3_MAX (what scales aim
+# at) so that a wrong scale clips on every torch. Casting past it is not portable: torch 2.11 gives NaN, 2.13 saturates.
+E4M3_FINITE = torch.finfo(E4M3).max
 Q_BLOCK = 64  # query rows per Q scale: the pre-pass's tile
 P_SHIFT = 8.0  # log2 of the factor P is scaled by before its cast: [0, 1] -> [0, 256], clear of e4m3's subnormals
 # With ``window`` positions K is rotated after dequantization and quantized again with its slot's scale times this:
@@ -33,7 +36,7 @@ def group_scales(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x / scale`` rounded to e4m3 (saturating: a stale scale clips instead of overflowing to NaN)."""
-    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return (x.float() / scale).clamp(-E4M3_FINITE, E4M3_FINITE).to(E4M3)
 
 
 def quantize_frames(x: torch.Tensor, tokens_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
