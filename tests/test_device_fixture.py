@@ -294,6 +294,23 @@ def test_the_fixture_is_cuda_where_there_is_a_gpu_else_the_interpreting_cpu(devi
         assert device == torch.device("cpu") and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+@pytest.mark.parametrize("version, interpret, skips", [((3, 6), "1", True), ((3, 9), "1", False), ((3, 7), "1", False),
+                                                      ((3, 6), None, False), (None, "1", False)])
+def test_the_interpreter_skip_is_for_triton_3_6_interpreting_only(monkeypatch, version, interpret, skips):
+    import conftest
+
+    monkeypatch.setattr(conftest, "triton_version", lambda: version)
+    if interpret is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    if not skips:
+        conftest.skip_where_the_interpreter_cannot_run_the_cores()
+        return
+    with pytest.raises(pytest.skip.Exception, match=r"Triton 3\.6's interpreter .*only 0-dimensional arrays"):
+        conftest.skip_where_the_interpreter_cannot_run_the_cores()
+
+
 # ---------- the checker on planted code --------------------------------------------------------------------------
 
 CLEAN = '''
