@@ -31,7 +31,7 @@ def test_rope_table_rows_match_the_grid_positions(host, head_dim, grid, frame_po
     pt, ph, _ = (d // 2 for d in axis_dims(head_dim))
     # fixed-device: the kernels' index math run on the host, against the Python reference on the host
     got = torch.tensor(host.rope_table_rows(frame_pos, len(frame_pos) * gh * gw, gh * gw, head_dim // 2, gw, pt, ph))
-    want = grid_positions(frame_pos, gh, gw)[:, pair_axis(head_dim)]  # fixed-device: the host reference  # [N, D/2]: each pair's position on its axis
+    want = grid_positions(frame_pos, gh, gw)[:, pair_axis(head_dim)]  # [N, D/2]: each pair's position on its axis  # fixed-device: the host reference
     assert torch.equal(got, want)
 
 
