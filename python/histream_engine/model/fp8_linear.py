@@ -8,7 +8,8 @@ How: weights quantized once (``Fp8Linear.from_linear``) with one scale per outpu
 (``channel_scales``, the export's rule too); activations per token at run time, ``amax / 448`` over the row; the
 product is ``torch._scaled_mm`` with row-wise scales (fp32 accumulation, bias and output in the model dtype). Where
 this torch's ``_scaled_mm`` takes only per-tensor scales on the device (torch 2.11's CPU kernel: an internal assert on
-row-wise ones; 2.13's takes both), ``tensorwise_fp8_matmul`` runs the same product through the per-tensor form.
+row-wise ones; 2.13's takes both), and for outputs other than bf16, ``tensorwise_fp8_matmul`` runs the same product
+through the per-tensor form.
 ``reference_fp8_linear`` is the same arithmetic written out in fp32.
 """
 
@@ -44,15 +45,18 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.cache
-def rowwise_scaled_mm(device_type: str) -> bool:
-    """Whether this torch's ``_scaled_mm`` takes row-wise scales on ``device_type``. CUDA's does (sm_89 or newer, which
-    ``runtime.precision`` checks); on the CPU it is tried once on zeros, since torch 2.11's kernel refuses them with an
-    internal assert and no version check is known to be exact."""
+def rowwise_scaled_mm(device_type: str, out_dtype: torch.dtype) -> bool:
+    """Whether this torch's ``_scaled_mm`` takes row-wise scales on ``device_type`` for an ``out_dtype`` output. Only
+    bf16 outputs go that way: CUDA's row-wise kernels take bf16 on every path (sm_89 or newer, which
+    ``runtime.precision`` checks; fp32 with a bias on none). On the CPU it is tried once on zeros, since torch 2.11's
+    kernel refuses row-wise scales with an internal assert and no version check is known to be exact."""
+    if out_dtype != torch.bfloat16:
+        return False
     if device_type != "cpu":
         return True
     zeros = torch.zeros(16, 16, dtype=E4M3)
     try:
-        torch._scaled_mm(zeros, zeros.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.float32)
+        torch._scaled_mm(zeros, zeros.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=out_dtype)
     except RuntimeError:
         return False
     return True
@@ -92,7 +96,7 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # [N, in]
         x8, x_scale = quantize_rows(rows)
-        if rowwise_scaled_mm(rows.device.type):
+        if rowwise_scaled_mm(rows.device.type, self.out_dtype):
             # _scaled_mm wants its second operand column-major: the transposed view of the row-major weight is that
             y = torch._scaled_mm(x8, self.weight8.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=self.bias,
                                  out_dtype=self.out_dtype)  # [N, out]
