@@ -98,14 +98,16 @@ setup(
     package_data={"histream_engine.serve": ["static/*.html"]},
     ext_modules=[Extension("histream_engine._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPy},
+    # torch and Triton floors: the oldest stack the suite runs on (.ci/oldest-stack: torch 2.11 + Triton 3.6, the lent GPU
+    # machines' versions); .ci/run tests torch 2.13 + Triton 3.9
     install_requires=[
-        "torch>=2.5",
+        "torch>=2.11",
         "safetensors>=0.4",
         "numpy",
         "imageio-ffmpeg",
     ],
     extras_require={
-        "triton": ["triton>=3.0"],
+        "triton": ["triton>=3.6"],
         "bench": ["diffusers>=0.33", "matplotlib"],
         "text": ["transformers>=4.45"],
         "host": ["pybind11>=2.12"],  # building the C++ host library (engine/), docs/cpp-host.md
@@ -113,7 +115,7 @@ setup(
         "tensorrt": ["tensorrt>=10"],  # histream build-trt, dit="tensorrt" (NVIDIA GPUs only)
         "serve": ["fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10"],  # histream serve
         "ray": ["ray[serve]>=2.40", "fastapi>=0.110", "pillow>=10"],  # histream serve --ray (docs/ray-serve.md)
-        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.0", "matplotlib", "transformers>=4.45", "pybind11>=2.12",
+        "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.6", "matplotlib", "transformers>=4.45", "pybind11>=2.12",
                  "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17",
                  "fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10", "httpx>=0.27", "playwright>=1.45", "hypothesis>=6",
                  "ray[serve]>=2.40"],

@@ -18,8 +18,12 @@ import math
 import torch
 
 E4M3 = torch.float8_e4m3fn
-E4M3_MAX = 448.0  # e4m3's largest finite value
+E4M3_MAX = 448.0  # what every scale aims an amax at: e4m3's largest finite value
 SCALE_FLOOR = 1e-12 / E4M3_MAX
+# Where codes saturate: e4m3's largest finite value read from the format, kept apart from E4M3_MAX (which tests patch to
+# break a scale on purpose) so that a wrong scale clips on every torch; casting past it is not portable (torch 2.11
+# gives NaN, 2.13 saturates).
+E4M3_FINITE = torch.finfo(E4M3).max
 
 Q_BLOCK = 64  # query rows per Q scale: the FP8 pre-pass's tile
 P_SHIFT = 8.0  # log2 of the factor P is scaled by before its cast: [0, 1] -> [0, 256], clear of e4m3's subnormals

@@ -3,7 +3,7 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import rel_err, random_dit
+from conftest import rel_err, random_dit, skip_where_the_interpreter_cannot_run_the_cores
 from histream_engine import Engine, EngineConfig, attention_backends
 from histream_engine.attention import get_backend
 from histream_engine.attention.auto import AUTO_CHOICES, ReferenceFallback
@@ -27,7 +27,7 @@ def test_registry_lists_every_backend_with_a_reason():
         assert listed["flash_attn"] == (False, "neither FlashAttention-3 (flash_attn_interface) nor FlashAttention-2 (pip install flash_attn) is installed")
 
 
-def test_unavailable_backend_says_why(monkeypatch):
+def test_unavailable_backend_says_why(monkeypatch, device):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if torch.cuda.is_available():
         pytest.skip("a GPU makes triton available")
@@ -36,7 +36,7 @@ def test_unavailable_backend_says_why(monkeypatch):
             get_backend(name)
     if importlib.util.find_spec("flash_attn") is None and importlib.util.find_spec("flash_attn_interface") is None:
         with pytest.raises(RuntimeError, match="flash_attn.*unavailable: neither FlashAttention-3"):
-            Engine(random_dit("tiny"), EngineConfig(attention="flash_attn"))
+            Engine(random_dit("tiny", device=device), EngineConfig(attention="flash_attn"))
     with pytest.raises(ValueError, match="unknown attention backend 'fa3'.*registered"):
         get_backend("fa3")
 
@@ -51,11 +51,13 @@ def test_auto_without_any_core_falls_back_to_the_reference_and_says_why(monkeypa
 
 
 @pytest.mark.parametrize("attention", ["triton", "cudnn", "auto"])
-def test_prepass_engines_equal_torch_engine(attention):
+def test_prepass_engines_equal_torch_engine(attention, device):
+    if attention == "triton":  # auto falls back to cudnn where triton fails; it times both in the test below
+        skip_where_the_interpreter_cannot_run_the_cores()
     # histream_plus exercises both resolutions, the fused low-res recache and a wrapping ring.
     schedule = "histream_plus"
-    dit = random_dit("tiny", seed=8)
-    ctx = torch.randn(2, 5, dit.config.text_dim)
+    dit = random_dit("tiny", seed=8, device=device)
+    ctx = torch.randn(2, 5, dit.config.text_dim, device=device)
     args = (ctx, 33, 64, 96)  # 3 chunks, batch 2, 8x12 high-res tokens, 4x6 low-res
     ref = Engine(dit, EngineConfig(attention="torch")).generate(*args, schedule=schedule, seed=1)
     engine = Engine(dit, EngineConfig(attention=attention))
@@ -65,9 +67,10 @@ def test_prepass_engines_equal_torch_engine(attention):
     assert rel_err(got.latents, ref.latents) < 1e-4
 
 
-def test_auto_measures_each_shape_once_per_process():
-    dit = random_dit("tiny", seed=8)
-    ctx = torch.randn(1, 5, dit.config.text_dim)
+def test_auto_measures_each_shape_once_per_process(device):
+    skip_where_the_interpreter_cannot_run_the_cores()
+    dit = random_dit("tiny", seed=8, device=device)
+    ctx = torch.randn(1, 5, dit.config.text_dim, device=device)
     AUTO_CHOICES.clear()
     Engine(dit, EngineConfig(attention="auto")).generate(ctx, 21, 64, 64, schedule="two_step")
     # two resolutions x (first chunk: 3 visible frames, later: 6): four shapes, each timed on both cores

@@ -51,14 +51,14 @@ def test_every_available_backend_implements_the_protocol_with_its_signatures():
         assert (backend.capabilities.ring_dtypes, backend.capabilities.fp8_core) == DECLARED[name], name
 
 
-def test_capabilities_and_layers_refuse_what_does_not_exist():
+def test_capabilities_and_layers_refuse_what_does_not_exist(device):
     with pytest.raises(ValueError, match="ring_dtypes must be a non-empty selection"):
         Capabilities(ring_dtypes=())
     with pytest.raises(ValueError, match="ring_dtypes must be a non-empty selection"):
         Capabilities(ring_dtypes=(torch.float8_e5m2,))
-    k = torch.zeros(1, 4, 2, 8)
+    k = torch.zeros(1, 4, 2, 8, device=device)
     k8 = k.to(E4M3)
-    scale = torch.ones(1, 1, 2)
+    scale = torch.ones(1, 1, 2, device=device)
     assert CacheLayer(k, k).kv_dtype is None and CacheLayer(k8, k8, scale, scale).kv_dtype == E4M3
     with pytest.raises(ValueError, match="scales for both K and V"):
         CacheLayer(k8, k8, scale)
@@ -68,8 +68,8 @@ def test_capabilities_and_layers_refuse_what_does_not_exist():
         CacheLayer(k, k, scale, scale)
 
 
-def test_the_engine_refuses_an_unreadable_ring_dtype_by_capabilities():
-    dit = random_dit("tiny")
+def test_the_engine_refuses_an_unreadable_ring_dtype_by_capabilities(device):
+    dit = random_dit("tiny", device=device)
     # the same name, torch, with capabilities that read the model dtype only: refused by what it declares
     model_only = types.SimpleNamespace(name="torch", capabilities=Capabilities(ring_dtypes=(None,)))
     with pytest.raises(ValueError, match="attention='torch' has no FP8 path: it reads a ring in the model dtype.*use triton_fp8"):
@@ -89,10 +89,10 @@ def test_the_engine_refuses_an_unreadable_ring_dtype_by_capabilities():
 
 
 @pytest.mark.parametrize("name", ["triton", "torch_fp8"])
-def test_a_backend_handed_a_layer_it_cannot_read_says_so(name):
+def test_a_backend_handed_a_layer_it_cannot_read_says_so(name, device):
     backend = get_backend(name)
-    k = torch.zeros(1, 4, 2, 8)
-    scale = torch.ones(1, 1, 2)
+    k = torch.zeros(1, 4, 2, 8, device=device)
+    scale = torch.ones(1, 1, 2, device=device)
     layer = CacheLayer(k, k) if backend.capabilities.fp8_core else CacheLayer(k.to(E4M3), k.to(E4M3), scale, scale)
     with pytest.raises(ValueError, match=f"attention backend {name!r} reads a ring in .*, not "):
-        backend.ring_attention(torch.zeros(1, 4, 2, 8), layer, None)
+        backend.ring_attention(torch.zeros(1, 4, 2, 8, device=device), layer, None)

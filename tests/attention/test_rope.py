@@ -26,19 +26,20 @@ def test_ntk_frequencies_equal_the_formula():
 
 
 def test_scale_one_is_plain_rope_exactly():
+    # fixed-device: inv_freqs builds its float64 table on the host (kernels get it through rope_table), and so does this
     plain = torch.cat([1.0 / torch.pow(10000.0, torch.arange(0, d, 2, dtype=torch.float64) / d) for d in (44, 42, 42)])
     assert torch.equal(inv_freqs(128), plain)
     assert torch.equal(inv_freqs(128, ntk_scale=(1.0, 1.0, 1.0)), plain)
 
 
-def test_apply_rope_equals_complex_rotation_and_preserves_norm():
+def test_apply_rope_equals_complex_rotation_and_preserves_norm(device):
     torch.manual_seed(0)
-    pos = grid_positions(range(2, 5), 3, 7)  # [63, 3]
-    freqs = inv_freqs(32, 10000.0, (1.0, 1.3, 2.0))
-    x = torch.randn(2, pos.shape[0], 3, 32)
+    pos = grid_positions(range(2, 5), 3, 7, device=device)  # [63, 3]
+    freqs = inv_freqs(32, 10000.0, (1.0, 1.3, 2.0)).to(device)
+    x = torch.randn(2, pos.shape[0], 3, 32, device=device)
     cos, sin = rope_cos_sin(pos, freqs, torch.float64)
     got = apply_rope(x.double(), cos, sin)
-    axis = torch.tensor([0] * 6 + [1] * 5 + [2] * 5)
+    axis = torch.tensor([0] * 6 + [1] * 5 + [2] * 5, device=device)
     angle = pos[:, axis].double() * freqs  # [N, 16]
     xc = torch.view_as_complex(x.double().unflatten(-1, (-1, 2)).contiguous())
     want = torch.view_as_real(xc * torch.polar(torch.ones_like(angle), angle)[None, :, None]).flatten(-2)

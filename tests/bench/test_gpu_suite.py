@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import skip_where_the_interpreter_cannot_run_the_cores
 from histream_engine.bench import gpu_suite
 from histream_engine.bench.suite import main as bench_main
 
@@ -151,10 +152,13 @@ def test_summary_reads_real_step_outputs(tmp_path):
         fp8 = facts["attention_1088x1920"]["positions"][positions]
         # e4m3 ring + FP8 core against float32 at the --small shape: 0.053 and 0.060 measured (bf16 torch: 0.003)
         assert 0.01 < fp8["torch_fp8"]["rel_err"] < 0.09 and "not_timed" in fp8["torch_fp8"]
-        assert 0.01 < fp8["triton_fp8"]["rel_err"] < 0.09 and fp8["triton_fp8"]["core_seconds"] > 0
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
     assert "gpu_suite/bench-eager.json" in names and "gpu_suite/summary.md" in names
+    skip_where_the_interpreter_cannot_run_the_cores()  # there the bench records triton_fp8's error, not a figure
+    for positions in ("absolute", "window"):
+        fp8 = facts["attention_1088x1920"]["positions"][positions]
+        assert 0.01 < fp8["triton_fp8"]["rel_err"] < 0.09 and fp8["triton_fp8"]["core_seconds"] > 0
 
 
 def test_the_live_step_soaks_a_1080p_stream_and_its_summary_checks_the_drift(tmp_path):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import rel_err, skip_where_the_interpreter_cannot_run_the_cores
 from histream_engine.attention import cores
 from histream_engine.kernels.attention_core import attention_core
 
@@ -14,16 +14,16 @@ def reference(q, k, v):
     return (scores.softmax(-1) @ v.double()).transpose(1, 2)
 
 
-def inputs(B, H, Lq, R, D, dtype, lk, layout, seed=0):
+def inputs(B, H, Lq, R, D, dtype, lk, layout, device, seed=0):
     """Q from scratch [B, H, Lq, D]; K and V as [B, H, Lk, D] views of ring storage [B, R, H, D] or of scratch
     [B, H, R, D]. Rows past the visible keys hold values that would show if they were attended."""
     torch.manual_seed(seed)
-    q = torch.randn(B, H, Lq, D).to(dtype)
+    q = torch.randn(B, H, Lq, D, device=device).to(dtype)
     if layout == "ring":
-        k_store, v_store = torch.randn(B, R, H, D).to(dtype), torch.randn(B, R, H, D).to(dtype)
+        k_store, v_store = torch.randn(B, R, H, D, device=device).to(dtype), torch.randn(B, R, H, D, device=device).to(dtype)
         k_store[:, lk:], v_store[:, lk:] = 1e4, 1e4
         return q, k_store[:, :lk].transpose(1, 2), v_store[:, :lk].transpose(1, 2)
-    k_scratch, v_store = torch.randn(B, H, R, D).to(dtype), torch.randn(B, R, H, D).to(dtype)
+    k_scratch, v_store = torch.randn(B, H, R, D, device=device).to(dtype), torch.randn(B, R, H, D, device=device).to(dtype)
     k_scratch[:, :, lk:], v_store[:, lk:] = float("nan"), 1e4
     return q, k_scratch[:, :, :lk], v_store[:, :lk].transpose(1, 2)
 
@@ -39,16 +39,19 @@ def inputs(B, H, Lq, R, D, dtype, lk, layout, seed=0):
         (1, 2, 64, 128, 32, 64),  # key count a whole number of blocks: no masked tail
     ],
 )
-def test_core_matches_reference(layout, dtype, tol, B, H, Lq, R, D, lk):
-    q, k, v = inputs(B, H, Lq, R, D, dtype, lk, layout)
+def test_core_matches_reference(layout, dtype, tol, B, H, Lq, R, D, lk, device):
+    skip_where_the_interpreter_cannot_run_the_cores()
+    q, k, v = inputs(B, H, Lq, R, D, dtype, lk, layout, device)
     out = attention_core(q, k, v)
     assert out.shape == (B, Lq, H, D) and out.dtype == dtype
     assert rel_err(out, reference(q, k, v)) < tol
 
 
 @pytest.mark.parametrize("core", ["triton_core", "cudnn_core"])
-def test_every_core_reads_the_same_views(core):
-    q, k, v = inputs(2, 2, 21, 70, 32, torch.float32, 42, "ring")
+def test_every_core_reads_the_same_views(core, device):
+    if core == "triton_core":
+        skip_where_the_interpreter_cannot_run_the_cores()
+    q, k, v = inputs(2, 2, 21, 70, 32, torch.float32, 42, "ring", device)
     out = getattr(cores, core)(q, k, v)
     assert out.shape == (2, 21, 2, 32)
     assert rel_err(out, reference(q, k, v)) < 1e-5
@@ -64,12 +67,12 @@ def test_every_core_reads_the_same_views(core):
         (dict(strided=True), "not 16-byte aligned"),
     ],
 )
-def test_launcher_rejects_bad_inputs(change, match):
+def test_launcher_rejects_bad_inputs(change, match, device):
     D, dtype, lk = change.get("D", 32), change.get("dtype", torch.float32), change.get("lk", 28)
-    q = torch.randn(1, 2, 14, D, dtype=dtype)
-    k = torch.randn(1, 2, lk, D, dtype=dtype)
-    v = torch.randn(1, change.get("v_heads", 2), lk, D, dtype=dtype)
+    q = torch.randn(1, 2, 14, D, dtype=dtype, device=device)
+    k = torch.randn(1, 2, lk, D, dtype=dtype, device=device)
+    v = torch.randn(1, change.get("v_heads", 2), lk, D, dtype=dtype, device=device)
     if change.get("strided"):
-        q = torch.randn(1, 2, 14, 2 * D + 1, dtype=dtype)[..., :D]  # rows 4*(2D+1) bytes apart: not 16-byte aligned
+        q = torch.randn(1, 2, 14, 2 * D + 1, dtype=dtype, device=device)[..., :D]  # rows 4*(2D+1) bytes apart: not 16-byte aligned
     with pytest.raises(ValueError, match=match):
         attention_core(q, k, v)

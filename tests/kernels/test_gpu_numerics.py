@@ -25,27 +25,27 @@ CASES = {
 }
 
 
-def case_inputs(case, dtype, H=4, D=128, seed=0):
+def case_inputs(case, dtype, device, H=4, D=128, seed=0):
     grid, slots = case["grid"], case["slots"]
     num_slots = max(6, len(slots))
     view = RingView(slots=slots, frame_pos=case["frame_pos"], query_frames=3, grid=grid, num_slots=num_slots,
-                    freqs=inv_freqs(D, 10000.0, case["scales"]), device=torch.device("cuda"), rotated_keys=case["rotated"])
+                    freqs=inv_freqs(D, 10000.0, case["scales"]), device=device, rotated_keys=case["rotated"])
     S = grid[0] * grid[1]
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    q = torch.randn(1, 3 * S, H, D, device="cuda", generator=g)
-    k = torch.randn(1, num_slots * S, H, D, device="cuda", generator=g)
-    v = torch.randn(1, num_slots * S, H, D, device="cuda", generator=g)
+    g = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(1, 3 * S, H, D, device=device, generator=g)
+    k = torch.randn(1, num_slots * S, H, D, device=device, generator=g)
+    v = torch.randn(1, num_slots * S, H, D, device=device, generator=g)
     return view, q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("backend_name", PREPASS_BACKENDS)
-def test_backend_error_at_most_twice_torchs_own(backend_name, case, dtype):
+def test_backend_error_at_most_twice_torchs_own(backend_name, case, dtype, device):
     entry = BACKENDS.entry(backend_name)
     if (reason := entry.unavailable_reason()) is not None:
         pytest.skip(reason)
-    view, q, k, v = case_inputs(CASES[case], dtype)
+    view, q, k, v = case_inputs(CASES[case], dtype, device)
     torch_backend = get_backend("torch")
     ref = torch_backend.ring_attention(q.double(), CacheLayer(k.double(), v.double()), view)
     own = rel_err(torch_backend.ring_attention(q, CacheLayer(k, v), view), ref)
@@ -64,10 +64,10 @@ def available(name: str) -> str:
 @pytest.mark.parametrize("backend_name", ["triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", ["wrapped_ntk", "window_97"])
-def test_prepass_equals_plain_rotation_on_gpu(dtype, case, backend_name):
+def test_prepass_equals_plain_rotation_on_gpu(dtype, case, backend_name, device):
     from histream_engine.attention.prepass_backend import reference_prepass
 
-    view, q, k, v = case_inputs(CASES[case], dtype)
+    view, q, k, v = case_inputs(CASES[case], dtype, device)
     got = get_backend(available(backend_name)).prepass(q, CacheLayer(k, v), view)
     want = reference_prepass(q, CacheLayer(k, v), view)
     # both round the same fp32 rotation to the input precision; FMA contraction may flip a last bit
@@ -77,19 +77,19 @@ def test_prepass_equals_plain_rotation_on_gpu(dtype, case, backend_name):
 
 
 @pytest.mark.parametrize("backend_name", ["triton", "cuda"])
-def test_recache_write_rotates_like_the_torch_path_on_gpu(backend_name):
+def test_recache_write_rotates_like_the_torch_path_on_gpu(backend_name, device):
     """The fused K RMSNorm + RoPE write against the torch backend's, in bf16 on the GPU."""
     from histream_engine.model.dit import RMSNorm
 
-    view, _q, _k, _v = case_inputs(CASES["wrapped_ntk"], torch.bfloat16)
+    view, _q, _k, _v = case_inputs(CASES["wrapped_ntk"], torch.bfloat16, device)
     H, D, L = 4, 128, 3 * view.tokens_per_frame
-    g = torch.Generator(device="cuda").manual_seed(3)
-    k_proj = torch.randn(1, L, H * D, device="cuda", generator=g).bfloat16()
-    v_proj = torch.randn(1, L, H * D, device="cuda", generator=g).bfloat16()
-    norm = RMSNorm(H * D, 1e-6).cuda().bfloat16()
+    g = torch.Generator(device=device).manual_seed(3)
+    k_proj = torch.randn(1, L, H * D, device=device, generator=g).bfloat16()
+    v_proj = torch.randn(1, L, H * D, device=device, generator=g).bfloat16()
+    norm = RMSNorm(H * D, 1e-6).to(device).bfloat16()
     stores = []
     for name in ("torch", available(backend_name)):
-        k_store = torch.zeros(1, 6 * view.tokens_per_frame, H, D, device="cuda", dtype=torch.bfloat16)
+        k_store = torch.zeros(1, 6 * view.tokens_per_frame, H, D, device=device, dtype=torch.bfloat16)
         v_store = torch.zeros_like(k_store)
         get_backend(name).write_kv(CacheLayer(k_store, v_store), view, k_proj, v_proj, norm)
         stores.append((k_store, v_store))
@@ -122,13 +122,13 @@ def fp8_gpu():
 
 
 @pytest.mark.parametrize("case", sorted(FP8_CASES))
-def test_fp8_core_equals_its_torch_model_on_gpu(case):
+def test_fp8_core_equals_its_torch_model_on_gpu(case, device):
     from histream_engine.attention.fp8 import TorchFp8Attention, TritonFp8Attention
     from histream_engine.bench.attention import fp8_ring
     from histream_engine.kernels.attention_core_fp8 import CONFIGS
 
     fp8_gpu()
-    view, q, k, v = case_inputs(FP8_CASES[case], torch.bfloat16, H=2 if case == "1080p" else 4)
+    view, q, k, v = case_inputs(FP8_CASES[case], torch.bfloat16, device, H=2 if case == "1080p" else 4)
     ring = fp8_ring(k, v, view.tokens_per_frame)  # e4m3 K, V (keys contiguous), scales [B, slots, H]
     assert {c[1] for c in CONFIGS} == {128}  # every config the autotuner may pick tiles keys by 128, as the model does
     model = TorchFp8Attention(block_n=128).ring_attention(q, ring, view)
@@ -140,7 +140,7 @@ def test_fp8_core_equals_its_torch_model_on_gpu(case):
 
 
 @pytest.mark.parametrize("rotated", [True, False])
-def test_fp8_recache_write_equals_its_torch_reference_on_gpu(rotated):
+def test_fp8_recache_write_equals_its_torch_reference_on_gpu(rotated, device):
     """The fused e4m3 write (K RMSNorm, RoPE where rotated, per-(frame, head) scales) against ``reference_write_kv_fp8``."""
     from histream_engine.attention.fp8 import TritonFp8Attention
     from histream_engine.attention.fp8_ring import reference_write_kv_fp8
@@ -149,13 +149,13 @@ def test_fp8_recache_write_equals_its_torch_reference_on_gpu(rotated):
     from histream_engine.model.dit import RMSNorm
 
     fp8_gpu()
-    view, _q, k, _v = case_inputs(dict(CASES["wrapped_ntk"], rotated=rotated), torch.bfloat16)
+    view, _q, k, _v = case_inputs(dict(CASES["wrapped_ntk"], rotated=rotated), torch.bfloat16, device)
     H, D, L = 4, 128, 3 * view.tokens_per_frame
-    g = torch.Generator(device="cuda").manual_seed(5)
-    k_proj = torch.randn(1, L, H * D, device="cuda", generator=g).bfloat16()
-    v_proj = (3 * torch.randn(1, L, H * D, device="cuda", generator=g)).bfloat16()
-    norm = RMSNorm(H * D, 1e-6).cuda().bfloat16()
-    norm.weight.data = (torch.rand(H * D, device="cuda", generator=g) + 0.5).bfloat16()
+    g = torch.Generator(device=device).manual_seed(5)
+    k_proj = torch.randn(1, L, H * D, device=device, generator=g).bfloat16()
+    v_proj = (3 * torch.randn(1, L, H * D, device=device, generator=g)).bfloat16()
+    norm = RMSNorm(H * D, 1e-6).to(device).bfloat16()
+    norm.weight.data = (torch.rand(H * D, device=device, generator=g) + 0.5).bfloat16()
     rings = []
     for write in (reference_write_kv_fp8, TritonFp8Attention().write_kv):
         ring = fp8_ring(torch.zeros_like(k), torch.zeros_like(k), view.tokens_per_frame)

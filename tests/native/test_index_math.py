@@ -29,8 +29,9 @@ def host():
 def test_rope_table_rows_match_the_grid_positions(host, head_dim, grid, frame_pos):
     gh, gw = grid
     pt, ph, _ = (d // 2 for d in axis_dims(head_dim))
+    # fixed-device: the kernels' index math run on the host, against the Python reference on the host
     got = torch.tensor(host.rope_table_rows(frame_pos, len(frame_pos) * gh * gw, gh * gw, head_dim // 2, gw, pt, ph))
-    want = grid_positions(frame_pos, gh, gw)[:, pair_axis(head_dim)]  # [N, D/2]: each pair's position on its axis
+    want = grid_positions(frame_pos, gh, gw)[:, pair_axis(head_dim)]  # [N, D/2]: each pair's position on its axis  # fixed-device: the host reference
     assert torch.equal(got, want)
 
 
@@ -40,9 +41,11 @@ def test_patch_sources_match_the_torch_downsample(host, shape, factor):
     average of a coordinate over an r x r window is its start plus (r - 1) / 2."""
     patch = (1, 2, 2)
     B, C, F, H, W = shape
+    # fixed-device: coordinate maps for the host index math, exact in float64 on the host
     grids = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in shape), indexing="ij")
     ref = [TorchAttention().downsample_patches(g, factor, patch) for g in grids]  # each [B, F', h, w, P]
     ft, gh, gw, p = ref[0].shape[1:]
+    # fixed-device: the host index math's output
     got = torch.tensor(host.patch_sources(B * ft * gh * gw, p, ft, gh, gw, *patch, factor), dtype=torch.float64)  # [N*P, 5]
     shift = (factor - 1) / 2
     want = torch.stack([ref[0], ref[1], ref[2], ref[3] - shift, ref[4] - shift], -1).reshape(-1, 5)

@@ -29,6 +29,9 @@ def model(seed: int = 0, **changes):
     from histream_engine import WanConfig, WanDiT
 
     torch.manual_seed(seed)
+    # Drawn on the host, so that every rank and the test process build the same model: the gloo ranks run on the CPU,
+    # run_cuda_graphs moves it to each rank's GPU.
+    # fixed-device: one model for every rank, drawn on the host
     dit = WanDiT(WanConfig(**{**SIX_HEADS, **changes}))
     with torch.no_grad():
         for p in dit.parameters():
@@ -37,8 +40,8 @@ def model(seed: int = 0, **changes):
 
 
 def prompt(seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    p = torch.randn(1, 20, SIX_HEADS["text_dim"], generator=g)  # [1, 20, text_dim]
+    g = torch.Generator().manual_seed(seed)  # fixed-device: one prompt for every rank, drawn on the host
+    p = torch.randn(1, 20, SIX_HEADS["text_dim"], generator=g)  # fixed-device: [1, 20, text_dim], on the host
     p[:, 12:] = 0  # zero padding, as a real prompt has
     return p
 
@@ -68,6 +71,7 @@ def live(engine, switch_after: int, chunks: int = 6) -> dict:
 class FailingDecoder:
     """A decoder (``model.decoder.VideoDecoder``) whose decode raises once it decoded ``after`` + 1 chunks."""
 
+    # fixed-device: a stand-in decoder beside the gloo ranks' CPU model
     name, latent_channels, dtype, device = "failing", 16, torch.float32, torch.device("cpu")
 
     def __init__(self, after: int):
@@ -81,7 +85,7 @@ class FailingDecoder:
         if self.calls > self.after + 1:
             raise RuntimeError("the decoder failed")
         frames = 4 * latents.shape[2] - (3 if self.calls == 1 else 0)  # a video's first latent frame decodes to one
-        return torch.zeros(latents.shape[0], 3, frames, 8 * latents.shape[3], 8 * latents.shape[4])  # [B, 3, T, H, W]
+        return torch.zeros(latents.shape[0], 3, frames, 8 * latents.shape[3], 8 * latents.shape[4], device=latents.device)  # [B, 3, T, H, W]
 
 
 def caught(fn) -> dict:
@@ -181,10 +185,11 @@ def run_cuda_graphs(rank: int, world: int, init_file: str, out: str) -> None:
     with reported(rank, out) as results:
         torch.cuda.set_device(rank)
         dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world)
-        dit = model().to(f"cuda:{rank}")
+        device = torch.device("cuda", rank)  # fixed-device: each NCCL rank on its own GPU
+        dit = model().to(device)
         for graphs in (False, True):
             engine = Engine(dit, EngineConfig(parallel="ulysses", cuda_graphs=graphs))
-            chunks = list(engine.stream(prompt().cuda(), 45, 96, 160, schedule="histream_plus", seed=5))
+            chunks = list(engine.stream(prompt().to(device), 45, 96, 160, schedule="histream_plus", seed=5))
             results[graphs] = {"latents": torch.cat([c.latents for c in chunks], dim=2).cpu(), "modes": [c.run_mode for c in chunks]}
 
 

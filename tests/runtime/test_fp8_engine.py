@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from conftest import rel_err, random_dit
+from conftest import rel_err, random_dit, skip_where_the_interpreter_cannot_run_the_cores
 from histream_engine import Engine, EngineConfig
 from histream_engine.attention import fp8_quant, get_backend
 from histream_engine.attention.prepass_backend import PrepassAttention
@@ -25,14 +25,15 @@ VARIANTS = {"kv": dict(kv_dtype="float8_e4m3fn"), "attention": dict(kv_dtype="fl
 
 
 @pytest.fixture(scope="module")
-def reference():
-    ctx = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(0))
-    return ctx, Engine(random_dit("tiny", seed=8), EngineConfig()).generate(ctx, *ARGS, schedule="histream_plus", seed=1)
+def reference(device):
+    ctx = torch.randn(1, 5, 32, generator=torch.Generator(device=device).manual_seed(0), device=device)
+    return ctx, Engine(random_dit("tiny", seed=8, device=device), EngineConfig()).generate(ctx, *ARGS, schedule="histream_plus", seed=1)
 
 
 def fp8_run(ctx, **config):
     settings = EngineConfig.with_precision(**config) if "precision" in config else EngineConfig(**config)
-    return Engine(random_dit("tiny", seed=8, dtype=torch.bfloat16), settings).generate(ctx, *ARGS, schedule="histream_plus", seed=1)
+    dit = random_dit("tiny", seed=8, dtype=torch.bfloat16, device=ctx.device)
+    return Engine(dit, settings).generate(ctx, *ARGS, schedule="histream_plus", seed=1)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -62,14 +63,14 @@ def test_a_broken_scale_fails_the_tolerance(monkeypatch, reference, module, e4m3
     assert rel_err(fp8_run(ctx, **VARIANTS[variant]).latents, ref.latents) > TOL[variant]
 
 
-def test_fp8_linears_equal_their_fp32_arithmetic_and_the_export_shares_their_layers():
+def test_fp8_linears_equal_their_fp32_arithmetic_and_the_export_shares_their_layers(device):
     torch.manual_seed(0)
-    lin = torch.nn.Linear(96, 80)
+    lin = torch.nn.Linear(96, 80, device=device)
     layer = fp8_linear.Fp8Linear.from_linear(lin)
-    x = torch.randn(3, 37, 96)
-    assert rel_err(layer(x), fp8_linear.reference_fp8_linear(layer, x)) < 1e-6  # 0.0 measured: the same fp32 arithmetic
+    x = torch.randn(3, 37, 96, device=device)
+    assert rel_err(layer(x), fp8_linear.reference_fp8_linear(layer, x)) < 1e-6  # 0.0 / 1.8e-7 measured: fp32 arithmetic
     assert 1e-3 < rel_err(layer(x), lin(x)) < 0.05  # e4m3 on both operands: 0.035-0.036 over seeds 0-2 (1.4x margin)
-    dit = random_dit("tiny")
+    dit = random_dit("tiny", device=device)
     assert fp8_linear.quantize_block_linears(dit) == 8 * len(dit.blocks)
     assert fp8_linear.quantize_block_linears(dit) == 0  # once
     from histream_engine.graphs import fp8 as graph_fp8
@@ -78,10 +79,29 @@ def test_fp8_linears_equal_their_fp32_arithmetic_and_the_export_shares_their_lay
     assert isinstance(dit.head.head, torch.nn.Linear) and isinstance(dit.blocks[0].cross_attn.k, torch.nn.Linear)
 
 
-def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-3)])
+def test_the_per_tensor_scaled_mm_path_equals_the_reference(device, dtype, tol):
+    """The path for a torch whose ``_scaled_mm`` takes only per-tensor scales here (torch 2.11 on the CPU), run on every
+    stack: against the fp32 arithmetic written out (measured 1.8e-7 in fp32, 3.6e-5 in bf16: the output's one rounding
+    lands on either side of a tie), and against the row-wise kernel where the layer uses it (bf16, and this torch has
+    one here)."""
+    torch.manual_seed(1)
+    layer = fp8_linear.Fp8Linear.from_linear(torch.nn.Linear(96, 80, device=device, dtype=dtype))
+    x = torch.randn(3 * 37, 96, device=device, dtype=dtype)  # [N, in]
+    x8, x_scale = fp8_linear.quantize_rows(x)
+    got = fp8_linear.tensorwise_fp8_matmul(x8, x_scale, layer.weight8, layer.weight_scale, layer.bias, dtype)
+    assert got.dtype == dtype and rel_err(got, fp8_linear.reference_fp8_linear(layer, x)) < tol
+    if fp8_linear.rowwise_scaled_mm(device.type, dtype):
+        assert rel_err(got, torch._scaled_mm(x8, layer.weight8.t(), scale_a=x_scale, scale_b=layer.weight_scale, bias=layer.bias,
+                                             out_dtype=dtype)) < tol
+    else:
+        assert torch.equal(layer(x), got)  # the layer runs this path here
+
+
+def test_bad_combinations_are_refused_with_the_reason(monkeypatch, device):
     for name in ("torch_fp8", "triton_fp8"):  # by their capabilities: they read an e4m3 ring only
         with pytest.raises(ValueError, match=f"attention={name!r} reads an e4m3 ring cache only: set kv_dtype"):
-            Engine(random_dit("tiny"), EngineConfig(attention=name))
+            Engine(random_dit("tiny", device=device), EngineConfig(attention=name))
     with pytest.raises(ValueError, match="dit='onnxruntime' runs exported graphs.*histream export --fp8"):
         EngineConfig.with_precision("fp8", dit="onnxruntime", engine_dir="x")
     with pytest.raises(ValueError, match="no FP8 attention core for attention='cudnn'"):
@@ -89,7 +109,7 @@ def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
     with pytest.raises(ValueError, match="kv_dtype must be None"):
         EngineConfig(kv_dtype="float8_e5m2")
     config = EngineConfig(kv_dtype="float8_e4m3fn", attention="cuda")
-    dit = random_dit("tiny")
+    dit = random_dit("tiny", device=device)
     for name in ("cuda", "triton"):  # the compiled mma.sync core and the bf16 Triton core take K/V in the model dtype
         with pytest.raises(ValueError, match=f"attention='cuda' has no FP8 path"):
             precision.check_engine(config, PrepassAttention(name, core=None, ops=None), dit)
@@ -99,6 +119,7 @@ def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
     # the preset's name with other fields is refused with what it would change, never rewritten
     with pytest.raises(ValueError, match="kv_dtype=None -> 'float8_e4m3fn'.*attention='triton' -> 'triton_fp8'.*with_precision"):
         EngineConfig(precision="fp8", attention="triton")
+    # fixed-device: a stand-in for a model on an A100, whose device is only read
     fake_gpu_dit = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
@@ -108,14 +129,14 @@ def test_bad_combinations_are_refused_with_the_reason(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("HISTREAM_SLOW_TESTS") != "1",
                     reason="triton_fp8 through the engine takes ~20 s in the interpreter (HISTREAM_SLOW_TESTS=1); on a GPU it runs")
-def test_triton_fp8_engine_equals_its_torch_model():
+def test_triton_fp8_engine_equals_its_torch_model(device):
     # Interpreter: 1.4e-7 from the model (seed 8, with 32- or 128-key tiles alike), so 1e-5. GPU (compiled): not yet
     # run; 1e-2 allows the FP8 wgmma's fast accumulation (tests/kernels/test_gpu_numerics.py says why), to be set from
     # the GPU suite's fp8 step.
-    gpu = torch.cuda.is_available()
-    device = "cuda" if gpu else "cpu"
-    ctx = torch.randn(1, 5, 32).to(device)
-    dit = random_dit("tiny", seed=8).to(device)
+    skip_where_the_interpreter_cannot_run_the_cores()
+    gpu = device.type == "cuda"
+    ctx = torch.randn(1, 5, 32, device=device)
+    dit = random_dit("tiny", seed=8, device=device)
     model = Engine(dit, EngineConfig(kv_dtype="float8_e4m3fn", attention="torch_fp8"))
     model.attention.block_n = 128 if gpu else 32  # the kernel's tile: every compiled config's BLOCK_N, or the interpreter's
     ref = model.generate(ctx, 21, 64, 64, schedule="histream", seed=1)
@@ -134,12 +155,12 @@ SWITCH_H, SWITCH_W, SWITCH_AT = 96, 160, 3  # 12x20 high-res latents; switch bef
 
 
 @pytest.fixture(scope="module")
-def switch_setup():
+def switch_setup(device):
     from histream_engine import SCHEDULES, WanConfig
 
-    dit = random_dit(WanConfig.from_name("tiny").replace(train_grid=(2, 3)), seed=7)
-    gen = torch.Generator().manual_seed(7)
-    old, new = torch.randn(1, 6, 32, generator=gen), torch.randn(1, 4, 32, generator=gen)
+    dit = random_dit(WanConfig.from_name("tiny").replace(train_grid=(2, 3)), seed=7, device=device)
+    gen = torch.Generator(device=device).manual_seed(7)
+    old, new = torch.randn(1, 6, 32, generator=gen, device=device), torch.randn(1, 4, 32, generator=gen, device=device)
     sched = SCHEDULES["histream_plus"].replace(positions="window")
     return dit, old, new, sched, switch_after(dit, EngineConfig(), old, new, sched)
 
@@ -160,7 +181,7 @@ def switch_after(dit, config, old, new, sched, recache=True):
 
 def context_rows(cache, slots):
     S = cache.tokens_per_frame
-    rows = torch.tensor([s * S + i for s in slots for i in range(S)])
+    rows = torch.tensor([s * S + i for s in slots for i in range(S)], device=cache.k.device)
     out = []
     for store, scale in ((cache.k, cache.k_scale), (cache.v, cache.v_scale)):  # [layers, B, R, H, D], [layers, B, slots, H]
         if not cache.fp8:

@@ -7,9 +7,9 @@ from histream_engine import SCHEDULES, Engine, EngineConfig, WanConfig
 from histream_engine.runtime.denoise.sampling import renoise, sigma_of, x0_from_flow
 
 
-def agsw_frame_mask(num_frames, M, anchor=1):
+def agsw_frame_mask(num_frames, M, device, anchor=1):
     """[F, F]: a frame of chunk k sees the anchor frames, the M-1 frames before chunk k, and chunk k."""
-    mask = torch.zeros(num_frames, num_frames, dtype=torch.bool)
+    mask = torch.zeros(num_frames, num_frames, dtype=torch.bool, device=device)
     for i in range(num_frames):
         start = (i // M) * M
         for j in range(num_frames):
@@ -20,7 +20,7 @@ def agsw_frame_mask(num_frames, M, anchor=1):
 def histream_reference(dit, ctx, sched, num_chunks, M, high_hw, seed):
     """DRC + AGSW + NTK with the uncached whole-sequence forward: each step re-runs every earlier clean frame
     (at that step's resolution, t=0) under the frame-level window mask."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=dit.device).manual_seed(seed)
     B, r = ctx.shape[0], sched.low_factor
     hw = {"high": high_hw, "low": (high_hw[0] // r, high_hw[1] // r)}
     train = dit.config.train_grid
@@ -31,16 +31,16 @@ def histream_reference(dit, ctx, sched, num_chunks, M, high_hw, seed):
         steps, x0, prev = sched.steps(c), None, None
         for step in steps:
             sigma = sigma_of(step.timestep)
-            eps = torch.randn((B, 16, M) + hw[step.resolution], generator=gen)
+            eps = torch.randn((B, 16, M) + hw[step.resolution], generator=gen, device=dit.device)
             if x0 is None:
                 x = eps
             else:
                 base = x0 if step.resolution == prev else F.interpolate(x0, scale_factor=(1, r, r), mode="trilinear")
                 x = renoise(base, eps, sigma)
             seq = torch.cat(clean[step.resolution] + [x], dim=2)
-            t = torch.zeros(B, seq.shape[2])
+            t = torch.zeros(B, seq.shape[2], device=dit.device)
             t[:, c * M :] = step.timestep
-            mask = agsw_frame_mask(seq.shape[2], M)
+            mask = agsw_frame_mask(seq.shape[2], M, dit.device)
             flow = dit(seq, t, ctx, frame_mask=mask, ntk_scale=ntk[step.resolution])[:, :, c * M :]
             x0, prev = x0_from_flow(x, flow, sigma), step.resolution
         clean["high"].append(x0)
@@ -50,10 +50,10 @@ def histream_reference(dit, ctx, sched, num_chunks, M, high_hw, seed):
 
 
 @pytest.mark.parametrize("name", ["histream", "histream_plus"])
-def test_histream_equals_uncached_windowed_reference(name):
+def test_histream_equals_uncached_windowed_reference(name, device):
     # A training grid smaller than the test grid, so NTK scaling is active at both resolutions.
-    dit = random_dit(WanConfig.from_name("tiny").replace(train_grid=(2, 3)), seed=7)
-    ctx = torch.randn(1, 6, dit.config.text_dim)
+    dit = random_dit(WanConfig.from_name("tiny").replace(train_grid=(2, 3)), seed=7, device=device)
+    ctx = torch.randn(1, 6, dit.config.text_dim, device=device)
     M, chunks, H, W = 3, 4, 96, 160  # high latent 12x20 -> 6x10 tokens; low 3x5 tokens
     got = list(Engine(dit).stream(ctx, 4 * M * chunks - 3, H, W, schedule=name, seed=3))
     want = histream_reference(dit, ctx, SCHEDULES[name], chunks, M, (H // 8, W // 8), seed=3)
@@ -61,11 +61,11 @@ def test_histream_equals_uncached_windowed_reference(name):
         assert rel_err(a.latents, b) < 1e-5
 
 
-def test_histream_without_drc_and_full_window_is_self_forcing(tiny_dit):
-    ctx = torch.randn(1, 5, tiny_dit.config.text_dim)
+def test_histream_without_drc_and_full_window_is_self_forcing(device_dit):
+    ctx = torch.randn(1, 5, device_dit.config.text_dim, device=device_dit.device)
     high_only = SCHEDULES["self_forcing"].first
     no_drc = SCHEDULES["histream"].replace(name="histream_no_drc", first=high_only, later=high_only)
-    engine = Engine(tiny_dit)
+    engine = Engine(device_dit)
     # Two chunks: anchor + M-1 history + chunk covers the whole 6-frame video.
     a = engine.generate(ctx, 21, 64, 96, schedule=no_drc, seed=5)
     b = engine.generate(ctx, 21, 64, 96, schedule="self_forcing", seed=5)
@@ -77,9 +77,9 @@ def test_histream_without_drc_and_full_window_is_self_forcing(tiny_dit):
     assert rel_err(c.latents[:, :, 6:], d.latents[:, :, 6:]) > 1e-4
 
 
-def test_cache_is_constant_for_sliding_window_and_grows_for_full():
-    dit = random_dit("tiny")
-    ctx = torch.randn(1, 3, dit.config.text_dim)
+def test_cache_is_constant_for_sliding_window_and_grows_for_full(device):
+    dit = random_dit("tiny", device=device)
+    ctx = torch.randn(1, 3, dit.config.text_dim, device=device)
     engine = Engine(dit)
     frames = 4 * 3 * 61 - 3  # 61 chunks
     chunks = list(engine.stream(ctx, frames, 32, 32, schedule="histream_plus"))
@@ -103,47 +103,47 @@ def test_cache_is_constant_for_sliding_window_and_grows_for_full():
         ("two_step", 0, {"low": 1, "high": 1}, {"low": 1, "high": 1}),
     ],
 )
-def test_forwards_per_chunk_follow_the_schedule(tiny_dit, name, chunk, forwards, recache):
-    ctx = torch.randn(1, 3, tiny_dit.config.text_dim)
-    chunks = list(Engine(tiny_dit).stream(ctx, 45, 64, 64, schedule=name))
+def test_forwards_per_chunk_follow_the_schedule(device_dit, name, chunk, forwards, recache):
+    ctx = torch.randn(1, 3, device_dit.config.text_dim, device=device_dit.device)
+    chunks = list(Engine(device_dit).stream(ctx, 45, 64, 64, schedule=name))
     assert chunks[chunk].forwards == forwards
     assert chunks[chunk].recache == recache
 
 
-def test_tokens_attended_count_the_window(tiny_dit):
-    ctx = torch.randn(1, 3, tiny_dit.config.text_dim)
-    chunks = list(Engine(tiny_dit).stream(ctx, 45, 64, 64, schedule="histream"))
+def test_tokens_attended_count_the_window(device_dit):
+    ctx = torch.randn(1, 3, device_dit.config.text_dim, device=device_dit.device)
+    chunks = list(Engine(device_dit).stream(ctx, 45, 64, 64, schedule="histream"))
     s_high, s_low = 4 * 4, 2 * 2  # tokens per latent frame at 64x64 and 32x32
     # chunk 0 sees its 3 frames; chunk 3 sees anchor + 2 history + 3 = 6 frames; 3 forwards at each res
     assert chunks[0].tokens_attended == 3 * 3 * (s_high + s_low)
     assert chunks[3].tokens_attended == 3 * 6 * (s_high + s_low)
 
 
-def test_absolute_positions_past_rope_table_name_window(tiny_dit):
-    ctx = torch.randn(1, 3, tiny_dit.config.text_dim)
+def test_absolute_positions_past_rope_table_name_window(device_dit):
+    ctx = torch.randn(1, 3, device_dit.config.text_dim, device=device_dit.device)
     frames = 4 * 1026 - 3  # 1026 latent frames
     with pytest.raises(ValueError, match="positions='window'"):
-        Engine(tiny_dit).stream(ctx, frames, 32, 32, schedule="histream")
+        Engine(device_dit).stream(ctx, frames, 32, 32, schedule="histream")
     windowed = SCHEDULES["histream"].replace(positions="window")
-    stream = Engine(tiny_dit).stream(ctx, frames, 32, 32, schedule=windowed)
+    stream = Engine(device_dit).stream(ctx, frames, 32, 32, schedule=windowed)
     assert next(stream).latents.shape == (1, 16, 3, 4, 4)
 
 
-def test_low_res_needs_twice_the_alignment(tiny_dit):
-    ctx = torch.randn(1, 3, tiny_dit.config.text_dim)
-    Engine(tiny_dit).stream(ctx, 9, 48, 48, schedule="self_forcing")
+def test_low_res_needs_twice_the_alignment(device_dit):
+    ctx = torch.randn(1, 3, device_dit.config.text_dim, device=device_dit.device)
+    Engine(device_dit).stream(ctx, 9, 48, 48, schedule="self_forcing")
     with pytest.raises(ValueError, match="multiple of 32"):
-        Engine(tiny_dit).stream(ctx, 9, 48, 64, schedule="histream")
+        Engine(device_dit).stream(ctx, 9, 48, 64, schedule="histream")
 
 
-def test_schedules_load_from_dict_and_json(tmp_path, tiny_dit):
-    ctx = torch.randn(1, 3, tiny_dit.config.text_dim)
+def test_schedules_load_from_dict_and_json(tmp_path, device_dit):
+    ctx = torch.randn(1, 3, device_dit.config.text_dim, device=device_dit.device)
     data = SCHEDULES["histream_plus"].to_dict()
     path = tmp_path / "s.json"
     import json
 
     path.write_text(json.dumps(data))
-    engine = Engine(tiny_dit)
+    engine = Engine(device_dit)
     a = engine.generate(ctx, 21, 64, 64, schedule="histream_plus").latents
     assert torch.equal(engine.generate(ctx, 21, 64, 64, schedule=data).latents, a)
     assert torch.equal(engine.generate(ctx, 21, 64, 64, schedule=str(path)).latents, a)
@@ -160,14 +160,14 @@ def test_schedules_load_from_dict_and_json(tmp_path, tiny_dit):
         ({"later": [["high", 900]]}, "invalid schedule"),
     ],
 )
-def test_bad_schedules_raise(tiny_dit, data, match):
+def test_bad_schedules_raise(device_dit, data, match):
     with pytest.raises(ValueError, match=match):
-        Engine(tiny_dit).stream(torch.randn(1, 3, 32), 9, 64, 64, schedule=data)
+        Engine(device_dit).stream(torch.randn(1, 3, 32, device=device_dit.device), 9, 64, 64, schedule=data)
 
 
-def test_every_preset_runs(tiny_dit):
-    ctx = torch.randn(1, 3, tiny_dit.config.text_dim)
+def test_every_preset_runs(device_dit):
+    ctx = torch.randn(1, 3, device_dit.config.text_dim, device=device_dit.device)
     assert set(SCHEDULES) == {"self_forcing", "histream", "histream_plus", "no_drc", "no_agsw", "two_step"}
     for name in SCHEDULES:
-        out = Engine(tiny_dit, EngineConfig(chunk_size=3)).generate(ctx, 21, 64, 64, schedule=name).latents
+        out = Engine(device_dit, EngineConfig(chunk_size=3)).generate(ctx, 21, 64, 64, schedule=name).latents
         assert out.shape == (1, 16, 6, 8, 8) and torch.isfinite(out).all()

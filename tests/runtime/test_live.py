@@ -22,13 +22,13 @@ def live(name: str):
 
 
 @pytest.fixture(scope="module")
-def ntk_dit():
+def ntk_dit(device):
     # A training grid smaller than the test grid, so NTK scaling is active at both resolutions.
-    return random_dit(WanConfig.from_name("tiny").replace(train_grid=(2, 3)), seed=7)
+    return random_dit(WanConfig.from_name("tiny").replace(train_grid=(2, 3)), seed=7, device=device)
 
 
 def draw_noise(gen, sched, chunk, B, hw):
-    return [torch.randn((B, 16, M) + hw[s.resolution], generator=gen) for s in sched.steps(chunk)]
+    return [torch.randn((B, 16, M) + hw[s.resolution], generator=gen, device=gen.device) for s in sched.steps(chunk)]
 
 
 def reference_chunk_after_switch(dit, ctx, sched, context_x0, chunk, noises, hw):
@@ -47,7 +47,7 @@ def reference_chunk_after_switch(dit, ctx, sched, context_x0, chunk, noises, hw)
             base = x0 if step.resolution == prev else F.interpolate(x0, scale_factor=(1, r, r), mode="trilinear")
             x = renoise(base, eps, sigma)
         seq = torch.cat([clean[step.resolution], x], dim=2)
-        t = torch.zeros(x.shape[0], seq.shape[2])
+        t = torch.zeros(x.shape[0], seq.shape[2], device=dit.device)
         t[:, n:] = step.timestep
         flow = dit(seq, t, ctx, block_causal=M, ntk_scale=ntk[step.resolution])[:, :, n:]
         x0, prev = x0_from_flow(x, flow, sigma), step.resolution
@@ -59,7 +59,7 @@ def test_recache_after_a_switch_equals_the_uncached_reference(ntk_dit, name):
     sched = live(name)
     H, W, k = 96, 160, 2  # high latent 12x20 -> 6x10 tokens; low 3x5; switch before chunk k + 1 = 3
     hw = {"high": (H // 8, W // 8), "low": (H // 16, W // 16)}
-    old, new = torch.randn(1, 6, 32), torch.randn(1, 4, 32)
+    old, new = torch.randn(1, 6, 32, device=ntk_dit.device), torch.randn(1, 4, 32, device=ntk_dit.device)
     stream = Engine(ntk_dit).stream(old, None, H, W, schedule=sched, seed=3)
     got = [next(stream) for _ in range(k + 1)]
     stream.set_prompt(new, recache=True)
@@ -69,7 +69,7 @@ def test_recache_after_a_switch_equals_the_uncached_reference(ntk_dit, name):
     assert after.prompt_switch.forwards == {"low": 1, "high": 1}
     assert got[-1].prompt_switch is None
 
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator(device=ntk_dit.device).manual_seed(3)
     for c in range(k + 1):
         draw_noise(gen, sched, c, 1, hw)
     noises = draw_noise(gen, sched, k + 1, 1, hw)
@@ -93,11 +93,11 @@ def ring_state(stream):
 
 
 @pytest.mark.parametrize("recache", [False, True])
-def test_a_switch_without_recache_changes_only_the_cross_attention(tiny_dit, recache, monkeypatch):
-    ctx, new = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
+def test_a_switch_without_recache_changes_only_the_cross_attention(device_dit, recache, monkeypatch):
+    ctx, new = torch.randn(1, 5, 32, device=device_dit.device), torch.randn(1, 5, 32, device=device_dit.device)
     sched = live("histream_plus")
-    a = Engine(tiny_dit).stream(ctx, None, 32, 32, schedule=sched, seed=1)
-    engine = Engine(tiny_dit)
+    a = Engine(device_dit).stream(ctx, None, 32, 32, schedule=sched, seed=1)
+    engine = Engine(device_dit)
     b = engine.stream(ctx, None, 32, 32, schedule=sched, seed=1)
     for _ in range(3):
         assert torch.equal(next(a).latents, next(b).latents)
@@ -116,9 +116,9 @@ def test_a_switch_without_recache_changes_only_the_cross_attention(tiny_dit, rec
     b.close()
 
 
-def test_unbounded_streams_need_a_window_with_window_positions(tiny_dit):
-    engine = Engine(tiny_dit)
-    ctx = torch.randn(1, 3, 32)
+def test_unbounded_streams_need_a_window_with_window_positions(device_dit):
+    engine = Engine(device_dit)
+    ctx = torch.randn(1, 3, 32, device=device_dit.device)
     with pytest.raises(ValueError, match="positions='window'"):
         engine.stream(ctx, None, 32, 32, schedule="histream")
     with pytest.raises(ValueError, match="sliding-window schedule"):
@@ -127,47 +127,47 @@ def test_unbounded_streams_need_a_window_with_window_positions(tiny_dit):
         engine.generate(ctx, None, 32, 32, schedule=live("histream"))
 
 
-def test_bad_switches_are_refused(tiny_dit):
-    stream = Engine(tiny_dit).stream(torch.randn(1, 3, 32), None, 32, 32, schedule=live("histream"))
+def test_bad_switches_are_refused(device_dit):
+    stream = Engine(device_dit).stream(torch.randn(1, 3, 32, device=device_dit.device), None, 32, 32, schedule=live("histream"))
     next(stream)
     # a switch passes the very check a stream's first prompt passes (request_checks.check_prompt_embeds)
     with pytest.raises(ValueError, match="text_dim=32"):
-        stream.set_prompt(torch.randn(1, 3, 16))
+        stream.set_prompt(torch.randn(1, 3, 16, device=device_dit.device))
     with pytest.raises(ValueError, match="real floating tensor.*float8_e4m3fn"):
-        stream.set_prompt(torch.randn(1, 3, 32).to(torch.float8_e4m3fn))
+        stream.set_prompt(torch.randn(1, 3, 32, device=device_dit.device).to(torch.float8_e4m3fn))
     with pytest.raises(ValueError, match="batch of 2; this stream streams 1"):
-        stream.set_prompt(torch.randn(2, 7, 32))
+        stream.set_prompt(torch.randn(2, 7, 32, device=device_dit.device))
     with pytest.raises(ValueError, match=">= 1 token"):
-        stream.set_prompt(torch.randn(0, 32))
+        stream.set_prompt(torch.randn(0, 32, device=device_dit.device))
     with pytest.raises(ValueError, match="meta device"):
-        stream.set_prompt(torch.empty(3, 32, device="meta"))
+        stream.set_prompt(torch.empty(3, 32, device="meta"))  # fixed-device: a meta tensor is what is refused
     with pytest.raises(ValueError, match="dense tensor, got layout sparse_coo"):
-        stream.set_prompt(torch.randn(3, 32).to_sparse())
+        stream.set_prompt(torch.randn(3, 32, device=device_dit.device).to_sparse())
     with pytest.raises(ValueError, match="NaN"):
-        stream.set_prompt(torch.full((3, 32), float("nan")))
+        stream.set_prompt(torch.full((3, 32), float("nan"), device=device_dit.device))
     with pytest.raises(TypeError, match="torch.Tensor"):
         stream.set_prompt([[0.0] * 32])
     stream.close()
     assert stream.closed and not stream.holds_caches
     with pytest.raises(StreamClosedError, match="closed"):
-        stream.set_prompt(torch.randn(3, 32))
+        stream.set_prompt(torch.randn(3, 32, device=device_dit.device))
     assert list(stream) == []
-    full = Engine(tiny_dit).stream(torch.randn(1, 3, 32), 45, 32, 32, schedule="self_forcing")
+    full = Engine(device_dit).stream(torch.randn(1, 3, 32, device=device_dit.device), 45, 32, 32, schedule="self_forcing")
     with pytest.raises(ValueError, match="full-history"):
-        full.set_prompt(torch.randn(3, 32), recache=True)
-    full.set_prompt(torch.randn(3, 32), recache=False)  # only the text K/V: fine on any stream
+        full.set_prompt(torch.randn(3, 32, device=device_dit.device), recache=True)
+    full.set_prompt(torch.randn(3, 32, device=device_dit.device), recache=False)  # only the text K/V: fine on any stream
     assert next(full).prompt_switch is not None
     full.close()
 
 
-def test_a_switch_from_another_thread_lands_at_a_chunk_boundary(tiny_dit):
-    stream = Engine(tiny_dit).stream(torch.randn(1, 3, 32), None, 32, 32, schedule=live("histream_plus"))
+def test_a_switch_from_another_thread_lands_at_a_chunk_boundary(device_dit):
+    stream = Engine(device_dit).stream(torch.randn(1, 3, 32, device=device_dit.device), None, 32, 32, schedule=live("histream_plus"))
     switched = []
     for chunk in stream:
         if chunk.prompt_switch is not None:
             switched.append(chunk.index)
         if chunk.index == 2:
-            t = threading.Thread(target=stream.set_prompt, args=(torch.randn(1, 7, 32),))
+            t = threading.Thread(target=stream.set_prompt, args=(torch.randn(1, 7, 32, device=device_dit.device),))
             t.start()
             t.join()
         if chunk.index == 5:
@@ -179,8 +179,8 @@ def test_a_switch_from_another_thread_lands_at_a_chunk_boundary(tiny_dit):
 SOAK_CHUNKS = 1000 if os.environ.get("HISTREAM_SLOW_TESTS") == "1" else 150  # 1,000 take ~40 s here: the slow flag
 
 
-def test_an_unbounded_stream_runs_in_constant_memory(tiny_dit):
-    stream = Engine(tiny_dit).stream(torch.randn(1, 3, 32), None, 32, 32, schedule=live("two_step"))
+def test_an_unbounded_stream_runs_in_constant_memory(device_dit):
+    stream = Engine(device_dit).stream(torch.randn(1, 3, 32, device=device_dit.device), None, 32, 32, schedule=live("two_step"))
     counts, sizes, last = {}, set(), SOAK_CHUNKS - 1
     for chunk in stream:
         sizes.add((chunk.cache_bytes, chunk.latent_bytes))
@@ -188,7 +188,7 @@ def test_an_unbounded_stream_runs_in_constant_memory(tiny_dit):
             gc.collect()
             counts[chunk.index] = sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
         if chunk.index == SOAK_CHUNKS // 2:
-            stream.set_prompt(torch.randn(1, 4, 32))
+            stream.set_prompt(torch.randn(1, 4, 32, device=device_dit.device))
         if chunk.index == last:
             break
     stream.close()

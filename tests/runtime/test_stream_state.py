@@ -19,18 +19,18 @@ def live(name: str):
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return Engine(random_dit("tiny", seed=4))
+def engine(device):
+    return Engine(random_dit("tiny", seed=4, device=device))
 
 
-def prompts():
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(1, 5, 32, generator=g), torch.randn(1, 4, 32, generator=g)
+def prompts(device):
+    g = torch.Generator(device=device).manual_seed(0)
+    return torch.randn(1, 5, 32, generator=g, device=device), torch.randn(1, 4, 32, generator=g, device=device)
 
 
 @pytest.mark.parametrize("schedule", [live("histream"), live("histream_plus"), SCHEDULES["no_drc"]], ids=["histream", "plus", "no_drc"])
 def test_resuming_with_a_new_prompt_equals_a_recache_switch_at_that_boundary(engine, schedule, tmp_path):
-    old, new = prompts()
+    old, new = prompts(engine.dit.device)
     num = None if schedule.positions == "window" else 57  # 5 chunks: a bounded stream with absolute positions
     a = engine.stream(old, num, H, W, schedule=schedule, seed=3)
     before = [next(a) for _ in range(2)]
@@ -51,7 +51,7 @@ def test_resuming_with_a_new_prompt_equals_a_recache_switch_at_that_boundary(eng
 
 @pytest.mark.parametrize("schedule", [live("histream_plus"), SCHEDULES["self_forcing"]], ids=["plus", "self_forcing"])
 def test_a_state_with_its_rings_resumes_the_same_prompt_bit_for_bit(engine, schedule, tmp_path):
-    old, _ = prompts()
+    old, _ = prompts(engine.dit.device)
     num = None if schedule.positions == "window" else 45  # self_forcing: 4 chunks, full history in the ring
     a = engine.stream(old, num, H, W, schedule=schedule, seed=5)
     [next(a) for _ in range(2)]
@@ -66,7 +66,7 @@ def test_a_state_with_its_rings_resumes_the_same_prompt_bit_for_bit(engine, sche
 
 
 def test_the_state_at_a_videos_end_extends_it_as_a_same_prompt_recache_would(engine):
-    old, new = prompts()
+    old, new = prompts(engine.dit.device)
     sched = SCHEDULES["histream"]  # absolute positions: the 3-chunk video is the start of the 5-chunk one
     short = engine.stream(old, 33, H, W, schedule=sched, seed=2)
     first = list(short)
@@ -87,7 +87,7 @@ def test_the_state_at_a_videos_end_extends_it_as_a_same_prompt_recache_would(eng
 
 
 def test_a_state_taken_before_the_first_chunk_resumes_as_the_stream_would_start(engine):
-    old, _ = prompts()
+    old, _ = prompts(engine.dit.device)
     a = engine.stream(old, 33, H, W, schedule="histream", seed=7)
     state = a.state()
     assert state.next_chunk == 0 and state.context_frames == [] and state.latents.shape[2] == 0
@@ -98,18 +98,18 @@ def test_a_state_taken_before_the_first_chunk_resumes_as_the_stream_would_start(
 
 
 def test_states_that_cannot_resume_here_are_refused_with_the_reason(engine, tmp_path):
-    old, _ = prompts()
+    old, _ = prompts(engine.dit.device)
     a = engine.stream(old, None, H, W, schedule=live("histream"), seed=1)
     next(a)
     state = a.state()
     a.close()
-    other = Engine(random_dit("tiny", seed=9))
+    other = Engine(random_dit("tiny", seed=9, device=engine.dit.device))
     with pytest.raises(StreamStateError, match="another model.*weights"):
         other.resume(state)
     with pytest.raises(StreamStateError, match="chunk_size=3"):
         Engine(engine.dit, EngineConfig(chunk_size=2)).resume(state)
     with pytest.raises(StreamStateError, match="batch of 2; the state streams 1"):
-        engine.resume(state, torch.randn(2, 4, 32))
+        engine.resume(state, torch.randn(2, 4, 32, device=engine.dit.device))
     with pytest.raises(ValueError, match="chunks must be a positive integer"):
         engine.resume(state, chunks=0)
     with pytest.raises(TypeError, match="takes a StreamState"):
@@ -126,13 +126,13 @@ def test_states_that_cannot_resume_here_are_refused_with_the_reason(engine, tmp_
         load_stream_state(tmp_path / "absent.safetensors")
     from safetensors.torch import save_file
 
-    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))  # fixed-device: a file's tensor, saved from the host
     with pytest.raises(StreamStateError, match="not a stream state"):
         load_stream_state(tmp_path / "plain.safetensors")
 
 
 def test_a_resumed_live_stream_runs_until_closed(engine):
-    old, new = prompts()
+    old, new = prompts(engine.dit.device)
     a = engine.stream(old, None, H, W, schedule=live("two_step"), seed=1)
     [next(a) for _ in range(2)]
     state = a.state()
@@ -148,7 +148,7 @@ def test_the_size_accounting_equals_a_real_states_bytes(engine, schedule):
     """``state_nbytes`` (what docs/python-api.md quotes for the 1.3B model) counts what a steady-state state holds."""
     from histream_engine.runtime.stream_state import state_nbytes
 
-    old, _ = prompts()
+    old, _ = prompts(engine.dit.device)
     a = engine.stream(old, None if schedule.positions == "window" else 81, H, W, schedule=schedule, seed=1)
     [next(a) for _ in range(4)]  # the window is full from chunk 2 on
     state = a.state(include_cache=True)

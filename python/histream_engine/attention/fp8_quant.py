@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..kernels.fp8_constants import E4M3, E4M3_MAX, P_SHIFT, Q_BLOCK, SCALE_FLOOR
+from ..kernels.fp8_constants import E4M3, E4M3_FINITE, E4M3_MAX, P_SHIFT, Q_BLOCK, SCALE_FLOOR
 
 
 def group_scales(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -27,7 +27,7 @@ def group_scales(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x / scale`` rounded to e4m3 (saturating: a stale scale clips instead of overflowing to NaN)."""
-    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    return (x.float() / scale).clamp(-E4M3_FINITE, E4M3_FINITE).to(E4M3)
 
 
 def quantize_frames(x: torch.Tensor, tokens_per_frame: int) -> tuple[torch.Tensor, torch.Tensor]:

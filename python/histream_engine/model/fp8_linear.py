@@ -6,18 +6,22 @@ in the model dtype, as public DiT FP8 recipes keep them.
 
 How: weights quantized once (``Fp8Linear.from_linear``) with one scale per output channel, ``amax / 448``
 (``channel_scales``, the export's rule too); activations per token at run time, ``amax / 448`` over the row; the
-product is ``torch._scaled_mm`` with row-wise scales (fp32 accumulation, bias and output in the model dtype). On
-this CPU build of torch the row-wise scaled e4m3 matmul runs as well as the tensor-wise one, so CPU and GPU run
-the same code. ``reference_fp8_linear`` is the same arithmetic written out in fp32.
+product is ``torch._scaled_mm`` with row-wise scales (fp32 accumulation, bias and output in the model dtype). Where
+this torch's ``_scaled_mm`` takes only per-tensor scales on the device (torch 2.11's CPU kernel: an internal assert on
+row-wise ones; 2.13's takes both), and for outputs other than bf16, ``tensorwise_fp8_matmul`` runs the same product
+through the per-tensor form.
+``reference_fp8_linear`` is the same arithmetic written out in fp32.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..kernels.fp8_constants import E4M3, E4M3_MAX, SCALE_FLOOR
+from ..kernels.fp8_constants import E4M3, E4M3_FINITE, E4M3_MAX, SCALE_FLOOR
 
 BLOCK_PARTS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.o", "ffn.0", "ffn.2")
 
@@ -35,7 +39,37 @@ def channel_scales(weight: torch.Tensor, in_dim: int) -> torch.Tensor:
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations ``[N, C]`` -> e4m3 ``[N, C]`` and per-token scales ``[N, 1]`` float32."""
     scale = (x.float().abs().amax(-1, keepdim=True) / E4M3_MAX).clamp_min(SCALE_FLOOR)
-    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
+    return (x.float() / scale).clamp(-E4M3_FINITE, E4M3_FINITE).to(E4M3), scale
+
+
+@functools.cache
+def rowwise_scaled_mm(device_type: str, out_dtype: torch.dtype) -> bool:
+    """Whether this torch's ``_scaled_mm`` takes row-wise scales on ``device_type`` for an ``out_dtype`` output. Only
+    bf16 outputs go that way: CUDA's row-wise kernels take bf16 on every path (sm_89 or newer, which
+    ``runtime.precision`` checks; fp32 with a bias on none). On the CPU it is tried once on zeros, since torch 2.11's
+    kernel refuses row-wise scales with an internal assert and no version check is known to be exact."""
+    if out_dtype != torch.bfloat16:
+        return False
+    if device_type != "cpu":
+        return True
+    zeros = torch.zeros(16, 16, dtype=E4M3)
+    try:
+        torch._scaled_mm(zeros, zeros.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=out_dtype)
+    except RuntimeError:
+        return False
+    return True
+
+
+def tensorwise_fp8_matmul(x8: torch.Tensor, x_scale: torch.Tensor, weight8: torch.Tensor, weight_scale: torch.Tensor,
+                          bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """The row-wise scaled product through ``_scaled_mm``'s per-tensor form: the e4m3 codes multiplied at unit scales
+    with fp32 accumulation, then each token's and channel's scale applied to the fp32 sums (exact: a row's and a
+    column's scale factor out of their dot product). x8 ``[N, in]``, x_scale ``[N, 1]``, weight8 ``[out, in]``,
+    weight_scale ``[1, out]`` -> ``[N, out]`` in ``out_dtype``."""
+    one = torch.ones((), dtype=torch.float32, device=x8.device)
+    acc = torch._scaled_mm(x8, weight8.t(), scale_a=one, scale_b=one, out_dtype=torch.float32)  # [N, out]
+    y = acc * x_scale * weight_scale
+    return (y if bias is None else y + bias.float()).to(out_dtype)
 
 
 class Fp8Linear(nn.Module):
@@ -53,15 +87,19 @@ class Fp8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
         w = linear.weight.detach()
         scale = channel_scales(w, 1)  # [out]
-        w8 = (w.float() / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+        w8 = (w.float() / scale[:, None]).clamp(-E4M3_FINITE, E4M3_FINITE).to(E4M3)
         bias = None if linear.bias is None else linear.bias.detach().to(w.dtype)
         return cls(w8, scale[None, :].contiguous(), bias, w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # [N, in]
         x8, x_scale = quantize_rows(rows)
-        # _scaled_mm wants its second operand column-major: the transposed view of the row-major weight is that
-        y = torch._scaled_mm(x8, self.weight8.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=self.out_dtype)
+        if rowwise_scaled_mm(rows.device.type, self.out_dtype):
+            # _scaled_mm wants its second operand column-major: the transposed view of the row-major weight is that
+            y = torch._scaled_mm(x8, self.weight8.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=self.bias,
+                                 out_dtype=self.out_dtype)  # [N, out]
+        else:
+            y = tensorwise_fp8_matmul(x8, x_scale, self.weight8, self.weight_scale, self.bias, self.out_dtype)  # [N, out]
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
