@@ -222,6 +222,56 @@ class Decoder(nn.Module):
             x = layer(x, state)
         return self.head["2"](F.silu(self.head["0"](x)), state)
 
+    def reach(self) -> int:
+        """R: the history carried after latent frame n depends on latent frames n - R + 1 .. n only.
+
+        Walks the layers in order, keeping the causal convs' temporal padding as steps at each one's rate; at every
+        causal conv, its carried frames (the last ``pad_t`` of its input) are followed back through the steps to the
+        earliest latent frame they read; R is the furthest. Only the convs look across time: the norms, the
+        attention and the spatial resamplers are per frame. In latent frames, each conv of padding p at rate r
+        reaches back p / r: for the Wan2.1 VAE 24 at rate 1 (11 convs and a time conv), 7 at rate 2 (6 convs and a
+        time conv), 6.5 at rate 4 (12 convs and the head), 37.5 in all. Followed frame by frame (an upsampler's output
+        frame 2t + j reads its input frame t, hence the rounding down) that is 38."""
+        steps: list[tuple[str, int]] = []  # ("conv", p): back p frames; ("up", p): back to the input rate, then p
+        carried: list[int] = []
+
+        def carry(pad: int, before: list[tuple[str, int]]) -> None:
+            carried.append(-_earliest(before, -pad))
+
+        for layer in [self.conv1, *self.middle, *self.upsamples, self.head["2"]]:
+            if isinstance(layer, CausalConv3d):
+                carry(layer.pad_t, steps)
+                steps.append(("conv", layer.pad_t))
+            elif isinstance(layer, ResidualBlock):
+                branch: list[tuple[str, int]] = []
+                for conv in (layer.residual["2"], layer.residual["6"]):
+                    carry(conv.pad_t, steps + branch)
+                    branch.append(("conv", conv.pad_t))
+                shortcut = layer.shortcut.pad_t if layer.shortcut is not None else 0  # 1x1: no history
+                steps.append(("conv", max(sum(p for _, p in branch), shortcut)))  # parallel branches: the longer
+            elif isinstance(layer, Upsample) and layer.time_conv is not None:
+                carry(layer.time_conv.pad_t, steps)
+                steps.append(("up", layer.time_conv.pad_t))
+            elif not isinstance(layer, (AttentionBlock, Upsample)):
+                raise TypeError(f"Decoder.reach does not know how far {type(layer).__name__} looks back in time")
+        return max(carried)
+
+
+def _earliest(steps: list[tuple[str, int]], frame: int) -> int:
+    """The earliest latent frame that ``frame`` (counted back from the stream's last frame, -1, at the rate after
+    ``steps``) reads through ``steps``, counted back the same way."""
+    for kind, pad in reversed(steps):
+        if kind == "up":
+            frame //= 2  # output frame 2t + j of a time upsampler comes from its input frame t
+        frame -= pad
+    return frame
+
+
+def decoder_reach(config: VAEConfig) -> int:
+    """``Decoder.reach`` of the decoder ``config`` describes (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return Decoder(config).reach()
+
 
 class WanVAE(nn.Module):
     name = "wan"
@@ -231,6 +281,7 @@ class WanVAE(nn.Module):
         self.config = config or VAEConfig()
         self.conv2 = CausalConv3d(self.config.z_dim, self.config.z_dim, 1)
         self.decoder = Decoder(self.config)
+        self.reach = self.decoder.reach()  # latent frames a saved state keeps (at least) and replays
         if with_encoder:
             if self.config.num_res_blocks < 1:
                 # the encoder widens each stage in its first residual block: with none, the widths cannot meet
