@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.flop_counter import FlopCounterMode
 
-from histream_engine import VAEConfig, WanVAE, to_uint8_frames
+from histream_engine import VAEConfig, WanVAE, flops, to_uint8_frames
 from histream_engine.model.decoder import state_nbytes_at
 from histream_engine.model.vae import decoder_reach
 
@@ -165,3 +166,16 @@ def test_state_bytes_of_the_wan21_vae():
         assert state_nbytes_at(vae, 1, h, w, dtype=torch.bfloat16) == 39 * 16 * h * w * 2
         assert 2 * sum(math.prod(s) for s in vae.cache_shapes(1, h, w).values()) == 2 * per_latent_pixel * h * w * 2
 
+
+def test_the_replays_flops_are_what_load_state_does():
+    """``flops.vae_replay_flops`` (39 steady latent frames) against a count of a real ``load_state`` on meta tensors."""
+    h, w, config = 64, 96, VAEConfig(dim=8)  # the Wan2.1 VAE's layout, R = 38
+    with torch.device("meta"):
+        vae = WanVAE(config)
+    state = vae.new_state()
+    decode_in_calls(vae, torch.empty(1, 16, 45, h // 8, w // 8, device="meta"), [3] * 15, state)
+    tensors, meta = vae.state_tensors(state)
+    with FlopCounterMode(display=False) as counter:
+        vae.load_state(tensors, meta)
+    per_frame = flops.vae_flops_per_frame(h, w, config)
+    assert counter.get_total_flops() == flops.vae_replay_flops(h, w, config) == 39 * 4 * per_frame
