@@ -42,7 +42,7 @@ def test_the_wan21_vae_reaches_back_38_latent_frames():
 
 @pytest.mark.parametrize("config", [VAEConfig(dim=2), VAEConfig(dim=2, num_res_blocks=0),
                                     VAEConfig(dim=2, temporal_downsample=(True, True, False))],
-                         ids=["wan21-layout", "no-res-blocks", "time-upsampling-first"])
+                         ids=["wan21-layout", "no-res-blocks", "time-upsampling-later"])
 def test_the_reach_is_what_an_impulse_measures(config):
     """A float64 twin decodes latents twice, chunk by chunk, the second time with latent frame p shifted by 1: the
     last latent frame whose 4 output frames change is exactly p + R, and every later one is bit for bit the same."""
