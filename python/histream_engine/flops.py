@@ -117,6 +117,21 @@ def vae_flops_per_frame(height: int, width: int, config=None) -> float:
     return _decoder_flops_per_frame(vae, height, width)
 
 
+def vae_replay_flops(height: int, width: int, config=None) -> float:
+    """Wan VAE decoder FLOPs of ``WanVAE.load_state`` on a stream's saved decoder state once the stream is past the
+    decoder's reach: the kept latent frames (``state_shapes``; 39 for the Wan2.1 VAE in chunks of 3) decoded again.
+    The replay starts warm and decodes whole chunks, so each of its latent frames costs a steady one: 4 times
+    ``vae_flops_per_frame``."""
+    import torch
+
+    from .model.vae import VAEConfig, WanVAE
+
+    with torch.device("meta"):
+        vae = WanVAE(config or VAEConfig())
+    kept = vae.state_shapes(1, height // VAE_SPACE_STRIDE, width // VAE_SPACE_STRIDE)["latents"][2]
+    return kept * VAE_TIME_STRIDE * _decoder_flops_per_frame(vae, height, width)
+
+
 def taehv_flops_per_frame(height: int, width: int, config=None) -> float:
     """TAEHV decoder FLOPs per output video frame in the steady state, counted as ``vae_flops_per_frame`` counts.
     Its MemBlocks' first convs run as one conv of twice the outputs on half the inputs: the same FLOPs."""

@@ -1,12 +1,9 @@
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from conftest import rel_err
 from histream_engine import CheckpointError, VAEConfig, WanVAE, load_vae, save_vae, to_uint8_frames
-from histream_engine.model.decoder import EncoderNotLoadedError, state_nbytes_at
+from histream_engine.model.decoder import EncoderNotLoadedError
 from histream_engine.model.vae_keys import diffusers_to_wan_vae, wan_to_diffusers_vae
 
 diffusers = pytest.importorskip("diffusers")
@@ -146,77 +143,3 @@ def test_encoder_matches_diffusers_at_awkward_sizes(tmp_path, vae_pair, batch, f
     got = full.encode(video)
     assert got.shape == (batch, 16, (frames - 1) // 4 + 1, hw[0] // 8, hw[1] // 8)
     assert rel_err(got, want) < 1e-4
-
-
-def save_and_load_state(decoder, state, tmp_path):
-    """Through the files a stream state is saved to: safetensors for the tensors, JSON for the rest."""
-    tensors, meta = decoder.state_tensors(state)
-    save_file(tensors, str(tmp_path / "decoder.safetensors"))
-    (tmp_path / "decoder.json").write_text(json.dumps(meta))
-    return load_file(str(tmp_path / "decoder.safetensors")), json.loads((tmp_path / "decoder.json").read_text())
-
-
-def test_a_saved_state_resumes_the_stream_exactly(tmp_path, vae_pair):
-    """5 latent frames in two pieces (1 + 3, then 1: the passes a whole decode makes), the state saved to disk and
-    loaded into another instance between them: the whole decode's frames, bit for bit on the CPU."""
-    _, ours = vae_pair
-    other = WanVAE(VAEConfig(dim=8))
-    other.load_state_dict(ours.state_dict())
-    latents = torch.randn(2, 16, 5, 3, 5)
-    whole = ours.decode(latents)
-    first = ours.new_state()
-    head = ours.decode(latents[:, :, :4], first)
-    tensors, meta = save_and_load_state(ours, first, tmp_path)
-    assert meta["started"] == ["decoder.upsamples.3", "decoder.upsamples.7"] and meta["latent_frames"] == 4
-    assert len(tensors) == 32 and tensors["decoder.head.2"].shape == (2, 8, 2, 24, 40)
-    carried = other.load_state(tensors, meta)
-    assert other.state_nbytes(carried) == ours.state_nbytes(first) > 0
-    tail = other.decode(latents[:, :, 4:], carried)
-    assert torch.equal(torch.cat([head, tail], dim=2), whole)
-
-
-def test_a_state_from_another_decoder_or_size_is_refused(tmp_path, vae_pair):
-    _, ours = vae_pair
-    state = ours.new_state()
-    ours.decode(torch.randn(1, 16, 2, 3, 5), state)
-    tensors, meta = save_and_load_state(ours, state, tmp_path)
-    with pytest.raises(ValueError, match="saved by the 'taehv' decoder; this one is 'wan'"):
-        ours.load_state(tensors, meta | {"decoder": "taehv"})
-    with torch.device("meta"):
-        wider = WanVAE(VAEConfig(dim=16))
-    with pytest.raises(ValueError, match="another config \\(differing: dim\\)"):
-        wider.load_state(tensors, meta)
-    with pytest.raises(ValueError, match=r"mis-shaped keys: decoder\.conv1: state \(1, 16, 2, 3, 5\) vs expected \(1, 16, 2, 4, 4\)"):
-        ours.load_state(tensors, meta | {"latent_shape": [1, 4, 4]})
-    with pytest.raises(ValueError, match="started: state \\[\\] vs expected"):
-        ours.load_state(tensors, meta | {"started": []})
-    with pytest.raises(ValueError, match=r"missing keys: decoder\.head\.2"):
-        ours.load_state({k: v for k, v in tensors.items() if k != "decoder.head.2"}, meta)
-    with pytest.raises(ValueError, match=r"unexpected keys: decoder\.upsamples\.3\.time_conv"):  # its first frame
-        ours.load_state(tensors, meta | {"latent_frames": 1})
-    with pytest.raises(ValueError, match="not torch.float32"):
-        ours.load_state({k: v.half() for k, v in tensors.items()}, meta)
-    with pytest.raises(ValueError, match="another WanVAE instance"):
-        WanVAE(VAEConfig(dim=8)).state_tensors(state)
-
-
-@pytest.mark.parametrize("frames", [1, 2, 5])  # the time convs' first frame; one frame of history; steady
-def test_state_accounting_matches_a_real_state(vae_pair, frames):
-    _, ours = vae_pair
-    state = ours.new_state()
-    ours.decode(torch.randn(2, 16, frames, 3, 5), state)
-    assert ours.state_shapes(2, 3, 5, frames) == {k: tuple(v.shape) for k, v in ours.state_tensors(state)[0].items()}
-    assert state_nbytes_at(ours, 2, 3, 5, frames) == ours.state_nbytes(state) > 0
-
-
-def test_state_bytes_of_the_wan21_vae_from_its_layout():
-    """Every causal conv of the decoder carries 2 frames of its input. Counted from the architecture: at the latent
-    size, conv1 (16 channels), the middle's 4 convs and stage 0's 6 (4d) and its time conv (4d); at 4x the area,
-    stage 1's first conv (2d, the upsampler halved it), its 5 others and its time conv (4d); at 16x, stage 2's 6 (2d);
-    at 64x, stage 3's 6 and the head (d)."""
-    d = VAEConfig().dim
-    per_latent_pixel = (16 + 11 * 4 * d) + 4 * (2 * d + 6 * 4 * d) + 16 * (6 * 2 * d) + 64 * (7 * d)
-    with torch.device("meta"):
-        vae = WanVAE()
-    for h, w in ((60, 104), (136, 240)):  # 480x832 and 1920x1088
-        assert state_nbytes_at(vae, 1, h, w, dtype=torch.bfloat16) == 2 * per_latent_pixel * h * w * 2

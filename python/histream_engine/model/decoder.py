@@ -23,10 +23,6 @@ import torch
 VAE_TIME_STRIDE = 4
 VAE_SPACE_STRIDE = 8
 
-# Latent frames after which every decoder's state has reached its steady size (the Wan VAE's after 3, TAEHV's after
-# 1): the accounting's default.
-STEADY_LATENT_FRAMES = 3
-
 
 class EncoderNotLoadedError(RuntimeError):
     """``encode`` on a decoder loaded without its encoder; the message names the call that loads it."""
@@ -61,20 +57,22 @@ class VideoDecoder(Protocol):
         video's first latent frames). Consecutive pieces of one video share ``state``; without one, a whole video."""
 
     def state_tensors(self, state: Any) -> tuple[dict[str, torch.Tensor], dict]:
-        """``state`` as tensors keyed by module name (the state's own, contiguous, on the decoder's device) and a
-        JSON-able dict of the rest; ``load_state`` takes both back."""
+        """``state`` in its saved form: tensors keyed by name (contiguous, on the decoder's device) and a JSON-able
+        dict of the rest; ``load_state`` takes both back. TAEHV gives its carried frames; the Wan VAE, whose carried
+        frames are gigabytes, the last latents it decoded, from which ``load_state`` rebuilds them exactly."""
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> Any:
         """The state ``state_tensors`` gave, checked key by key and shape by shape against this decoder; a state
         from another decoder, config, dtype or latent size is refused with a ``ValueError`` naming the difference."""
 
     def state_nbytes(self, state: Any) -> int:
-        """Bytes held by ``state``'s tensors."""
+        """Bytes of ``state``'s saved form (the tensors ``state_tensors`` gives)."""
 
-    def state_shapes(self, batch: int, height: int, width: int, latent_frames: int = STEADY_LATENT_FRAMES
+    def state_shapes(self, batch: int, height: int, width: int, latent_frames: int | None = None
                      ) -> dict[str, tuple[int, ...]]:
-        """The state's tensor names and shapes after ``latent_frames`` latent frames of ``[batch, C, F, height,
-        width]`` (a latent size), found without arithmetic (on meta tensors)."""
+        """The saved form's tensor names and shapes after ``latent_frames`` latent frames of ``[batch, C, F,
+        height, width]`` (a latent size), decoded a chunk at a time; None: once it has stopped growing. Found
+        without arithmetic."""
 
 
 def check_video(video: torch.Tensor) -> int:
@@ -128,9 +126,17 @@ def state_layout(make_twin: Callable[[], VideoDecoder], batch: int, height: int,
     return {k: tuple(v.shape) for k, v in tensors.items()}, meta
 
 
-def check_state(decoder, tensors: dict[str, torch.Tensor], meta: dict, make_twin: Callable[[], VideoDecoder],
-                steady_after: int) -> None:
-    """Refuse a saved state that is not this decoder's, naming what differs (decoder, config, dtype, keys, shapes)."""
+Layout = Callable[[dict], tuple[dict[str, tuple[int, ...]], dict]]  # a state's dict -> the names, shapes and dict it must have
+
+
+def twin_layout(make_twin: Callable[[], VideoDecoder], steady_after: int) -> Layout:
+    """The layout of a state that is what a decode leaves, found by ``state_layout`` (a twin decoding meta tensors)."""
+    return lambda meta: state_layout(make_twin, *(meta["latent_shape"] or (1, 1, 1)), meta["latent_frames"], steady_after)
+
+
+def check_state(decoder, tensors: dict[str, torch.Tensor], meta: dict, layout: Layout) -> None:
+    """Refuse a saved state that is not this decoder's, naming what differs (decoder, config, dtype, keys, shapes).
+    ``layout`` gives the names, shapes and dict the state must have, from its dict once that is known to be sound."""
     if not isinstance(meta, dict) or not {"decoder", "config", "latent_frames", "latent_shape"} <= set(meta):
         raise ValueError("not a decoder state: its dict needs decoder, config, latent_frames and latent_shape "
                          "(as state_tensors writes it)")
@@ -142,7 +148,7 @@ def check_state(decoder, tensors: dict[str, torch.Tensor], meta: dict, make_twin
             isinstance(shape, list) and len(shape) == 3 and all(isinstance(n, int) and n > 0 for n in shape))):
         raise ValueError(f"bad decoder state: latent_frames {frames!r} and latent_shape {shape!r} (want a count >= 0 "
                          "and [batch, h, w] once it is > 0)")
-    want, want_meta = state_layout(make_twin, *(shape or (1, 1, 1)), frames, steady_after)
+    want, want_meta = layout(meta)
     ours, theirs = want_meta["config"], meta["config"] if isinstance(meta["config"], dict) else {}
     if theirs != ours:
         diff = sorted(k for k in set(ours) | set(theirs) if theirs.get(k) != ours.get(k))
@@ -173,8 +179,9 @@ def _key_problems(want: dict[str, tuple[int, ...]], tensors: dict[str, torch.Ten
 
 
 def state_nbytes_at(decoder: VideoDecoder, batch: int, height: int, width: int,
-                    latent_frames: int = STEADY_LATENT_FRAMES, dtype: torch.dtype | None = None) -> int:
-    """Bytes of ``decoder``'s state for latents ``[batch, C, F, height, width]`` after ``latent_frames`` of them, in
-    ``dtype`` (the decoder's own by default). Nothing is allocated: a decoder made on the meta device will do."""
+                    latent_frames: int | None = None, dtype: torch.dtype | None = None) -> int:
+    """Bytes of ``decoder``'s saved state for latents ``[batch, C, F, height, width]`` after ``latent_frames`` of them
+    (None: once it has stopped growing), in ``dtype`` (the decoder's own by default). Nothing is allocated: a decoder
+    made on the meta device will do."""
     item = (dtype or decoder.dtype).itemsize
     return item * sum(math.prod(s) for s in decoder.state_shapes(batch, height, width, latent_frames).values())

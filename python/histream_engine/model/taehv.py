@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoder import EncoderNotLoadedError, check_state, check_stream_shape, check_video, config_json, state_layout
+from .decoder import (EncoderNotLoadedError, check_state, check_stream_shape, check_video, config_json, state_layout,
+                      twin_layout)
 
 BLOCKS_PER_STAGE = 3  # MemBlocks per stage in every published TAEHV
 ENCODE_LATENTS_PER_PASS = 1  # the encoder takes 4 frames at a time (a MemBlock's past carried between): bounded memory
@@ -305,7 +306,7 @@ class TAEHV(nn.Module):
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> TAEHVState:
-        check_state(self, tensors, meta, self._twin, STATE_STEADY_AFTER)
+        check_state(self, tensors, meta, twin_layout(self._twin, STATE_STEADY_AFTER))
         state = TAEHVState()
         state.past = {k.removeprefix("decoder."): t.to(self.device) for k, t in tensors.items()}
         state.latent_frames = meta["latent_frames"]
@@ -315,11 +316,13 @@ class TAEHV(nn.Module):
     def state_nbytes(self, state: TAEHVState) -> int:
         return sum(t.nbytes for t in state.past.values())
 
-    def state_shapes(self, batch: int, height: int, width: int, latent_frames: int = STATE_STEADY_AFTER
+    def state_shapes(self, batch: int, height: int, width: int, latent_frames: int | None = None
                      ) -> dict[str, tuple[int, ...]]:
         """The carried pasts' names and shapes after ``latent_frames`` latent frames of ``[batch, 16, F, height,
-        width]``, from a decode on meta tensors (no memory, no arithmetic)."""
-        return state_layout(self._twin, batch, height, width, latent_frames, STATE_STEADY_AFTER)[0]
+        width]`` (None: from the first on, their size for good), from a decode on meta tensors (no memory, no
+        arithmetic)."""
+        frames = STATE_STEADY_AFTER if latent_frames is None else latent_frames
+        return state_layout(self._twin, batch, height, width, frames, STATE_STEADY_AFTER)[0]
 
     def _twin(self) -> TAEHV:
         return TAEHV(self.config)

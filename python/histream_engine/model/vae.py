@@ -5,6 +5,9 @@ encoder, ``conv1`` = quant conv and ``encoder.*``). The encoder is built only wh
 convolution keeps the last frames of its own input stream in a ``DecodeState``, so decoding a video in
 pieces (chunk by chunk, as the DiT produces them) gives exactly what decoding it at once gives. The first
 latent frame decodes to 1 video frame, every later one to 4 (two temporal upsamplings that skip frame 0).
+
+That history reaches back a bounded number of latent frames (``Decoder.reach``), so a saved state holds the latents of
+the last decode calls instead, and loading it decodes them again (``model/vae_state.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decoder import (VAE_TIME_STRIDE, EncoderNotLoadedError, check_state, check_stream_shape, check_video, config_json,
-                      state_layout)
+from .decoder import VAE_TIME_STRIDE, EncoderNotLoadedError, check_state, check_stream_shape, check_video, config_json
+from .vae_state import calls_to_drop, checked_calls, chunk_calls
 
 # Per-channel latent statistics of the Wan2.1 VAE (z = latent * std + mean before decoding).
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -25,8 +28,8 @@ WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 LATENT_FRAMES_PER_PASS = 3  # one chunk
 # After 3 latent frames every causal conv holds its full 2 past frames, the temporal upsamplers' included (their time
-# conv first runs on the second latent frame): the state's shapes stop changing.
-STATE_STEADY_AFTER = 3
+# conv first runs on the second latent frame): the causal history's shapes stop changing.
+CACHE_STEADY_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,17 @@ class VAEConfig:
 
 
 class DecodeState:
-    """The streaming history of one video: per causal conv, the last frames of its input stream."""
+    """The streaming history of one video: per causal conv, the last frames of its input stream; and the latents of
+    the last decode calls, from which a saved state rebuilds the rest."""
 
     def __init__(self):
         self.frames: dict[nn.Module, torch.Tensor] = {}
         self.started: set[nn.Module] = set()  # temporal upsamplers that have seen their first frame
         self.latent_frames = 0
         self.latent_shape: tuple[int, int, int] | None = None  # (B, h, w) of the stream's latents: the first decode's
+        # the last decode calls' latents as decoded (the decoder's dtype), oldest first, [B, 16, F_i, h, w] each: whole
+        # calls holding the decoder's reach in latent frames at least (or all of them, from the stream's start)
+        self.calls: list[torch.Tensor] = []
 
 
 class CausalConv3d(nn.Conv3d):
@@ -222,6 +229,56 @@ class Decoder(nn.Module):
             x = layer(x, state)
         return self.head["2"](F.silu(self.head["0"](x)), state)
 
+    def reach(self) -> int:
+        """R: the history carried after latent frame n depends on latent frames n - R + 1 .. n only.
+
+        Walks the layers in order, keeping the causal convs' temporal padding as steps at each one's rate; at every
+        causal conv, its carried frames (the last ``pad_t`` of its input) are followed back through the steps to the
+        earliest latent frame they read; R is the furthest. Only the convs look across time: the norms, the
+        attention and the spatial resamplers are per frame. In latent frames, each conv of padding p at rate r
+        reaches back p / r: for the Wan2.1 VAE 24 at rate 1 (11 convs and a time conv), 7 at rate 2 (6 convs and a
+        time conv), 6.5 at rate 4 (12 convs and the head), 37.5 in all. Followed frame by frame (an upsampler's output
+        frame 2t + j reads its input frame t, hence the rounding down) that is 38."""
+        steps: list[tuple[str, int]] = []  # ("conv", p): back p frames; ("up", p): back to the input rate, then p
+        carried: list[int] = []
+
+        def carry(pad: int, before: list[tuple[str, int]]) -> None:
+            carried.append(-_earliest(before, -pad))
+
+        for layer in [self.conv1, *self.middle, *self.upsamples, self.head["2"]]:
+            if isinstance(layer, CausalConv3d):
+                carry(layer.pad_t, steps)
+                steps.append(("conv", layer.pad_t))
+            elif isinstance(layer, ResidualBlock):
+                branch: list[tuple[str, int]] = []
+                for conv in (layer.residual["2"], layer.residual["6"]):
+                    carry(conv.pad_t, steps + branch)
+                    branch.append(("conv", conv.pad_t))
+                shortcut = layer.shortcut.pad_t if layer.shortcut is not None else 0  # 1x1: no history
+                steps.append(("conv", max(sum(p for _, p in branch), shortcut)))  # parallel branches: the longer
+            elif isinstance(layer, Upsample) and layer.time_conv is not None:
+                carry(layer.time_conv.pad_t, steps)
+                steps.append(("up", layer.time_conv.pad_t))
+            elif not isinstance(layer, (AttentionBlock, Upsample)):
+                raise TypeError(f"Decoder.reach does not know how far {type(layer).__name__} looks back in time")
+        return max(carried)
+
+
+def _earliest(steps: list[tuple[str, int]], frame: int) -> int:
+    """The earliest latent frame that ``frame`` (counted back from the stream's last frame, -1, at the rate after
+    ``steps``) reads through ``steps``, counted back the same way."""
+    for kind, pad in reversed(steps):
+        if kind == "up":
+            frame //= 2  # output frame 2t + j of a time upsampler comes from its input frame t
+        frame -= pad
+    return frame
+
+
+def decoder_reach(config: VAEConfig) -> int:
+    """``Decoder.reach`` of the decoder ``config`` describes (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return Decoder(config).reach()
+
 
 class WanVAE(nn.Module):
     name = "wan"
@@ -231,6 +288,7 @@ class WanVAE(nn.Module):
         self.config = config or VAEConfig()
         self.conv2 = CausalConv3d(self.config.z_dim, self.config.z_dim, 1)
         self.decoder = Decoder(self.config)
+        self.reach = self.decoder.reach()  # latent frames a saved state keeps (at least) and replays
         if with_encoder:
             if self.config.num_res_blocks < 1:
                 # the encoder widens each stage in its first residual block: with none, the widths cannot meet
@@ -262,13 +320,19 @@ class WanVAE(nn.Module):
         """Normalised latents ``[B, 16, F, h, w]`` -> video ``[B, 3, T, 8h, 8w]`` in [-1, 1].
 
         T = 4F, or 4F - 3 when these are the video's first latent frames. Pass the same ``state`` for
-        consecutive pieces of one video; without one, ``latents`` is a whole video.
+        consecutive pieces of one video; without one, ``latents`` is a whole video. A state keeps these latents
+        until its last calls hold ``reach`` latent frames without them.
         """
         if latents.dim() != 5 or latents.shape[1] != self.config.z_dim:
             raise ValueError(f"latents must be [B, {self.config.z_dim}, F, h, w], got {tuple(latents.shape)}")
+        keep = state is not None
         state = state or DecodeState()
         check_stream_shape(state, latents)
-        z = latents.to(self.dtype) * self.latents_std.to(self.dtype) + self.latents_mean.to(self.dtype)
+        latents = latents.to(self.dtype)
+        if keep:
+            state.calls.append(latents.detach().clone())  # a copy: the caller may reuse its buffer
+            del state.calls[: calls_to_drop([c.shape[2] for c in state.calls], self.reach)]
+        z = latents * self.latents_std.to(self.dtype) + self.latents_mean.to(self.dtype)
         z = self.conv2(z)
         # The stream's first latent frame goes alone (the temporal upsamplers skip it); later ones go through the
         # decoder together, up to a chunk's worth at a time (at 1080p, 12 frames of 96 channels are 4.8 GB in bf16).
@@ -299,36 +363,87 @@ class WanVAE(nn.Module):
         return (mu - self.latents_mean.to(mu.dtype)) / self.latents_std.to(mu.dtype)
 
     def state_tensors(self, state: DecodeState) -> tuple[dict[str, torch.Tensor], dict]:
-        """Each causal conv's carried frames under its module name (``decoder.middle.0.residual.2``, ...), and a dict:
-        decoder, config, dtype, latent_frames, latent_shape and the temporal upsamplers already started."""
+        """The latents of the last decode calls as one tensor, ``latents`` ``[B, 16, F, h, w]`` (F: their frames,
+        ``reach`` or a little more once the stream is that long), and a dict: decoder, config, dtype, latent_frames,
+        latent_shape, the temporal upsamplers already started and ``calls`` (each call's latent frames, oldest
+        first). Not the causal convs' frames: ``load_state`` decodes these calls again to rebuild them."""
         names = {module: name for name, module in self.named_modules()}
-        if any(m not in names for m in state.frames) or any(m not in names for m in state.started):
+        if any(m not in names for m in state.started):
             raise ValueError("this state was made by another WanVAE instance: save it from the decoder that decoded it")
-        tensors = {names[m]: t.contiguous() for m, t in state.frames.items()}  # [B, C, <=2, H, W] each
-        meta = {"decoder": self.name, "config": config_json(self.config),
-                "dtype": str(self.dtype).removeprefix("torch."), "latent_frames": state.latent_frames,
-                "latent_shape": list(state.latent_shape) if state.latent_shape is not None else None,
-                "started": sorted(names[m] for m in state.started)}
+        tensors = {"latents": torch.cat(state.calls, dim=2)} if state.calls else {}  # [B, 16, F, h, w]
+        meta = self._state_meta(state.latent_frames, state.latent_shape, sorted(names[m] for m in state.started),
+                                [c.shape[2] for c in state.calls])
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> DecodeState:
-        check_state(self, tensors, meta, self._twin, STATE_STEADY_AFTER)
-        modules = dict(self.named_modules())
+        """The state ``state_tensors`` gave, its causal history rebuilt by decoding the kept calls again, in order and
+        with the same shapes: from the stream's start when they reach it, else from a state whose temporal upsamplers
+        have started and whose convs carry nothing yet (zeros). The history after latent frame n reads latent frames
+        n - reach + 1 .. n only, and the calls hold at least those, so every carried value is computed by the same
+        operations on the same inputs as in the uninterrupted stream: the same values, bit for bit where the
+        device's convolutions are deterministic for a given shape (the CPU's are)."""
+        check_state(self, tensors, meta, self._state_layout)
+        calls, frames = meta["calls"], meta["latent_frames"]
+        start = frames - sum(calls)
+        if start and sum(calls) < self.reach:
+            raise ValueError(f"this Wan VAE state keeps {sum(calls)} latent frames after frame {start}; rebuilding its "
+                             f"history needs the last {self.reach} (this decoder's reach): save it from a decoder that "
+                             "kept them (WanVAE.decode keeps them)")
         state = DecodeState()
-        state.frames = {modules[k]: t.to(self.device) for k, t in tensors.items()}
-        state.started = {modules[k] for k in meta["started"]}
-        state.latent_frames = meta["latent_frames"]
+        if start:
+            state.started = {m for m in self.decoder.upsamples if isinstance(m, Upsample) and m.time_conv is not None}
+            state.latent_frames = start
         state.latent_shape = tuple(meta["latent_shape"]) if meta["latent_shape"] is not None else None
+        latents = tensors["latents"].to(self.device) if calls else None  # [B, 16, sum(calls), h, w]
+        offset = 0
+        for n in calls:
+            self.decode(latents[:, :, offset : offset + n], state)
+            offset += n
         return state
 
     def state_nbytes(self, state: DecodeState) -> int:
-        return sum(t.nbytes for t in state.frames.values())
+        return sum(t.nbytes for t in state.calls)
 
-    def state_shapes(self, batch: int, height: int, width: int, latent_frames: int = STATE_STEADY_AFTER
+    def state_shapes(self, batch: int, height: int, width: int, latent_frames: int | None = None
                      ) -> dict[str, tuple[int, ...]]:
-        """The carried frames' names and shapes after ``latent_frames`` latent frames of ``[batch, 16, F, height,
-        width]``, from a decode on meta tensors (no memory, no arithmetic)."""
-        return state_layout(self._twin, batch, height, width, latent_frames, STATE_STEADY_AFTER)[0]
+        """``state_tensors``' names and shapes after ``latent_frames`` latent frames of ``[batch, 16, F, height, width]``
+        decoded a chunk (``LATENT_FRAMES_PER_PASS``) at a time, as a stream does; None: once the stream is longer
+        than ``reach`` (``steady_latent_frames``), when the kept calls stop growing."""
+        frames = self.steady_latent_frames if latent_frames is None else latent_frames
+        sizes = chunk_calls(frames, LATENT_FRAMES_PER_PASS, self.reach)
+        kept = sum(sizes[calls_to_drop(sizes, self.reach):])
+        return {"latents": (batch, self.config.z_dim, kept, height, width)} if kept else {}
+
+    @property
+    def steady_latent_frames(self) -> int:
+        """The first chunk boundary from which a stream's saved state keeps the same number of latent frames."""
+        return -(-self.reach // LATENT_FRAMES_PER_PASS) * LATENT_FRAMES_PER_PASS
+
+    def cache_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """The causal history a decoding stream holds (every causal conv's last 2 input frames, by module name) for
+        latents ``[batch, 16, F, height, width]``, once it has stopped growing (after ``CACHE_STEADY_AFTER`` latent
+        frames): what a saved state does not hold. From a decode on meta tensors (no memory, no arithmetic)."""
+        with torch.device("meta"):
+            twin = self._twin()
+        state = twin.new_state()
+        twin.decode(torch.empty(batch, self.config.z_dim, CACHE_STEADY_AFTER, height, width, device="meta"), state)
+        names = {module: name for name, module in twin.named_modules()}
+        return {names[m]: tuple(t.shape) for m, t in state.frames.items()}
+
+    def _state_meta(self, frames: int, shape, started: list[str], calls: list[int]) -> dict:
+        return {"decoder": self.name, "config": config_json(self.config), "dtype": str(self.dtype).removeprefix("torch."),
+                "latent_frames": frames, "latent_shape": list(shape) if shape is not None else None, "started": started,
+                "calls": calls}
+
+    def _state_layout(self, meta: dict) -> tuple[dict[str, tuple[int, ...]], dict]:
+        """What a state with ``meta``'s latent shape, frames and calls must hold, for ``check_state``."""
+        calls = checked_calls(meta)
+        B, h, w = meta["latent_shape"] or (1, 1, 1)
+        kept = sum(calls)
+        shapes = {"latents": (B, self.config.z_dim, kept, h, w)} if kept else {}
+        started = sorted(f"decoder.upsamples.{i}" for i, m in enumerate(self.decoder.upsamples)
+                         if isinstance(m, Upsample) and m.time_conv is not None) if meta["latent_frames"] else []
+        return shapes, self._state_meta(meta["latent_frames"], meta["latent_shape"], started, calls)
 
     def _twin(self) -> WanVAE:
         return WanVAE(self.config)
