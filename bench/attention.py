@@ -25,7 +25,6 @@ on an sm_90 GPU: its pre-pass time includes quantizing Q, K and V each call (FA3
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -39,6 +38,7 @@ from histream_engine.attention import BACKENDS, get_backend
 from histream_engine.attention.auto import auto_choices
 from histream_engine.device_timing import device_seconds
 from histream_engine.numerics import rel_err
+from histream_engine.optional import is_installed
 from histream_engine.attention.fp8_quant import E4M3, group_scales, quantize, quantize_frames
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs
@@ -150,13 +150,13 @@ def fa3_fp8(fa3, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 def fa3_fp8_reason(device: torch.device) -> str | None:
-    if importlib.util.find_spec("flash_attn_interface") is None:
+    if not is_installed("flash_attn_interface"):
         return "FlashAttention-3 (flash_attn_interface) is not installed"
     if device.type != "cuda":
         return "no CUDA GPU is visible"
     if torch.cuda.get_device_capability(device) < (9, 0):
         return f"FlashAttention-3's FP8 forward needs sm_90; {torch.cuda.get_device_name(device)} is older"
-    if importlib.util.find_spec("triton") is None:
+    if not is_installed("triton"):
         return "the RoPE pre-pass in front of it is a Triton kernel and triton is not installed"
     return None
 

@@ -52,6 +52,7 @@ from typing import Callable
 
 import torch
 
+from histream_engine.optional import is_installed
 from histream_engine.provenance import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,9 +78,7 @@ class Step:
 
 
 def _has(module: str) -> str | None:
-    import importlib.util
-
-    return None if importlib.util.find_spec(module) else f"{module} is not installed here"
+    return None if is_installed(module) else f"{module} is not installed here"
 
 
 def _multi_gpu_reason() -> str | None:

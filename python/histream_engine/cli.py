@@ -12,6 +12,7 @@ from .checkpoint import CheckpointError
 from .config import PRESETS
 from .demo import tiny_demo_engine
 from .model.dit import initialized_dit
+from .optional import require
 from .output_paths import check_output_file, check_output_folder
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.results import ChunkResult
@@ -143,6 +144,8 @@ def run_export(args) -> int:
     from .model_dir import load_folder_dit
 
     check_output_folder(args.out, "--out")  # before a model is built: minutes and gigabytes at 1.3B
+    for module in ("onnx", "onnxscript"):  # torch.onnx's exporter needs onnxscript
+        require(module, "onnx", "histream export")
     dtype = getattr(torch, args.dtype)
     if args.preset is not None:
         dit = initialized_dit(args.preset, dtype, args.device, args.seed)  # the bench presets' very weights (seed 0)
@@ -170,12 +173,9 @@ def run_build_trt(args) -> int:
 
 
 def run_serve(args) -> int:
-    try:
-        import fastapi  # noqa: F401
-        import PIL  # noqa: F401
-        import uvicorn
-    except ImportError as exc:
-        raise RuntimeError(f"histream serve needs the serve extra ({exc.name} is missing): pip install -e '.[serve]'") from exc
+    for module in ("fastapi", "PIL"):
+        require(module, "serve", "histream serve")
+    uvicorn = require("uvicorn", "serve", "histream serve")
     from . import host as hosting
     from .serve.app import create_app
     from .serve.embeddings import EmbeddingsDir
@@ -200,10 +200,9 @@ def run_serve(args) -> int:
               "read the streams; there is no authentication", file=sys.stderr)
     limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds)
     if args.ray:
-        try:
-            from .serve.ray_app import serve_forever
-        except ImportError as exc:
-            raise RuntimeError(f"histream serve --ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'") from exc
+        require("ray", "ray", "histream serve --ray")
+        from .serve.ray_app import serve_forever
+
         return serve_forever(args, ray_spec(args), description, limits)
     app = create_app(engine, description, limits, args.embeds_dir)
     print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
