@@ -24,7 +24,6 @@ on an sm_90 GPU: its pre-pass time includes quantizing Q, K and V each call (FA3
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -37,7 +36,9 @@ import torch
 from histream_engine.attention import BACKENDS, get_backend
 from histream_engine.attention.auto import auto_choices
 from histream_engine.device_timing import device_seconds
+from histream_engine.cli_parser import make_parser
 from histream_engine.numerics import rel_err
+from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.optional import is_installed
 from histream_engine.attention.fp8_quant import E4M3, group_scales, quantize, quantize_frames
 from histream_engine.attention.ring import RingView
@@ -186,17 +187,22 @@ def run_fa3_fp8(q, k_store, v_store, view, ref, flop, repeats, device) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--resolution", default="1088x1920", choices=sorted(GRIDS))
+    p = make_parser("python -m bench.attention", __doc__)
+    p.add_argument("--resolution", default="1088x1920", choices=sorted(GRIDS), help="the video size whose attention shape is timed")
     p.add_argument("--positions", nargs="+", default=["absolute", "window"], choices=["absolute", "window"],
                    help="absolute: K cached rotated, Q-only pre-pass (every preset); window: the visible K rotated per call")
     p.add_argument("--small", action="store_true", help="a tiny shape, for checking the script on a CPU")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--out", type=Path)
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per backend")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="the inputs' dtype")
+    p.add_argument("--out", type=Path, help="JSON path for the record; default: none written")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.out is not None:
+        try:
+            check_output_file(args.out, (".json",), "--out")  # now, not after the timing
+        except OutputPathError as e:
+            p.error(str(e))
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)

@@ -8,6 +8,12 @@ from pathlib import Path
 from histream_engine.optional import OptionalDependencyError, require
 
 
+def default_out(date: str, slug: str, name: str) -> Path:
+    """Where a run without ``--out`` writes its record: the working folder. bench/results/ holds only the records the
+    project commits, each written there with ``--out``."""
+    return Path.cwd() / f"histream-bench-{date}-{slug}-{name}.json"
+
+
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of the GPUs we report utilisation for.
 DEVICE_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 # Dense e4m3 tensor-core peaks (FLOP/s): twice bf16 on Hopper; Ampere has none (the engine refuses FP8 there).
