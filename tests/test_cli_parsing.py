@@ -159,3 +159,10 @@ def test_number_refuses_what_is_not_a_finite_number_in_range():
                  ["--chunks", "12.5"]):
         with pytest.raises(SystemExit):
             p.parse_args(argv)
+
+
+def test_the_same_refusal_in_json_fields():
+    from histream_engine.wording import JSON_FIELDS, in_terms
+
+    err = RequestError("num_frames=13 gives 4 latent frames", param="num_frames", python_hint="; or None")
+    assert in_terms(err, JSON_FIELDS) == "frames 13 gives 4 latent frames" and str(err).endswith("; or None")

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
-import re
 import sys
 
-from .runtime.request_checks import RequestError
 from .runtime.runners.precision import FP8_CORES
+from .wording import in_terms
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -102,7 +101,6 @@ def make_parser(prog: str | None = None, description: str | None = None, **kwarg
 # Python names whose flag is not the name with dashes; every other name maps to ``--name-with-dashes`` where the
 # command has that flag.
 PYTHON_NAMES = {"num_frames": "--frames", "tae_path": "--tae", "prompt_embeds_path": "--prompt-embeds"}
-_KEYWORD = re.compile(r"(?<![\w.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;:)\]]+)")
 
 
 def value_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -115,21 +113,9 @@ def value_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def in_flags(exc: BaseException, parser: argparse.ArgumentParser) -> str:
-    """An engine refusal in the words of ``parser``'s command line: ``num_frames=13`` -> ``--frames 13``, a message
-    about ``param`` that starts with its Python name starts with its flag, and advice only Python can take
-    (``RequestError.python_hint``) is left out. Names the command has no flag for are left as they are."""
-    names = value_flags(parser)
-    text = exc.message if isinstance(exc, RequestError) else str(exc)
-
-    def keyword(m: re.Match) -> str:
-        flag = names.get(m[1])
-        return m[0] if flag is None else f"{flag} {m[2].strip(chr(39) + chr(34))}"
-
-    text = _KEYWORD.sub(keyword, text)
-    param = getattr(exc, "param", None)
-    if param in names and re.match(rf"{param}\b(?![=-])", text):
-        text = names[param] + text[len(param):]
-    return text
+    """An engine refusal in the words of ``parser``'s command line (``wording.in_terms`` with its flags):
+    ``num_frames=13`` -> ``--frames 13``, advice only Python can take left out."""
+    return in_terms(exc, value_flags(parser))
 
 
 def attention_name(verb: str, precision_flag: bool):
