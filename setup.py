@@ -106,6 +106,20 @@ def place_extension(build_dir: Path, fingerprint: str, target: Path, build: Call
     return rebuilt
 
 
+def stable_pybind11(build_dir: Path) -> Path:
+    """pybind11's CMake package, copied once into the build tree, for CMake to find there. pip installs pybind11 in a
+    new temporary folder for each build; its include path is in every compile command, so CMake would recompile every
+    file of _C on each install where one changed."""
+    import pybind11
+
+    source = Path(pybind11.__file__).parent
+    copy = build_dir / f"pybind11-{pybind11.__version__}"
+    cmake_dir = copy / Path(pybind11.get_cmake_dir()).relative_to(source)
+    if not cmake_dir.is_dir():
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    return cmake_dir
+
+
 class CMakeBuild(build_ext):
     """Builds histream_engine._C with CMake, or skips it with one printed line: the package works without it."""
 
@@ -130,14 +144,12 @@ class CMakeBuild(build_ext):
     @staticmethod
     def cmake(build_dir: Path, lib: Path, name: str) -> Path:
         """Configure and build _C in ``build_dir`` (incrementally where it was built before); returns the module."""
-        import pybind11
-
         archs = os.environ.get("HISTREAM_CUDA_ARCHS", "80;90a")
         configure = [
             "cmake", "-S", str(ROOT), "-B", str(build_dir),
             f"-DHISTREAM_C_OUTPUT_DIR={lib}",  # _C only: nothing else a build makes lands beside it
             f"-DPython3_EXECUTABLE={sys.executable}",
-            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-Dpybind11_DIR={stable_pybind11(build_dir)}",
             f"-DCMAKE_CUDA_COMPILER={_nvcc()}",
             f"-DHISTREAM_CUDA_ARCHS={archs}",
             "-DHISTREAM_BUILD_HOST=OFF",  # the C++ host is its own build (docs/cpp-host.md)

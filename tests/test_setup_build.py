@@ -98,3 +98,12 @@ def test_the_build_tree_is_kept_in_the_checkout_per_python(setup_py):
     tree = setup_py.cmake_build_dir()
     assert tree.parent == REPO / "build" and tree.name.startswith("cmake-")
     assert (REPO / ".gitignore").read_text().splitlines().count("build/") == 1  # never committed
+
+
+def test_pybind11_is_found_in_the_build_tree_where_its_path_stays_the_same(setup_py, tmp_path):
+    """pip puts pybind11 in a new temporary folder for each build; CMake reads the copy in the kept tree instead, so
+    the compile commands, and the objects of unchanged files, stay as they were."""
+    first = setup_py.stable_pybind11(tmp_path)
+    assert (first / "pybind11Config.cmake").is_file() and tmp_path in first.parents
+    stamp = (first / "pybind11Config.cmake").stat().st_mtime_ns
+    assert setup_py.stable_pybind11(tmp_path) == first and (first / "pybind11Config.cmake").stat().st_mtime_ns == stamp

@@ -7,7 +7,9 @@
   missing required argument (which it may well have caused);
 - a verb's errors show the verb's usage (argparse hands a verb's leftovers to the top level, whose usage says nothing
   about them);
-- every option's help ends with its default, where it has one to show.
+- every option's help ends with its default, where it has one to show;
+- the engine's refusals are said with the command's flags (``in_flags``: ``--frames``, not ``num_frames``), and
+  values are checked where argparse reads them (``number``, ``attention_name``).
 """
 
 from __future__ import annotations
