@@ -24,8 +24,6 @@ on an sm_90 GPU: its pre-pass time includes quantizing Q, K and V each call (FA3
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -40,7 +38,10 @@ from histream_engine.attention.auto import auto_choices
 from histream_engine.attention.fp8_quant import group_scales, quantize, quantize_frames
 from histream_engine.attention.protocol import CacheLayer, PrepassCore
 from histream_engine.device_timing import device_seconds
+from histream_engine.cli_parser import make_parser
 from histream_engine.numerics import rel_err
+from histream_engine.output_paths import OutputPathError, check_output_file
+from histream_engine.optional import is_installed
 from histream_engine.attention.ring import RingView
 from histream_engine.attention.rope import inv_freqs
 from histream_engine.kernels.fp8_constants import E4M3
@@ -158,13 +159,13 @@ def fa3_fp8(fa3, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
 
 
 def fa3_fp8_reason(device: torch.device) -> str | None:
-    if importlib.util.find_spec("flash_attn_interface") is None:
+    if not is_installed("flash_attn_interface"):
         return "FlashAttention-3 (flash_attn_interface) is not installed"
     if device.type != "cuda":
         return "no CUDA GPU is visible"
     if torch.cuda.get_device_capability(device) < (9, 0):
         return f"FlashAttention-3's FP8 forward needs sm_90; {torch.cuda.get_device_name(device)} is older"
-    if importlib.util.find_spec("triton") is None:
+    if not is_installed("triton"):
         return "the RoPE pre-pass in front of it is a Triton kernel and triton is not installed"
     return None
 
@@ -194,17 +195,22 @@ def run_fa3_fp8(q, ring: CacheLayer, view, ref, flop, repeats, device) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--resolution", default="1088x1920", choices=sorted(GRIDS))
+    p = make_parser("python -m bench.attention", __doc__)
+    p.add_argument("--resolution", default="1088x1920", choices=sorted(GRIDS), help="the video size whose attention shape is timed")
     p.add_argument("--positions", nargs="+", default=["absolute", "window"], choices=["absolute", "window"],
                    help="absolute: K cached rotated, Q-only pre-pass (every preset); window: the visible K rotated per call")
     p.add_argument("--small", action="store_true", help="a tiny shape, for checking the script on a CPU")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--out", type=Path)
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per backend")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="the inputs' dtype")
+    p.add_argument("--out", type=Path, help="JSON path for the record; default: none written")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.out is not None:
+        try:
+            check_output_file(args.out, (".json",), "--out")  # now, not after the timing
+        except OutputPathError as e:
+            p.error(str(e))
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)

@@ -12,6 +12,7 @@ import torch
 
 from histream_engine.model.keys import wan_to_diffusers
 from histream_engine.device_timing import DeviceTimer
+from histream_engine.optional import OptionalDependencyError, require
 
 STEPS = 50
 CFG = 2
@@ -20,9 +21,9 @@ CFG = 2
 def wan_baseline(dit, prompt, latent_shape: tuple[int, int, int], frames: int, steps: int) -> dict:
     """Seconds per video frame of 50-step CFG bidirectional sampling, from ``steps`` timed forwards."""
     try:
-        from diffusers import WanTransformer3DModel
-    except ImportError:
-        return {"skipped": "diffusers is not installed (pip install 'histream_engine[bench]')"}
+        WanTransformer3DModel = require("diffusers", "bench", "the Wan2.1 baseline", "WanTransformer3DModel")
+    except OptionalDependencyError as e:
+        return {"skipped": str(e)}
     cfg = {k: v for k, v in dit.config.to_diffusers_json().items() if not k.startswith("_")}
     # Built on the real device: its RoPE tables are non-persistent buffers made at construction.
     with torch.device(dit.device):

@@ -144,27 +144,27 @@ def main(argv=None) -> int:
     """FP8 against bf16 and fp32 on your own checkpoint: ``python -m histream_engine.bench.fp8_error --model-dir DIR
     --prompt-embeds FILE [--checkpoint PT]``. Loads the DiT and the VAE once per variant (FP8 layers replace the
     loaded ones), writes the record as JSON and prints the table."""
-    import argparse
     import json
     import sys
     import time
     from pathlib import Path
 
+    from histream_engine.cli_parser import make_parser
     from histream_engine.model_dir import find_model_files, load_folder_dit
     from histream_engine.text_encoder import load_prompt_embeds
     from histream_engine.vae_checkpoint import load_vae
 
-    p = argparse.ArgumentParser(prog="python -m histream_engine.bench.fp8_error", description=__doc__)
+    p = make_parser("python -m histream_engine.bench.fp8_error", __doc__)
     p.add_argument("--model-dir", type=Path, required=True, help="Wan2.1 folder (DiT and Wan2.1_VAE.pth)")
     p.add_argument("--checkpoint", type=Path, help="causal DiT weights replacing the folder's (Self-Forcing / HiStream .pt)")
     p.add_argument("--prompt-embeds", type=Path, required=True, help="UMT5 embeddings (.safetensors or .pt, [512, 4096])")
-    p.add_argument("--schedules", nargs="+", default=["histream", "histream_plus"])
-    p.add_argument("--height", type=int, default=1088)
-    p.add_argument("--width", type=int, default=1920)
-    p.add_argument("--frames", type=int, default=81)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schedules", nargs="+", default=["histream", "histream_plus"], help="the schedules measured")
+    p.add_argument("--height", type=int, default=1088, help="video height")
+    p.add_argument("--width", type=int, default=1920, help="video width")
+    p.add_argument("--frames", type=int, default=81, help="video frames (4k+1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     p.add_argument("--attention", default="triton_fp8", choices=["triton_fp8", "torch_fp8"], help="the FP8 core measured")
-    p.add_argument("--out", type=Path, default=Path("fp8_error.json"))
+    p.add_argument("--out", type=Path, default=Path("fp8_error.json"), help="JSON path for the record")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

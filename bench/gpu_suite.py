@@ -52,6 +52,8 @@ from typing import Callable
 
 import torch
 
+from histream_engine.cli_parser import make_parser
+from histream_engine.optional import is_installed
 from histream_engine.provenance import git_commit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,9 +79,7 @@ class Step:
 
 
 def _has(module: str) -> str | None:
-    import importlib.util
-
-    return None if importlib.util.find_spec(module) else f"{module} is not installed here"
+    return None if is_installed(module) else f"{module} is not installed here"
 
 
 def _multi_gpu_reason() -> str | None:
@@ -344,7 +344,7 @@ def write_results(work: Path, out: Path, statuses: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="bench/gpu_suite.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser("bench/gpu_suite.sh", __doc__)
     p.add_argument("--dry-run", action="store_true", help="print the plan and every command; run nothing")
     p.add_argument("--steps", default=",".join(STEP_NAMES), help=f"comma-separated, from {','.join(STEP_NAMES)} (default: all, in that order)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help=f"video frames for the 1080p bench (default {DEFAULT_FRAMES}; 81 is the paper's)")

@@ -18,15 +18,15 @@ from pathlib import Path
 import torch
 
 from histream_engine import SCHEDULES, Engine, EngineConfig, WanConfig
+from histream_engine.cli_parser import attention_name, in_flags, make_parser, number
 from histream_engine.model.dit import initialized_dit
+from histream_engine.output_paths import check_output_file
+from histream_engine.runtime.video_request import check_video_request
 
 from .presets import PRESETS
 from histream_engine.provenance import environment
 
-from .report import write_json
-
-RESULTS = Path(__file__).parent / "results"
-
+from .report import default_out, write_json
 
 def rss_bytes() -> int:
     """Resident memory now (Linux /proc), else the peak."""
@@ -39,22 +39,38 @@ def rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+MIN_CHUNKS = 12  # a first and a last tenth of at least one chunk each, after the warm-up chunk
+MIN_MINUTES = 1.0  # a soak by time; a shorter run is a --chunks run
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="histream bench --live", description=__doc__.splitlines()[0])
+    p = make_parser("histream bench --live", __doc__.splitlines()[0])
     p.add_argument("--live", action="store_true", help="this soak (as opposed to the latency suite)")
-    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS), help="the model, size and dtype (histream bench --help)")
     p.add_argument("--schedule", default="histream_plus", choices=sorted(SCHEDULES), help="run with positions='window'")
-    p.add_argument("--chunks", type=int, default=1000, help="chunks to stream")
-    p.add_argument("--switch-every", type=int, default=100, help="a prompt switch every K chunks (0: none)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--chunks", type=number(int, MIN_CHUNKS, " (a first and a last tenth)"), default=1000, help="chunks to stream")
+    length.add_argument("--minutes", type=number(float, MIN_MINUTES, " (shorter soaks: --chunks)"),
+                        help=f"stream for this long instead of --chunks (and at least {MIN_CHUNKS} chunks)")
+    p.add_argument("--switch-every", type=number(int, 0), default=100, help="a prompt switch every K chunks (0: none)")
     p.add_argument("--no-recache", dest="recache", action="store_false", help="switch only the text K/V")
-    p.add_argument("--minutes", type=float, help="stream for this long instead of --chunks")
-    p.add_argument("--height", type=int, help="default: the preset's")
-    p.add_argument("--width", type=int, help="default: the preset's")
-    p.add_argument("--attention", default="torch")
-    p.add_argument("--cuda-graphs", action="store_true")
+    p.add_argument("--height", type=number(int, 1), help="default: the preset's")
+    p.add_argument("--width", type=number(int, 1), help="default: the preset's")
+    p.add_argument("--attention", default="torch", type=attention_name("bench --live", False), help="attention backend")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay steady-state chunks as CUDA graphs (GPU only)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the preset's")
-    p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-live-<preset>.json")
+    p.add_argument("--out", type=Path, help="JSON path; default: histream-bench-<date>-<device>-live-<preset>.json in the working folder")
     return p
+
+
+def check_arguments(parser: argparse.ArgumentParser, args, height: int, width: int, sched) -> None:
+    """What can be refused before a model is built and a soak of minutes runs: the size, the output file."""
+    try:
+        check_video_request(None, height, width, EngineConfig().chunk_size, sched)
+        if args.out is not None:
+            check_output_file(args.out, (".json",), "--out")
+    except ValueError as e:  # OutputPathError among them
+        parser.error(in_flags(e, parser))
 
 
 def tenth_medians(seconds: list[float]) -> tuple[float, float]:
@@ -73,12 +89,11 @@ def tenths(seconds: list[float]) -> list[float]:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.chunks < 12 and args.minutes is None:
-        parser.error(f"--chunks {args.chunks}: a soak needs at least 12 chunks (a first and a last tenth)")
-    if args.switch_every < 0:
-        parser.error("--switch-every must be >= 0")
     preset = PRESETS[args.preset]
-    height, width = args.height or preset.height, args.width or preset.width
+    height = preset.height if args.height is None else args.height
+    width = preset.width if args.width is None else args.width
+    sched = SCHEDULES[args.schedule].replace(positions="window")
+    check_arguments(parser, args, height, width, sched)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cuda_graphs and device.type != "cuda":
         parser.error("--cuda-graphs needs a CUDA device and none is visible; drop the flag on this machine")
@@ -86,7 +101,6 @@ def main(argv=None) -> int:
     cfg = WanConfig.from_name(preset.model)
     dit = initialized_dit(cfg, dtype, device)
     engine = Engine(dit, EngineConfig(attention=args.attention, cuda_graphs=args.cuda_graphs))
-    sched = SCHEDULES[args.schedule].replace(positions="window")
     gen = torch.Generator().manual_seed(0)
 
     def prompt():
@@ -110,7 +124,7 @@ def main(argv=None) -> int:
             switches.append({"chunk": chunk.index, "seconds": s.seconds, "forwards": s.forwards, "chunk_seconds": chunk.seconds})
         if chunk.index == 10:
             rss["after_10_chunks"] = rss_bytes()
-        done = time.monotonic() >= until if until else chunk.index + 1 >= args.chunks
+        done = chunk.index + 1 >= MIN_CHUNKS and time.monotonic() >= until if until else chunk.index + 1 >= args.chunks
         if done:
             break
         if args.switch_every and (chunk.index + 1) % args.switch_every == 0:
@@ -145,7 +159,7 @@ def main(argv=None) -> int:
         "latent_bytes": latent_bytes,
     }
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
-    out = args.out or RESULTS / f"{record['date']}-{slug}-live-{preset.name}.json"
+    out = args.out or default_out(record["date"], slug, f"live-{preset.name}")
     write_json(record, out)
     cs = record["chunk_seconds"]
     print("median ms of each tenth: " + " ".join(f"{1e3 * t:.2f}" for t in cs["tenth_medians"]))

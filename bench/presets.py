@@ -27,7 +27,7 @@ PRESETS: dict[str, BenchPreset] = {
         BenchPreset("1080p-1.3b-long", "wan2.1-1.3b", 1088, 1920, 357, "bfloat16", 1, 0, 96,
                     "as 1080p-1.3b with 30 chunks, to show per-chunk cost staying flat"),
         BenchPreset("cpu-small", "tiny", 384, 384, 81, "float32", 2, 2, 16,
-                    "the tiny model on a 48x48 latent grid: attention-dominated, minutes on a 2-core CPU"),
+                    "the tiny model on a 48x48 latent grid: attention-dominated, for a CPU (its run time: docs/benchmarks.md)"),
         BenchPreset("cpu-peer", "small", 256, 256, 81, "float32", 3, 0, 16,
                     "a Wan-shaped dim-384, 4-layer DiT at 256x256 (--height/--width 384 for the larger size), for "
                     "--peer-self-forcing on a CPU"),

@@ -5,6 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from histream_engine.optional import OptionalDependencyError, require
+
+
+def default_out(date: str, slug: str, name: str) -> Path:
+    """Where a run without ``--out`` writes its record: the working folder. bench/results/ holds only the records the
+    project commits, each written there with ``--out``."""
+    return Path.cwd() / f"histream-bench-{date}-{slug}-{name}.json"
+
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of the GPUs we report utilisation for.
 DEVICE_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -71,12 +79,11 @@ def write_json(record: dict, path: Path) -> None:
 def plot_chunks(record: dict, path: Path) -> str | None:
     """Per-chunk latency against chunk index, one line per schedule; returns why not, if not drawn."""
     try:
-        import matplotlib
-
+        matplotlib = require("matplotlib", "bench", "the chunk plot")
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'histream_engine[bench]')"
+        plt = require("matplotlib.pyplot", "bench", "the chunk plot")
+    except OptionalDependencyError as e:
+        return str(e)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, r in record["schedules"].items():
         ax.plot(range(len(r["per_chunk_seconds"])), r["per_chunk_seconds"], marker="o", label=name)

@@ -11,7 +11,6 @@ p50/p95), failed or dropped streams, and server memory before and after. Writes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import httpx
 from websockets.sync.client import connect
+
+from histream_engine.cli_parser import make_parser
 
 
 def tree_rss(pid: int) -> int:
@@ -92,18 +93,18 @@ def client(base: str, body: dict, until: float, out: list) -> None:
         out.append(rec)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--frames", type=int, default=45)
+def main(argv=None) -> int:
+    ap = make_parser("python -m bench.serve_load", __doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=4, help="clients streaming at once")
+    ap.add_argument("--seconds", type=float, default=60, help="how long the clients keep starting streams")
+    ap.add_argument("--frames", type=int, default=45, help="frames of each stream")
     ap.add_argument("--size", type=int, default=64, help="height and width of each stream")
-    ap.add_argument("--schedule", default="histream")
-    ap.add_argument("--ray", action="store_true")
-    ap.add_argument("--replicas", default="2")
-    ap.add_argument("--cpus-per-replica", default="0.5")
+    ap.add_argument("--schedule", default="histream", help="each stream's schedule")
+    ap.add_argument("--ray", action="store_true", help="serve over Ray Serve replicas")
+    ap.add_argument("--replicas", default="2", help="--ray: replicas")
+    ap.add_argument("--cpus-per-replica", default="0.5", help="--ray: CPUs Ray reserves for each replica")
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,6 +25,7 @@ import torch
 
 from histream_engine import (SCHEDULES, CheckpointError, Engine, EngineConfig, VAEConfig, WanConfig, attention_backends, dit_backends,
                              flops, init_parallel)
+from histream_engine.cli_parser import attention_name, in_flags, make_parser
 from histream_engine.model.dit import initialized_dit
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.attention.auto import auto_choices
@@ -38,17 +39,15 @@ from .presets import PRESETS, BenchPreset
 from .profile import profile_last_chunk
 from histream_engine.provenance import environment
 
-from .report import device_peak, fp8_peak, markdown_table, plot_chunks, write_json
+from .report import default_out, device_peak, fp8_peak, markdown_table, plot_chunks, write_json
 from .vae import RANDOM_TAE, build_decoder
 
-RESULTS = Path(__file__).parent / "results"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="histream bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
+    p = make_parser("histream bench", __doc__)
+    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS),
+                   help="the model, size, frames, dtype and repeats: " + "; ".join(f"{n}: {PRESETS[n].description}" for n in sorted(PRESETS)))
     p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=sorted(SCHEDULES), help="default: every preset schedule")
-    p.add_argument("--attention", default="torch", help="attention backend (see histream_engine.attention_backends())")
+    p.add_argument("--attention", default="torch", type=attention_name("bench", True), help="attention backend (see histream_engine.attention_backends())")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the preset's")
     p.add_argument("--repeats", type=int, help="timed videos per schedule; default: the preset's")
     p.add_argument("--frames", type=int, help="video frames; default: the preset's")
@@ -83,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", choices=["ulysses"],
                    help="one stream over torchrun's processes: torchrun --nproc-per-node N -m histream_engine bench --parallel "
                         "ulysses ...; records the world size, per-rank FLOPs and the bytes each rank sends (docs/parallel.md)")
-    p.add_argument("--out", type=Path, help="JSON path; default bench/results/<date>-<device>-<preset>.json (PNG beside it)")
-    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--out", type=Path, help="JSON path (PNG beside it); default: histream-bench-<date>-<device>-<preset>.json in "
+                   "the working folder")
+    p.add_argument("--no-plot", action="store_true", help="write no PNG of the per-chunk latency")
     return p
 
 
@@ -118,7 +118,7 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
         try:
             check_video_request(frames, preset.height, preset.width, EngineConfig().chunk_size, SCHEDULES[name], cfg.patch_size)
         except ValueError as e:
-            fail(str(e))
+            fail(in_flags(e, parser))
     runners = {name: why for name, _ok, why in dit_backends()}
     if runners[args.dit]:
         fail(f"--dit {args.dit} is unavailable here: {runners[args.dit]}")
@@ -139,7 +139,7 @@ def check_arguments(parser: argparse.ArgumentParser, args, preset: BenchPreset, 
         try:
             EngineConfig.with_precision(args.precision, attention=args.attention)
         except ValueError as e:
-            fail(str(e))
+            fail(in_flags(e, parser))
     if args.peer_self_forcing is not None:
         try:
             load_peer(args.peer_self_forcing)
@@ -347,7 +347,7 @@ def main(argv=None) -> int:
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
     if par:
         slug += f"-x{par.world_size}"
-    out = args.out or RESULTS / f"{record['date']}-{slug}-{preset.name}.json"
+    out = args.out or default_out(record["date"], slug, preset.name)
     write_json(record, out)
     print("\n" + markdown_table(record))
     print(f"\nwrote {out}")

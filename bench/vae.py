@@ -14,7 +14,6 @@ runs and a timed decode pays for no layout conversion the engine would not.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,15 +22,15 @@ from pathlib import Path
 import torch
 
 from histream_engine import TAEHV, CheckpointError, VAEConfig, WanVAE, flops
+from histream_engine.cli_parser import make_parser
 from histream_engine.model.decoder import VAE_SPACE_STRIDE
 from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.taehv_checkpoint import load_taehv, taehv_from_state
 
 from histream_engine.provenance import environment
 
-from .report import write_json
+from .report import default_out, write_json
 
-RESULTS = Path(__file__).parent / "results"
 DECODERS = ("wan", "tae")
 RANDOM_TAE = "random weights in taew2_1's layout"
 
@@ -75,14 +74,15 @@ def time_decoder(decoder, height: int, width: int, latent_frames: int, repeats: 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.vae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--resolutions", nargs="+", default=["256x256", "512x512"], metavar="WxH")
-    p.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
+    p = make_parser("python -m bench.vae", __doc__)
+    p.add_argument("--resolutions", nargs="+", default=["256x256", "512x512"], metavar="WxH", help="video sizes to decode")
+    p.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS, help="the decoders to time")
     p.add_argument("--tae", type=Path, metavar="PATH", help="TAEHV weights (taew2_1.pth or .safetensors) instead of random ones")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--latent-frames", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the decoders' dtype")
+    p.add_argument("--latent-frames", type=int, default=1, help="latent frames decoded per timed call")
+    p.add_argument("--repeats", type=int, default=1, help="timed calls per decoder and size")
+    p.add_argument("--out", type=Path, help="JSON path (a .md table beside it); default: histream-bench-<date>-<device>-vae.json "
+                   "in the working folder")
     args = p.parse_args(argv)
     sizes = []
     for r in args.resolutions:
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
               "tae_weights": str(args.tae) if args.tae else RANDOM_TAE,
               "latent_frames": args.latent_frames, "repeats": args.repeats, "rows": rows}
     slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
-    out = args.out or RESULTS / f"{record['date']}-{slug}-vae.json"
+    out = args.out or default_out(record["date"], slug, "vae")
     write_json(record, out)
     lines = [f"# Decoders alone, {env['device']}, {args.dtype}", "", f"`{record['command']}`", "",
              f"Commit {env['git_commit']}, {record['date']}; TAEHV: {record['tae_weights']}.", "",

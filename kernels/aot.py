@@ -461,8 +461,9 @@ def summary_line(rec: dict) -> str:
 
 
 def main(argv=None) -> int:
+    # argparse's own parser: kernels/ imports nothing of the package above native/ (histream_engine.cli_parser's rule kept by hand)
     p = argparse.ArgumentParser(prog="python -m histream_engine.kernels.aot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--arch", default="sm_90a", choices=sorted(ARCHS))
     p.add_argument("--out", type=Path, required=True, help="folder for <variant>.ptx, <variant>.cubin and summary.json")
     p.add_argument("--only", nargs="+", choices=sorted(KERNELS), help="compile only these kernels")

@@ -149,3 +149,11 @@ def test_from_pretrained_checks_the_decoder_choice_before_loading(tmp_path):
     for kwargs in ({"vae": "tae"}, {"vae": "wan", "tae_path": "taew2_1.pth"}, {"vae": "taehv", "tae_path": "x"}):
         with pytest.raises(ValueError, match="vae must be 'wan', or 'tae' with tae_path"):
             Engine.from_pretrained(tmp_path / "nothing-here", **kwargs)
+
+
+def test_demo_runs_fp8_with_precision(tmp_path, capsys):
+    """Issue 29 F9: FP8 on the command line is --precision fp8 (EngineConfig.with_precision), as on the bench."""
+    out = tmp_path / "fp8.mp4"
+    assert main(["demo", "--precision", "fp8", "--frames", "9", "--height", "32", "--width", "32", "--schedule", "self_forcing",
+                 "--out", str(out)]) == 0
+    assert "attention torch_fp8, precision fp8" in capsys.readouterr().out and read_mp4(out)[0] == 9

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -67,12 +69,36 @@ def _read_safetensors_dir(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+def looks_like_pytorch(path: Path) -> bool:
+    """Whether ``path`` begins as torch.save writes: a zip archive (torch >= 1.6) or a pickle (older files). Read
+    before unpickling, so that a file of another kind gets a plain answer instead of the unpickler's."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def unpickling_failure(exc: Exception) -> str:
+    """torch.load's refusal in one line: its weights-only unpickler explains at length (the PyTorch 2.6 default, a
+    link, a request to file an issue) around the one phrase that says what it met."""
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|$)", str(exc), re.S)
+    detail = found[1] if found else str(exc)
+    return f"{type(exc).__name__}: {' '.join(detail.split())}"
+
+
+def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    if not looks_like_pytorch(path):
+        raise CheckpointError(f"cannot load {path} as a weights-only PyTorch checkpoint: it is neither a zip archive nor a "
+                              "pickle, as torch.save writes. The file is corrupt, or not a checkpoint (nor named .safetensors)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its pickle-protocol notice: the error below says what went wrong
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # torch raises several unrelated types for corrupt or unsafe pickles
         raise CheckpointError(
-            f"cannot load {path} as a weights-only PyTorch checkpoint ({type(exc).__name__}: {exc}). "
+            f"cannot load {path} as a weights-only PyTorch checkpoint ({unpickling_failure(exc)}). "
             "The file is corrupt, or holds objects other than tensors; only plain state dicts are loaded."
         ) from exc
     if not isinstance(obj, dict):

@@ -12,6 +12,8 @@ from .checkpoint import CheckpointError
 from .config import PRESETS
 from .demo import tiny_demo_engine
 from .model.dit import initialized_dit
+from .cli_parser import attention_name, in_flags, make_parser
+from .optional import require
 from .output_paths import check_output_file, check_output_folder
 from .runtime import SCHEDULES, Engine, EngineConfig
 from .runtime.results import ChunkResult
@@ -67,18 +69,27 @@ def stream_to_mp4(stream, out: Path, width: int, height: int, num_chunks: int, t
     return done
 
 
+def engine_config(args, **settings) -> EngineConfig:
+    """``--attention`` and ``--precision`` as an engine config; ``--precision fp8`` spelled out by
+    ``EngineConfig.with_precision`` (the FP8 core of ``--attention``, e4m3 caches and linears)."""
+    if args.precision:
+        return EngineConfig.with_precision(args.precision, attention=args.attention, **settings)
+    return EngineConfig(attention=args.attention, **settings)
+
+
 def run_demo(args) -> int:
     """End to end on the embedded tiny models with random weights: no downloads, seconds on a CPU."""
     sched = resolve_schedule(args.schedule)
-    num_chunks = check_video_request(args.frames, args.height, args.width, EngineConfig().chunk_size, sched) // EngineConfig().chunk_size
+    config = engine_config(args)
+    num_chunks = check_video_request(args.frames, args.height, args.width, config.chunk_size, sched) // config.chunk_size
     check_output_file(args.out, (".mp4",), "--out")
-    engine, prompt = tiny_demo_engine(EngineConfig(attention=args.attention), seed=args.seed, decoder="tae" if args.tae else "wan")
+    engine, prompt = tiny_demo_engine(config, seed=args.seed, decoder="tae" if args.tae else "wan")
     dit = engine.dit
     decoder = "tiny TAEHV" if args.tae else "tiny Wan VAE"
     print(
         f"histream demo: tiny Wan DiT ({sum(p.numel() for p in dit.parameters()) / 1e6:.2f}M params) and {decoder}, random weights "
         f"(the picture is noise; the path is the real one), {args.frames} frames at {args.width}x{args.height}, "
-        f"schedule {args.schedule}, attention {args.attention}"
+        f"schedule {args.schedule}, attention {engine.config.attention}" + (f", precision {args.precision}" if args.precision else "")
     )
     stream = engine.stream(prompt, args.frames, args.height, args.width, schedule=sched, seed=args.seed)
     chunks = stream_to_mp4(stream, args.out, args.width, args.height, num_chunks, table=True)
@@ -93,7 +104,7 @@ def run_generate(args) -> int:
 
     def checks():
         sched = resolve_schedule(args.schedule)
-        config = EngineConfig(attention=args.attention, parallel=args.parallel)
+        config = engine_config(args, parallel=args.parallel)
         num_chunks = check_video_request(args.frames, args.height, args.width, config.chunk_size, sched) // config.chunk_size  # before loading gigabytes
         if first:
             check_output_file(args.out, (".mp4",), "--out")
@@ -143,6 +154,8 @@ def run_export(args) -> int:
     from .model_dir import load_folder_dit
 
     check_output_folder(args.out, "--out")  # before a model is built: minutes and gigabytes at 1.3B
+    for module in ("onnx", "onnxscript"):  # torch.onnx's exporter needs onnxscript
+        require(module, "onnx", "histream export")
     dtype = getattr(torch, args.dtype)
     if args.preset is not None:
         dit = initialized_dit(args.preset, dtype, args.device, args.seed)  # the bench presets' very weights (seed 0)
@@ -170,12 +183,9 @@ def run_build_trt(args) -> int:
 
 
 def run_serve(args) -> int:
-    try:
-        import fastapi  # noqa: F401
-        import PIL  # noqa: F401
-        import uvicorn
-    except ImportError as exc:
-        raise RuntimeError(f"histream serve needs the serve extra ({exc.name} is missing): pip install -e '.[serve]'") from exc
+    for module in ("fastapi", "PIL"):
+        require(module, "serve", "histream serve")
+    uvicorn = require("uvicorn", "serve", "histream serve")
     from . import host as hosting
     from .serve.app import create_app
     from .serve.embeddings import EmbeddingsDir
@@ -200,10 +210,9 @@ def run_serve(args) -> int:
               "read the streams; there is no authentication", file=sys.stderr)
     limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds)
     if args.ray:
-        try:
-            from .serve.ray_app import serve_forever
-        except ImportError as exc:
-            raise RuntimeError(f"histream serve --ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'") from exc
+        require("ray", "ray", "histream serve --ray")
+        from .serve.ray_app import serve_forever
+
         return serve_forever(args, ray_spec(args), description, limits)
     app = create_app(engine, description, limits, args.embeds_dir)
     print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
@@ -223,77 +232,101 @@ def ray_spec(args) -> dict:
             "tae_path": str(args.tae or "")}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="histream", description="HiStream inference engine")
-    sub = parser.add_subparsers(dest="command", required=True)
+DTYPES = ["bfloat16", "float16", "float32"]
+FRAMES_HELP = "video frames: 4k+1, with (frames - 1) / 4 + 1 divisible by 3 (the chunk size), e.g. 9, 21, 33, 45, 81"
+SIZE_HELP = ("video {}: a multiple of 16, of 32 for the schedules with a half-resolution pass ("
+             + ", ".join(sorted(name for name, s in SCHEDULES.items() if s.uses_low)) + ")")
+SCHEDULE_HELP = "the denoising schedule (docs/schedules.md)"
+ATTENTION_HELP = "attention backend (histream_engine.attention_backends() lists them and why any is unavailable here)"
+PRECISION_HELP = ("fp8: e4m3 ring caches, the FP8 attention core of --attention (torch -> torch_fp8, triton/auto -> "
+                  "triton_fp8) and FP8 block linears (docs/fp8.md); default: the model's dtype throughout")
+DEVICE_HELP = "cpu, cuda or cuda:N; default: cuda if available, else cpu"
 
-    demo = sub.add_parser("demo", help="run the embedded tiny model end to end and write an mp4 (CPU, seconds)")
-    demo.add_argument("--frames", type=int, default=45, help="video frames, 4k+1 with (frames-1)/4+1 divisible by 3")
-    demo.add_argument("--height", type=int, default=256)
-    demo.add_argument("--width", type=int, default=256)
-    demo.add_argument("--schedule", default="histream", choices=sorted(SCHEDULES))
-    demo.add_argument("--attention", default="torch")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", type=Path, default=Path("histream_demo.mp4"))
+
+def add_video_options(p: argparse.ArgumentParser, frames: int, height: int, width: int, seed_help: str) -> None:
+    p.add_argument("--frames", type=int, default=frames, help=FRAMES_HELP)
+    p.add_argument("--height", type=int, default=height, help=SIZE_HELP.format("height"))
+    p.add_argument("--width", type=int, default=width, help=SIZE_HELP.format("width"))
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def add_demo(sub) -> None:
+    demo = sub.add_parser("demo", help="run the embedded tiny model end to end and write an mp4 (CPU, seconds)",
+                          description="The embedded tiny DiT and decoder with random weights, end to end: no downloads, "
+                                      "seconds on a CPU. The picture is noise; the path is the real one.")
+    add_video_options(demo, 45, 256, 256, "seed of the initial noise (the weights are always the demo's)")
+    demo.add_argument("--schedule", default="histream", choices=sorted(SCHEDULES), help=SCHEDULE_HELP)
+    demo.add_argument("--attention", default="torch", type=attention_name("demo", True), help=ATTENTION_HELP)
+    demo.add_argument("--precision", choices=["fp8"], help=PRECISION_HELP)
+    demo.add_argument("--out", type=Path, default=Path("histream_demo.mp4"), help="the mp4 to write")
     demo.add_argument("--tae", action="store_true", help="decode with an embedded tiny TAEHV (random weights) instead of the tiny Wan VAE")
     demo.set_defaults(func=run_demo)
 
-    gen = sub.add_parser("generate", help="prompt to mp4 with a Wan2.1 model folder")
+
+def add_generate(sub) -> None:
+    gen = sub.add_parser("generate", help="prompt to mp4 with a Wan2.1 model folder", description="A prompt to an mp4 with a Wan2.1 model folder.")
     gen.add_argument("--model-dir", required=True, type=Path, help="Wan2.1 folder (DiT, Wan2.1_VAE.pth, T5, google/umt5-xxl) or diffusers layout")
     gen.add_argument("--checkpoint", type=Path, help="causal DiT weights replacing the folder's (Self-Forcing / HiStream .pt)")
     prompt = gen.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text prompt (needs the T5 encoder and tokenizer in --model-dir)")
     prompt.add_argument("--prompt-embeds", type=Path, help="precomputed UMT5 embeddings (.safetensors or .pt, [512, 4096])")
-    gen.add_argument("--schedule", default="histream", help=f"one of {sorted(SCHEDULES)} or a schedule .json")
-    gen.add_argument("--height", type=int, default=1088)
-    gen.add_argument("--width", type=int, default=1920)
-    gen.add_argument("--frames", type=int, default=81)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--attention", default="torch")
-    gen.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    gen.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    gen.add_argument("--out", type=Path, default=Path("out.mp4"))
+    gen.add_argument("--schedule", default="histream", help=f"one of {', '.join(sorted(SCHEDULES))}, or a schedule .json file (docs/schedules.md)")
+    add_video_options(gen, 81, 1088, 1920, "seed of the initial noise")
+    gen.add_argument("--attention", default="torch", type=attention_name("generate", True), help=ATTENTION_HELP)
+    gen.add_argument("--precision", choices=["fp8"], help=PRECISION_HELP)
+    gen.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="the model's dtype")
+    gen.add_argument("--device", default=None, help=DEVICE_HELP)
+    gen.add_argument("--out", type=Path, default=Path("out.mp4"), help="the mp4 to write (its folder is made)")
     gen.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP)
     gen.add_argument("--parallel", choices=["ulysses"], help=PARALLEL_HELP)
     gen.set_defaults(func=run_generate)
 
-    exp = sub.add_parser("export", help="ONNX graphs of the DiT forwards a schedule needs, with a manifest")
+
+def add_export(sub) -> None:
+    exp = sub.add_parser("export", help="ONNX graphs of the DiT forwards a schedule needs, with a manifest",
+                         description="ONNX graphs of the DiT forwards a schedule needs at one size, with a manifest (docs/graphs.md).")
     source = exp.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", type=Path, help="Wan2.1 folder whose DiT to export (or the config for --checkpoint)")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a model config with random weights (for checks)")
     exp.add_argument("--checkpoint", type=Path, help="causal DiT weights replacing the folder's")
     exp.add_argument("--seed", type=int, default=0, help="seed of --preset's random weights")
-    exp.add_argument("--schedule", default="histream", choices=sorted(SCHEDULES))
-    exp.add_argument("--height", type=int, required=True)
-    exp.add_argument("--width", type=int, required=True)
+    exp.add_argument("--schedule", default="histream", choices=sorted(SCHEDULES), help=SCHEDULE_HELP)
+    exp.add_argument("--height", type=int, required=True, help=SIZE_HELP.format("height"))
+    exp.add_argument("--width", type=int, required=True, help=SIZE_HELP.format("width"))
     exp.add_argument("--frames", type=int, default=81, help="video frames (full-cache schedules need one graph more per chunk)")
-    exp.add_argument("--batch", type=int, default=1)
-    exp.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
+    exp.add_argument("--batch", type=int, default=1, help="prompts per forward the graphs take")
+    exp.add_argument("--dtype", default="float32", choices=DTYPES, help="the graphs' dtype")
     exp.add_argument("--device", default="cpu", help="where to trace (cuda is faster for big models)")
-    exp.add_argument("--only", action="append", metavar="SIGNATURE", help="export only these signatures (names as listed)")
+    exp.add_argument("--only", action="append", metavar="SIGNATURE", help="export only these signatures (names as listed); default: all")
     exp.add_argument("--fp8", action="store_true", help="FP8 Q/DQ around the blocks' linear layers (bfloat16 only; for build-trt --precision fp8)")
-    exp.add_argument("--out", type=Path, required=True)
+    exp.add_argument("--out", type=Path, required=True, help="the folder to write the graphs and their manifest into")
     exp.set_defaults(func=run_export)
 
-    trt = sub.add_parser("build-trt", help="TensorRT engines from a histream export folder (needs TensorRT and a GPU)")
+
+def add_build_trt(sub) -> None:
+    trt = sub.add_parser("build-trt", help="TensorRT engines from a histream export folder (needs TensorRT and a GPU)",
+                         description="TensorRT engines from a histream export folder (needs TensorRT and a GPU; docs/graphs.md).")
     trt.add_argument("--onnx", type=Path, required=True, help="the folder histream export wrote")
-    trt.add_argument("--precision", required=True, choices=["bf16", "fp16", "fp8"])
+    trt.add_argument("--precision", required=True, choices=["bf16", "fp16", "fp8"], help="the engines' precision (fp8 needs export --fp8)")
     trt.add_argument("--out", type=Path, help="default: ONNX_DIR/tensorrt-PRECISION")
-    trt.add_argument("--workspace-gib", type=float, default=8.0)
+    trt.add_argument("--workspace-gib", type=float, default=8.0, help="GPU memory TensorRT may use while it builds, in GiB")
     trt.set_defaults(func=run_build_trt)
 
-    srv = sub.add_parser("serve", help="live streaming to a browser page (needs the serve extra)")
+
+def add_serve(sub) -> None:
+    srv = sub.add_parser("serve", help="live streaming to a browser page (needs the serve extra)",
+                         description="Live streaming to a browser page and an HTTP API (needs the serve extra; docs/serve.md).")
     srv.add_argument("--model-dir", type=Path, help="a Wan2.1 folder; default: the embedded tiny demo model")
     srv.add_argument("--checkpoint", type=Path, help="causal DiT weights replacing the folder's")
-    srv.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    srv.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    srv.add_argument("--attention", default="torch")
+    srv.add_argument("--dtype", default="bfloat16", choices=DTYPES, help="the model's dtype (with --model-dir)")
+    srv.add_argument("--device", default=None, help=DEVICE_HELP)
+    srv.add_argument("--attention", default="torch", type=attention_name("serve", False), help=ATTENTION_HELP)
     srv.add_argument("--no-text-encoder", dest="text_encoder", action="store_false",
                      help="do not load UMT5 (11 GB): requests then use --embeds-dir files")
     srv.add_argument("--embeds-dir", type=Path, help="a folder of prompt embeddings (.safetensors / .pt) that requests may name")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback prints a warning)")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--max-frames", type=int, default=161)
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on")
+    srv.add_argument("--max-frames", type=int, default=161, help="the most frames a request may ask for")
     srv.add_argument("--max-side", type=int, default=1920, help="largest height or width a request may ask for")
     srv.add_argument("--max-queue", type=int, default=8, help="streams that may wait for the engine")
     srv.add_argument("--max-live-seconds", type=float, default=300.0, help="the longest a live stream (no frame count) may run")
@@ -311,24 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--ray: a stream whose watchers all left is cancelled if none reconnects within this")
     srv.set_defaults(func=run_serve)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = make_parser("histream", "HiStream inference engine")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,generate,export,build-trt,serve,bench}")
+    for add in (add_demo, add_generate, add_export, add_build_trt, add_serve):
+        add(sub)
     # Listed for --help; its arguments belong to the suite's own parser (see main).
     sub.add_parser("bench", help="latency-per-frame benchmark suite (histream bench --help)", add_help=False)
     return parser
 
 
+def verb_parser(parser: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        from .bench.suite import main as bench_main
+        from .bench.suite import build_parser as bench_parser, main as bench_main
 
-        func, args = bench_main, argv[1:]
+        func, args, parser = bench_main, argv[1:], bench_parser()
     else:
-        args = build_parser().parse_args(argv)
-        func = args.func
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func, parser = args.func, verb_parser(parser, args.command)
     try:
         return func(args)
     except (CheckpointError, ValueError, RuntimeError, OSError) as exc:
-        print(f"histream: error: {exc}", file=sys.stderr)
+        # one line, in the verb's words: its flags for the engine's Python names
+        print(f"histream: error: {' '.join(in_flags(exc, parser).split())}", file=sys.stderr)
         return 2
 
 

@@ -104,8 +104,8 @@ class HostEngine:
         elif prompt:
             encoder = getattr(self.engine, "text_encoder", None)
             if encoder is None:
-                raise ValueError("this engine has no text encoder (the tiny demo model has none, or it was opened with "
-                                 "text_encoder off): give prompt embeddings instead of a prompt")
+                raise ValueError("this engine has no text encoder (the tiny demo model has none, or it was opened without "
+                                 "one): give prompt embeddings instead of a prompt")
             embeds = encoder.encode(prompt)
         elif self.default_prompt is None:
             raise ValueError("the request has neither a prompt nor prompt embeddings")

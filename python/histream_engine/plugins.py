@@ -4,16 +4,17 @@ never imported."""
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
+
+from .optional import is_installed
 
 T = TypeVar("T")
 
 
 def missing_package(package: str, install: str) -> str | None:
     """Why a plug-in needing ``package`` cannot run (``install`` says how to get it), or None when it is importable."""
-    return f"the {package} package is not installed ({install})" if importlib.util.find_spec(package) is None else None
+    return None if is_installed(package) else f"the {package} package is not installed ({install})"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .optional import optional_module
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -40,12 +42,8 @@ def device_name(device: torch.device) -> str:
 
 def environment(device: torch.device) -> dict:
     """The header of a benchmark record: device, software versions, commit and date."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
+    triton = optional_module("triton")
+    triton_version = triton.__version__ if triton is not None else None
     return {
         "device": device_name(device),
         "python": platform.python_version(),

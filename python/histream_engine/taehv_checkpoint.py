@@ -21,6 +21,7 @@ from .checkpoint import CheckpointError, _read_pickle, _read_safetensors, check_
 from .model.dit import check_dtype
 from .model.taehv import TAEHV, TAEHVConfig
 
+WEIGHTS = "taew2_1.pth or taew2_1.safetensors from madebyollin/taehv"
 _TAEHV_KEY = re.compile(r"^(decoder|encoder)\.\d+\.")
 
 
@@ -100,11 +101,16 @@ def load_taehv(path: str | os.PathLike, dtype: torch.dtype = torch.float32, devi
     """``taew2_1.pth`` or ``taew2_1.safetensors`` -> the streaming TAEHV decoder; with ``encoder``, its encoder too."""
     check_dtype(dtype)
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"TAEHV weights {path} is a folder, not a file: name {WEIGHTS} inside it")
     if not path.is_file():
-        raise CheckpointError(f"TAEHV weights {path} do not exist (taew2_1.pth or taew2_1.safetensors from madebyollin/taehv)")
-    state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+        raise CheckpointError(f"TAEHV weights {path} do not exist ({WEIGHTS})")
+    try:
+        state = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path} is not a TAEHV checkpoint ({WEIGHTS}): {e}") from e
     if not is_taehv_state(state):
-        raise CheckpointError(f"{path} is not a TAEHV checkpoint: its keys are not decoder.N / encoder.N "
+        raise CheckpointError(f"{path} is not a TAEHV checkpoint ({WEIGHTS}): its keys are not decoder.N / encoder.N "
                               f"(first keys: {sorted(state)[:4]})")
     return taehv_from_state(state, path, dtype, device, encoder)
 

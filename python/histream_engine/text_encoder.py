@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, _read_pickle, _read_safetensors
+from .optional import require
 
 TEXT_LEN = 512
 
@@ -63,8 +64,7 @@ def transformers_to_wan_t5(state: dict) -> dict:
 
 
 def _umt5_config_from_wan(state: dict):
-    from transformers import UMT5Config
-
+    UMT5Config = require("transformers", "text", "the text encoder", "UMT5Config")
     vocab, dim = state["token_embedding.weight"].shape
     buckets, heads = state["blocks.0.pos_embedding.embedding.weight"].shape
     return UMT5Config(
@@ -123,10 +123,7 @@ def load_text_encoder(
     device: str | torch.device = "cpu",
 ) -> TextEncoder:
     """UMT5 encoder from Wan's ``.pth`` or an HF ``UMT5EncoderModel`` folder; tokenizer from a local folder."""
-    try:
-        from transformers import AutoTokenizer, UMT5EncoderModel
-    except ImportError as exc:
-        raise RuntimeError("the text encoder needs transformers: pip install 'histream_engine[text]'") from exc
+    AutoTokenizer, UMT5EncoderModel = require("transformers", "text", "the text encoder", "AutoTokenizer", "UMT5EncoderModel")
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"text encoder {path} does not exist")

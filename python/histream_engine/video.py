@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .optional import require
+
 FPS = 16
 
 
@@ -15,10 +17,7 @@ class Mp4Writer:
     interrupted run leaves no partial mp4 behind."""
 
     def __init__(self, path: str | os.PathLike, width: int, height: int, fps: int = FPS):
-        try:
-            import imageio_ffmpeg
-        except ImportError as exc:
-            raise RuntimeError("writing mp4 needs imageio-ffmpeg: pip install imageio-ffmpeg") from exc
+        imageio_ffmpeg = require("imageio_ffmpeg", None, "writing mp4")
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
             raise ValueError(f"output must be an .mp4 file, got {self.path}")

@@ -2,6 +2,8 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,10 +143,10 @@ def test_cuda_graphs_flag_refused_without_a_gpu(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--frames", "80"], "num_frames must be a positive integer of the form 4k+1"),
-        (["--frames", "0"], "num_frames must be a positive integer"),
-        (["--height", "100"], "height must be a positive multiple of 16"),
-        (["--schedules", "histream", "--width", "400"], "width must be a positive multiple of 32"),
+        (["--frames", "80"], "--frames must be a positive integer of the form 4k+1"),
+        (["--frames", "0"], "--frames must be a positive integer"),
+        (["--height", "100"], "--height must be a positive multiple of 16"),
+        (["--schedules", "histream", "--width", "400"], "--width must be a positive multiple of 32"),
         (["--repeats", "0"], "--repeats must be >= 1, got 0"),
         (["--prompt-tokens", "0"], "--prompt-tokens must be in [1, 512]"),
         (["--attention", "fa9"], "unknown --attention 'fa9'"),
@@ -211,3 +213,32 @@ def test_a_bad_tae_file_is_refused_with_the_loaders_message_before_the_dit_is_bu
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"histream bench: error: --tae: {partial} does not match the TAEHV decoder config"), err
     assert "missing keys: decoder.1.bias, decoder.10.conv.0.bias" in err and "(63 in all)" in err
+
+
+def checkout_changes() -> str:
+    """What git sees changed or new in the checkout (ignored files included: a run must not hide its output there)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=all", "--ignored"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("git is not usable here")
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    return "\n".join(line for line in out.stdout.splitlines() if "__pycache__" not in line and ".pytest_cache" not in line)
+
+
+def test_a_run_without_out_writes_into_the_working_folder_and_nothing_under_the_checkout(tmp_path, monkeypatch, capsys):
+    """Issue 30, item 8: bench/results/ holds the records the project commits; a user's run goes where they are."""
+    from histream_engine.bench.live import main as live_main
+
+    before = checkout_changes()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--schedules", "two_step", "--repeats", "1", "--frames", "9", "--height", "64", "--width", "64",
+                 "--no-baseline"]) == 0
+    assert live_main(["--live", "--chunks", "12", "--switch-every", "0", "--height", "64", "--width", "64"]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert len(written) == 3 and all(name.startswith("histream-bench-") for name in written), written
+    assert any(name.endswith("-live-cpu-small.json") for name in written) and any(name.endswith(".png") for name in written)
+    assert f"wrote {tmp_path}" in capsys.readouterr().out
+    assert checkout_changes() == before

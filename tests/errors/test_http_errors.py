@@ -15,9 +15,13 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from histream_engine.serve.app import create_app  # noqa: E402
+from histream_engine.serve.app import PromptSwitch, StreamRequest, create_app  # noqa: E402
 from histream_engine.serve.guards import MAX_BODY_BYTES  # noqa: E402
 from histream_engine.serve.jobs import Limits  # noqa: E402
+
+from .language import python_words  # noqa: E402
+
+FIELDS = frozenset(StreamRequest.model_fields) | frozenset(PromptSwitch.model_fields)  # the words the API may use
 
 GOOD = {"frames": 9, "height": 16, "width": 16, "schedule": "self_forcing", "prompt_embeds": "good.pt"}  # one tiny chunk
 LIMITS = Limits(max_frames=45, max_side=256, max_queue=2)
@@ -83,6 +87,20 @@ def test_bad_request_is_refused_and_a_good_one_still_completes(client, body, sta
     good = client.post("/api/streams", json=GOOD)
     assert good.status_code == 201, good.text
     assert finish(client, good.json()["id"]) == "done"
+
+
+def test_the_messages_speak_json_fields(client):
+    """Issue 30, item 5: every refusal of the table above (pydantic's 422s aside: they quote the body back, in JSON)
+    names the API's fields, never a Python parameter or type (language.py)."""
+    spoken = {}
+    for name, body, status, _ in ROWS:
+        if status != 422:
+            r = client.post("/api/streams", content=body, headers={"content-type": "application/json"}) if isinstance(body, bytes) \
+                else client.post("/api/streams", json=body)
+            spoken[name] = (r.json()["detail"], python_words(r.json()["detail"], FIELDS))
+    assert len(spoken) > 10
+    bad = {name: said for name, said in spoken.items() if said[1]}
+    assert not bad, f"Python words in HTTP messages: {bad}"
 
 
 def test_a_request_within_the_limits_that_cannot_fit_memory_is_refused_with_the_estimate(tiny_host, embeds_dir):

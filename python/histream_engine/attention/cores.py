@@ -14,6 +14,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from ..optional import is_installed, require
+
 
 def triton_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Ours: 4D TMA tiles straight from the views, one K=D dot per key block (``kernels/attention_core.py``)."""
@@ -56,10 +58,8 @@ def flash_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 
 def flash_attn_func():
-    try:
-        from flash_attn_interface import flash_attn_func as fa3
-    except ImportError:
-        from flash_attn import flash_attn_func as fa2
-
-        return fa2
-    return fa3
+    """FlashAttention-3's function where flash_attn_interface is installed (an installed one that fails to import is
+    that error, not a silent fall-back), else FlashAttention-2's."""
+    if is_installed("flash_attn_interface"):
+        return require("flash_attn_interface", None, "the flash_attn attention core", "flash_attn_func")
+    return require("flash_attn", None, "the flash_attn attention core", "flash_attn_func")

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from ..model.dit import WanDiT
+from ..optional import require
 from ..model.decoder import VAE_SPACE_STRIDE
 from ..runtime.video_request import check_video_request
 from .manifest import write_manifest
@@ -57,7 +58,7 @@ def check_graph_ops(model) -> None:
 
 def export_signature(dit: WanDiT, sig: Signature, path: Path, transform: Callable | None = None) -> dict:
     """One graph to ``path``; returns its manifest entry. ``transform`` may rewrite the ONNX model before saving."""
-    import onnx
+    onnx = require("onnx", "onnx", "ONNX export")
 
     inputs = example_inputs(dit, sig)
     names = [n for n in GRAPH_INPUTS if n in inputs]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..optional import require
 from .session import GraphSession
 
 
@@ -14,7 +15,7 @@ class OnnxRuntimeSession(GraphSession):
     on their device (no host copies), for CUDA tensors where onnxruntime-gpu is installed."""
 
     def __init__(self, path: Path, entry: dict, device: torch.device, optimize: bool = True):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "onnx", "dit='onnxruntime'")
 
         self.device = device
         options = ort.SessionOptions()

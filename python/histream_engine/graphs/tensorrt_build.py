@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoint import CheckpointError
+from ..optional import require
 from .manifest import MANIFEST
 from .tensorrt_session import TRT_MANIFEST, gpu_slug, plan_name
 
@@ -39,7 +40,7 @@ def check_precision(manifest: dict, precision: str) -> None:
 
 
 def build_engine(onnx_path: Path, plan_path: Path, workspace_bytes: int) -> None:
-    import tensorrt as trt
+    trt = require("tensorrt", "tensorrt", "TensorRT engines")
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -61,7 +62,7 @@ def build_engine(onnx_path: Path, plan_path: Path, workspace_bytes: int) -> None
 def build_trt(onnx_dir: str | Path, precision: str, out: str | Path | None = None, workspace_gib: float = 8.0,
               log: Callable[[str], None] = print) -> Path:
     """Engines for every graph of ``onnx_dir``; returns the output folder (``EngineConfig(dit="tensorrt", engine_dir=...)``)."""
-    import tensorrt as trt
+    trt = require("tensorrt", "tensorrt", "TensorRT engines")
     import torch
 
     if not torch.cuda.is_available():

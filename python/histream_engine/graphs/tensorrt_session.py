@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
+from ..optional import require
 from .manifest import Manifest, read_manifest, read_record
 from .session import GraphSession
 
@@ -35,7 +36,7 @@ def plan_name(onnx_file: str, fingerprint: str, precision: str, trt_version: str
 def read_trt_manifest(root: str | Path, dit) -> tuple[Manifest, dict[str, Path]]:
     """The graphs' manifest (copied from the export) and each ONNX file's engine, refusing engines built by another
     TensorRT or for another GPU."""
-    import tensorrt as trt
+    trt = require("tensorrt", "tensorrt", "TensorRT engines")
 
     root = Path(root)
     record = read_record(root, TRT_MANIFEST, "histream build-trt",
@@ -56,7 +57,7 @@ def read_trt_manifest(root: str | Path, dit) -> tuple[Manifest, dict[str, Path]]
 
 class TensorRTSession(GraphSession):
     def __init__(self, plan: Path, entry: dict, device: torch.device):
-        import tensorrt as trt
+        trt = require("tensorrt", "tensorrt", "TensorRT engines")
 
         self.device = device
         # the runtime (and its logger) must outlive the engines it deserializes

@@ -7,6 +7,7 @@ Triton and no JIT at run time. Nothing here imports it or touches a GPU until as
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import torch
 
@@ -18,6 +19,8 @@ def extension():
     try:
         return importlib.import_module("histream_engine._C")
     except ImportError as e:
+        if importlib.util.find_spec("histream_engine._C") is not None:  # built, and its own load failed: that is the error
+            raise ImportError(f"histream_engine._C is built but does not load: {e}") from e
         raise ImportError(
             f"histream_engine._C was not built ({e}): reinstall with nvcc and cmake on PATH (pip install -e .), "
             "without HISTREAM_SKIP_CUDA_BUILD=1") from e

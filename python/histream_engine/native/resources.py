@@ -122,7 +122,8 @@ def markdown(rows: list[KernelUsage]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # argparse's own parser: native/ sits below the command line's (histream_engine.cli_parser), with its rules kept by hand
+    p = argparse.ArgumentParser(prog="python -m histream_engine.native.resources", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a markdown table")
     args = p.parse_args(argv)
     rows = usage()

@@ -15,7 +15,19 @@ PROMPT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 class RequestError(ValueError):
-    """A request the engine refuses before it does any work."""
+    """A request the engine refuses before it does any work.
+
+    ``param`` names the argument refused by its Python name (``num_frames``), and the message names it that way, first
+    or as ``num_frames=...``, so that an entry point that calls it otherwise (the CLI's ``--frames``, a JSON field)
+    can say it in its own words. ``python_hint`` is advice only a Python caller can take (``or None for an unbounded
+    stream``): ``str()`` ends with it, ``message`` is the rest."""
+
+    def __init__(self, message: str, param: str | None = None, python_hint: str = ""):
+        super().__init__(message + python_hint)
+        self.message, self.param, self.python_hint = message, param, python_hint
+
+    def __reduce__(self):  # pickled whole (a Ray replica's refusal crosses processes)
+        return type(self), (self.message, self.param, self.python_hint)
 
 
 class RequestTypeError(RequestError, TypeError):
@@ -60,9 +72,9 @@ def check_prompt_embeds(embeds, text_dim: int, max_batch: int | None = None) -> 
 
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise RequestTypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}")
+        raise RequestTypeError(f"seed must be an integer, got {type(seed).__name__} {seed!r}", param="seed")
     if not 0 <= seed < SEED_LIMIT:
-        raise RequestError(f"seed must be in [0, 2**63), got {seed}")
+        raise RequestError(f"seed must be in [0, 2**63), got {seed}", param="seed")
     return seed
 
 

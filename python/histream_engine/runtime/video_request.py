@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .cache.window import WindowPlan
 from .denoise.schedules import Schedule
+from .request_checks import RequestError
 from ..model.decoder import VAE_SPACE_STRIDE, VAE_TIME_STRIDE
 
 
@@ -30,23 +31,22 @@ def check_video_request(num_frames, height, width, chunk_size: int, sched: Sched
         check_unbounded(sched)
         latent_frames = None
     elif not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1 or (num_frames - 1) % VAE_TIME_STRIDE:
-        raise ValueError(f"num_frames must be a positive integer of the form 4k+1 (e.g. 81), or None for an unbounded stream, "
-                         f"got {num_frames!r}")
+        raise RequestError(f"num_frames must be a positive integer of the form 4k+1 (e.g. 81), got {num_frames!r}",
+                           param="num_frames", python_hint="; or None for an unbounded stream")
     else:
         latent_frames = (num_frames - 1) // VAE_TIME_STRIDE + 1
     if latent_frames is not None and latent_frames % M:
         ok = [(VAE_TIME_STRIDE * M * n - VAE_TIME_STRIDE + 1) for n in range(1, 8)]
-        raise ValueError(
+        raise RequestError(
             f"num_frames={num_frames} gives {latent_frames} latent frames, not a multiple of the chunk size {M}; "
-            f"(frames - 1) / 4 + 1 must be divisible by {M}: use e.g. {ok}"
-        )
+            f"(frames - 1) / 4 + 1 must be divisible by {M}: use e.g. {ok}", param="num_frames")
     unit = VAE_SPACE_STRIDE * max(patch_size[1:])
     if sched.uses_low:
         unit *= sched.low_factor
     for name, v in (("height", height), ("width", width)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % unit:
             why = f" (16 at the low resolution, which is 1/{sched.low_factor} of it)" if sched.uses_low else ""
-            raise ValueError(f"{name} must be a positive multiple of {unit}{why} for schedule {sched.name!r}, got {v!r}")
+            raise RequestError(f"{name} must be a positive multiple of {unit}{why} for schedule {sched.name!r}, got {v!r}", param=name)
     return latent_frames
 
 

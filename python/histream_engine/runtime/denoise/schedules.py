@@ -13,6 +13,7 @@ from pathlib import Path
 from .sampling import NUM_TRAIN_TIMESTEPS, warp_timesteps
 
 from ..cache.window import POSITION_MODES, WindowPlan
+from ..request_checks import RequestError
 
 RESOLUTIONS = ("low", "high")
 # "full": every earlier latent frame stays attended (Self-Forcing); "anchor": anchor + M-1 previous frames (AGSW).
@@ -161,4 +162,5 @@ def resolve_schedule(schedule: "str | dict | Schedule | Path") -> Schedule:
             raise ValueError(f"cannot read schedule file {schedule}: {exc}") from exc
     if schedule in SCHEDULES:
         return SCHEDULES[schedule]
-    raise ValueError(f"unknown schedule {schedule!r}; presets: {sorted(SCHEDULES)}, or pass a dict / JSON file")
+    raise RequestError(f"unknown schedule {schedule!r}; presets: {sorted(SCHEDULES)}, or a schedule's .json file", param="schedule",
+                       python_hint=" (or a dict, or a Schedule)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ...kernels.fp8_constants import E4M3
+from ..request_checks import RequestError
 
 FP8 = "float8_e4m3fn"
 KV_DTYPES = (None, FP8)
@@ -33,8 +34,8 @@ def spelled_out(precision: str, attention: str = "torch") -> dict:
     if precision not in PRECISIONS or precision is None:
         raise ValueError(f"precision must be one of {[p for p in PRECISIONS if p]}, got {precision!r}")
     if attention not in FP8_CORES:
-        raise ValueError(f"precision='fp8' has no FP8 attention core for attention={attention!r}; "
-                         f"use one of {sorted(FP8_CORES)}, or set kv_dtype/linear_dtype alone")
+        raise RequestError(f"precision={precision!r} has no FP8 attention core for attention={attention!r}: use one of "
+                           f"{sorted(FP8_CORES)}", param="attention", python_hint=", or set kv_dtype/linear_dtype alone")
     return {"precision": precision, "kv_dtype": FP8, "linear_dtype": FP8, "attention": FP8_CORES[attention]}
 
 
