@@ -177,9 +177,9 @@ def run_serve(args) -> int:
     except ImportError as exc:
         raise RuntimeError(f"histream serve needs the serve extra ({exc.name} is missing): pip install -e '.[serve]'") from exc
     from . import host as hosting
-    from .serve.app import create_app
     from .serve.embeddings import EmbeddingsDir
-    from .serve.jobs import Limits
+    from .serve.local.transport import local_app
+    from .serve.protocol import Limits
 
     EmbeddingsDir(args.embeds_dir)  # a mistyped folder stops here, before a model loads or a port opens
     if args.ray:
@@ -201,11 +201,11 @@ def run_serve(args) -> int:
     limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds)
     if args.ray:
         try:
-            from .serve.ray_app import serve_forever
+            from .serve.ray.deploy import serve_forever
         except ImportError as exc:
             raise RuntimeError(f"histream serve --ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'") from exc
         return serve_forever(args, ray_spec(args), description, limits)
-    app = create_app(engine, description, limits, args.embeds_dir)
+    app = local_app(engine, description, limits, args.embeds_dir)
     print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from histream_engine.serve.app import create_app  # noqa: E402
 from histream_engine.serve.guards import MAX_BODY_BYTES  # noqa: E402
-from histream_engine.serve.jobs import Limits  # noqa: E402
+from histream_engine.serve.local.transport import local_app  # noqa: E402
+from histream_engine.serve.protocol import Limits  # noqa: E402
 
 GOOD = {"frames": 9, "height": 16, "width": 16, "schedule": "self_forcing", "prompt_embeds": "good.pt"}  # one tiny chunk
 LIMITS = Limits(max_frames=45, max_side=256, max_queue=2)
@@ -25,14 +25,14 @@ LIMITS = Limits(max_frames=45, max_side=256, max_queue=2)
 
 @pytest.fixture(scope="module")
 def client(tiny_host, embeds_dir):
-    with TestClient(create_app(tiny_host, "tiny", LIMITS, embeds_dir=embeds_dir)) as c:
+    with TestClient(local_app(tiny_host, "tiny", LIMITS, embeds_dir=embeds_dir)) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
 def tight_client(tiny_host, embeds_dir):
     """Limits that keep whatever a random body gets accepted to one small chunk."""
-    with TestClient(create_app(tiny_host, "tiny", Limits(max_frames=9, max_side=32, max_queue=2), embeds_dir=embeds_dir)) as c:
+    with TestClient(local_app(tiny_host, "tiny", Limits(max_frames=9, max_side=32, max_queue=2), embeds_dir=embeds_dir)) as c:
         yield c
 
 
@@ -87,7 +87,7 @@ def test_bad_request_is_refused_and_a_good_one_still_completes(client, body, sta
 
 def test_a_request_within_the_limits_that_cannot_fit_memory_is_refused_with_the_estimate(tiny_host, embeds_dir):
     roomy = Limits(max_frames=45, max_side=8192, max_queue=2)  # max_side lets 4096x4096 through to the engine's check
-    with TestClient(create_app(tiny_host, "tiny", roomy, embeds_dir=embeds_dir)) as c:
+    with TestClient(local_app(tiny_host, "tiny", roomy, embeds_dir=embeds_dir)) as c:
         r = c.post("/api/streams", json={**GOOD, "frames": 45, "width": 4096, "height": 4096})
         assert r.status_code == 400, r.text
         detail = r.json()["detail"]
@@ -127,7 +127,7 @@ def test_info_answers_within_100_ms_while_a_10_MB_body_is_refused(tiny_host):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_host, "tiny", LIMITS), host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(local_app(tiny_host, "tiny", LIMITS), host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

@@ -3,8 +3,8 @@ sequence-parallel group of the tiny model (2 heads). /api/info shows its world s
 one-process engine's, JPEG for JPEG; a cancel stops both ranks at one boundary; a rank actor killed mid-stream fails
 that stream naming the rank, and the stream waiting behind it runs on the rebuilt group (as does the next one after a
 rank lost between streams). With HISTREAM_SLOW_TESTS=1
-also a live prompt switch over a 2-rank group (the Ray ingress serves no live streams yet, so it drives the group the
-replica uses, rank_group.RankGroup, from a Ray task)."""
+also a live prompt switch over a 2-rank group, driven from a Ray task through the group a replica uses
+(rank_group.RankGroup), so that its latents can be compared with one process's."""
 
 import json
 import os
@@ -27,9 +27,9 @@ LONG = {"frames": 45, "width": 96, "height": 96, "schedule": "self_forcing"}  # 
 @pytest.fixture(scope="module")
 def server(ray_cluster):
     """The application with one replica of 2 ranks (half a CPU each), deployed in place of the shared one."""
-    from histream_engine.serve.jobs import Limits
-    from histream_engine.serve.ray_app import Scaling, deploy
-    from histream_engine.serve.stream_registry import Watching
+    from histream_engine.serve.protocol import Limits
+    from histream_engine.serve.ray.deploy import Scaling, deploy
+    from histream_engine.serve.ray.registry import Watching
 
     take_over(replace=True)
     scaling = Scaling(1, cpus_per_replica=0.5, ranks=2, health_check_period_s=1.0, graceful_shutdown_timeout_s=2.0,
@@ -78,7 +78,7 @@ def test_two_ranks_stream_the_one_process_engines_frames(server):
     import torch
 
     from histream_engine import host as hosting
-    from histream_engine.serve.jobs import encode_jpeg
+    from histream_engine.serve.session import encode_jpeg
 
     events, frames = watch(server, start(server, SHORT))
     assert events[-1]["type"] == "done" and len(frames) == 21, events[-1]
@@ -133,7 +133,7 @@ def test_a_lost_rank_fails_only_its_stream_and_the_group_is_rebuilt(server):
 def live_switch_on_two_ranks(spec: dict, switch_to: str) -> dict:
     """In a Ray task in bundle 0 of a 2-bundle placement group, as rank 0 of a replica: a live stream with a prompt
     switch (re-cache) queued after chunk 1, closed after chunk 3."""
-    from histream_engine.serve.rank_group import RankGroup
+    from histream_engine.serve.ray.rank_group import RankGroup
 
     group = RankGroup(spec, 2, {"num_cpus": 0.25}, 60.0, "histream-test-live")
     try:

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from histream_engine import cli  # noqa: E402
-from histream_engine.serve.app import create_app  # noqa: E402
+from histream_engine.serve.local.transport import local_app  # noqa: E402
 
 
 @pytest.mark.parametrize("ray", [False, True], ids=["one process", "ray"])
@@ -41,7 +41,7 @@ def test_an_unreadable_embeddings_folder_is_refused(tmp_path, capsys):
 
 def test_the_app_refuses_a_missing_folder_too(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        create_app(None, "no engine needed", embeds_dir=tmp_path / "nonexist")
+        local_app(None, "no engine needed", embeds_dir=tmp_path / "nonexist")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -68,7 +68,7 @@ def test_ray_options_are_refused_before_a_cluster_starts(capsys, monkeypatch, fl
 
 def test_a_replica_of_n_ranks_is_packed_on_one_node_that_can_hold_it():
     pytest.importorskip("ray")
-    from histream_engine.serve.ray_app import Scaling, check_cluster_fits
+    from histream_engine.serve.ray.deploy import Scaling, check_cluster_fits
 
     gpus = Scaling(1, cpus_per_replica=2, gpus_per_rank=1, ranks=4)
     assert gpus.options(3)["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}] * 4
