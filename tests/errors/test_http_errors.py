@@ -1,6 +1,8 @@
 """The HTTP API's bad-input table: each row a body, its status and a fragment of the detail; error bodies quote at
-most an excerpt; after every refusal a good stream still completes. Then the body limit under load: /api/info answers
-within 100 ms while a 10 MB body is refused with 413, on a real server."""
+most an excerpt; after every refusal a good stream still completes. The WebSocket's: each row a message sent to a live
+stream, answered with an error on that socket, after which the listener still takes a cancel (also when a command
+raises, and on a queued stream, whose watcher's leaving still cancels it). Then the body limit under load: /api/info
+answers within 100 ms while a 10 MB body is refused with 413, on a real server."""
 
 import json
 import socket
@@ -20,6 +22,7 @@ from histream_engine.serve.local.transport import local_app  # noqa: E402
 from histream_engine.serve.protocol import Limits  # noqa: E402
 
 GOOD = {"frames": 9, "height": 16, "width": 16, "schedule": "self_forcing", "prompt_embeds": "good.pt"}  # one tiny chunk
+LIVE = {"live": True, "height": 32, "width": 32, "schedule": "histream_plus", "prompt_embeds": "good.pt"}
 LIMITS = Limits(max_frames=45, max_side=256, max_queue=2)
 
 
@@ -68,6 +71,7 @@ ROWS = [
     ("not_json", b"{frames: 9", 422, "JSON"),
     ("long_schedule", {**GOOD, "schedule": "x" * 10_000}, 400, "characters)"),
     ("body_too_large", {**GOOD, "prompt": "x" * (MAX_BODY_BYTES + 1)}, 413, f"limit of {MAX_BODY_BYTES} bytes"),
+    ("body_nested", b"[" * 8000 + b"]" * 8000, 422, "nested 8000 levels deep is over this server's limit of 32"),
 ]
 
 
@@ -83,6 +87,78 @@ def test_bad_request_is_refused_and_a_good_one_still_completes(client, body, sta
     good = client.post("/api/streams", json=GOOD)
     assert good.status_code == 201, good.text
     assert finish(client, good.json()["id"]) == "done"
+
+
+def answers(ws, n: int) -> list[dict]:
+    """The next ``n`` answers to this socket (its error events), skipping the stream's own events and frames."""
+    got = []
+    while len(got) < n:
+        text = ws.receive().get("text")
+        if text is not None and json.loads(text)["type"] == "error":
+            got.append(json.loads(text))
+    return got
+
+
+def cancel_and_end(ws) -> dict:
+    """The listener still takes a cancel: the stream's final event."""
+    ws.send_json({"type": "cancel"})
+    while True:
+        text = ws.receive().get("text")
+        if text is not None and json.loads(text)["type"] in ("done", "cancelled", "failed"):
+            return json.loads(text)
+
+
+# (id, WebSocket message, fragment of the error answer); F1: deep nesting raised RecursionError and ended the listener
+WS_ROWS = [
+    ("nested_array", "[" * 8000 + "]" * 8000, "nested 8000 levels deep is over this server's limit of 32"),
+    ("nested_object", '{"a":' * 2500 + "1" + "}" * 2500, "nested 2500 levels deep"),  # 15,001 characters
+    ("nested_in_a_command", '{"type": "prompt", "prompt": ' + "[" * 40 + "]" * 40 + "}", "nested 41 levels deep"),
+    ("not_json", "{type: cancel}", "not JSON"),
+    ("not_a_command", "[1, 2]", "a command is a JSON object"),
+    ("unknown_command", '{"type": "pause"}', "unknown command type 'pause'"),
+    ("bad_switch_field", '{"type": "prompt", "colour": "red"}', "Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize("message, fragment", [r[1:] for r in WS_ROWS], ids=[r[0] for r in WS_ROWS])
+def test_a_bad_websocket_message_is_answered_and_the_listener_goes_on(client, message, fragment):
+    job = client.post("/api/streams", json=LIVE).json()
+    with client.websocket_connect(f"/api/streams/{job['id']}/ws") as ws:
+        ws.send_text(message)
+        error = answers(ws, 1)[0]["error"]
+        assert fragment in error and len(error) < 700, error
+        assert cancel_and_end(ws)["type"] == "cancelled"
+
+
+def test_a_command_that_raises_is_answered_and_the_listener_goes_on(client, monkeypatch):
+    from histream_engine.runtime import StreamClosedError
+    from histream_engine.serve.local.transport import LocalTransport
+
+    raised = iter([RuntimeError("the engine is on fire"), StreamClosedError("this stream is closed")])
+
+    async def raising(self, stream_id, change):
+        raise next(raised)
+
+    monkeypatch.setattr(LocalTransport, "switch", raising)
+    job = client.post("/api/streams", json=LIVE).json()
+    with client.websocket_connect(f"/api/streams/{job['id']}/ws") as ws:
+        ws.send_json({"type": "prompt", "prompt_embeds": "good.pt"})
+        ws.send_json({"type": "prompt", "prompt_embeds": "good.pt"})
+        got = [a["error"] for a in answers(ws, 2)]
+        assert "RuntimeError: the engine is on fire" in got[0] and "StreamClosedError" in got[1], got
+        assert cancel_and_end(ws)["type"] == "cancelled"
+
+
+def test_a_queued_streams_watcher_that_sent_a_nested_message_still_cancels_it_by_leaving(client):
+    running = client.post("/api/streams", json=LIVE).json()
+    queued = client.post("/api/streams", json=GOOD).json()
+    assert queued["state"] == "queued"
+    with client.websocket_connect(f"/api/streams/{queued['id']}/ws") as ws:
+        ws.send_text("[" * 8000 + "]" * 8000)
+        assert "nested" in answers(ws, 1)[0]["error"]
+    assert client.get(f"/api/streams/{queued['id']}").json()["state"] == "cancelled"  # the slot is free
+    client.delete(f"/api/streams/{running['id']}")
+    assert finish(client, running["id"]) == "cancelled"
 
 
 def test_a_request_within_the_limits_that_cannot_fit_memory_is_refused_with_the_estimate(tiny_host, embeds_dir):

@@ -3,7 +3,9 @@
 The server sends the stream's events (history first), each ``chunk`` followed by its JPEG frames as binary messages,
 and closes after the final one. The client sends commands: ``{"type": "cancel"}``, or ``{"type": "prompt", prompt or
 prompt_embeds, recache}``. A message that is not a command, or a command the transport refuses, is answered
-``{"type": "error"}`` on this socket only, in order with the stream's events, and the stream goes on.
+``{"type": "error"}`` on this socket only, in order with the stream's events, and the stream goes on. No message and
+no command ends the listener: whatever one raises is answered, and the next is read; only the client's leaving ends it
+(and, on plain serve, cancels a stream nobody watches any more).
 
 A cancel acts at once; other commands are taken one at a time in the order they came (a prompt switch over Ray waits
 for the replica's next chunk boundary, and a cancel sent meanwhile must not wait behind it).
@@ -67,12 +69,12 @@ async def listen(ws: WebSocket, transport: Transport, stream_id: str, outbox: as
     worker = asyncio.create_task(take_commands(transport, stream_id, commands, outbox))
     try:
         while (message := await ws.receive())["type"] != "websocket.disconnect":
-            command, refused = guards.ws_command(message)
+            command, refused = guards.decode_command(message)
             if command is not None and command["type"] == "cancel":
-                await transport.cancel(stream_id)
+                answer(outbox, await guarded(transport.cancel(stream_id)))
             else:
                 commands.put_nowait((command, refused))
-    except (WebSocketDisconnect, RuntimeError):
+    except (WebSocketDisconnect, RuntimeError):  # the client left; Starlette raises RuntimeError on a closed socket
         pass
     finally:
         worker.cancel()
@@ -82,9 +84,23 @@ async def listen(ws: WebSocket, transport: Transport, stream_id: str, outbox: as
 async def take_commands(transport: Transport, stream_id: str, commands: asyncio.Queue, outbox: asyncio.Queue) -> None:
     while True:
         command, refused = await commands.get()
-        answer = refused if command is None else await run_command(transport, stream_id, command)
-        if answer is not None:
-            outbox.put_nowait(Event(protocol.error_event(answer)))
+        answer(outbox, refused if command is None else await guarded(run_command(transport, stream_id, command)))
+
+
+def answer(outbox: asyncio.Queue, why: str | None) -> None:
+    if why is not None:
+        outbox.put_nowait(Event(protocol.error_event(why)))
+
+
+async def guarded(call) -> str | None:
+    """Runs a command; returns why it was refused, or None. Never raises (but for the socket's own cancellation)."""
+    try:
+        result = await call
+    except Refused as refused:
+        return guards.excerpt(refused.detail, 600)
+    except Exception as exc:  # noqa: BLE001 - a command's failure is answered; the listener goes on
+        return f"this command failed ({type(exc).__name__}: {guards.excerpt(str(exc), 300)}); the stream goes on"
+    return result if isinstance(result, str) else None
 
 
 async def run_command(transport: Transport, stream_id: str, command: dict) -> str | None:
@@ -92,9 +108,8 @@ async def run_command(transport: Transport, stream_id: str, command: dict) -> st
     if command["type"] != "prompt":
         return f"unknown command type {guards.excerpt(command['type'], 40)!r}; this server takes cancel and prompt"
     try:
-        await transport.switch(stream_id, PromptSwitch(**{k: v for k, v in command.items() if k != "type"}))
+        change = PromptSwitch(**{k: v for k, v in command.items() if k != "type"})
     except ValidationError as exc:
         return guards.excerpt(str(exc), 500)
-    except Refused as refused:
-        return refused.detail
+    await transport.switch(stream_id, change)
     return None
