@@ -4,6 +4,7 @@ stream, answered with an error on that socket, after which the listener still ta
 raises, and on a queued stream, whose watcher's leaving still cancels it). Then the body limit under load: /api/info
 answers within 100 ms while a 10 MB body is refused with 413, on a real server."""
 
+import contextlib
 import json
 import socket
 import threading
@@ -196,20 +197,61 @@ def test_any_request_body_gets_a_clear_answer(tight_client, body):
         assert finish(client, r.json()["id"]) in ("done", "cancelled")
 
 
-def test_info_answers_within_100_ms_while_a_10_MB_body_is_refused(tiny_host):
+@contextlib.contextmanager
+def serving(app):
+    """``app`` on a real server (uvicorn in a thread): its base URL."""
     uvicorn = pytest.importorskip("uvicorn")
-    import httpx
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(local_app(tiny_host, "tiny", LIMITS), host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        base = f"http://127.0.0.1:{port}"
         while not server.started:
             time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_switches_racing_a_cancel_get_200_or_409_never_500_or_400(tiny_host, embeds_dir):
+    """F2: threads switch the prompt while the stream is cancelled, and on until each has been refused a few times (so
+    across the stream's end too); a switch that loses the race is a 409."""
+    import httpx
+
+    with serving(local_app(tiny_host, "tiny", LIMITS, embeds_dir=embeds_dir)) as base:
+        sid = httpx.post(f"{base}/api/streams", json=LIVE, timeout=30).json()["id"]
+        while httpx.get(f"{base}/api/streams/{sid}", timeout=30).json()["chunks"] < 1:
+            time.sleep(0.02)
+        codes = []
+
+        def switching():
+            with httpx.Client(base_url=base, timeout=30) as c:
+                refused = 0
+                while refused < 3 and len(codes) < 400:
+                    codes.append(c.post(f"/api/streams/{sid}/prompt", json={"prompt_embeds": "good.pt"}).status_code)
+                    refused += codes[-1] != 200
+
+        threads = [threading.Thread(target=switching) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.1)
+        httpx.delete(f"{base}/api/streams/{sid}", timeout=30)
+        for t in threads:
+            t.join(60)
+        assert set(codes) <= {200, 409} and 409 in codes, sorted(set(codes))
+        good = httpx.post(f"{base}/api/streams", json=GOOD, timeout=30).json()["id"]
+        while (state := httpx.get(f"{base}/api/streams/{good}", timeout=30).json()["state"]) in ("queued", "running"):
+            time.sleep(0.02)
+        assert state == "done"
+
+
+def test_info_answers_within_100_ms_while_a_10_MB_body_is_refused(tiny_host):
+    import httpx
+
+    with serving(local_app(tiny_host, "tiny", LIMITS)) as base:
         answers = []
 
         def big():
@@ -232,6 +274,3 @@ def test_info_answers_within_100_ms_while_a_10_MB_body_is_refused(tiny_host):
         sender.join(30)
         assert answers and answers[0] in (413, "closed")
         assert worst < 0.1, f"/api/info took {worst * 1e3:.0f} ms"
-    finally:
-        server.should_exit = True
-        thread.join(10)

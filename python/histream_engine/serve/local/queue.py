@@ -16,9 +16,10 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+from ...runtime import StreamClosedError
 from .. import protocol
 from ..event_log import EventLog
-from ..protocol import FINAL, Limits, PromptSwitch
+from ..protocol import FINAL, Limits, PromptSwitch, Refused
 from ..session import Event, Session, run
 
 
@@ -71,11 +72,20 @@ class StreamJob:
         """The session's steering: stop at this chunk boundary once a cancel was asked for."""
         return self.cancel_requested.is_set()
 
+    def check_switchable(self) -> None:
+        """A stream that ended, or is ending on a cancel, takes no switch: 409 (never a 400 or a 500 for the race)."""
+        if self.state in FINAL or self.cancel_requested.is_set():
+            state = self.state if self.state in FINAL else "being cancelled"
+            raise Refused(409, f"stream {self.id} is {state}: there is nothing to switch")
+
     def set_prompt(self, change: PromptSwitch, prompt_embeds_path: str) -> None:
-        """Queue a prompt switch for the next chunk boundary (``HostStream.set_prompt``: checked here, raises ValueError)."""
-        if self.state in FINAL:
-            raise ValueError(f"stream {self.id} is {self.state}: there is nothing to switch")
-        self.results.set_prompt(change.prompt, prompt_embeds_path, change.recache)
+        """Queue a prompt switch for the next chunk boundary (``HostStream.set_prompt``: the engine's prompt check, which
+        raises ValueError or TypeError); 409 when the stream ended or is ending, however the race with its end falls."""
+        self.check_switchable()
+        try:
+            self.results.set_prompt(change.prompt, prompt_embeds_path, change.recache)
+        except StreamClosedError as exc:  # it ended between the check and the switch
+            raise Refused(409, f"stream {self.id} has ended: there is nothing to switch") from exc
         self.publish(Event(protocol.prompt_event(change)))
 
     def status(self, position: int | None) -> dict:

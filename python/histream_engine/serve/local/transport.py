@@ -88,8 +88,7 @@ class LocalTransport:
 
     async def switch(self, stream_id: str, change: PromptSwitch) -> dict:
         job = self.job(stream_id)
-        if job.state in FINAL:
-            raise Refused(409, f"stream {stream_id} is {job.state}: there is nothing to switch")
+        job.check_switchable()
         try:
             await asyncio.to_thread(self._switch, job, change)
         except (ValueError, TypeError, CheckpointError) as exc:
