@@ -16,7 +16,8 @@ def tiny_host():
 
 @pytest.fixture(scope="session")
 def embeds_dir(tmp_path_factory, tiny_host):
-    """good.pt, nan.pt, inf.safetensors, batch.pt (2 prompts), complex.pt, ints.pt, wide.pt (wrong width)."""
+    """good.pt, nan.pt, inf.safetensors, batch.pt (2 prompts), empty.pt (no tokens), complex.pt, ints.pt, wide.pt (wrong
+    width)."""
     d = tmp_path_factory.mktemp("embeds")
     dim = tiny_host.engine.dit.config.text_dim
     good = torch.randn(8, dim)  # [L, text_dim]
@@ -24,6 +25,7 @@ def embeds_dir(tmp_path_factory, tiny_host):
     torch.save(torch.where(torch.arange(8)[:, None] == 3, float("nan"), good), d / "nan.pt")
     save_file({"e": torch.full((8, dim), float("inf"))}, str(d / "inf.safetensors"))
     torch.save(torch.randn(2, 8, dim), d / "batch.pt")
+    torch.save(torch.randn(0, dim), d / "empty.pt")
     torch.save(torch.randn(8, dim, dtype=torch.complex64), d / "complex.pt")
     torch.save(torch.ones(8, dim, dtype=torch.int64), d / "ints.pt")
     torch.save(torch.randn(8, dim + 1), d / "wide.pt")

@@ -53,6 +53,7 @@ ROWS = [
     ("embeds_nan", {**GOOD, "prompt_embeds": "nan.pt"}, 400, "NaN or Inf"),
     ("embeds_inf", {**GOOD, "prompt_embeds": "inf.safetensors"}, 400, "NaN or Inf"),
     ("embeds_batch", {**GOOD, "prompt_embeds": "batch.pt"}, 400, "batch of 2 prompts"),
+    ("embeds_no_tokens", {**GOOD, "prompt_embeds": "empty.pt"}, 400, ">= 1 token"),
     ("embeds_complex", {**GOOD, "prompt_embeds": "complex.pt"}, 400, "must be real floating"),
     ("embeds_ints", {**GOOD, "prompt_embeds": "ints.pt"}, 400, "must be real floating"),
     ("embeds_width", {**GOOD, "prompt_embeds": "wide.pt"}, 400, "holds a tensor of shape (1, 8, 33)"),
@@ -129,6 +130,31 @@ def test_a_bad_websocket_message_is_answered_and_the_listener_goes_on(client, me
         error = answers(ws, 1)[0]["error"]
         assert fragment in error and len(error) < 700, error
         assert cancel_and_end(ws)["type"] == "cancelled"
+
+
+# (id, file a switch names, fragment of the refusal); F3: a switch skipped the prompt check that a stream's start makes
+SWITCH_ROWS = [
+    ("batch", "batch.pt", "batch of 2 prompts"),
+    ("no_tokens", "empty.pt", ">= 1 token"),
+    ("nan", "nan.pt", "NaN or Inf"),
+    ("complex", "complex.pt", "must be real floating"),
+    ("width", "wide.pt", "holds a tensor of shape (1, 8, 33)"),
+    ("traversal", "../good.pt", "no embeddings file"),
+]
+
+
+@pytest.mark.parametrize("name, fragment", [r[1:] for r in SWITCH_ROWS], ids=[r[0] for r in SWITCH_ROWS])
+def test_a_switch_is_refused_as_a_start_is_and_the_stream_goes_on(client, name, fragment):
+    at_start = client.post("/api/streams", json={**GOOD, "prompt_embeds": name})
+    assert at_start.status_code == 400 and fragment in at_start.json()["detail"], at_start.text
+    job = client.post("/api/streams", json=LIVE).json()
+    rest = client.post(f"/api/streams/{job['id']}/prompt", json={"prompt_embeds": name})
+    assert rest.status_code == 400 and rest.json()["detail"] == at_start.json()["detail"]  # the one check, its words
+    with client.websocket_connect(f"/api/streams/{job['id']}/ws") as ws:
+        ws.send_json({"type": "prompt", "prompt_embeds": name})
+        assert answers(ws, 1)[0]["error"] == at_start.json()["detail"]
+        end = cancel_and_end(ws)
+    assert end["type"] == "cancelled" and end["chunks"] >= 1  # the stream went on
 
 
 def test_a_command_that_raises_is_answered_and_the_listener_goes_on(client, monkeypatch):
