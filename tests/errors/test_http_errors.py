@@ -58,6 +58,11 @@ ROWS = [
     ("embeds_ints", {**GOOD, "prompt_embeds": "ints.pt"}, 400, "must be real floating"),
     ("embeds_width", {**GOOD, "prompt_embeds": "wide.pt"}, 400, "holds a tensor of shape (1, 8, 33)"),
     ("embeds_traversal", {**GOOD, "prompt_embeds": "../good.pt"}, 400, "no embeddings file"),
+    ("embeds_link_out", {**GOOD, "prompt_embeds": "link_out.pt"}, 400, "no embeddings file 'link_out.pt'"),
+    ("embeds_link_passwd", {**GOOD, "prompt_embeds": "passwd.pt"}, 400, "no embeddings file 'passwd.pt'"),
+    ("embeds_dangling", {**GOOD, "prompt_embeds": "dangling.pt"}, 400, "no embeddings file 'dangling.pt'"),
+    ("embeds_folder", {**GOOD, "prompt_embeds": "dir.pt"}, 400, "no embeddings file 'dir.pt'"),
+    ("embeds_absolute", {**GOOD, "prompt_embeds": "/etc/passwd"}, 400, "no embeddings file '/etc/passwd'"),
     ("prompt_without_encoder", {**GOOD, "prompt": "a cat", "prompt_embeds": ""}, 400, "no text encoder"),
     ("frames_form", {**GOOD, "frames": 10}, 400, "4k+1"),
     ("frames_over_limit", {**GOOD, "frames": 81}, 400, "over this server's limit of 45"),
@@ -140,6 +145,8 @@ SWITCH_ROWS = [
     ("complex", "complex.pt", "must be real floating"),
     ("width", "wide.pt", "holds a tensor of shape (1, 8, 33)"),
     ("traversal", "../good.pt", "no embeddings file"),
+    ("link_out", "link_out.pt", "no embeddings file 'link_out.pt'"),  # F4: a link out of the folder was loaded
+    ("link_passwd", "passwd.pt", "no embeddings file 'passwd.pt'"),
 ]
 
 
@@ -186,6 +193,12 @@ def test_a_queued_streams_watcher_that_sent_a_nested_message_still_cancels_it_by
     assert client.get(f"/api/streams/{queued['id']}").json()["state"] == "cancelled"  # the slot is free
     client.delete(f"/api/streams/{running['id']}")
     assert finish(client, running["id"]) == "cancelled"
+
+
+def test_info_lists_only_the_readable_files_inside_the_folder(client):
+    """F4: links out of the folder, dangling links and folders were listed (and links out served)."""
+    listed = client.get("/api/info").json()["embeddings"]
+    assert listed == ["batch.pt", "complex.pt", "empty.pt", "good.pt", "inf.safetensors", "ints.pt", "nan.pt", "wide.pt"]
 
 
 def test_a_request_within_the_limits_that_cannot_fit_memory_is_refused_with_the_estimate(tiny_host, embeds_dir):
