@@ -198,7 +198,8 @@ def run_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
               "read the streams; there is no authentication", file=sys.stderr)
-    limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds)
+    limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds,
+                    args.max_replay_seconds)
     if args.ray:
         try:
             from .serve.ray.deploy import serve_forever
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-queue", type=int, default=8, help="streams that may wait for the engine")
     srv.add_argument("--max-live-seconds", type=float, default=300.0, help="the longest a live stream (no frame count) may run")
     srv.add_argument("--max-record-seconds", type=float, default=60.0, help="a live stream's mp4 keeps at most its last this many seconds")
+    srv.add_argument("--max-replay-seconds", type=float, help="the frames a stream holds for watchers who join late (default: "
+                     "--max-record-seconds)")
     srv.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP + " (with --model-dir)")
     srv.add_argument("--ray", action="store_true", help="serve over Ray Serve replicas (needs the ray extra; docs/ray-serve.md)")
     srv.add_argument("--replicas", default="1", help="--ray: engine replicas, a count or 'auto' (autoscaling on ongoing streams)")

@@ -6,7 +6,7 @@ defines a request field, a limit, an event or a state of its own.
   WebSocket's ``prompt`` command).
 - ``Limits``: the server's limits.
 - ``plan``: a request checked against the limits (400 with the reason), as the record a stream's status shows.
-- Events: ``chunk_event``, ``final_event``, ``prompt_event``, ``error_event``; ``FINAL`` names the states a stream
+- Events: ``chunk_event``, ``final_event``, ``prompt_event``, ``replay_event``, ``error_event``; ``FINAL`` names the states a stream
   ends in. ``Refused`` is a refusal with its HTTP status, which the WebSocket pump turns into an ``error`` event.
 - ``info``: the ``/api/info`` payload.
 """
@@ -64,10 +64,20 @@ class Limits:
     max_queue: int = 8  # streams waiting (the running ones not counted)
     max_live_seconds: float = 300.0  # the longest a live stream may run
     max_record_seconds: float = 60.0  # a live stream's mp4 keeps at most its last this many seconds
+    max_replay_seconds: float | None = None  # the frames a watcher who joins late is sent; None: max_record_seconds
+
+    @property
+    def replay_seconds(self) -> float:
+        return self.max_record_seconds if self.max_replay_seconds is None else self.max_replay_seconds
+
+    @property
+    def replay_frames(self) -> int:
+        """The most frames a stream holds for watchers who join late (whole chunks; its newest chunk always)."""
+        return max(1, int(self.replay_seconds * FPS))
 
     def public(self) -> dict:
         """The limits as ``/api/info`` shows them."""
-        return asdict(self)
+        return {**asdict(self), "max_replay_seconds": self.replay_seconds}
 
 
 def plan(req: StreamRequest, limits: Limits) -> dict:
@@ -124,6 +134,12 @@ def prompt_event(change: PromptSwitch) -> dict:
     """A switch accepted: it lands at the next chunk boundary, and that chunk's ``prompt_switch`` says so."""
     return {"type": "prompt", "accepted": True, "recache": change.recache,
             "prompt": change.prompt[:200] if change.prompt else None, "prompt_embeds": change.prompt_embeds or None}
+
+
+def replay_event(from_chunk: int, dropped_frames: int, why: str) -> dict:
+    """The first message to a watcher whose history reaches back before the frames a stream still holds: chunk events
+    before ``from_chunk`` come without their JPEG frames."""
+    return {"type": "replay", "from_chunk": from_chunk, "dropped_frames": dropped_frames, "why": why}
 
 
 def error_event(why: str) -> dict:

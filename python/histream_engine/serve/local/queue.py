@@ -1,7 +1,8 @@
 """Streams waiting for, and running on, the one engine: a FIFO queue served by one worker thread.
 
 Each stream's events (queue position, start, each chunk with its JPEG frames, the end) go to its ``EventLog`` and are
-fanned out to every subscriber (the WebSockets watching it), which receive the history first. A cancel (or a
+fanned out to every subscriber (the WebSockets watching it), which receive the history first (with the frames of the
+replay window only, and a ``replay`` event saying so). A cancel (or a
 watcher's disconnect) takes a queued stream out at once and stops a running one after its current chunk, which frees
 the engine for the next. The worker runs each stream as a ``session`` whose steering is the stream's cancel flag:
 prompt switches reach the engine's stream directly (``HostStream.set_prompt`` is thread-safe).
@@ -28,7 +29,7 @@ class QueueFull(Exception):
 
 
 class StreamJob:
-    def __init__(self, request: dict, results, video_path: Path):
+    def __init__(self, request: dict, results, video_path: Path, limits: Limits):
         self.id = uuid.uuid4().hex[:12]
         self.request = request  # protocol.plan's record
         self.results = results  # HostEngine.results: checked, not started
@@ -39,7 +40,7 @@ class StreamJob:
         self.video_note: str | None = None  # what a live stream's mp4 holds of it
         self.chunks = 0
         self.cancel_requested = threading.Event()
-        self.log = EventLog()
+        self.log = EventLog(limits.replay_frames, limits.replay_seconds)
         self._lock = threading.Lock()
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
 
@@ -53,7 +54,10 @@ class StreamJob:
     def subscribe(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
         q: asyncio.Queue = asyncio.Queue()
         with self._lock:
-            for e in self.log.since(0):
+            notice, history = self.log.since(0)
+            if notice is not None:
+                q.put_nowait(Event(notice))
+            for e in history:
                 q.put_nowait(e)
             self._subscribers.append((loop, q))
         return q
@@ -141,7 +145,7 @@ class JobQueue:
             except QueueFull:
                 results.close()
                 raise
-            job = StreamJob(request, results, self.workdir / f"{uuid.uuid4().hex[:12]}.mp4")
+            job = StreamJob(request, results, self.workdir / f"{uuid.uuid4().hex[:12]}.mp4", self.limits)
             self._jobs[job.id] = job
             self._order.append(job.id)
             while len(self._order) > self._keep:  # forget the oldest finished streams, and their videos

@@ -100,7 +100,7 @@ def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embed
     max_waiting = limits.max_queue + scaling.most  # a burst's streams count as waiting until their replica starts them
     name = registry_name()
     registry = StreamRegistry.options(name=name, namespace=NAMESPACE).remote(
-        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s())
+        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s(), limits=limits)
     engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(max_waiting)).bind(
         {**spec, "embeds_dir": embeds_dir, "limits": limits, "ranks": scaling.ranks,
          "rank_resources": scaling.rank_resources(), "rank_timeout_s": scaling.rank_timeout_s}, name)

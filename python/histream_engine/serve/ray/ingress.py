@@ -45,12 +45,14 @@ class RayWatch:
     async def next(self) -> Event | None:
         while not self._buffer and not self.ended:
             try:
-                events = await self.registry.events_since.remote(self.stream_id, self.seen, self.watcher)
+                notice, events = await self.registry.events_since.remote(self.stream_id, self.seen, self.watcher)
             except Exception as exc:  # noqa: BLE001 - this socket cannot follow the stream any more; say why
                 self.ended = True
                 return Event(protocol.final_event("failed", 0, 0.0, error=f"the stream registry is unreachable: "
                                                                            f"{type(exc).__name__}"))
             self.seen += len(events)
+            if notice is not None:
+                self._buffer.append(Event(notice))
             self._buffer.extend(events)
             self.ended = bool(events) and events[-1].data["type"] in FINAL
         return self._buffer.popleft() if self._buffer else None

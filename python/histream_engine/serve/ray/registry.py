@@ -51,13 +51,13 @@ class Watching:
 class Record:
     id: str
     request: dict
+    events: EventLog  # the frames of its replay window, none once the stream ends
     state: str = "queued"
     replica: str | None = None
     error: str | None = None
     reason: str | None = None  # why the server, not a client, ended it
     video_note: str | None = None
     chunks: int = 0
-    events: EventLog = field(default_factory=EventLog)  # frames dropped once the stream ends
     video: bytes | None = None
     cancel: bool = False
     driving: bool = True  # its call to the engine deployment has not returned yet
@@ -93,10 +93,12 @@ def replica_lost(exc: BaseException) -> bool:
 @ray.remote(num_cpus=0, max_concurrency=256)
 class StreamRegistry:
     def __init__(self, app_name: str, deployment: str, max_waiting: int, watching: Watching | None = None,
-                 replica_ttl_s: float = 30.0, keep: int = 32, max_video_bytes: int = 256 << 20):
+                 replica_ttl_s: float = 30.0, keep: int = 32, max_video_bytes: int = 256 << 20,
+                 limits: protocol.Limits | None = None):
         self.app_name, self.deployment = app_name, deployment
         self.max_waiting, self.keep, self.max_video_bytes = max_waiting, keep, max_video_bytes
         self.watching = watching or Watching()
+        self.limits = limits or protocol.Limits()
         self.replica_ttl_s = replica_ttl_s
         self.streams: dict[str, Record] = {}
         self.replicas: dict[str, dict] = {}
@@ -134,7 +136,7 @@ class StreamRegistry:
         waiting = sum(r.driving and not r.started for r in self.streams.values())
         if waiting >= self.max_waiting:
             raise OverflowError(f"{waiting} streams are already waiting (the limit is {self.max_waiting}); try again later")
-        rec = Record(uuid.uuid4().hex[:12], request)
+        rec = Record(uuid.uuid4().hex[:12], request, EventLog(self.limits.replay_frames, self.limits.replay_seconds))
         self.streams[rec.id] = rec
         self._forget_old()
         asyncio.get_running_loop().create_task(self._drive(rec))
@@ -212,12 +214,13 @@ class StreamRegistry:
         if rec is not None and rec.watchers.pop(watcher, False) is not False and not rec.watchers:
             rec.left_at = time.monotonic()  # the grace starts now
 
-    async def events_since(self, stream_id: str, n: int, watcher: str | None = None, timeout: float = 5.0) -> list[Event]:
-        """The stream's events from the n-th on, waiting up to ``timeout`` s for one when there is none yet. Each call
-        renews ``watcher``'s lease."""
+    async def events_since(self, stream_id: str, n: int, watcher: str | None = None,
+                           timeout: float = 5.0) -> tuple[dict | None, list[Event]]:
+        """The stream's events from the n-th on (``EventLog.since``: a ``replay`` event first when some lost their
+        frames), waiting up to ``timeout`` s for one when there is none yet. Each call renews ``watcher``'s lease."""
         rec = self.streams.get(stream_id)
         if rec is None:
-            return []
+            return None, []
         self._renew(rec, watcher, None)
         try:
             async with self.changed:
