@@ -173,15 +173,21 @@ def run_serve(args) -> int:
     try:
         import fastapi  # noqa: F401
         import PIL  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"histream serve needs the serve extra ({exc.name} is missing): pip install -e '.[serve]'") from exc
     from . import host as hosting
     from .serve.embeddings import EmbeddingsDir
+    from .serve.local.server import serve_forever
     from .serve.local.transport import local_app
-    from .serve.protocol import Limits
+    from .serve.protocol import Limits, check_port
 
-    EmbeddingsDir(args.embeds_dir)  # a mistyped folder stops here, before a model loads or a port opens
+    # a mistyped folder, a limit that would refuse every request (or none) or a port that cannot be stop the server
+    # here, with one line, before a model loads or a port opens
+    EmbeddingsDir(args.embeds_dir)
+    limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds,
+                    args.max_replay_seconds)
+    check_port(args.port)
     if args.ray:
         engine = None  # each replica opens its own
         description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
@@ -198,18 +204,13 @@ def run_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
               "read the streams; there is no authentication", file=sys.stderr)
-    limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds,
-                    args.max_replay_seconds)
     if args.ray:
         try:
-            from .serve.ray.deploy import serve_forever
+            from .serve.ray.deploy import serve_forever as serve_on_ray
         except ImportError as exc:
             raise RuntimeError(f"histream serve --ray needs the ray extra ({exc.name} is missing): pip install -e '.[ray]'") from exc
-        return serve_forever(args, ray_spec(args), description, limits)
-    app = local_app(engine, description, limits, args.embeds_dir)
-    print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+        return serve_on_ray(args, ray_spec(args), description, limits)
+    return serve_forever(local_app(engine, description, limits, args.embeds_dir), args.host, args.port, description)
 
 
 PARALLEL_HELP = ("one stream over torchrun's processes, sequence-parallel: torchrun --nproc-per-node N -m histream_engine "

@@ -4,7 +4,8 @@ defines a request field, a limit, an event or a state of its own.
 
 - Requests: ``StreamRequest`` (``POST /api/streams``) and ``PromptSwitch`` (``POST /api/streams/{id}/prompt`` and the
   WebSocket's ``prompt`` command).
-- ``Limits``: the server's limits.
+- ``Limits``: the server's limits, checked once when they are made (the CLI's options: a limit that would refuse
+  every request, or none, stops the server at startup with one line); ``check_port`` likewise.
 - ``plan``: a request checked against the limits (400 with the reason), as the record a stream's status shows.
 - Events: ``chunk_event``, ``final_event``, ``prompt_event``, ``replay_event``, ``error_event``; ``FINAL`` names the states a stream
   ends in. ``Refused`` is a refusal with its HTTP status, which the WebSocket pump turns into an ``error`` event.
@@ -13,6 +14,7 @@ defines a request field, a limit, an event or a state of its own.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -57,7 +59,8 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """The server's limits (the CLI's ``--max-*`` options)."""
+    """The server's limits (the CLI's ``--max-*`` options). Each is checked here, so ``--max-queue 0`` (every request
+    429) or ``--max-live-seconds nan`` (no limit at all) stops the server at startup instead."""
 
     max_frames: int = 161
     max_side: int = 1920  # pixels, height and width each
@@ -65,6 +68,18 @@ class Limits:
     max_live_seconds: float = 300.0  # the longest a live stream may run
     max_record_seconds: float = 60.0  # a live stream's mp4 keeps at most its last this many seconds
     max_replay_seconds: float | None = None  # the frames a watcher who joins late is sent; None: max_record_seconds
+
+    def __post_init__(self):
+        for name, least in (("max_frames", 1), ("max_side", 16), ("max_queue", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{option(name)} {value!r}: give a whole number >= {least}")
+        for name in ("max_live_seconds", "max_record_seconds", "max_replay_seconds"):
+            value = getattr(self, name)
+            if value is None and name == "max_replay_seconds":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{option(name)} {value!r}: give a finite number of seconds > 0")
 
     @property
     def replay_seconds(self) -> float:
@@ -78,6 +93,18 @@ class Limits:
     def public(self) -> dict:
         """The limits as ``/api/info`` shows them."""
         return {**asdict(self), "max_replay_seconds": self.replay_seconds}
+
+
+def option(field: str) -> str:
+    """The CLI option that sets a ``Limits`` field."""
+    return "--" + field.replace("_", "-")
+
+
+def check_port(port) -> int:
+    """``--port``: 1 to 65535, or 0 for any free port (the server prints the one it got)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"--port {port!r}: give a TCP port from 1 to 65535, or 0 for any free one")
+    return port
 
 
 def plan(req: StreamRequest, limits: Limits) -> dict:

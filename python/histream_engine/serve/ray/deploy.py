@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import time
 from dataclasses import dataclass
 
@@ -190,6 +191,13 @@ def listening(asked_host: str, asked_port: int) -> str:
         return f"http://{asked_host}:{asked_port}/"
 
 
+def free_port(host: str) -> int:
+    """--port 0 over Ray: a port free now, for Serve's proxy, which takes a fixed one."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     scaling, watching = scaling_from_args(args), watching_from_args(args)  # refusals first, before a cluster starts
     check_ranks(scaling.ranks, spec)
@@ -214,7 +222,7 @@ def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     registry = None
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port or free_port(args.host)})
         registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None,
                           watching=watching)
         print(f"histream serve --ray: {description}\nopen {listening(args.host, args.port)} (Ctrl-C stops)", flush=True)
