@@ -79,6 +79,14 @@ ROWS = [
     ("long_schedule", {**GOOD, "schedule": "x" * 10_000}, 400, "characters)"),
     ("body_too_large", {**GOOD, "prompt": "x" * (MAX_BODY_BYTES + 1)}, 413, f"limit of {MAX_BODY_BYTES} bytes"),
     ("body_nested", b"[" * 8000 + b"]" * 8000, 422, "nested 8000 levels deep is over this server's limit of 32"),
+    # F12: these were coerced (true became 1 s, "true" a boolean) or silently ignored (frames with live)
+    ("duration_bool", {**LIVE, "duration": True}, 422, "valid number"),
+    ("duration_infinite", json.dumps({**LIVE, "duration": float("inf")}).encode(), 422, "finite number"),
+    ("live_string", {**GOOD, "live": "true"}, 422, "valid boolean"),
+    ("frames_float", {**GOOD, "frames": 9.0}, 422, "valid integer"),
+    ("frames_string", {**GOOD, "frames": "9"}, 422, "valid integer"),
+    ("live_with_frames", {**LIVE, "frames": 7}, 400, "frames=7 contradicts \\\"live\\\": true"),
+    ("duration_without_live", {**GOOD, "duration": 5}, 400, "duration applies to live streams"),
 ]
 
 
@@ -193,6 +201,22 @@ def test_a_queued_streams_watcher_that_sent_a_nested_message_still_cancels_it_by
     assert client.get(f"/api/streams/{queued['id']}").json()["state"] == "cancelled"  # the slot is free
     client.delete(f"/api/streams/{running['id']}")
     assert finish(client, running["id"]) == "cancelled"
+
+
+# (id, switch body, HTTP status, fragment); F12: "recache": "yes" was taken as true
+SWITCH_BODY_ROWS = [
+    ("recache_string", {"prompt_embeds": "good.pt", "recache": "yes"}, 422, "valid boolean"),
+    ("recache_number", {"prompt_embeds": "good.pt", "recache": 1}, 422, "valid boolean"),
+    ("prompt_number", {"prompt": 5}, 422, "valid string"),
+    ("extra_field", {"prompt_embeds": "good.pt", "now": True}, 422, "Extra inputs"),
+    ("no_stream", {"prompt_embeds": "good.pt"}, 404, "no stream 'nope'"),
+]
+
+
+@pytest.mark.parametrize("body, status, fragment", [r[1:] for r in SWITCH_BODY_ROWS], ids=[r[0] for r in SWITCH_BODY_ROWS])
+def test_a_bad_switch_body_is_refused(client, body, status, fragment):
+    r = client.post("/api/streams/nope/prompt", json=body)
+    assert r.status_code == status and fragment in r.text, r.text
 
 
 def test_info_lists_only_the_readable_files_inside_the_folder(client):

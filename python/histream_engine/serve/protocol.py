@@ -3,7 +3,8 @@ every message the server sends back. Plain ``histream serve`` and ``--ray`` are 
 defines a request field, a limit, an event or a state of its own.
 
 - Requests: ``StreamRequest`` (``POST /api/streams``) and ``PromptSwitch`` (``POST /api/streams/{id}/prompt`` and the
-  WebSocket's ``prompt`` command).
+  WebSocket's ``prompt`` command), strict: a JSON ``true`` is not a number, ``"yes"`` not a boolean, ``9.0`` not a
+  frame count (422).
 - ``Limits``: the server's limits, checked once when they are made (the CLI's options: a limit that would refuse
   every request, or none, stops the server at startup with one line); ``check_port`` likewise.
 - ``plan``: a request checked against the limits (400 with the reason), as the record a stream's status shows.
@@ -24,24 +25,26 @@ from ..runtime.denoise.schedules import SCHEDULES
 from ..video import FPS
 
 FINAL = ("done", "cancelled", "failed")
+DEFAULT_FRAMES = 45
 
 
 class StreamRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field("", max_length=2000, description="text (needs the model's text encoder)")
     prompt_embeds: str = Field("", description="name of an embeddings file in the server's --embeds-dir")
-    frames: int = Field(45, ge=1, description="4k+1, with (frames - 1) / 4 + 1 divisible by 3")
+    frames: int | None = Field(None, ge=1, description=f"4k+1, with (frames - 1) / 4 + 1 divisible by 3; default "
+                                                        f"{DEFAULT_FRAMES}; not with live")
     height: int = Field(256, ge=16)
     width: int = Field(256, ge=16)
     schedule: str = "histream"
     seed: int = Field(0, ge=0, le=2**63 - 1)
     live: bool = Field(False, description="no frame count: run until cancelled (the schedule with positions='window')")
-    duration: float | None = Field(None, gt=0, description="live only: seconds to run; default and limit --max-live-seconds")
+    duration: float | None = Field(None, gt=0, allow_inf_nan=False, description="live only: seconds to run; default and limit --max-live-seconds")
 
 
 class PromptSwitch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field("", max_length=2000)
     prompt_embeds: str = Field("", description="name of an embeddings file in the server's --embeds-dir")
@@ -111,6 +114,9 @@ def plan(req: StreamRequest, limits: Limits) -> dict:
     """``req`` checked against the limits and made whole (a live stream's duration, a bounded one's frames): the record
     a stream's status shows as ``request``. Raises ``Refused`` (400) with the reason; the engine's own checks follow."""
     if req.live:
+        if req.frames is not None:
+            raise Refused(400, f"frames={req.frames} contradicts \"live\": true: a live stream has no frame count; drop "
+                               "frames, or drop live for a video of that many frames")
         duration = limits.max_live_seconds if req.duration is None else req.duration
         if duration > limits.max_live_seconds:
             raise Refused(400, f"duration={duration:g} s is over this server's limit of {limits.max_live_seconds:g} s for a "
@@ -119,7 +125,7 @@ def plan(req: StreamRequest, limits: Limits) -> dict:
     elif req.duration is not None:
         raise Refused(400, "duration applies to live streams (\"live\": true); a bounded stream runs for its frames")
     else:
-        duration, frames = None, req.frames
+        duration, frames = None, DEFAULT_FRAMES if req.frames is None else req.frames
         if frames > limits.max_frames:
             raise Refused(400, f"frames={frames} is over this server's limit of {limits.max_frames}")
     if max(req.height, req.width) > limits.max_side:
