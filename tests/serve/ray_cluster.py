@@ -64,7 +64,8 @@ def server_config():
 def ray_server(ray_cluster, tmp_path_factory):
     """The base URL of `histream serve --ray` on the session's cluster, deployed once and shared until a test takes the
     application over (``take_over``). Its --embeds-dir holds good.pt, calm.pt and storm.pt (prompts to steer a live stream
-    between) and huge.pt (finite values so large that the model overflows: an engine error only a replica meets)."""
+    between), huge.pt (finite values so large that the model overflows: an engine error only a replica meets), batch.pt
+    (two prompts: the engine's prompt check refuses it) and link_out.pt (a link to a file outside: never served)."""
     if not _server:
         import torch
 
@@ -77,6 +78,10 @@ def ray_server(ray_cluster, tmp_path_factory):
         for name, seed in (("calm.pt", 1), ("storm.pt", 2)):
             torch.save(torch.randn(8, dim, generator=torch.Generator().manual_seed(seed)), embeds / name)
         torch.save(torch.full((8, dim), 3e38), embeds / "huge.pt")
+        torch.save(torch.randn(2, 8, dim), embeds / "batch.pt")
+        outside = tmp_path_factory.mktemp("outside") / "secret.pt"
+        torch.save(torch.randn(8, dim), outside)
+        (embeds / "link_out.pt").symlink_to(outside)
         limits, scaling, watching = server_config()
         _server["registry"] = deploy(SPEC, DESCRIPTION, limits, scaling, str(embeds), watching=watching)
     return ray_cluster

@@ -118,7 +118,7 @@ def test_info_shows_what_the_replicas_run(server):
     got = info(server)
     assert (got["device"], got["dtype"], got["decoder"], got["text_encoder"]) == ("CPU", "float32", "wan", False)
     assert got["reconnect_grace_seconds"] == WATCHING.grace_s and got["live"] is True
-    assert got["embeddings"] == ["calm.pt", "good.pt", "huge.pt", "storm.pt"]
+    assert got["embeddings"] == ["batch.pt", "calm.pt", "good.pt", "huge.pt", "storm.pt"]  # not link_out.pt
     assert len(got["replicas"]) == 2
     assert all((r["device"], r["dtype"], r["decoder"], r["state"]) == ("CPU", "float32", "wan", "idle") for r in got["replicas"])
 
@@ -306,7 +306,7 @@ def test_a_live_stream_is_switched_over_the_websocket_and_rest_on_a_replica(serv
     assert 1 <= marked[0]["index"] < marked[1]["index"] and marked[1]["index"] >= 3  # each at a boundary after it was sent
     assert [e["prompt_embeds"] for e in events if e["type"] == "prompt"] == ["storm.pt", "calm.pt"]
     assert [e["error"] for e in events if e["type"] == "error"] == [
-        "no embeddings file 'missing.pt' on this server; it has ['calm.pt', 'good.pt', 'huge.pt', 'storm.pt']"]
+        "no embeddings file 'missing.pt' on this server; it has ['batch.pt', 'calm.pt', 'good.pt', 'huge.pt', 'storm.pt']"]
     end = events[-1]
     assert end["type"] == "cancelled" and end["chunks"] >= 6 and end["reason"] is None, end
     assert {c["replica"] for c in chunks} == {status(server, sid)["replica"]}
@@ -327,3 +327,32 @@ def test_a_live_stream_ends_at_its_duration_and_switches_racing_a_cancel_get_409
     assert wait_end(server, sid, timeout=60)["state"] == "cancelled"
     events, frames = watch(server, start(server, SHORT))  # and the replica serves the next stream
     assert events[-1]["type"] == "done" and frames == 21
+
+
+def test_hostile_inputs_get_plain_serves_answers_over_ray(server):
+    """The fixes of the adversarial pass hold on this transport too: strict models (F12), the one resolver (F4), the
+    switch's prompt check on the replica (F3), the guarded decoder and listener (F1), the replay notice (F5)."""
+    assert httpx.post(server + "/api/streams", json={**LIVE, "duration": True}, timeout=30).status_code == 422
+    both = httpx.post(server + "/api/streams", json={**LIVE, "frames": 9}, timeout=30)
+    assert both.status_code == 400 and "contradicts" in both.json()["detail"]
+    link = httpx.post(server + "/api/streams", json={**SHORT, "prompt_embeds": "link_out.pt"}, timeout=30)
+    assert link.status_code == 400 and "no embeddings file 'link_out.pt'" in link.json()["detail"]
+    sid = start(server, LIVE)
+    with websockets_sync.connect(ws_url(server, sid), open_timeout=30) as ws:
+        ws.send("[" * 8000 + "]" * 8000)
+        ws.send(json.dumps({"type": "prompt", "prompt_embeds": "batch.pt"}))
+        rest = switch(server, sid, {"prompt_embeds": "batch.pt"})
+        assert rest.status_code == 400, rest.text
+        assert rest.json()["detail"].startswith("the prompt embeddings hold a batch of 2 prompts; this entry point streams 1")
+        errors = []
+        while len(errors) < 2:
+            msg = ws.recv(timeout=120)
+            if isinstance(msg, str) and json.loads(msg)["type"] == "error":
+                errors.append(json.loads(msg)["error"])
+        assert "nested 8000 levels deep" in errors[0] and errors[1] == rest.json()["detail"], errors
+        ws.send(json.dumps({"type": "cancel"}))  # the listener still takes it
+        events, _ = watch(server, sid, ws=ws)
+    assert events[-1]["type"] == "cancelled", events[-1]
+    late, _ = watch(server, sid)  # a watcher after the end is told the frames are gone
+    assert late[0]["type"] == "replay" and late[0]["from_chunk"] == events[-1]["chunks"], late[0]
+
