@@ -8,8 +8,9 @@ defines a request field, a limit, an event or a state of its own.
 - ``Limits``: the server's limits, checked once when they are made (the CLI's options: a limit that would refuse
   every request, or none, stops the server at startup with one line); ``check_port`` likewise.
 - ``plan``: a request checked against the limits (400 with the reason), as the record a stream's status shows.
-- Events: ``chunk_event``, ``final_event``, ``prompt_event``, ``replay_event``, ``error_event``; ``FINAL`` names the states a stream
-  ends in. ``Refused`` is a refusal with its HTTP status, which the WebSocket pump turns into an ``error`` event.
+- Events: ``chunk_event``, ``final_event``, ``prompt_event``, ``replay_event``, ``error_event``; ``FINAL`` names the
+  states a stream ends in. ``Refused`` is a refusal with its HTTP status, which the WebSocket pump turns into an
+  ``error`` event.
 - ``info``: the ``/api/info`` payload.
 """
 
@@ -40,7 +41,8 @@ class StreamRequest(BaseModel):
     schedule: str = "histream"
     seed: int = Field(0, ge=0, le=2**63 - 1)
     live: bool = Field(False, description="no frame count: run until cancelled (the schedule with positions='window')")
-    duration: float | None = Field(None, gt=0, allow_inf_nan=False, description="live only: seconds to run; default and limit --max-live-seconds")
+    duration: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                   description="live only: seconds to run; default and limit --max-live-seconds")
 
 
 class PromptSwitch(BaseModel):
