@@ -183,15 +183,20 @@ def run_build_trt(args) -> int:
 
 
 def run_serve(args) -> int:
-    for module in ("fastapi", "PIL"):
+    for module in ("fastapi", "PIL", "uvicorn"):
         require(module, "serve", "histream serve")
-    uvicorn = require("uvicorn", "serve", "histream serve")
     from . import host as hosting
-    from .serve.app import create_app
     from .serve.embeddings import EmbeddingsDir
-    from .serve.jobs import Limits
+    from .serve.local.server import serve_forever
+    from .serve.local.transport import local_app
+    from .serve.protocol import Limits, check_port
 
-    EmbeddingsDir(args.embeds_dir)  # a mistyped folder stops here, before a model loads or a port opens
+    # a mistyped folder, a limit that would refuse every request (or none) or a port that cannot be stop the server
+    # here, with one line, before a model loads or a port opens
+    EmbeddingsDir(args.embeds_dir)
+    limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds,
+                    args.max_replay_seconds)
+    check_port(args.port)
     if args.ray:
         engine = None  # each replica opens its own
         description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
@@ -208,16 +213,12 @@ def run_serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
               "read the streams; there is no authentication", file=sys.stderr)
-    limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds)
     if args.ray:
         require("ray", "ray", "histream serve --ray")
-        from .serve.ray_app import serve_forever
+        from .serve.ray.deploy import serve_forever as serve_on_ray
 
-        return serve_forever(args, ray_spec(args), description, limits)
-    app = create_app(engine, description, limits, args.embeds_dir)
-    print(f"histream serve: {description}\nopen http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+        return serve_on_ray(args, ray_spec(args), description, limits)
+    return serve_forever(local_app(engine, description, limits, args.embeds_dir), args.host, args.port, description)
 
 
 PARALLEL_HELP = ("one stream over torchrun's processes, sequence-parallel: torchrun --nproc-per-node N -m histream_engine "
@@ -331,6 +332,8 @@ def add_serve(sub) -> None:
     srv.add_argument("--max-queue", type=int, default=8, help="streams that may wait for the engine")
     srv.add_argument("--max-live-seconds", type=float, default=300.0, help="the longest a live stream (no frame count) may run")
     srv.add_argument("--max-record-seconds", type=float, default=60.0, help="a live stream's mp4 keeps at most its last this many seconds")
+    srv.add_argument("--max-replay-seconds", type=float, help="the frames a stream holds for watchers who join late (default: "
+                     "--max-record-seconds)")
     srv.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP + " (with --model-dir)")
     srv.add_argument("--ray", action="store_true", help="serve over Ray Serve replicas (needs the ray extra; docs/ray-serve.md)")
     srv.add_argument("--replicas", default="1", help="--ray: engine replicas, a count or 'auto' (autoscaling on ongoing streams)")

@@ -86,6 +86,12 @@ class HostRequest:
             raise ValueError("give either a prompt or prompt_embeds_path, not both")
 
 
+def request_schedule(request: HostRequest):
+    """The schedule a request runs on: a live one's with window positions (its RoPE range stays the trained one)."""
+    sched = resolve_schedule(request.schedule)
+    return sched.replace(positions="window") if request.live else sched
+
+
 class HostEngine:
     """An engine with a VAE, and the prompt it falls back on (the tiny demo's random one) when a request gives none."""
 
@@ -127,10 +133,7 @@ class HostEngine:
         sequence-parallel host resolves them once, on its first rank, and hands the very same arguments to every rank."""
         embeds = self._prompt(request.prompt, request.prompt_embeds_path)
         device = next(self.engine.dit.parameters()).device
-        sched = resolve_schedule(request.schedule)
-        if request.live:
-            sched = sched.replace(positions="window")
-        return embeds.to(device), request.frames, request.height, request.width, sched
+        return embeds.to(device), request.frames, request.height, request.width, request_schedule(request)
 
     def stream(self, request: HostRequest) -> Iterator[HostChunk]:
         """``results`` as the C++ host's callback form takes them: (index, frames, denoise s, VAE s)."""

@@ -16,17 +16,29 @@ def tiny_host():
 
 @pytest.fixture(scope="session")
 def embeds_dir(tmp_path_factory, tiny_host):
-    """good.pt, nan.pt, inf.safetensors, batch.pt (2 prompts), complex.pt, ints.pt, wide.pt (wrong width)."""
+    """good.pt, nan.pt, inf.safetensors, batch.pt (2 prompts), empty.pt (no tokens), complex.pt, ints.pt, wide.pt (wrong
+    width); and what the server must not serve: link_out.pt (a link to a file outside the folder), passwd.pt (a link to
+    /etc/passwd), dangling.pt (a link to nothing), dir.pt (a folder), notes.pt -> notes.txt (a link to a file inside
+    whose name the loader does not read)."""
     d = tmp_path_factory.mktemp("embeds")
+    outside = tmp_path_factory.mktemp("elsewhere") / "secret.pt"
     dim = tiny_host.engine.dit.config.text_dim
     good = torch.randn(8, dim)  # [L, text_dim]
     torch.save(good, d / "good.pt")
     torch.save(torch.where(torch.arange(8)[:, None] == 3, float("nan"), good), d / "nan.pt")
     save_file({"e": torch.full((8, dim), float("inf"))}, str(d / "inf.safetensors"))
     torch.save(torch.randn(2, 8, dim), d / "batch.pt")
+    torch.save(torch.randn(0, dim), d / "empty.pt")
     torch.save(torch.randn(8, dim, dtype=torch.complex64), d / "complex.pt")
     torch.save(torch.ones(8, dim, dtype=torch.int64), d / "ints.pt")
     torch.save(torch.randn(8, dim + 1), d / "wide.pt")
+    torch.save(good, outside)
+    (d / "link_out.pt").symlink_to(outside)
+    (d / "passwd.pt").symlink_to("/etc/passwd")
+    (d / "dangling.pt").symlink_to(d / "nothing-here.pt")
+    (d / "dir.pt").mkdir()
+    (d / "notes.txt").write_text("not embeddings")
+    (d / "notes.pt").symlink_to(d / "notes.txt")
     return d
 
 

@@ -17,7 +17,7 @@ def ray_cluster():
     """One small local Ray cluster for every Ray Serve test (2 CPUs, a 256 MB object store, no dashboard)."""
     ray = pytest.importorskip("ray")
     serve = pytest.importorskip("ray.serve")
-    from histream_engine.serve.stream_registry import NAMESPACE
+    from histream_engine.serve.ray.registry import NAMESPACE
 
     if _started:  # imported by several test modules: each gets its own copy of the fixture, all share one cluster
         yield _started[0]
@@ -50,9 +50,9 @@ def shutdown_cluster() -> None:
 def server_config():
     """Two replicas of the tiny model (half a CPU each), health checks every second (so /api/info drops a dead replica
     within 4 s), and a short reconnect grace and watcher lease, so the tests of both wait seconds, not tens."""
-    from histream_engine.serve.jobs import Limits
-    from histream_engine.serve.ray_app import Scaling
-    from histream_engine.serve.stream_registry import Watching
+    from histream_engine.serve.protocol import Limits
+    from histream_engine.serve.ray.deploy import Scaling
+    from histream_engine.serve.ray.registry import Watching
 
     return (Limits(max_frames=81, max_side=256, max_queue=2),
             Scaling(2, cpus_per_replica=0.5, health_check_period_s=1.0, graceful_shutdown_timeout_s=2.0,
@@ -63,18 +63,25 @@ def server_config():
 @pytest.fixture(scope="module")
 def ray_server(ray_cluster, tmp_path_factory):
     """The base URL of `histream serve --ray` on the session's cluster, deployed once and shared until a test takes the
-    application over (``take_over``). Its --embeds-dir holds good.pt and huge.pt (finite values so large that the model
-    overflows: an engine error only a replica meets)."""
+    application over (``take_over``). Its --embeds-dir holds good.pt, calm.pt and storm.pt (prompts to steer a live stream
+    between), huge.pt (finite values so large that the model overflows: an engine error only a replica meets), batch.pt
+    (two prompts: the engine's prompt check refuses it) and link_out.pt (a link to a file outside: never served)."""
     if not _server:
         import torch
 
         from histream_engine.model.dit import WanDiT
-        from histream_engine.serve.ray_app import deploy
+        from histream_engine.serve.ray.deploy import deploy
 
         embeds = tmp_path_factory.mktemp("ray-embeds")
         dim = WanDiT("tiny").config.text_dim
         torch.save(torch.randn(8, dim), embeds / "good.pt")
+        for name, seed in (("calm.pt", 1), ("storm.pt", 2)):
+            torch.save(torch.randn(8, dim, generator=torch.Generator().manual_seed(seed)), embeds / name)
         torch.save(torch.full((8, dim), 3e38), embeds / "huge.pt")
+        torch.save(torch.randn(2, 8, dim), embeds / "batch.pt")
+        outside = tmp_path_factory.mktemp("outside") / "secret.pt"
+        torch.save(torch.randn(8, dim), outside)
+        (embeds / "link_out.pt").symlink_to(outside)
         limits, scaling, watching = server_config()
         _server["registry"] = deploy(SPEC, DESCRIPTION, limits, scaling, str(embeds), watching=watching)
     return ray_cluster
@@ -90,7 +97,7 @@ def take_over(replace: bool = False) -> None:
     deleting it first."""
     from ray import serve
 
-    from histream_engine.serve.ray_app import APP_NAME
+    from histream_engine.serve.ray.deploy import APP_NAME
 
     if not replace and APP_NAME in serve.status().applications:
         serve.delete(APP_NAME)

@@ -13,9 +13,9 @@ pytest.importorskip("PIL")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from histream_engine import host  # noqa: E402
-from histream_engine.serve.app import create_app  # noqa: E402
 from histream_engine.serve.guards import MAX_WS_MESSAGE_CHARS  # noqa: E402
-from histream_engine.serve.jobs import Limits  # noqa: E402
+from histream_engine.serve.local.transport import local_app  # noqa: E402
+from histream_engine.serve.protocol import Limits  # noqa: E402
 
 SHORT = {"frames": 21, "width": 64, "height": 64, "schedule": "histream"}  # 2 chunks: 9 + 12 frames
 LONG = {"frames": 45, "width": 128, "height": 128, "schedule": "self_forcing"}  # 4 chunks, a few seconds
@@ -29,7 +29,7 @@ def demo():
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, demo):
     embeds = tmp_path_factory.mktemp("embeds")
-    app = create_app(demo, "tiny", Limits(max_frames=45, max_side=128, max_queue=2), embeds_dir=embeds)
+    app = local_app(demo, "tiny", Limits(max_frames=45, max_side=128, max_queue=2), embeds_dir=embeds)
     with TestClient(app) as c:
         yield c
 

@@ -13,8 +13,8 @@ import torch  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from histream_engine import host  # noqa: E402
-from histream_engine.serve.app import create_app  # noqa: E402
-from histream_engine.serve.jobs import Limits  # noqa: E402
+from histream_engine.serve.local.transport import local_app  # noqa: E402
+from histream_engine.serve.protocol import Limits  # noqa: E402
 
 LIVE = {"live": True, "width": 32, "height": 32, "schedule": "histream_plus"}  # the smallest: the demo VAE dominates
 
@@ -24,7 +24,7 @@ def client(tmp_path_factory):
     embeds = tmp_path_factory.mktemp("embeds")
     demo = host.tiny_demo("cpu", "torch", 0)
     torch.save(torch.randn(7, demo.engine.dit.config.text_dim), embeds / "other.pt")
-    app = create_app(demo, "tiny", Limits(max_frames=45, max_side=128, max_queue=2, max_live_seconds=120, max_record_seconds=1),
+    app = local_app(demo, "tiny", Limits(max_frames=45, max_side=128, max_queue=2, max_live_seconds=120, max_record_seconds=1),
                      embeds_dir=embeds)
     with TestClient(app) as c:
         yield c
@@ -68,7 +68,7 @@ def test_a_live_stream_switches_its_prompt_over_the_websocket_and_keeps_the_last
     assert end["type"] == "cancelled" and "the last" in end["video_note"] and "at most 1 s" in end["video_note"]
     video = client.get(end["video"])
     assert video.status_code == 200
-    path = client.app.state.queue.get(job.json()["id"]).video_path
+    path = client.app.state.transport.queue.get(job.json()["id"]).video_path
     frames = imageio_ffmpeg.count_frames_and_secs(str(path))[0]
     assert 0 < frames <= 16 < sum(c["frames"] for c in chunks)
 

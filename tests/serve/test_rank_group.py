@@ -1,4 +1,4 @@
-"""serve.rank_group.GroupStream's bookkeeping without Ray: a rank that raises while rank 0 goes on has the group broken
+"""serve.ray.rank_group.GroupStream's bookkeeping without Ray: a rank that raises while rank 0 goes on has the group broken
 up at once (rank 0's collective then fails) and the stream fails naming that rank; an error every rank raises alike is
 rank 0's own and keeps the group; a rank that ends otherwise than rank 0 gets the group rebuilt. (The real thing, a
 killed rank actor, is in test_ray_parallel.py.)"""
@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("ray")
 
 from histream_engine.runtime.denoise.finite_check import NonFiniteLatents  # noqa: E402
-from histream_engine.serve import rank_group  # noqa: E402
-from histream_engine.serve.rank_group import GroupStream, RankEnd, RankLost  # noqa: E402
+from histream_engine.serve.ray import rank_group  # noqa: E402
+from histream_engine.serve.ray.rank_group import GroupStream, RankEnd, RankLost  # noqa: E402
 
 
 class Group:

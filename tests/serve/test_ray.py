@@ -1,9 +1,11 @@
 """histream serve --ray on a local CPU Ray cluster with the tiny model: concurrent streams over two replicas, each
 complete and in order; /api/info shows what the replicas run; a replica killed mid-stream fails only its stream, drops
 out of /api/info and is replaced, and the next stream succeeds first time; a replica that raises fails only that
-stream; the reconnect grace (a client that comes back gets the history and the rest, one that does not gets the stream
-cancelled with a reason, a dead ingress's watchers stop counting); the bounds (watchers, queue, body size, WebSocket
-messages); bad requests as plain serve answers them (the option refusals: test_startup.py)."""
+stream; live streams switched over the WebSocket and REST on the replica that runs them (the engine's prompt check
+there, plain serve's answers), ended by their duration, and switches racing a cancel; the reconnect grace (a client
+that comes back gets the history and the rest, one that does not gets the stream cancelled with a reason, a dead
+ingress's watchers stop counting); the bounds (watchers, queue, body size, WebSocket messages); bad requests as plain
+serve answers them (the option refusals: test_startup.py)."""
 
 import json
 import threading
@@ -18,12 +20,14 @@ websockets_sync = pytest.importorskip("websockets.sync.client")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from histream_engine.serve.guards import MAX_BODY_BYTES, MAX_WS_MESSAGE_CHARS  # noqa: E402
+
 from ray_cluster import ray_cluster, ray_server, server_config, shared_registry  # noqa: E402,F401 - the session's cluster
 
 SHORT = {"frames": 21, "width": 64, "height": 64, "schedule": "histream"}  # 2 chunks: 9 + 12 frames
 LONG = {"frames": 45, "width": 96, "height": 96, "schedule": "self_forcing"}  # 4 chunks
 LONGER = {"frames": 81, "width": 96, "height": 96, "schedule": "self_forcing"}  # 7 chunks
 LONGEST = {"frames": 81, "width": 128, "height": 128, "schedule": "self_forcing"}  # 7 larger ones: outlasts lease and grace
+LIVE = {"live": True, "width": 32, "height": 32, "schedule": "histream_plus", "prompt_embeds": "calm.pt"}  # the smallest
 LIMITS, SCALING, WATCHING = server_config()
 
 
@@ -113,7 +117,8 @@ def test_four_concurrent_streams_complete_in_order_on_both_replicas(server):
 def test_info_shows_what_the_replicas_run(server):
     got = info(server)
     assert (got["device"], got["dtype"], got["decoder"], got["text_encoder"]) == ("CPU", "float32", "wan", False)
-    assert got["reconnect_grace_seconds"] == WATCHING.grace_s and got["embeddings"] == ["good.pt", "huge.pt"]
+    assert got["reconnect_grace_seconds"] == WATCHING.grace_s and got["live"] is True
+    assert got["embeddings"] == ["batch.pt", "calm.pt", "good.pt", "huge.pt", "storm.pt"]  # not link_out.pt
     assert len(got["replicas"]) == 2
     assert all((r["device"], r["dtype"], r["decoder"], r["state"]) == ("CPU", "float32", "wan", "idle") for r in got["replicas"])
 
@@ -195,8 +200,8 @@ def test_watchers_are_bounded_and_a_dead_ingress_frees_its_places(server):
     # watchers an ingress registered and then died with: they never poll, never unwatch
     t0 = time.time()
     for _ in range(WATCHING.max_watchers):
-        assert ray.get(registry.watch.remote(bounded))[1] is None
-    assert ray.get(registry.watch.remote(orphan))[1] is None
+        assert ray.get(registry.watch.remote(bounded))[0] is not None
+    assert ray.get(registry.watch.remote(orphan))[0] is not None
     with websockets_sync.connect(ws_url(server, bounded), open_timeout=30) as ws:
         refused = json.loads(ws.recv(timeout=30))
         with pytest.raises(ConnectionClosed) as closed:
@@ -247,19 +252,107 @@ def test_bad_requests_get_a_reason(server):
     assert extra.status_code == 422 and "Extra inputs" in extra.text and len(extra.text) < 2000  # an excerpt, not the input
     big = httpx.post(server + "/api/streams", json={**SHORT, "prompt": "x" * (MAX_BODY_BYTES + 1)}, timeout=30)
     assert big.status_code == 413 and f"limit of {MAX_BODY_BYTES} bytes" in big.json()["detail"]
-    live = httpx.post(server + "/api/streams", json={**SHORT, "live": True}, timeout=30)
-    assert live.status_code == 400 and "plain histream serve" in live.json()["detail"]
+    duration = httpx.post(server + "/api/streams", json={**SHORT, "duration": 5}, timeout=30)
+    assert duration.status_code == 400 and "duration applies to live streams" in duration.json()["detail"]
     assert httpx.get(server + "/api/streams/nope").status_code == 404
     events, _ = watch(server, "nope")
     assert events == [{"type": "failed", "error": "no stream 'nope'"}]
 
 
 def test_websocket_messages_are_checked_before_parsing_and_answered(server):
-    sid = start(server, SHORT)
+    sid = start(server, LONG)
     with websockets_sync.connect(ws_url(server, sid), open_timeout=30) as ws:
         ws.send('{"type": "cancel", "pad": "' + "x" * MAX_WS_MESSAGE_CHARS + '"}')  # a cancel, but too big to read
-        ws.send(json.dumps({"type": "prompt", "prompt": "a dog"}))
+        ws.send(json.dumps({"type": "prompt", "prompt": "a dog"}))  # checked by the replica, as plain serve checks it
         events, _ = watch(server, sid, ws=ws)
     errors = [e["error"] for e in events if e["type"] == "error"]
-    assert f"over this server's limit of {MAX_WS_MESSAGE_CHARS}" in errors[0] and "plain histream serve" in errors[1]
+    assert f"over this server's limit of {MAX_WS_MESSAGE_CHARS}" in errors[0] and "no text encoder" in errors[1], errors
     assert events[-1]["type"] == "done"  # the oversized cancel was never read
+
+
+def switch(base, stream_id, body):
+    return httpx.post(base + f"/api/streams/{stream_id}/prompt", json=body, timeout=120)
+
+
+def test_a_live_stream_is_switched_over_the_websocket_and_rest_on_a_replica(server):
+    job = httpx.post(server + "/api/streams", json=LIVE, timeout=60)
+    assert job.status_code == 201, job.text
+    sid, request = job.json()["id"], job.json()["request"]
+    assert request["frames"] is None and request["duration"] == LIMITS.max_live_seconds
+    answers = {}
+    events = []
+    with websockets_sync.connect(ws_url(server, sid), open_timeout=30) as ws:
+        while True:
+            msg = ws.recv(timeout=120)
+            if isinstance(msg, bytes):
+                continue
+            events.append(json.loads(msg))
+            index = events[-1].get("index") if events[-1]["type"] == "chunk" else None
+            if index == 0:
+                ws.send(json.dumps({"type": "prompt", "prompt_embeds": "storm.pt", "recache": True}))
+                ws.send(json.dumps({"type": "prompt", "prompt_embeds": "missing.pt"}))  # the ingress's resolver refuses it
+            elif index == 2:  # answered once the replica has taken it, at its next chunk boundary
+                answers["rest"] = switch(server, sid, {"prompt_embeds": "calm.pt", "recache": False})
+                answers["text"] = switch(server, sid, {"prompt": "a red fox"})  # the replica's engine refuses it
+            elif index == 5:
+                ws.send(json.dumps({"type": "cancel"}))
+            if events[-1]["type"] in ("done", "cancelled", "failed"):
+                break
+    assert answers["rest"].status_code == 200, answers["rest"].text
+    assert answers["text"].status_code == 400 and "no text encoder" in answers["text"].json()["detail"]
+    chunks = [e for e in events if e["type"] == "chunk"]
+    marked = [c for c in chunks if c["prompt_switch"]]
+    assert [c["prompt_switch"]["recache"] for c in marked] == [True, False], [c["index"] for c in marked]
+    assert 1 <= marked[0]["index"] < marked[1]["index"] and marked[1]["index"] >= 3  # each at a boundary after it was sent
+    assert [e["prompt_embeds"] for e in events if e["type"] == "prompt"] == ["storm.pt", "calm.pt"]
+    assert [e["error"] for e in events if e["type"] == "error"] == [
+        "no embeddings file 'missing.pt' on this server; it has ['batch.pt', 'calm.pt', 'good.pt', 'huge.pt', 'storm.pt']"]
+    end = events[-1]
+    assert end["type"] == "cancelled" and end["chunks"] >= 6 and end["reason"] is None, end
+    assert {c["replica"] for c in chunks} == {status(server, sid)["replica"]}
+    assert httpx.get(server + end["video"], timeout=30).content[4:8] == b"ftyp"
+    late = switch(server, sid, {"prompt_embeds": "calm.pt"})
+    assert late.status_code == 409 and "nothing to switch" in late.json()["detail"]
+
+
+def test_a_live_stream_ends_at_its_duration_and_switches_racing_a_cancel_get_409(server):
+    sid = start(server, {**LIVE, "duration": 1})
+    end = wait_end(server, sid, timeout=60)
+    assert end["state"] == "done" and end["reason"] == "reached its duration of 1 s", end
+    sid = start(server, LIVE)
+    wait_for(lambda: status(server, sid)["chunks"] >= 1, 60, "a first chunk")
+    answers = concurrently(*[lambda: switch(server, sid, {"prompt_embeds": "storm.pt"}) for _ in range(3)],
+                           lambda: httpx.delete(server + f"/api/streams/{sid}", timeout=30))
+    assert {r.status_code for r in answers[:3]} <= {200, 409}, [r.text for r in answers]
+    assert wait_end(server, sid, timeout=60)["state"] == "cancelled"
+    events, frames = watch(server, start(server, SHORT))  # and the replica serves the next stream
+    assert events[-1]["type"] == "done" and frames == 21
+
+
+def test_hostile_inputs_get_plain_serves_answers_over_ray(server):
+    """The fixes of the adversarial pass hold on this transport too: strict models (F12), the one resolver (F4), the
+    switch's prompt check on the replica (F3), the guarded decoder and listener (F1), the replay notice (F5)."""
+    assert httpx.post(server + "/api/streams", json={**LIVE, "duration": True}, timeout=30).status_code == 422
+    both = httpx.post(server + "/api/streams", json={**LIVE, "frames": 9}, timeout=30)
+    assert both.status_code == 400 and "contradicts" in both.json()["detail"]
+    link = httpx.post(server + "/api/streams", json={**SHORT, "prompt_embeds": "link_out.pt"}, timeout=30)
+    assert link.status_code == 400 and "no embeddings file 'link_out.pt'" in link.json()["detail"]
+    sid = start(server, LIVE)
+    with websockets_sync.connect(ws_url(server, sid), open_timeout=30) as ws:
+        ws.send("[" * 8000 + "]" * 8000)
+        ws.send(json.dumps({"type": "prompt", "prompt_embeds": "batch.pt"}))
+        rest = switch(server, sid, {"prompt_embeds": "batch.pt"})
+        assert rest.status_code == 400, rest.text
+        assert rest.json()["detail"].startswith("the prompt embeddings hold a batch of 2 prompts; this entry point streams 1")
+        errors = []
+        while len(errors) < 2:
+            msg = ws.recv(timeout=120)
+            if isinstance(msg, str) and json.loads(msg)["type"] == "error":
+                errors.append(json.loads(msg)["error"])
+        assert "nested 8000 levels deep" in errors[0] and errors[1] == rest.json()["detail"], errors
+        ws.send(json.dumps({"type": "cancel"}))  # the listener still takes it
+        events, _ = watch(server, sid, ws=ws)
+    assert events[-1]["type"] == "cancelled", events[-1]
+    late, _ = watch(server, sid)  # a watcher after the end is told the frames are gone
+    assert late[0]["type"] == "replay" and late[0]["from_chunk"] == events[-1]["chunks"], late[0]
+

@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
 
-from histream_engine.serve.ray_app import APP_NAME  # noqa: E402
+from histream_engine.serve.ray.deploy import APP_NAME  # noqa: E402
 
 from ray_cluster import ray_cluster, take_over  # noqa: E402,F401 - the session's one Ray cluster
 from test_ray import SHORT, start, wait_for, watch  # noqa: E402

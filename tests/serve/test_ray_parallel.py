@@ -2,9 +2,10 @@
 sequence-parallel group of the tiny model (2 heads). /api/info shows its world size and devices; its stream is the
 one-process engine's, JPEG for JPEG; a cancel stops both ranks at one boundary; a rank actor killed mid-stream fails
 that stream naming the rank, and the stream waiting behind it runs on the rebuilt group (as does the next one after a
-rank lost between streams). With HISTREAM_SLOW_TESTS=1
-also a live prompt switch over a 2-rank group (the Ray ingress serves no live streams yet, so it drives the group the
-replica uses, rank_group.RankGroup, from a Ray task)."""
+rank lost between streams); a live stream switched over REST through the ingress lands on both ranks, and the group
+serves the next stream whole. With HISTREAM_SLOW_TESTS=1
+also a live prompt switch over a 2-rank group, driven from a Ray task through the group a replica uses
+(rank_group.RankGroup), so that its latents can be compared with one process's."""
 
 import json
 import os
@@ -25,16 +26,21 @@ LONG = {"frames": 45, "width": 96, "height": 96, "schedule": "self_forcing"}  # 
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster):
-    """The application with one replica of 2 ranks (half a CPU each), deployed in place of the shared one."""
-    from histream_engine.serve.jobs import Limits
-    from histream_engine.serve.ray_app import Scaling, deploy
-    from histream_engine.serve.stream_registry import Watching
+def server(ray_cluster, tmp_path_factory):
+    """The application with one replica of 2 ranks (half a CPU each), deployed in place of the shared one; its
+    --embeds-dir holds other.pt, a prompt to switch to."""
+    import torch
+
+    from histream_engine.serve.protocol import Limits
+    from histream_engine.serve.ray.deploy import Scaling, deploy
+    from histream_engine.serve.ray.registry import Watching
 
     take_over(replace=True)
     scaling = Scaling(1, cpus_per_replica=0.5, ranks=2, health_check_period_s=1.0, graceful_shutdown_timeout_s=2.0,
                       graceful_shutdown_wait_loop_s=0.2)
-    registry = deploy(SPEC, DESCRIPTION, Limits(max_frames=81, max_side=256, max_queue=2), scaling,
+    embeds = tmp_path_factory.mktemp("embeds")
+    torch.save(torch.randn(8, 32, generator=torch.Generator().manual_seed(7)), embeds / "other.pt")  # [L, text_dim]
+    registry = deploy(SPEC, DESCRIPTION, Limits(max_frames=81, max_side=256, max_queue=2), scaling, str(embeds),
                       watching=Watching(grace_s=30.0))
     yield ray_cluster
     del registry  # the next test that deploys replaces this application (deleting it here would cost 3 s)
@@ -78,7 +84,7 @@ def test_two_ranks_stream_the_one_process_engines_frames(server):
     import torch
 
     from histream_engine import host as hosting
-    from histream_engine.serve.jobs import encode_jpeg
+    from histream_engine.serve.session import encode_jpeg
 
     events, frames = watch(server, start(server, SHORT))
     assert events[-1]["type"] == "done" and len(frames) == 21, events[-1]
@@ -130,11 +136,30 @@ def test_a_lost_rank_fails_only_its_stream_and_the_group_is_rebuilt(server):
     assert killed[1] != killed[0] and events[-1]["type"] == "done" and len(frames) == 21, events[-1]
 
 
+def test_a_live_stream_is_switched_through_the_ingress_on_both_ranks(server):
+    sid = start(server, {"live": True, "width": 32, "height": 32, "schedule": "histream_plus"})
+    answers = []
+
+    def steer(event):
+        if event["index"] == 0:  # answered once both ranks have it queued, at the replica's next boundary
+            answers.append(httpx.post(server + f"/api/streams/{sid}/prompt", json={"prompt_embeds": "other.pt"}, timeout=120))
+        if any(e.get("prompt_switch") for e in seen) or event["index"] >= 6:
+            httpx.delete(server + f"/api/streams/{sid}", timeout=30)
+
+    seen = []
+    events, _ = watch(server, sid, on_chunk=lambda e: (seen.append(e), steer(e)))
+    assert answers[0].status_code == 200, answers[0].text
+    marked = [e["index"] for e in events if e["type"] == "chunk" and e["prompt_switch"]]
+    assert len(marked) == 1 and marked[0] >= 1 and events[-1]["type"] == "cancelled", events[-1]
+    events, frames = watch(server, start(server, SHORT))  # the group agreed throughout: the next stream runs whole
+    assert events[-1]["type"] == "done" and len(frames) == 21, events[-1]
+
+
 def live_switch_on_two_ranks(spec: dict, switch_to: str) -> dict:
     """In a Ray task in bundle 0 of a 2-bundle placement group, as rank 0 of a replica: a live stream with a prompt
     switch (re-cache) queued after chunk 1, closed after chunk 3."""
     from histream_engine.host import HostRequest
-    from histream_engine.serve.rank_group import RankGroup
+    from histream_engine.serve.ray.rank_group import RankGroup
 
     group = RankGroup(spec, 2, {"num_cpus": 0.25}, 60.0, "histream-test-live")
     try:

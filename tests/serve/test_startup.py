@@ -1,16 +1,21 @@
 """What `histream serve` refuses before it starts: an --embeds-dir that is missing, a file, or unreadable stops the
 server with exit code 2 and one line, before a model loads or a port opens (with or without --ray), where it used to
-start and then answer every request with HTTP 500; and --ray's replica and grace options, before a cluster starts; a
-cluster with no node that holds one replica's ranks (--gpus-per-replica N), before deploying."""
+start and then answer every request with HTTP 500; limits that would refuse every request or none, and ports that
+cannot be, the same way (F8); and --ray's replica and grace options, before a cluster starts; a cluster with no node
+that holds one replica's ranks (--gpus-per-replica N), before deploying. `--port 0` prints the port it got."""
 
 import os
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
 pytest.importorskip("fastapi")
 
 from histream_engine import cli  # noqa: E402
-from histream_engine.serve.app import create_app  # noqa: E402
+from histream_engine.serve.local.transport import local_app  # noqa: E402
 
 
 @pytest.mark.parametrize("ray", [False, True], ids=["one process", "ray"])
@@ -39,9 +44,64 @@ def test_an_unreadable_embeddings_folder_is_refused(tmp_path, capsys):
         folder.chmod(0o700)
 
 
+# (id, flags, the one line's words); F8: each started a server that refused every request, or hung, or exited 3
+LIMIT_ROWS = [
+    ("record_zero", ["--max-record-seconds", "0"], "--max-record-seconds 0.0: give a finite number of seconds > 0"),
+    ("live_nan", ["--max-live-seconds", "nan"], "--max-live-seconds nan: give a finite number of seconds > 0"),
+    ("replay_inf", ["--max-replay-seconds", "inf"], "--max-replay-seconds inf: give a finite number of seconds > 0"),
+    ("queue_zero", ["--max-queue", "0"], "--max-queue 0: give a whole number >= 1"),
+    ("frames_negative", ["--max-frames", "-5"], "--max-frames -5: give a whole number >= 1"),
+    ("side_tiny", ["--max-side", "8"], "--max-side 8: give a whole number >= 16"),
+    ("port_high", ["--port", "70000"], "--port 70000: give a TCP port from 1 to 65535, or 0 for any free one"),
+    ("port_negative", ["--port", "-1"], "--port -1: give a TCP port from 1 to 65535"),
+]
+
+
+@pytest.mark.parametrize("ray", [False, True], ids=["one process", "ray"])
+@pytest.mark.parametrize("flags, message", [r[1:] for r in LIMIT_ROWS], ids=[r[0] for r in LIMIT_ROWS])
+def test_a_limit_or_port_that_cannot_work_stops_the_server_with_one_line(capsys, monkeypatch, flags, message, ray):
+    from histream_engine import host
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(host, "tiny_demo", no_model)
+    argv = ["serve", "--port", "1", *flags] + (["--ray"] if ray else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"histream: error: {message}\n" or (err.count("\n") == 1 and message in err), err
+
+
+def test_a_port_in_use_is_one_line(capsys):
+    from histream_engine.serve.local.server import listen
+
+    with listen("127.0.0.1", 0) as taken:
+        port = taken.getsockname()[1]
+        taken.listen()
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            listen("127.0.0.1", port)
+
+
+def test_port_0_prints_the_port_it_got_and_serves_there():
+    httpx = pytest.importorskip("httpx")
+    proc = subprocess.Popen([sys.executable, "-m", "histream_engine", "serve", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        said = [proc.stdout.readline() for _ in range(2)]
+        got = re.fullmatch(r"open http://127\.0\.0\.1:(\d+)/ \(Ctrl-C stops\)\n", said[1])
+        assert got and int(got.group(1)) > 0, said
+        info = httpx.get(f"http://127.0.0.1:{got.group(1)}/api/info", timeout=30)
+        assert info.status_code == 200 and info.json()["limits"]["max_queue"] == 8
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_the_app_refuses_a_missing_folder_too(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        create_app(None, "no engine needed", embeds_dir=tmp_path / "nonexist")
+        local_app(None, "no engine needed", embeds_dir=tmp_path / "nonexist")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -68,7 +128,7 @@ def test_ray_options_are_refused_before_a_cluster_starts(capsys, monkeypatch, fl
 
 def test_a_replica_of_n_ranks_is_packed_on_one_node_that_can_hold_it():
     pytest.importorskip("ray")
-    from histream_engine.serve.ray_app import Scaling, check_cluster_fits
+    from histream_engine.serve.ray.deploy import Scaling, check_cluster_fits
 
     gpus = Scaling(1, cpus_per_replica=2, gpus_per_rank=1, ranks=4)
     assert gpus.options(3)["placement_group_bundles"] == [{"CPU": 2, "GPU": 1}] * 4

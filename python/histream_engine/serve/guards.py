@@ -1,14 +1,19 @@
 """What stands between a request's bytes and the API: a body-size limit answered with 413 before anything is read
-into memory or parsed, error bodies that quote at most a short excerpt of what was sent, and the same size limit on
-a client's WebSocket messages, checked before they are parsed.
+into memory or parsed, a nesting limit on JSON answered with 422 before it is parsed, error bodies that quote at most a
+short excerpt of what was sent, and one decoder for a client's WebSocket messages (``decode_command``) with the same
+limits, which answers every message: a command, or why it is not one.
 
 The JSON API's bodies and commands are a few hundred bytes, so ``MAX_BODY_BYTES`` keeps every parse to microseconds
 on the event loop; a larger body is refused while it arrives (by its Content-Length, or by counting a chunked one).
+Nesting is limited because Python's JSON parser recurses: 16 KB of ``[`` raise RecursionError, which no caller
+expects.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from itertools import accumulate
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,7 +21,10 @@ from fastapi.responses import JSONResponse
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_WS_MESSAGE_CHARS = 16 * 1024
+MAX_JSON_DEPTH = 32  # requests and commands are flat objects; a schedule dict nests two levels
 EXCERPT_CHARS = 120
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def excerpt(value, limit: int = EXCERPT_CHARS) -> str:
@@ -24,8 +32,22 @@ def excerpt(value, limit: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
+def json_depth(text: str) -> int:
+    """How deep ``text``'s arrays and objects nest, counted without parsing (brackets inside strings do not count)."""
+    steps = (1 if b in "[{" else -1 for b in _BRACKET.findall(_STRING.sub("", text)))
+    return max(accumulate(steps, initial=0))
+
+
+def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> str | None:
+    depth = json_depth(text)
+    if depth <= limit:
+        return None
+    return f"JSON nested {depth} levels deep is over this server's limit of {limit}; requests and commands are flat objects"
+
+
 class BodyLimit:
-    """ASGI middleware: HTTP request bodies over ``limit`` bytes get 413; the rest pass through untouched."""
+    """ASGI middleware: an HTTP request body over ``limit`` bytes gets 413, one whose JSON nests too deep 422; the rest
+    reach the app as sent. A body is at most ``limit`` bytes, so it is read whole before the app sees it."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES):
         self.app, self.limit = app, limit
@@ -35,37 +57,35 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await self._refuse(send)
-        seen, started, refused = 0, False, False
-
-        async def counted():
-            nonlocal seen, refused
+            return await answer(send, 413, f"request body over this server's limit of {self.limit} bytes")
+        body, message = b"", {"more_body": True}
+        while message.get("more_body"):
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit and not refused:
-                    refused = True
-                    if not started:
-                        await self._refuse(send)
-                    # the app sees the client leave (raising here would reach FastAPI's body parser as a 400)
-                    return {"type": "http.disconnect"}
-            return message
+            if message["type"] != "http.request":
+                return  # the client left
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await answer(send, 413, f"request body over this server's limit of {self.limit} bytes")
+        if (why := too_deep(body.decode("utf-8", "replace"))) is not None:
+            return await answer(send, 422, why)
+        replayed = False
 
-        async def watched_send(message):
-            nonlocal started
-            if refused:
-                return  # the 413 has been sent; whatever the app answers to the disconnect is dropped
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: the client's disconnect, as the app expects
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, counted, watched_send)
+        await self.app(scope, replay, send)
 
-    async def _refuse(self, send):
-        body = json.dumps({"detail": f"request body over this server's limit of {self.limit} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+
+async def answer(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install(app: FastAPI, limit: int = MAX_BODY_BYTES) -> None:
@@ -83,19 +103,22 @@ def install(app: FastAPI, limit: int = MAX_BODY_BYTES) -> None:
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-def ws_command(message: dict, limit: int = MAX_WS_MESSAGE_CHARS) -> tuple[dict | None, str | None]:
-    """A client's WebSocket message (an ASGI ``websocket.receive``) as ``(command, None)``, or ``(None, why not)``.
+def decode_command(message: dict, limit: int = MAX_WS_MESSAGE_CHARS) -> tuple[dict | None, str | None]:
+    """A client's WebSocket message (an ASGI ``websocket.receive``) as ``(command, None)``, or ``(None, why not)``;
+    never raises.
 
-    The size is checked before parsing: the servers' WebSocket layers accept messages of up to 16 MiB, and parsing
-    one on the event loop would stall every other client."""
+    The size and the nesting are checked before parsing: the servers' WebSocket layers accept messages of up to
+    16 MiB, and parsing one on the event loop would stall every other client."""
     text = message.get("text")
     if text is None:
         return None, "commands are JSON text messages, not binary ones"
     if len(text) > limit:
         return None, f"a message of {len(text)} characters is over this server's limit of {limit}; commands are a few hundred"
+    if (why := too_deep(text)) is not None:
+        return None, why
     try:
         command = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, f"not JSON: {excerpt(text, 60)}"
     if not isinstance(command, dict) or not isinstance(command.get("type"), str):
         return None, f'a command is a JSON object with a "type" (cancel, prompt), got {excerpt(command, 60)}'

@@ -1,39 +1,33 @@
-"""``histream serve --ray``: the page, JSON API and WebSocket protocol of ``app`` over Ray Serve (docs/ray-serve.md).
+"""``histream serve --ray``: deploying the three parts on a Ray cluster (docs/ray-serve.md), and the CLI's options.
 
-A FastAPI ingress deployment answers HTTP and WebSockets and keeps nothing: stream state lives in the
-``StreamRegistry`` actor, which drives each stream on the engine deployment (``ray_engine.EngineReplica``, one
-engine a replica, at most one running stream a replica, Ray's bounded queue in front). Statuses also name the
-replica (``"replica"``); ``/api/info`` lists the replicas with their device, dtype, decoder and state. The ingress
-has the plain server's guards (``guards``): 413 for large bodies, excerpts in errors, WebSocket messages checked
-for size before parsing.
+The parts: the ingress (``ingress.Ingress``: plain serve's app over the registry), the stream registry (one named
+actor, ``registry.StreamRegistry``), and the engine deployment (``replica.EngineReplica``: one engine a replica, at
+most one running stream a replica, Ray's bounded queue in front; with ``--gpus-per-replica N`` a replica is an N-rank
+group, ``rank_group``). ``Scaling`` is how many replicas, on what; the replica and grace options are checked before a
+cluster starts.
 """
 
+from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
+import socket
 import time
 from dataclasses import dataclass
 
 import ray
-from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import RayServeException
 
-from ..checkpoint import CheckpointError, read_config
-from ..config import WanConfig
-from ..model_dir import find_model_files
-from ..runtime.engine_config import EngineConfig
-from ..runtime.video_request import check_video_request
-from ..runtime.denoise.schedules import SCHEDULES
-from ..runtime.parallel.ulysses import divisors
-from . import guards
-from .app import STATIC, StreamRequest
-from .embeddings import EmbeddingsDir
-from .jobs import Limits
-from .ray_engine import EngineReplica
-from .stream_registry import FINAL, NAMESPACE, StreamRegistry, Watching, registry_name
+from ...checkpoint import CheckpointError, read_config
+from ...config import WanConfig
+from ...model_dir import find_model_files
+from ...runtime.parallel.ulysses import divisors
+from ..embeddings import EmbeddingsDir
+from ..protocol import Limits
+from .ingress import Ingress
+from .registry import NAMESPACE, StreamRegistry, Watching, registry_name
+from .replica import EngineReplica
 
 APP_NAME, ENGINE = "histream", "EngineReplica"
 
@@ -98,147 +92,6 @@ class Scaling:
         return opts
 
 
-def check_request(req: StreamRequest, limits: Limits, embeddings: list[str]) -> None:
-    """The server's own limits, the same as ``app.create_app``'s (400 with the reason)."""
-    if req.live or req.duration is not None:
-        raise HTTPException(400, "live streams (\"live\": true) run on plain histream serve; the Ray replicas serve bounded "
-                                 "streams for now (docs/ray-serve.md)")
-    if req.frames > limits.max_frames:
-        raise HTTPException(400, f"frames={req.frames} is over this server's limit of {limits.max_frames}")
-    if max(req.height, req.width) > limits.max_side:
-        raise HTTPException(400, f"{req.width}x{req.height} is over this server's limit of {limits.max_side} pixels a side")
-    if req.schedule not in SCHEDULES:
-        raise HTTPException(400, f"unknown schedule {req.schedule!r}; choose one of {sorted(SCHEDULES)}")
-    if req.prompt_embeds and req.prompt_embeds not in embeddings:
-        raise HTTPException(400, f"no embeddings file {req.prompt_embeds!r} on this server; it has {embeddings}")
-
-
-api = FastAPI(title="histream serve --ray")
-guards.install(api)  # as the plain server: 413 for bodies over a few KB, before parsing; error bodies quote only excerpts
-
-
-def joined(replicas: list[dict], key: str) -> str:
-    """One /api/info field over the replicas ("CPU", or "NVIDIA H100, NVIDIA H200" on a mixed cluster)."""
-    return ", ".join(sorted({str(r[key]) for r in replicas if key in r})) or "starting"
-
-
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
-@serve.ingress(api)
-class Ingress:
-    def __init__(self, engine, description: str, limits: Limits, embeds_dir: str | None, registry: str,
-                 watching: Watching):
-        self.engine, self.description, self.limits, self.watching = engine, description, limits, watching
-        self.embeds = EmbeddingsDir(embeds_dir)
-        self.registry = ray.get_actor(registry, namespace=NAMESPACE)
-
-    async def status_or_404(self, stream_id: str) -> dict:
-        status = await self.registry.status.remote(stream_id)
-        if status is None:
-            raise HTTPException(404, f"no stream {stream_id!r}")
-        return status
-
-    @api.get("/", response_class=HTMLResponse)
-    def page(self) -> str:
-        return (STATIC / "index.html").read_text()
-
-    @api.get("/api/info")
-    async def info(self) -> dict:
-        replicas = await self.registry.replica_info.remote()
-        return {"model": self.description, "device": joined(replicas, "device"), "dtype": joined(replicas, "dtype"),
-                "decoder": joined(replicas, "decoder"), "schedules": sorted(SCHEDULES), "limits": vars(self.limits),
-                "embeddings": self.embeds.names(), "fps": 16, "live": False,  # bounded streams only (see start)
-                "text_encoder": bool(replicas) and all(r.get("text_encoder") for r in replicas),
-                "reconnect_grace_seconds": self.watching.grace_s, "replicas": replicas}
-
-    @api.post("/api/streams", status_code=201)
-    async def start(self, req: StreamRequest) -> dict:
-        check_request(req, self.limits, self.embeds.names())
-        try:  # the engine's shape checks, here, so a bad request waits for no replica (a replica checks the rest)
-            check_video_request(req.frames, req.height, req.width, EngineConfig().chunk_size, SCHEDULES[req.schedule])
-        except ValueError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        try:
-            return await self.registry.start.remote(req.model_dump())
-        except OverflowError as exc:
-            raise HTTPException(429, str(exc).splitlines()[-1]) from exc
-
-    @api.get("/api/streams/{stream_id}")
-    async def status(self, stream_id: str) -> dict:
-        return await self.status_or_404(stream_id)
-
-    @api.delete("/api/streams/{stream_id}")
-    async def cancel(self, stream_id: str) -> dict:
-        await self.status_or_404(stream_id)
-        await self.registry.cancel.remote(stream_id)
-        return await self.status_or_404(stream_id)
-
-    @api.get("/api/streams/{stream_id}/video.mp4")
-    async def video(self, stream_id: str):
-        status = await self.status_or_404(stream_id)
-        data = await self.registry.video.remote(stream_id)
-        if data is None:
-            return JSONResponse({"detail": f"stream {stream_id} is {status['state']}: its video is ready once it is done "
-                                           "or cancelled after at least one chunk"}, status_code=409)
-        return Response(data, media_type="video/mp4",
-                        headers={"Content-Disposition": f'attachment; filename="histream-{stream_id}.mp4"'})
-
-    @api.websocket("/api/streams/{stream_id}/ws")
-    async def watch(self, ws: WebSocket, stream_id: str):
-        await ws.accept()
-        watcher, refused = await self.registry.watch.remote(stream_id)
-        if refused is not None:
-            await ws.send_json({"type": "failed", "error": refused})
-            await ws.close(code=4404 if refused.startswith("no stream") else 4429)
-            return
-        outbox: asyncio.Queue = asyncio.Queue()  # the registry's events and this socket's own answers, in order
-
-        async def poll():  # each poll also renews this watcher's lease in the registry
-            seen = 0
-            try:
-                while True:
-                    events = await self.registry.events_since.remote(stream_id, seen, watcher)
-                    seen += len(events)
-                    for event in events:
-                        outbox.put_nowait(event)
-                    if events and events[-1][0]["type"] in FINAL:
-                        return
-            except Exception as exc:  # noqa: BLE001 - this socket cannot follow the stream any more; say why
-                outbox.put_nowait(({"type": "failed", "error": f"the stream registry is unreachable: {type(exc).__name__}"}, []))
-
-        async def listen():
-            try:
-                while (msg := await ws.receive())["type"] != "websocket.disconnect":
-                    command, why = guards.ws_command(msg)
-                    if command is not None and command["type"] == "cancel":
-                        await self.registry.cancel.remote(stream_id)
-                        continue
-                    if command is not None:
-                        why = ("prompt switches run on plain histream serve; the Ray replicas serve bounded streams for now"
-                               if command["type"] == "prompt" else
-                               f"unknown command type {guards.excerpt(command['type'], 40)!r}; this server takes cancel")
-                    outbox.put_nowait(({"type": "error", "error": why}, []))
-            except (WebSocketDisconnect, RuntimeError):
-                pass
-            outbox.put_nowait(None)  # the client left: the sender stops
-
-        tasks = [asyncio.create_task(poll()), asyncio.create_task(listen())]
-        try:
-            while (item := await outbox.get()) is not None:
-                data, frames = item
-                await ws.send_json(data)
-                for frame in frames:
-                    await ws.send_bytes(frame)
-                if data["type"] in FINAL:
-                    await ws.close()
-                    break
-        except (WebSocketDisconnect, RuntimeError):  # closed under us; Starlette raises RuntimeError on a closed socket
-            pass
-        finally:
-            for task in tasks:
-                task.cancel()
-            await self.registry.unwatch.remote(stream_id, watcher)  # the reconnect grace starts if it was the last
-
-
 def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embeds_dir: str | None = None,
            route_prefix: str = "/", watching: Watching | None = None):
     """Starts the registry, the engine deployment and the ingress on the connected Ray cluster. Returns the registry's
@@ -248,10 +101,10 @@ def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embed
     max_waiting = limits.max_queue + scaling.most  # a burst's streams count as waiting until their replica starts them
     name = registry_name()
     registry = StreamRegistry.options(name=name, namespace=NAMESPACE).remote(
-        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s())
+        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s(), limits=limits)
     engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(max_waiting)).bind(
-        {**spec, "embeds_dir": embeds_dir, "ranks": scaling.ranks, "rank_resources": scaling.rank_resources(),
-         "rank_timeout_s": scaling.rank_timeout_s}, name)
+        {**spec, "embeds_dir": embeds_dir, "limits": limits, "ranks": scaling.ranks,
+         "rank_resources": scaling.rank_resources(), "rank_timeout_s": scaling.rank_timeout_s}, name)
     serve.run(Ingress.bind(engine, description, limits, embeds_dir, name, watching), name=APP_NAME, route_prefix=route_prefix)
     return registry
 
@@ -338,6 +191,13 @@ def listening(asked_host: str, asked_port: int) -> str:
         return f"http://{asked_host}:{asked_port}/"
 
 
+def free_port(host: str) -> int:
+    """--port 0 over Ray: a port free now, for Serve's proxy, which takes a fixed one."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     scaling, watching = scaling_from_args(args), watching_from_args(args)  # refusals first, before a cluster starts
     check_ranks(scaling.ranks, spec)
@@ -362,7 +222,7 @@ def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     registry = None
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.start(http_options={"host": args.host, "port": args.port or free_port(args.host)})
         registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None,
                           watching=watching)
         print(f"histream serve --ray: {description}\nopen {listening(args.host, args.port)} (Ctrl-C stops)", flush=True)

@@ -30,8 +30,16 @@ import uuid
 import ray
 import torch
 
-from ..host import EngineOptions, HostEngine, HostRequest, HostStream, open_engine, tiny_demo
-from .stream_registry import NAMESPACE, replica_lost
+from ...host import (
+    EngineOptions,
+    HostEngine,
+    HostRequest,
+    HostStream,
+    open_engine,
+    tiny_demo,
+)
+from ..protocol import device_name
+from .registry import NAMESPACE, replica_lost
 
 SETTLE_S = 10.0  # how long rank 0 waits, after its stream ended, for the other ranks' streams to end with it
 PING_S = 10.0  # how long rank 0 waits for the other ranks to answer before it hands them a stream
@@ -55,11 +63,6 @@ def join_group(address: str, rank: int, world: int, backend: str, timeout_s: flo
 
 def rank_device(backend: str) -> str:
     return f"cuda:{torch.cuda.current_device()}" if backend == "nccl" else "cpu"
-
-
-def device_name(host: HostEngine) -> str:
-    dit = host.engine.dit
-    return torch.cuda.get_device_name(dit.device) if dit.device.type == "cuda" else "CPU"
 
 
 def open_rank_host(spec: dict, backend: str) -> HostEngine:
@@ -172,7 +175,7 @@ class RankGroup:
         self.placement = ray.util.get_current_placement_group()
         if self.placement is None:
             raise RuntimeError(f"a replica of {world} ranks runs in a placement group of {world} bundles "
-                               "(deploy with ray_app.Scaling(ranks=...), which declares it)")
+                               "(deploy with deploy.Scaling(ranks=...), which declares it)")
         self.host: HostEngine | None = None
         self.actors: list = []
         self.devices: list[str] = []

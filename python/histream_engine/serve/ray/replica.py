@@ -1,10 +1,12 @@
 """The engine deployment of ``histream serve --ray``: each replica holds one engine and runs one stream at a time.
 
-``run`` is a streaming method (the caller uses ``handle.options(stream=True)``): it yields the replica's name, then
-each chunk with its JPEG frames, then the end with the mp4's bytes (sent back, so no state stays on the replica's
-node). A request the engine refuses, or an error while it runs (an out-of-memory on a GPU), ends that stream with
-the engine's message; the replica stays up for the next one. A cancel is read from the stream registry before the
-stream starts and after each chunk.
+``run`` is a streaming method (the caller uses ``handle.options(stream=True)``): it runs the stream as a ``session``
+(the same loop as plain serve's worker) and yields each of its events, the chunks with their JPEG frames, and the end
+with the mp4's bytes (sent back, so no state stays on the replica's node). A request the engine refuses, or an error
+while it runs (an out-of-memory on a GPU), ends that stream with the engine's message; the replica stays up for the
+next one. The session's steering is the stream registry: at each chunk boundary the replica asks it whether to stop
+and takes the prompt switches queued for this stream, applies them (``HostStream.set_prompt``: the engine's one prompt
+check) and answers each.
 
 The replica reports itself to the registry (device, dtype, decoder, text encoder, world size and each rank's device)
 when it starts and on every Serve health check, and says goodbye when Serve stops it cleanly, so ``/api/info`` lists
@@ -17,18 +19,21 @@ With ``spec["ranks"]`` N > 1 (``--gpus-per-replica N``) the replica is rank 0 of
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import ray
-import torch
 from ray import serve
 
-from ..host import EngineOptions, HostEngine, HostRequest, open_engine, tiny_demo
-from ..video import FPS, Mp4Writer
-from .jobs import encode_jpeg
-from .rank_group import RankGroup, device_name
-from .stream_registry import NAMESPACE
+from ...checkpoint import CheckpointError
+from ...host import EngineOptions, HostEngine, HostRequest, open_engine, tiny_demo
+from ...runtime import StreamClosedError
+from .. import protocol
+from ..embeddings import EmbeddingsDir
+from ..protocol import FINAL, Limits, PromptSwitchRequest
+from ..session import Session, run
+from .rank_group import RankGroup
+from .registry import NAMESPACE
+from ...wording import JSON_FIELDS, in_terms
 
 
 def open_host(spec: dict) -> HostEngine:
@@ -42,11 +47,34 @@ def open_host(spec: dict) -> HostEngine:
 def describe(host: HostEngine, devices: list[str] | None = None) -> dict:
     """What ``/api/info`` shows of a replica: the model as it runs there, on how many ranks and devices."""
     engine = host.engine
-    dit = engine.dit
-    devices = devices or [device_name(host)]
-    return {"device": devices[0], "dtype": str(dit.dtype).replace("torch.", ""), "decoder": engine.vae.name,
+    devices = devices or [protocol.device_name(host)]
+    return {"device": devices[0], "dtype": protocol.dtype_name(host), "decoder": engine.vae.name,
             "text_encoder": getattr(engine, "text_encoder", None) is not None, "world_size": len(devices),
             "devices": devices}
+
+
+class RegistrySteering:
+    """A session's steering over Ray: the registry holds what clients asked of the stream until this replica takes it."""
+
+    def __init__(self, registry, stream_id: str, embeds: EmbeddingsDir):
+        self.registry, self.stream_id, self.embeds = registry, stream_id, embeds
+
+    def boundary(self, stream) -> bool:
+        stop, switches = ray.get(self.registry.commands.remote(self.stream_id))
+        if switches:
+            self.registry.verdicts.remote(self.stream_id, [(sid, *self.apply(stream, change)) for sid, change in switches])
+        return stop
+
+    def apply(self, stream, change: dict) -> tuple[int, str | None]:
+        """One switch on this replica's stream: (200, None), or the HTTP status and reason plain serve gives."""
+        try:
+            switch = PromptSwitchRequest(**change)
+            stream.set_prompt(switch.prompt, self.embeds.path(switch.prompt_embeds), switch.recache)
+        except StreamClosedError as exc:
+            return 409, str(exc)
+        except (ValueError, TypeError, CheckpointError) as exc:
+            return 400, in_terms(exc, JSON_FIELDS)
+        return 200, None
 
 
 class EngineReplica:
@@ -56,7 +84,8 @@ class EngineReplica:
         self.group = None if ranks == 1 else RankGroup(spec, ranks, spec["rank_resources"], spec["rank_timeout_s"],
                                                        f"histream-{self.replica}")
         self._host = open_host(spec) if self.group is None else None
-        self.embeds_dir = spec.get("embeds_dir")
+        self.embeds = EmbeddingsDir(spec.get("embeds_dir"))  # the ingress's resolver, on this node's copy of the folder
+        self.limits: Limits = spec.get("limits") or Limits()
         self.info = describe(self.host, None if self.group is None else self.group.devices)
         self.device = self.info["device"]
         self.registry = ray.get_actor(registry, namespace=NAMESPACE)
@@ -89,48 +118,25 @@ class EngineReplica:
             pass
 
     def _results(self, req: dict):
-        embeds = str(Path(self.embeds_dir) / req["prompt_embeds"]) if req.get("prompt_embeds") else ""
-        request = HostRequest(req["prompt"], embeds, req["frames"], req["height"], req["width"], req["schedule"], req["seed"])
+        request = HostRequest(req["prompt"], self.embeds.path(req["prompt_embeds"]), req["frames"], req["height"],
+                              req["width"], req["schedule"], req["seed"], live=req["live"])
         if self.group is not None:
             return self.group.stream(request)
         return self.host.results(request)
 
     def run(self, stream_id: str, req: dict):
+        """``req``: ``protocol.plan``'s record. Yields {"event", "frames"}, the final one with "video" (the mp4's bytes)."""
         if ray.get(self.registry.cancelled.remote(stream_id)):  # cancelled while it waited in Ray's queue: no work
-            yield {"event": {"type": "cancelled", "chunks": 0, "seconds": 0.0}}
+            yield {"event": protocol.final_event("cancelled", 0, 0.0)}
             return
-        yield {"event": {"type": "started", "replica": self.replica, "device": self.device}}
         path = Path(self._tmp.name) / f"{stream_id}.mp4"
-        t0 = time.perf_counter()
-        writer, chunks, cancelled = None, 0, False
-        results = None
+        session = Session(lambda: self._results(req), req, path, self.limits.max_record_seconds,
+                          tags={"replica": self.replica, "device": self.device})
         try:
-            results = self._results(req)
-            for c, frames in results:  # frames [T, H, W, 3] uint8
-                if writer is None:
-                    writer = Mp4Writer(path, req["width"], req["height"])
-                writer.write(torch.from_numpy(frames))
-                chunks += 1
-                info = {"type": "chunk", "index": c.index, "frames": int(frames.shape[0]), "width": int(frames.shape[2]),
-                        "height": int(frames.shape[1]), "denoise_seconds": c.seconds, "vae_seconds": c.vae_seconds,
-                        "seconds_since_start": time.perf_counter() - t0, "forwards": c.forwards, "recache": c.recache,
-                        "tokens_attended": c.tokens_attended, "cache_bytes": c.cache_bytes, "run_mode": c.run_mode,
-                        "realtime_seconds_per_frame": 1.0 / FPS, "replica": self.replica}
-                yield {"event": info, "frames": [encode_jpeg(f) for f in frames]}
-                if ray.get(self.registry.cancelled.remote(stream_id)):
-                    cancelled = True
-                    break
-            if writer is not None:
-                writer.close()
-                writer = None
-            video = path.read_bytes() if path.is_file() else None
-            yield {"event": {"type": "cancelled" if cancelled else "done", "chunks": chunks,
-                             "seconds": time.perf_counter() - t0}, "video": video}
-        except Exception as exc:  # noqa: BLE001 - the engine's message ends this stream; the replica serves the next
-            if writer is not None:
-                writer.abort()
-            yield {"event": {"type": "failed", "error": f"{type(exc).__name__}: {exc}"}}
+            for event in run(session, RegistrySteering(self.registry, stream_id, self.embeds)):
+                item = {"event": event.data, "frames": event.frames}
+                if event.data["type"] in FINAL and path.is_file():
+                    item["video"] = path.read_bytes()
+                yield item
         finally:
-            if results is not None:
-                results.close()
             path.unlink(missing_ok=True)

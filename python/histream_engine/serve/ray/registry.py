@@ -8,6 +8,11 @@ Watchers are leases, not a count: an ingress renews its watcher with every poll 
 without saying goodbye stops counting after ``lease_s``. A stream whose watchers have all left is cancelled only if
 none comes back within ``grace_s``; a stream that was never watched (an API client that polls its status) runs on.
 
+Prompt switches reach the replica running the stream through here: ``switch`` queues one and waits; the replica takes
+what is queued at each chunk boundary (``commands``, the same call that tells it about a cancel), applies it to its
+stream with the engine's one prompt check, and answers (``verdicts``), so the caller gets the same 200, 400 or 409 as
+on plain serve, once the switch is taken. A cancel, or the stream's end, answers every switch still waiting with 409.
+
 Bounded: streams kept, waiting streams, watchers per stream, and the bytes of a finished stream's mp4 (sent back
 from the replica, which keeps no state). Replicas report themselves at start and on every Serve health check, and
 leave the list when they stop cleanly or have not been heard from for ``replica_ttl_s``.
@@ -22,7 +27,11 @@ from dataclasses import dataclass, field
 
 import ray
 
-FINAL = ("done", "cancelled", "failed")
+from .. import protocol
+from ..event_log import EventLog
+from ..protocol import FINAL
+from ..session import Event
+
 NAMESPACE = "histream"
 
 
@@ -42,23 +51,39 @@ class Watching:
 class Record:
     id: str
     request: dict
+    events: EventLog  # the frames of its replay window, none once the stream ends
     state: str = "queued"
     replica: str | None = None
     error: str | None = None
-    reason: str | None = None  # why the server, not a client, cancelled it
+    reason: str | None = None  # why the server, not a client, ended it
+    video_note: str | None = None
     chunks: int = 0
-    events: list = field(default_factory=list)  # (JSON event, [JPEG frames]); frames dropped once the stream ends
     video: bytes | None = None
     cancel: bool = False
     driving: bool = True  # its call to the engine deployment has not returned yet
     started: bool = False  # a replica has taken it (until then it holds a place in Ray's queue)
     watchers: dict = field(default_factory=dict)  # watcher id -> when its last poll ended (None: a poll in flight)
     left_at: float | None = None  # when it was last watched, once nobody watches it; None while watched or never
+    switches: list = field(default_factory=list)  # (switch id, PromptSwitchRequest as a dict) the replica has not taken yet
+    answers: dict = field(default_factory=dict)  # switch id -> (the change, the future its caller awaits)
 
     def status(self) -> dict:
-        return {"id": self.id, "state": self.state, "position": None, "chunks": self.chunks, "error": self.error,
-                "reason": self.reason, "replica": self.replica, "request": self.request,
-                "video": f"/api/streams/{self.id}/video.mp4" if self.video is not None else None}
+        return protocol.status(self.id, self.state, self.request, self.chunks, error=self.error, reason=self.reason,
+                               video=self.video is not None, video_note=self.video_note, replica=self.replica)
+
+    def answer(self, switch_id: str, verdict: tuple[int, str | None]) -> dict | None:
+        """Answer a waiting switch; returns the change when it was accepted."""
+        change, future = self.answers.pop(switch_id, (None, None))
+        if future is not None and not future.done():
+            future.set_result(verdict)
+        return change if verdict[0] == 200 else None
+
+    def refuse_switches(self) -> None:
+        """The stream ended or is being cancelled: no switch still waiting will land."""
+        self.switches = []
+        why = f"stream {self.id} is {'cancelled' if self.cancel else self.state}: there is nothing to switch"
+        for switch_id in list(self.answers):
+            self.answer(switch_id, (409, why))
 
 
 def replica_lost(exc: BaseException) -> bool:
@@ -68,10 +93,12 @@ def replica_lost(exc: BaseException) -> bool:
 @ray.remote(num_cpus=0, max_concurrency=256)
 class StreamRegistry:
     def __init__(self, app_name: str, deployment: str, max_waiting: int, watching: Watching | None = None,
-                 replica_ttl_s: float = 30.0, keep: int = 32, max_video_bytes: int = 256 << 20):
+                 replica_ttl_s: float = 30.0, keep: int = 32, max_video_bytes: int = 256 << 20,
+                 limits: protocol.Limits | None = None):
         self.app_name, self.deployment = app_name, deployment
         self.max_waiting, self.keep, self.max_video_bytes = max_waiting, keep, max_video_bytes
         self.watching = watching or Watching()
+        self.limits = limits or protocol.Limits()
         self.replica_ttl_s = replica_ttl_s
         self.streams: dict[str, Record] = {}
         self.replicas: dict[str, dict] = {}
@@ -109,7 +136,7 @@ class StreamRegistry:
         waiting = sum(r.driving and not r.started for r in self.streams.values())
         if waiting >= self.max_waiting:
             raise OverflowError(f"{waiting} streams are already waiting (the limit is {self.max_waiting}); try again later")
-        rec = Record(uuid.uuid4().hex[:12], request)
+        rec = Record(uuid.uuid4().hex[:12], request, EventLog(self.limits.replay_frames, self.limits.replay_seconds))
         self.streams[rec.id] = rec
         self._forget_old()
         asyncio.get_running_loop().create_task(self._drive(rec))
@@ -129,38 +156,71 @@ class StreamRegistry:
         if rec is None or rec.state in FINAL:
             return
         rec.cancel, rec.reason = True, rec.reason or reason
+        rec.refuse_switches()
         if not rec.started:
             rec.state = "cancelled"
-            await self._publish(rec, {"type": "cancelled", "chunks": 0, "seconds": 0.0, "video": None, "reason": rec.reason})
+            await self._publish(rec, protocol.final_event("cancelled", 0, 0.0, reason=rec.reason))
 
     def cancelled(self, stream_id: str) -> bool:
         rec = self.streams.get(stream_id)
         return rec is None or rec.cancel
 
-    def watch(self, stream_id: str) -> tuple[str | None, str | None]:
-        """(a watcher id to poll with, None), or (None, why this watcher may not follow the stream)."""
+    # ---- prompt switches, between a caller and the replica running the stream ----
+    async def switch(self, stream_id: str, change: dict) -> tuple[int, str | None]:
+        """Queue a switch for the replica, and wait until it has taken it: (200, None), or (HTTP status, why not)."""
         rec = self.streams.get(stream_id)
         if rec is None:
-            return None, f"no stream {stream_id!r}"
+            return 404, f"no stream {stream_id!r}"
+        if rec.state in FINAL or rec.cancel:
+            return 409, f"stream {stream_id} is {'cancelled' if rec.cancel else rec.state}: there is nothing to switch"
+        switch_id = uuid.uuid4().hex[:12]
+        future = asyncio.get_running_loop().create_future()
+        rec.switches.append((switch_id, change))
+        rec.answers[switch_id] = (change, future)
+        return await future
+
+    def commands(self, stream_id: str) -> tuple[bool, list]:
+        """The replica's call at each chunk boundary: whether to stop, and the switches queued since its last call."""
+        rec = self.streams.get(stream_id)
+        if rec is None:
+            return True, []
+        taken, rec.switches = rec.switches, []
+        return rec.cancel, taken
+
+    async def verdicts(self, stream_id: str, verdicts: list) -> None:
+        """The replica's answers to the switches it took: (switch id, HTTP status, why not)."""
+        rec = self.streams.get(stream_id)
+        for switch_id, status, why in verdicts:
+            change = None if rec is None else rec.answer(switch_id, (status, why))
+            if change is not None:
+                await self._publish(rec, protocol.prompt_event(protocol.PromptSwitchRequest(**change)))
+
+    def watch(self, stream_id: str) -> tuple[str | None, int, str | None]:
+        """(a watcher id to poll with, 200, None), or (None, HTTP status, why this watcher may not follow the stream)."""
+        rec = self.streams.get(stream_id)
+        if rec is None:
+            return None, 404, f"no stream {stream_id!r}"
         self._expire_watchers(rec, time.monotonic())
         if len(rec.watchers) >= self.watching.max_watchers:
-            return None, f"stream {stream_id} already has {len(rec.watchers)} watchers (the limit is {self.watching.max_watchers})"
+            return None, 429, (f"stream {stream_id} already has {len(rec.watchers)} watchers (the limit is "
+                               f"{self.watching.max_watchers})")
         watcher = uuid.uuid4().hex[:12]
         rec.watchers[watcher] = time.monotonic()
         rec.left_at = None
-        return watcher, None
+        return watcher, 200, None
 
     def unwatch(self, stream_id: str, watcher: str) -> None:
         rec = self.streams.get(stream_id)
         if rec is not None and rec.watchers.pop(watcher, False) is not False and not rec.watchers:
             rec.left_at = time.monotonic()  # the grace starts now
 
-    async def events_since(self, stream_id: str, n: int, watcher: str | None = None, timeout: float = 5.0) -> list:
-        """The stream's events from the n-th on, waiting up to ``timeout`` s for one when there is none yet. Each call
-        renews ``watcher``'s lease."""
+    async def events_since(self, stream_id: str, n: int, watcher: str | None = None,
+                           timeout: float = 5.0) -> tuple[dict | None, list[Event]]:
+        """The stream's events from the n-th on (``EventLog.since``: a ``replay`` event first when some lost their
+        frames), waiting up to ``timeout`` s for one when there is none yet. Each call renews ``watcher``'s lease."""
         rec = self.streams.get(stream_id)
         if rec is None:
-            return []
+            return None, []
         self._renew(rec, watcher, None)
         try:
             async with self.changed:
@@ -169,7 +229,7 @@ class StreamRegistry:
                         await asyncio.wait_for(self.changed.wait_for(lambda: len(rec.events) > n), timeout)
                     except asyncio.TimeoutError:
                         pass
-            return rec.events[n:]
+            return rec.events.since(n)
         finally:
             self._renew(rec, watcher, time.monotonic())
 
@@ -203,7 +263,7 @@ class StreamRegistry:
     # ---- driving one stream ----
     async def _publish(self, rec: Record, data: dict, frames: list | None = None) -> None:
         async with self.changed:
-            rec.events.append((data, frames or []))
+            rec.events.append(Event(data, frames or []))
             self.changed.notify_all()
 
     async def _drive(self, rec: Record) -> None:
@@ -226,9 +286,12 @@ class StreamRegistry:
                 elif data["type"] in FINAL:
                     if item.get("video") is not None and len(item["video"]) <= self.max_video_bytes:
                         rec.video = item["video"]
-                    data = {**data, "video": f"/api/streams/{rec.id}/video.mp4" if rec.video is not None else None,
-                            "reason": rec.reason}
-                    rec.state, rec.error = data["type"], data.get("error")
+                    if data["type"] != "failed":
+                        data = {**data, "video": protocol.video_url(rec.id) if rec.video is not None else None,
+                                "reason": rec.reason or data.get("reason")}
+                    rec.state, rec.error, rec.reason = data["type"], data.get("error"), data.get("reason")
+                    rec.video_note = data.get("video_note")
+                    rec.refuse_switches()
                 await self._publish(rec, data, item.get("frames"))
             if rec.state not in FINAL:
                 raise RuntimeError("the replica's stream ended without a final event")
@@ -239,13 +302,14 @@ class StreamRegistry:
                 rec.error = f"replica lost: {type(exc).__name__}: {exc}" if lost else f"{type(exc).__name__}: {exc}"
                 if lost and rec.replica in self.replicas:
                     self.replicas[rec.replica]["state"] = "lost"
-                await self._publish(rec, {"type": "failed", "error": rec.error})
+                await self._publish(rec, protocol.final_event("failed", rec.chunks, 0.0, error=rec.error))
         finally:
             rec.driving = False
+            rec.refuse_switches()
             if rec.replica in self.replicas and self.replicas[rec.replica].get("state") == "busy":
                 self.replicas[rec.replica]["state"] = "idle"
             async with self.changed:
-                rec.events = [(d, []) for d, _ in rec.events]  # the mp4 has the frames now
+                rec.events.forget_frames()  # the mp4 has the frames now
                 self.changed.notify_all()
 
     def _forget_old(self) -> None:

@@ -1,0 +1,36 @@
+"""Running plain ``histream serve``: the listening socket is bound here, before uvicorn starts, so a port that cannot
+be had is one line at startup and ``--port 0`` prints the port the system gave."""
+
+from __future__ import annotations
+
+import socket
+
+from fastapi import FastAPI
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: any free port); ValueError with the system's reason when it cannot be."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def url(sock: socket.socket, host: str) -> str:
+    return f"http://{'[' + host + ']' if ':' in host else host}:{sock.getsockname()[1]}/"
+
+
+def serve_forever(app: FastAPI, host: str, port: int, description: str) -> int:
+    import uvicorn
+
+    sock = listen(host, port)
+    print(f"histream serve: {description}\nopen {url(sock, host)} (Ctrl-C stops)", flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C (uvicorn re-raises it once it has shut down)
+        pass
+    return 0
