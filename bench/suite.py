@@ -234,13 +234,21 @@ def compare_decoders(engine: Engine, decoders: dict, prompt, preset: BenchPreset
     return out
 
 
-def main(argv=None) -> int:
-    if "--live" in (sys.argv[1:] if argv is None else argv):  # the soak of one unbounded stream (bench/live.py)
-        from .live import main as live_main
+@dataclasses.dataclass
+class BenchRun:
+    """One bench command's settings, resolved from the preset and the flags (and, with --parallel, the rank's group)."""
 
-        return live_main(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args: argparse.Namespace
+    par: object  # the ParallelGroup, or None
+    preset: BenchPreset
+    device: torch.device
+    dtype_name: str
+    repeats: int
+    frames: int
+    cfg: WanConfig
+
+
+def resolve_run(parser, args) -> BenchRun:
     par = None
     if args.parallel:
         par = init_parallel()
@@ -254,100 +262,112 @@ def main(argv=None) -> int:
     device = par.device if par else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.cuda_graphs and device.type != "cuda":
         parser.error("--cuda-graphs needs a CUDA device and none is visible; drop the flag on this machine")
-    dtype_name = args.dtype or preset.dtype
-    repeats = preset.repeats if args.repeats is None else args.repeats
-    frames = preset.frames if args.frames is None else args.frames
-    cfg = WanConfig.from_name(preset.model)
-    check_arguments(parser, args, preset, frames, repeats, cfg, par.world_size if par else 1)
-    decoders = {}  # before the DiT, so that a bad --tae file is refused at once
+    run = BenchRun(args, par, preset, device, args.dtype or preset.dtype, preset.repeats if args.repeats is None else args.repeats,
+                   preset.frames if args.frames is None else args.frames, WanConfig.from_name(preset.model))
+    check_arguments(parser, args, preset, run.frames, run.repeats, run.cfg, par.world_size if par else 1)
+    return run
+
+
+def build_decoders(parser, run: BenchRun) -> dict:
+    """The decoders to compare, built before the DiT so that a bad --tae file is refused at once."""
+    args, decoders = run.args, {}
     wanted = args.vae or (["wan", "tae"] if args.vae is not None else ["tae"] if args.tae is not None else [])
     for name in wanted:
         try:
-            decoders[name] = build_decoder(name, getattr(torch, dtype_name), device, args.tae, preset.vae_dim, seed=1)
+            decoders[name] = build_decoder(name, getattr(torch, run.dtype_name), run.device, args.tae, run.preset.vae_dim, seed=1)
         except CheckpointError as e:
             parser.exit(2, f"{parser.prog}: error: --tae: {' '.join(str(e).split())}\n")  # the loader's message, on one line
-    dit = initialized_dit(cfg, getattr(torch, dtype_name), device)
-    engine = Engine(dit, engine_config(args), vae=next(iter(decoders.values()), None))
-    prompt = torch.randn(1, cfg.text_len, cfg.text_dim, device=device).to(dit.dtype)  # [1, 512, text_dim]
-    prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
-    env = environment(device)
-    print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {dtype_name}, attention {args.attention}, dit {args.dit}, "
-          f"{frames} frames at {preset.width}x{preset.height}, {repeats} repeats, cuda graphs {'on' if args.cuda_graphs else 'off'}, "
-          f"torch.compile {'on' if args.compile else 'off'}" + (f", {par.world_size} ranks ({args.parallel})" if par else ""), flush=True)
+    return decoders
 
+
+def run_all(run: BenchRun, engine, prompt, env, decoders) -> tuple[dict, dict]:
+    """Every asked schedule timed (and profiled, and its decoders compared): (results, profiles) by schedule."""
+    args, preset = run.args, run.preset
     schedules, profiles = {}, {}
     for name in args.schedules:
         t0 = time.perf_counter()
-        schedules[name] = run_schedule(engine, prompt, preset, frames, name, repeats, device_peak(env["device"], dtype_name), fp8_peak(env["device"]))
+        schedules[name] = run_schedule(engine, prompt, preset, run.frames, name, run.repeats,
+                                       device_peak(env["device"], run.dtype_name), fp8_peak(env["device"]))
         print(f"  {name:>14}: {schedules[name]['seconds_per_frame']:.4f} s/frame ({time.perf_counter() - t0:.0f} s)", flush=True)
         if decoders:
-            schedules[name]["decoders"] = compare_decoders(engine, decoders, prompt, preset, frames, name, repeats, schedules[name])
+            schedules[name]["decoders"] = compare_decoders(engine, decoders, prompt, preset, run.frames, name, run.repeats,
+                                                           schedules[name])
         if args.profile:
-            profiles[name] = profile_last_chunk(engine, prompt, frames, preset.height, preset.width, name)
+            profiles[name] = profile_last_chunk(engine, prompt, run.frames, preset.height, preset.width, name)
+    return schedules, profiles
 
+
+def comparisons(run: BenchRun, engine, dit, prompt, schedules) -> dict:
+    """The precision errors, the peer comparison and the Wan2.1 baseline the flags ask for; speedups written in."""
+    args, preset, frames = run.args, run.preset, run.frames
     errors = None
     if args.precision_errors:
         from .fp8_error import precision_errors
 
         print("precision errors against fp32 (one video per variant):", flush=True)
         fp8_core = "torch_fp8" if args.attention == "torch" else "triton_fp8"
-        errors = precision_errors(lambda dt: initialized_dit(cfg, dt, device), prompt.float(), frames, preset.height, preset.width,
-                                  args.schedules, fp8_attention=fp8_core)
-
+        errors = precision_errors(lambda dt: initialized_dit(run.cfg, dt, run.device), prompt.float(), frames, preset.height,
+                                  preset.width, args.schedules, fp8_attention=fp8_core)
     peer = None
     if args.peer_self_forcing is not None:
-        peer = compare(args.peer_self_forcing, engine, prompt, frames, preset.height, preset.width, args.schedules, repeats)
-
-    if args.no_baseline or preset.baseline_steps == 0 or par:
-        why = "--no-baseline" if args.no_baseline else "--parallel (the baseline runs one process)" if par else f"preset {preset.name} runs no baseline"
+        peer = compare(args.peer_self_forcing, engine, prompt, frames, preset.height, preset.width, args.schedules, run.repeats)
+    if args.no_baseline or preset.baseline_steps == 0 or run.par:
+        why = "--no-baseline" if args.no_baseline else "--parallel (the baseline runs one process)" if run.par \
+            else f"preset {preset.name} runs no baseline"
         baseline = {"skipped": why}
     else:
         latent = ((frames - 1) // VAE_TIME_STRIDE + 1, preset.height // VAE_SPACE_STRIDE, preset.width // VAE_SPACE_STRIDE)
         baseline = wan_baseline(dit, prompt, latent, frames, preset.baseline_steps)
-
     sf = schedules.get("self_forcing")
     for r in schedules.values():
         r["speedup_vs_self_forcing"] = sf["seconds_per_frame"] / r["seconds_per_frame"] if sf else None
         r["predicted_speedup_vs_self_forcing"] = sf["flops_per_frame"] / r["flops_per_frame"] if sf else None
         base = baseline.get("seconds_per_frame")
         r["speedup_vs_wan_baseline"] = base / r["seconds_per_frame"] if base else None
+    return {"precision_errors": errors, "peer_self_forcing": peer, "wan_baseline": baseline}
 
-    record = {
+
+def make_record(run: BenchRun, argv, env, engine, decoders, schedules, profiles, compared: dict) -> dict:
+    args, preset = run.args, run.preset
+    vae = {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim)),
+           "taehv_flops_per_frame": flops.taehv_flops_per_frame(preset.height, preset.width), "decoders": list(decoders),
+           "tae_weights": (str(args.tae) if args.tae else RANDOM_TAE) if "tae" in decoders else None}
+    return {
         "preset": preset.name,
         "command": "histream bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
         "environment": env,
         "model": preset.model,
-        "video": {"frames": frames, "height": preset.height, "width": preset.width},
-        "dtype": dtype_name,
+        "video": {"frames": run.frames, "height": preset.height, "width": preset.width},
+        "dtype": run.dtype_name,
         "attention": engine.config.attention,
         "precision": args.precision,
         "kv_dtype": engine.config.kv_dtype,
         "linear_dtype": engine.config.linear_dtype,
-        "precision_errors": errors,
+        "precision_errors": compared["precision_errors"],
         "dit": args.dit,
         "engine_dir": str(args.engine_dir) if args.engine_dir else None,
-        "repeats": repeats,
+        "repeats": run.repeats,
         "prompt_tokens": args.prompt_tokens,
         "cuda_graphs": args.cuda_graphs,
         "torch_compile": args.compile,
-        "parallel": {"mode": args.parallel, "world_size": par.world_size} if par else None,
-        "vae": {"dim": preset.vae_dim, "flops_per_frame": flops.vae_flops_per_frame(preset.height, preset.width, VAEConfig(dim=preset.vae_dim)),
-                "taehv_flops_per_frame": flops.taehv_flops_per_frame(preset.height, preset.width),
-                "decoders": list(decoders), "tae_weights": (str(args.tae) if args.tae else RANDOM_TAE) if "tae" in decoders else None}
-        if decoders else None,
-        "wan_baseline": baseline,
+        "parallel": {"mode": args.parallel, "world_size": run.par.world_size} if run.par else None,
+        "vae": vae if decoders else None,
+        "wan_baseline": compared["wan_baseline"],
         "schedules": schedules,
         "profiles": {name: {k: v for k, v in prof.items() if k != "table"} for name, prof in profiles.items()} or None,
         "attention_auto": auto_choices() if args.attention == "auto" else None,
-        "peer_self_forcing": peer,
+        "peer_self_forcing": compared["peer_self_forcing"],
     }
-    if par and not par.is_first:
-        return 0
-    slug = "cpu" if device.type == "cpu" else env["device"].replace(" ", "-")
-    if par:
-        slug += f"-x{par.world_size}"
-    out = args.out or default_out(record["date"], slug, preset.name)
+
+
+def write_outputs(run: BenchRun, record: dict, profiles: dict) -> None:
+    """The record (JSON), its table, the profiles' tables and the plot; rank 0 only."""
+    args, env = run.args, record["environment"]
+    slug = "cpu" if run.device.type == "cpu" else env["device"].replace(" ", "-")
+    if run.par:
+        slug += f"-x{run.par.world_size}"
+    out = args.out or default_out(record["date"], slug, run.preset.name)
     write_json(record, out)
     print("\n" + markdown_table(record))
     print(f"\nwrote {out}")
@@ -361,4 +381,30 @@ def main(argv=None) -> int:
     if not args.no_plot:
         why = plot_chunks(record, out.with_suffix(".png"))
         print(f"plot: {why}" if why else f"wrote {out.with_suffix('.png')}")
+
+
+def main(argv=None) -> int:
+    if "--live" in (sys.argv[1:] if argv is None else argv):  # the soak of one unbounded stream (bench/live.py)
+        from .live import main as live_main
+
+        return live_main(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = resolve_run(parser, args)
+    decoders = build_decoders(parser, run)
+    dit = initialized_dit(run.cfg, getattr(torch, run.dtype_name), run.device)
+    engine = Engine(dit, engine_config(args), vae=next(iter(decoders.values()), None))
+    prompt = torch.randn(1, run.cfg.text_len, run.cfg.text_dim, device=run.device).to(dit.dtype)  # [1, 512, text_dim]
+    prompt[:, args.prompt_tokens :] = 0  # UMT5 output: the prompt's tokens, then zero rows up to 512
+    env = environment(run.device)
+    preset, par = run.preset, run.par
+    print(f"histream bench {preset.name}: {preset.description}\n{env['device']}, {run.dtype_name}, attention {args.attention}, "
+          f"dit {args.dit}, {run.frames} frames at {preset.width}x{preset.height}, {run.repeats} repeats, cuda graphs "
+          f"{'on' if args.cuda_graphs else 'off'}, torch.compile {'on' if args.compile else 'off'}"
+          + (f", {par.world_size} ranks ({args.parallel})" if par else ""), flush=True)
+    schedules, profiles = run_all(run, engine, prompt, env, decoders)
+    compared = comparisons(run, engine, dit, prompt, schedules)
+    record = make_record(run, argv, env, engine, decoders, schedules, profiles, compared)
+    if par is None or par.is_first:
+        write_outputs(run, record, profiles)
     return 0
