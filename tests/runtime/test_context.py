@@ -4,12 +4,11 @@ frames, and a clip of whole chunks as the video's beginning; each against the un
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import random_dit, rel_err
+from uncached_reference import reference_chunk
 from histream_engine import SCHEDULES, Engine
 from histream_engine.model.vae import VAEConfig, WanVAE, to_uint8_frames
-from histream_engine.runtime.denoise.sampling import renoise, sigma_of, x0_from_flow
 from histream_engine.runtime.request_checks import RequestError
 from histream_engine.runtime.stream_state import StreamStateError
 
@@ -40,29 +39,6 @@ def draw(gen, sched, chunk, device):
     return [torch.randn((1, 16, M) + HW[s.resolution], generator=gen, device=device) for s in sched.steps(chunk)]
 
 
-def reference_chunk(model, ctx, sched, given, noisy_from, chunk, noises):
-    """The chunk's x0 for its noisy frames ``[noisy_from, M)``, each step the uncached forward over [``given`` at t=0 (the
-    chunk's own first frames, or the frames it attends)] + [its noisy frames], ``block_causal=M``."""
-    r = sched.low_factor
-    clean = {"high": given, "low": F.avg_pool3d(given, (1, r, r))}
-    n = given.shape[2]
-    x0, prev = None, None
-    for step, eps in zip(sched.steps(chunk), noises):
-        eps = eps[:, :, noisy_from:]
-        sigma = sigma_of(step.timestep)
-        if x0 is None:
-            x = eps
-        else:
-            base = x0 if step.resolution == prev else F.interpolate(x0, scale_factor=(1, r, r), mode="trilinear")
-            x = renoise(base, eps, sigma)
-        seq = torch.cat([clean[step.resolution], x], dim=2)
-        t = torch.zeros(1, seq.shape[2], device=seq.device)
-        t[:, n:] = step.timestep
-        flow = model(seq, t, ctx, block_causal=M)[:, :, n:]
-        x0, prev = x0_from_flow(x, flow, sigma), step.resolution
-    return x0
-
-
 @pytest.mark.parametrize("name", ["histream", "no_drc"])
 def test_an_image_is_frame_zero_clean_beside_the_noisy_frames(dit, vae, name):
     sched = SCHEDULES[name].replace(ntk=False)
@@ -74,10 +50,10 @@ def test_an_image_is_frame_zero_clean_beside_the_noisy_frames(dit, vae, name):
     gen = torch.Generator(device=dit.device).manual_seed(4)
     # chunk 0: in one block-causal forward over itself, frame 0 clean (t=0) and frames 1, 2 noisy (the chunk's frame 0
     # noise is drawn, as every chunk draws M frames, and unused)
-    want0 = reference_chunk(dit, prompt(dit.device), sched, latent, 1, 0, draw(gen, sched, 0, dit.device))
+    want0 = reference_chunk(dit, prompt(dit.device), sched, latent, 0, draw(gen, sched, 0, dit.device), M, noisy_from=1)
     assert rel_err(chunks[0].latents[:, :, 1:], want0) <= 1e-5
     # chunk 1 attends chunk 0 (the image and what came of it) as written into the rings at t=0
-    want1 = reference_chunk(dit, prompt(dit.device), sched, chunks[0].latents, 0, 1, draw(gen, sched, 1, dit.device))
+    want1 = reference_chunk(dit, prompt(dit.device), sched, chunks[0].latents, 1, draw(gen, sched, 1, dit.device), M, noisy_from=0)
     assert rel_err(chunks[1].latents, want1) <= 1e-5
     assert chunks[0].frames.shape[1] == 9  # frame 0 decodes the image's latent
 
@@ -90,7 +66,7 @@ def test_a_clip_of_whole_chunks_is_the_videos_beginning(dit, vae):
     assert [c.index for c in chunks] == [1, 2] and chunks[0].prompt_switch.recache  # the clip's frames were re-cached
     latents = vae.encode(clip[None]).float()  # [1, 16, 3, h, w]
     gen = torch.Generator(device=dit.device).manual_seed(4)  # the noise starts at the first generated chunk
-    want = reference_chunk(dit, prompt(dit.device), sched, latents, 0, 1, draw(gen, sched, 1, dit.device))
+    want = reference_chunk(dit, prompt(dit.device), sched, latents, 1, draw(gen, sched, 1, dit.device), M, noisy_from=0)
     assert rel_err(chunks[0].latents, want) <= 1e-5
     # the decoder goes on from the clip: the frames equal decoding the clip and the new latents as one video
     whole = to_uint8_frames(vae.decode(torch.cat([latents] + [c.latents for c in chunks], dim=2)))  # [1, 33, H, W, 3]

@@ -6,11 +6,10 @@ import threading
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import rel_err, random_dit
+from uncached_reference import reference_chunk
 from histream_engine import SCHEDULES, Engine, WanConfig
-from histream_engine.runtime.denoise.sampling import renoise, sigma_of, x0_from_flow
 from histream_engine.runtime.denoise.chunk import ChunkDenoiser
 from histream_engine.runtime.stream import StreamClosedError
 
@@ -34,24 +33,9 @@ def draw_noise(gen, sched, chunk, B, hw):
 def reference_chunk_after_switch(dit, ctx, sched, context_x0, chunk, noises, hw):
     """Chunk ``chunk`` with the uncached whole-sequence forward over [the frames it attends, at t=0] + [its noisy
     latents], ``block_causal=M``, under the prompt ``ctx``: every step recomputes the attended frames from scratch."""
-    r, train = sched.low_factor, dit.config.train_grid
+    train = dit.config.train_grid
     ntk = {k: (1.0, max(1.0, h / 2 / train[0]), max(1.0, w / 2 / train[1])) for k, (h, w) in hw.items()}
-    clean = {"high": context_x0, "low": F.avg_pool3d(context_x0, (1, r, r))}
-    n = context_x0.shape[2]
-    x0, prev = None, None
-    for step, eps in zip(sched.steps(chunk), noises):
-        sigma = sigma_of(step.timestep)
-        if x0 is None:
-            x = eps
-        else:
-            base = x0 if step.resolution == prev else F.interpolate(x0, scale_factor=(1, r, r), mode="trilinear")
-            x = renoise(base, eps, sigma)
-        seq = torch.cat([clean[step.resolution], x], dim=2)
-        t = torch.zeros(x.shape[0], seq.shape[2], device=dit.device)
-        t[:, n:] = step.timestep
-        flow = dit(seq, t, ctx, block_causal=M, ntk_scale=ntk[step.resolution])[:, :, n:]
-        x0, prev = x0_from_flow(x, flow, sigma), step.resolution
-    return x0
+    return reference_chunk(dit, ctx, sched, context_x0, chunk, noises, M, ntk=ntk)
 
 
 @pytest.mark.parametrize("name", ["histream", "histream_plus"])
