@@ -30,6 +30,7 @@ class Job:
     command: Callable[[Path], list[str]]  # the subprocess, given the job's own empty folder
     compiles: bool = False  # compiles kernels for a GPU: without the interpreter (TRITON_INTERPRET), own Triton cache
     future: Future | None = field(default=None, repr=False)
+    started_by: str | None = None  # "collection" (in the background, as meant) or "fixture" (the test waits for all of it)
 
 
 def python(*args: str) -> list[str]:
@@ -64,15 +65,22 @@ def start(fixtures_in_use: set[str]) -> None:
     """Start, in order, every job whose fixture a collected test uses."""
     for name, job in JOBS.items():
         if job.fixture in fixtures_in_use and job.future is None:
-            job.future = _runner.submit(_run, name, job)
+            job.future, job.started_by = _runner.submit(_run, name, job), "collection"
 
 
 def result(name: str) -> tuple[subprocess.CompletedProcess, Path]:
-    """The job's finished process (exit code, stdout, stderr) and its folder; run now if it was not started."""
+    """The job's finished process (exit code, stdout, stderr) and its folder; run now if it was not started, which
+    ``in_foreground`` then reports."""
     job = JOBS[name]
     if job.future is None:
-        job.future = _runner.submit(_run, name, job)
+        job.future, job.started_by = _runner.submit(_run, name, job), "fixture"
     return job.future.result()
+
+
+def in_foreground() -> list[str]:
+    """The jobs a fixture had to start itself: collection did not see that a test needs them (``Job.fixture`` is not
+    the fixture that waits), so a test sat through the whole job instead of the rest of the suite hiding it."""
+    return [name for name, job in JOBS.items() if job.started_by == "fixture"]
 
 
 def _run(name: str, job: Job) -> tuple[subprocess.CompletedProcess, Path]:

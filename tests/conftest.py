@@ -107,4 +107,9 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionfinish(session):
+    late = background.in_foreground()
     background.finish()
+    if late:  # the suite's time depends on these jobs running beside the tests: a regression fails the run
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        sys.stderr.write(f"\nbackground jobs ran in the foreground: {', '.join(late)}; the fixture each waits in must be "
+                         "the one its Job names in tests/background.py\n")
