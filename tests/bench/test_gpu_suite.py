@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -16,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_dry_run_plans_every_step_and_prints_its_commands():
-    proc = subprocess.run(["bash", "bench/gpu_suite.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHON": sys.executable}  # the script's interpreter is the suite's, activated or not
+    proc = subprocess.run(["bash", "bench/gpu_suite.sh", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
     for step in gpu_suite.STEP_NAMES:
