@@ -19,6 +19,7 @@ Thread-safe: the routes, the engine's worker (plain serve) or the store actor's 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -90,7 +91,7 @@ class VideoStore:
 
     def _finish(self, rec: dict, status: str, **fields) -> None:
         now = time.time()
-        rec.update(status=status, completed_at=int(now), expires_at=int(now + self.options.retention_seconds),
+        rec.update(status=status, completed_at=int(now), expires_at=math.ceil(now + self.options.retention_seconds),
                    finished=now, **fields)
         for name in INPUTS:
             if not (name == "reference.png" and status == "completed"):  # a remix reads the reference again
