@@ -68,18 +68,26 @@ def content(client, video_id, variant="video") -> bytes:
     return client.videos.download_content(video_id, variant=variant).read()
 
 
-def uninterrupted(first: str, then: str, seed: int) -> np.ndarray:
+def uninterrupted(first: str, then: str, seed: int, threads: int | None = None) -> np.ndarray:
     """The demo model's stream of two chunks under ``first``, switched to ``then`` with a re-cache after chunk 0: the
-    second chunk's frames ``[12, H, W, 3]``."""
+    second chunk's frames ``[12, H, W, 3]``. ``threads``: torch's CPU threads while it runs, as many as the server's
+    engine has (a Ray replica of half a CPU has one), since the order of a matmul's sums follows them."""
+    import torch
+
     demo = host.tiny_demo("cpu", "torch", 0, encoder=True)
     config = demo.engine.dit.config
     prompt = lambda text: stand_in_prompt(text, config.text_len, config.text_dim)  # noqa: E731
-    stream = demo.engine.stream(prompt(first), 21, SIDE, SIDE, resolve_schedule("histream"), seed=seed)
-    chunks = []
-    for c in stream:
-        chunks.append(c.frames[0].numpy())
-        if c.index == 0:
-            stream.set_prompt(prompt(then), recache=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        stream = demo.engine.stream(prompt(first), 21, SIDE, SIDE, resolve_schedule("histream"), seed=seed)
+        chunks = []
+        for c in stream:
+            chunks.append(c.frames[0].numpy())
+            if c.index == 0:
+                stream.set_prompt(prompt(then), recache=True)
+    finally:
+        torch.set_num_threads(before)
     return chunks[1]
 
 
@@ -122,7 +130,7 @@ def check_list_pages_and_delete(client):
     return ids
 
 
-def check_extend_by_id_is_exact(client, form: bool):
+def check_extend_by_id_is_exact(client, form: bool, threads: int | None = None):
     """The stitched video's first part is the original's frames, and its new part the uninterrupted stream switched to
     the new prompt with a re-cache at the original's end, encoded alike (both decode to the same frames)."""
     seed = 11 + form
@@ -136,7 +144,7 @@ def check_extend_by_id_is_exact(client, form: bool):
     stitched, first = decode(content(client, extended.id)), decode(content(client, original.id))
     assert stitched.shape[0] == 21
     np.testing.assert_array_equal(stitched[:9], first)
-    reference = uninterrupted("a lighthouse", "a storm", seed)
+    reference = uninterrupted("a lighthouse", "a storm", seed, threads)
     np.testing.assert_array_equal(stitched[9:], decode(encoded(reference)))
     return original, extended
 
