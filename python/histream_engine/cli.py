@@ -183,7 +183,7 @@ def run_build_trt(args) -> int:
 
 
 def run_serve(args) -> int:
-    for module in ("fastapi", "PIL", "uvicorn"):
+    for module in ("fastapi", "PIL", "uvicorn", "multipart"):  # multipart: /v1 takes forms
         require(module, "serve", "histream serve")
     from . import host as hosting
     from .serve.embeddings import EmbeddingsDir
