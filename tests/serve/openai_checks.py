@@ -236,3 +236,13 @@ def check_a_failed_video_cannot_be_extended(client):
     assert refused.value.body["code"] == "video_failed"
     with pytest.raises(openai.ConflictError):
         content(client, failed.id)
+
+
+def check_a_full_history_video_cannot_be_extended(client):
+    """self_forcing keeps the whole history: its state needs the rings, which the server does not keep."""
+    video = create(client, prompt="no window", schedule="self_forcing")
+    assert video.status == "completed"
+    with pytest.raises(openai.ConflictError) as refused:
+        client.post("/videos/extensions", body={"video": {"id": video.id}, "prompt": "y", "seconds": ONE_CHUNK},
+                    cast_to=openai.types.Video)
+    assert refused.value.body["code"] == "video_not_extendable"

@@ -55,6 +55,7 @@ def test_extension_of_an_upload_input_reference_and_remix_over_ray(client, first
 def test_bad_inputs_get_the_sdks_exception_classes_over_ray(client, first):
     checks.check_refusals(client, first.id)
     checks.check_a_failed_video_cannot_be_extended(client)
+    checks.check_a_full_history_video_cannot_be_extended(client)
 
 
 @pytest.mark.skipif(os.environ.get("HISTREAM_SLOW_TESTS") != "1",

@@ -91,6 +91,7 @@ def test_input_reference_and_remix(client):
 def test_bad_inputs_get_the_sdks_exception_classes(client, first):
     checks.check_refusals(client, first.id)
     checks.check_a_failed_video_cannot_be_extended(client)
+    checks.check_a_full_history_video_cannot_be_extended(client)
 
 
 def test_a_restarted_server_lists_and_extends_the_stored_videos_and_delete_removes_the_files(demo, folders, tmp_path):
@@ -124,3 +125,28 @@ def test_the_store_expires_videos_on_time_and_keeps_within_its_bytes_oldest_firs
     assert not (tmp_path / "videos" / made[0]).exists()
     time.sleep(max(0.0, store.get(made[2])["expires_at"] - time.time()) + 0.05)
     assert store.get(made[2]) is None and not (tmp_path / "videos" / made[2]).exists()  # expired
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_while_it_arrives_not_read_whole():
+    import asyncio
+    import json
+
+    from histream_engine.serve.guards import BodyLimit
+
+    reached, sent, answer = [], [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def receive():  # ten parts of 100 kB, no Content-Length (chunked)
+        sent.append(1)
+        return {"type": "http.request", "body": b"\0" * 100_000, "more_body": len(sent) < 10}
+
+    async def send(message):
+        answer.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/videos/extensions",
+             "headers": [(b"content-type", b"multipart/form-data; boundary=x")]}
+    asyncio.run(BodyLimit(app, uploads={"/v1/videos/extensions": UPLOADS})(scope, receive, send))
+    assert not reached and len(sent) == 3  # 300 kB read of the 1 MB sent: refused once over 200 kB
+    assert answer[0]["status"] == 413 and json.loads(answer[1]["body"])["error"]["code"] == "request_too_large"

@@ -48,8 +48,8 @@ def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> str | None:
 class BodyLimit:
     """ASGI middleware: an HTTP request body over ``limit`` bytes gets 413, one whose JSON nests too deep 422; the rest
     reach the app as sent. A body is at most ``limit`` bytes, so it is read whole before the app sees it. ``uploads``
-    raises the limit for the POST routes that take files (path -> bytes: /v1's --max-upload-bytes); a /v1 route's
-    refusal is in OpenAI's error shape."""
+    raises the limit for multipart forms POSTed to the routes that take files (path -> bytes: /v1's
+    --max-upload-bytes; their JSON bodies keep ``limit``); a /v1 route's refusal is in OpenAI's error shape."""
 
     def __init__(self, app, limit: int = MAX_BODY_BYTES, uploads: dict[str, int] | None = None):
         self.app, self.limit, self.uploads = app, limit, uploads or {}
@@ -58,7 +58,8 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
-        limit = self.uploads.get(path, self.limit) if scope.get("method") == "POST" else self.limit
+        form = headers.get(b"content-type", b"").lower().startswith(b"multipart/")  # files: no JSON to nest
+        limit = self.uploads.get(path, self.limit) if form and scope.get("method") == "POST" else self.limit
         too_large = f"request body over this server's limit of {limit} bytes"
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -71,7 +72,6 @@ class BodyLimit:
             body += message.get("body", b"")
             if len(body) > limit:
                 return await answer(send, 413, too_large, path)
-        form = headers.get(b"content-type", b"").lower().startswith(b"multipart/")  # files: no JSON to nest
         if not form and (why := too_deep(body.decode("utf-8", "replace"))) is not None:
             return await answer(send, 422, why, path)
         replayed = False
