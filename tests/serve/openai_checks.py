@@ -246,3 +246,14 @@ def check_a_full_history_video_cannot_be_extended(client):
         client.post("/videos/extensions", body={"video": {"id": video.id}, "prompt": "y", "seconds": ONE_CHUNK},
                     cast_to=openai.types.Video)
     assert refused.value.body["code"] == "video_not_extendable"
+
+
+def check_a_full_queue_is_a_rate_limit(client, max_queue):
+    """Videos beyond the queue's room get 429 (``RateLimitError``); deleting them frees it."""
+    made = []
+    with pytest.raises(openai.RateLimitError) as refused:
+        for _ in range(max_queue + 2):  # one runs (3 chunks: long enough), max_queue wait, the next is refused
+            made.append(client.videos.create(prompt="crowd", seconds="2", size=SIZE))
+    assert refused.value.body["code"] == "queue_full" and len(made) == max_queue + 1
+    for video in made:
+        client.videos.delete(video.id)

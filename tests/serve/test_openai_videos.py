@@ -94,6 +94,14 @@ def test_bad_inputs_get_the_sdks_exception_classes(client, first):
     checks.check_a_full_history_video_cannot_be_extended(client)
 
 
+def test_a_full_queue_is_a_rate_limit(demo, folders, tmp_path):
+    embeds, _ = folders
+    app = local_app(demo, "tiny", Limits(max_frames=45, max_side=128, max_queue=1), embeds_dir=embeds,
+                    videos=VideoOptions(tmp_path, stand_in_text=True))
+    with TestClient(app) as http:
+        checks.check_a_full_queue_is_a_rate_limit(sdk(http), 1)
+
+
 def test_a_restarted_server_lists_and_extends_the_stored_videos_and_delete_removes_the_files(demo, folders, tmp_path):
     embeds, _ = folders
     with server(demo, (embeds, tmp_path)) as http:
