@@ -1,7 +1,8 @@
 """/v1/videos on ``histream serve --ray`` (the session's local cluster, two replicas of the tiny model), driven by the
 official ``openai`` SDK over HTTP through Serve's proxy: the same checks as plain serve (openai_checks.py), a video's
 stream run on a replica that reads its inputs from the store actor and hands its mp4 and final state back, and (with
-HISTREAM_SLOW_TESTS=1) a redeployment over the same --data-dir that lists and extends the stored videos."""
+HISTREAM_SLOW_TESTS=1) a redeployment over the same --data-dir, behind an API key, that lists and extends the stored
+videos."""
 
 import os
 
@@ -19,9 +20,9 @@ from ray_cluster import (ray_cluster, ray_server, server_config, shared_data_dir
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")  # SDK 3.63 on every videos call
 
 
-def sdk(base) -> "openai.OpenAI":
+def sdk(base, key="unused") -> "openai.OpenAI":
     checks.quiet_sdk()
-    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +62,22 @@ def test_bad_inputs_get_the_sdks_exception_classes_over_ray(client, first):
 @pytest.mark.skipif(os.environ.get("HISTREAM_SLOW_TESTS") != "1",
                     reason="a second deployment (25 s, and the next Ray module deploys again): HISTREAM_SLOW_TESTS=1; plain "
                            "serve's restart test runs by default")
-def test_a_redeployed_server_lists_and_extends_the_stored_videos(client, first, ray_cluster):
+def test_a_redeployed_server_lists_and_extends_the_stored_videos_behind_a_key(client, first, ray_cluster):
+    import httpx
+
+    from histream_engine.serve import auth
     from histream_engine.serve.ray.deploy import deploy
     from ray_cluster import DESCRIPTION, SPEC
 
     data_dir = shared_data_dir()
     take_over(replace=True)  # the next deploy replaces the application in place; its store actor starts again
     limits, scaling, watching = server_config()
-    registry = deploy(SPEC, DESCRIPTION, limits, scaling, watching=watching, videos=video_options(data_dir))
-    again = sdk(ray_cluster)
+    registry = deploy(SPEC, DESCRIPTION, limits, scaling, watching=watching, videos=video_options(data_dir),
+                      key_digest=auth.key_digest("ray-key"))
+    with pytest.raises(openai.AuthenticationError):
+        sdk(ray_cluster, "wrong").videos.list()
+    assert httpx.get(f"{ray_cluster}/api/info").status_code == 401 and httpx.get(f"{ray_cluster}/").status_code == 401
+    again = sdk(ray_cluster, "ray-key")
     assert first.id in {v.id for v in again.videos.list(limit=100).data}
     body = {"video": {"id": first.id}, "prompt": "more", "seconds": checks.ONE_CHUNK}
     extended = checks.poll(again, again.post("/videos/extensions", body=body, cast_to=openai.types.Video))
