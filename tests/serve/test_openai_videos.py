@@ -158,3 +158,25 @@ def test_a_chunked_upload_over_the_limit_is_refused_while_it_arrives_not_read_wh
     asyncio.run(BodyLimit(app, uploads={"/v1/videos/extensions": UPLOADS})(scope, receive, send))
     assert not reached and len(sent) == 3  # 300 kB read of the 1 MB sent: refused once over 200 kB
     assert answer[0]["status"] == 413 and json.loads(answer[1]["body"])["error"]["code"] == "request_too_large"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--data-dir", "/nonexistent-parent/videos"], "does not exist"),
+    (["--retention-seconds", "0"], "--retention-seconds"),
+    (["--retention-seconds", "nan"], "--retention-seconds"),
+    (["--max-stored-bytes", "10"], "--max-stored-bytes"),
+    (["--max-upload-bytes", "0"], "--max-upload-bytes"),
+    (["--api-key", "k", "--no-auth"], "contradict"),
+])
+def test_v1_options_that_cannot_work_stop_the_server_with_one_line(flags, words, capsys, tmp_path):
+    from histream_engine.cli import main
+
+    assert main(["serve", "--port", "0", *flags]) == 2  # before a model loads or a port opens
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        VideoOptions(tmp_path / "file")
