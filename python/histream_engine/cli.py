@@ -183,12 +183,14 @@ def run_build_trt(args) -> int:
 
 
 def run_serve(args) -> int:
-    for module in ("fastapi", "PIL", "uvicorn"):
+    for module in ("fastapi", "PIL", "uvicorn", "multipart"):  # multipart: /v1 takes forms
         require(module, "serve", "histream serve")
     from . import host as hosting
     from .serve.embeddings import EmbeddingsDir
     from .serve.local.server import serve_forever
     from .serve.local.transport import local_app
+    from .serve import auth
+    from .serve.openai.options import VideoOptions
     from .serve.protocol import Limits, check_port
 
     # a mistyped folder, a limit that would refuse every request (or none) or a port that cannot be stop the server
@@ -197,6 +199,11 @@ def run_serve(args) -> int:
     limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds,
                     args.max_replay_seconds)
     check_port(args.port)
+    key = auth.resolve_key(args.api_key, args.no_auth)
+    auth.check_exposure(args.host, key, args.no_auth)
+    videos = VideoOptions(args.data_dir, args.retention_seconds, args.max_stored_bytes, args.max_upload_bytes,
+                          stand_in_text=args.model_dir is None)
+    digest = None if key is None else auth.key_digest(key)
     if args.ray:
         engine = None  # each replica opens its own
         description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
@@ -208,17 +215,18 @@ def run_serve(args) -> int:
     else:
         if args.tae is not None:
             raise ValueError("--tae needs --model-dir (the tiny demo model has its own decoder)")
-        engine = hosting.tiny_demo(args.device or "cpu", args.attention, 0)
+        engine = hosting.tiny_demo(args.device or "cpu", args.attention, 0, encoder=True)  # encoder: /v1's given frames
         description = "the embedded tiny demo model (random weights: the picture is noise, the path is the real one)"
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"histream serve: WARNING: listening on {args.host}: anyone who can reach this machine can use its GPU and "
-              "read the streams; there is no authentication", file=sys.stderr)
+    if key is None and not auth.is_loopback(args.host):
+        print(f"histream serve: WARNING: listening on {args.host} with --no-auth: anyone who can reach this machine can use "
+              "its GPU and read the streams", file=sys.stderr)
     if args.ray:
         require("ray", "ray", "histream serve --ray")
         from .serve.ray.deploy import serve_forever as serve_on_ray
 
-        return serve_on_ray(args, ray_spec(args), description, limits)
-    return serve_forever(local_app(engine, description, limits, args.embeds_dir), args.host, args.port, description)
+        return serve_on_ray(args, ray_spec(args), description, limits, videos, digest)
+    app = local_app(engine, description, limits, args.embeds_dir, videos=videos, key_digest=digest)
+    return serve_forever(app, args.host, args.port, description)
 
 
 PARALLEL_HELP = ("one stream over torchrun's processes, sequence-parallel: torchrun --nproc-per-node N -m histream_engine "
@@ -234,6 +242,7 @@ def ray_spec(args) -> dict:
 
 
 DTYPES = ["bfloat16", "float16", "float32"]
+AUTH_ENV = "HISTREAM_API_KEY"  # serve.auth.ENV (serve is imported only when it runs: it needs the serve extra)
 FRAMES_HELP = "video frames: 4k+1, with (frames - 1) / 4 + 1 divisible by 3 (the chunk size), e.g. 9, 21, 33, 45, 81"
 SIZE_HELP = ("video {}: a multiple of 16, of 32 for the schedules with a half-resolution pass ("
              + ", ".join(sorted(name for name, s in SCHEDULES.items() if s.uses_low)) + ")")
@@ -325,7 +334,13 @@ def add_serve(sub) -> None:
     srv.add_argument("--no-text-encoder", dest="text_encoder", action="store_false",
                      help="do not load UMT5 (11 GB): requests then use --embeds-dir files")
     srv.add_argument("--embeds-dir", type=Path, help="a folder of prompt embeddings (.safetensors / .pt) that requests may name")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback prints a warning)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback needs --api-key or --no-auth)")
+    srv.add_argument("--api-key", help=f"every route then needs Authorization: Bearer KEY (default: ${{{AUTH_ENV}}})")
+    srv.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without an API key, on purpose")
+    srv.add_argument("--data-dir", type=Path, help="where /v1 videos are kept, across restarts; default: a temporary folder")
+    srv.add_argument("--retention-seconds", type=float, default=86400.0, help="a finished /v1 video is kept this long")
+    srv.add_argument("--max-stored-bytes", type=int, default=10 << 30, help="all /v1 videos' files together; the oldest go first")
+    srv.add_argument("--max-upload-bytes", type=int, default=64 << 20, help="the largest /v1 upload (an image or mp4) request")
     srv.add_argument("--port", type=int, default=8000, help="port to listen on")
     srv.add_argument("--max-frames", type=int, default=161, help="the most frames a request may ask for")
     srv.add_argument("--max-side", type=int, default=1920, help="largest height or width a request may ask for")

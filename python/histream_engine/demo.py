@@ -3,6 +3,8 @@ downloaded, seconds on a CPU. The picture is noise; the path (chunked DiT, KV ri
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from .model import WanDiT
@@ -34,3 +36,14 @@ def tiny_demo_engine(config: EngineConfig | None = None, seed: int = 0, device: 
         vae = WanVAE(VAEConfig(dim=16, num_res_blocks=1 if encoder else 0), with_encoder=encoder)
     vae = vae.eval().requires_grad_(False).to(device)
     return Engine(dit, config or EngineConfig(), vae=vae), prompt
+
+
+def stand_in_prompt(text: str, text_len: int, text_dim: int) -> torch.Tensor:
+    """The demo model's stand-in for a text encoder (it has none): ``text`` as prompt embeddings ``[1, text_len,
+    text_dim]`` laid out as the demo's random prompt is, their rows drawn from a generator seeded with the text's
+    SHA-256. The same text always gives the same embeddings and another text others, so a demo server can take any
+    prompt and show switches and extensions under it; the words mean nothing to the random model."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    prompt = torch.zeros(1, text_len, text_dim)  # [1, 512, text_dim]
+    prompt[:, :PROMPT_ROWS] = torch.randn(1, PROMPT_ROWS, text_dim, generator=torch.Generator().manual_seed(seed))
+    return prompt

@@ -119,6 +119,11 @@ class HostEngine:
             embeds = self.default_prompt
         return check_prompt_embeds(embeds, self.engine.dit.config.text_dim, max_batch=1)
 
+    def prompt_embeds(self, prompt: str, prompt_embeds_path: str) -> torch.Tensor:
+        """A text prompt or an embeddings file as the engine takes it (``[1, L, text_dim]``, checked), on the CPU or the
+        encoder's device: for a caller that opens its engine stream itself (serve's /v1 videos)."""
+        return self._prompt(prompt, prompt_embeds_path)
+
     def results(self, request: HostRequest) -> "HostStream":
         """Checks the request now (``Engine.stream`` checks before the first chunk), then yields each chunk's result
         and its frames ``[T, H, W, 3]`` uint8 in host memory. A live request runs until closed, on the schedule with

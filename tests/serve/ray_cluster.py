@@ -65,7 +65,8 @@ def ray_server(ray_cluster, tmp_path_factory):
     """The base URL of `histream serve --ray` on the session's cluster, deployed once and shared until a test takes the
     application over (``take_over``). Its --embeds-dir holds good.pt, calm.pt and storm.pt (prompts to steer a live stream
     between), huge.pt (finite values so large that the model overflows: an engine error only a replica meets), batch.pt
-    (two prompts: the engine's prompt check refuses it) and link_out.pt (a link to a file outside: never served)."""
+    (two prompts: the engine's prompt check refuses it) and link_out.pt (a link to a file outside: never served). Its /v1
+    videos are kept in a folder of their own (``shared_data_dir``)."""
     if not _server:
         import torch
 
@@ -83,8 +84,21 @@ def ray_server(ray_cluster, tmp_path_factory):
         torch.save(torch.randn(8, dim), outside)
         (embeds / "link_out.pt").symlink_to(outside)
         limits, scaling, watching = server_config()
-        _server["registry"] = deploy(SPEC, DESCRIPTION, limits, scaling, str(embeds), watching=watching)
+        _server["data_dir"] = tmp_path_factory.mktemp("ray-videos")
+        _server["registry"] = deploy(SPEC, DESCRIPTION, limits, scaling, str(embeds), watching=watching,
+                                     videos=video_options(_server["data_dir"]))
     return ray_cluster
+
+
+def video_options(data_dir):
+    """/v1 as the tests use it: the demo model's stand-in for text prompts, uploads up to 200 kB."""
+    from histream_engine.serve.openai.options import VideoOptions
+
+    return VideoOptions(data_dir, max_upload_bytes=200_000, stand_in_text=True)
+
+
+def shared_data_dir():
+    return _server["data_dir"]
 
 
 def shared_registry():

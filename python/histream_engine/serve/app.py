@@ -24,7 +24,10 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from . import guards
+from . import auth, guards
+from .openai import routes as v1
+from .openai.service import VideoService
+from .openai.wire import V1Error
 from .protocol import PromptSwitchRequest, Refused, StreamRequest
 from .pump import pump
 from .transport import Transport
@@ -34,13 +37,22 @@ STATIC = Path(__file__).parent / "static"
 routes = APIRouter()
 
 
-def build_app(transport: Transport, title: str = "histream serve") -> FastAPI:
+def build_app(transport: Transport, title: str = "histream serve", videos: VideoService | None = None,
+              key_digest: bytes | None = None) -> FastAPI:
+    """``videos``: OpenAI's Videos API on /v1 as well (``openai.routes``); ``key_digest``: every route needs the API key
+    whose SHA-256 this is (``auth``)."""
     app = FastAPI(title=title, description=__doc__)
     app.state.transport = transport
     app.router.on_shutdown.append(transport.close)
-    guards.install(app)  # 413 for bodies over a few KB, before parsing; error bodies quote only excerpts
+    uploads = None if videos is None else dict.fromkeys(v1.UPLOAD_PATHS, videos.options.max_upload_bytes)
+    guards.install(app, uploads=uploads)  # 413 for bodies over a few KB (uploads: their limit), before parsing
     app.add_exception_handler(Refused, refused)
     app.include_router(routes)
+    if videos is not None:
+        app.state.videos = videos
+        app.add_exception_handler(V1Error, v1.v1_error)
+        app.include_router(v1.routes)
+    auth.install(app, key_digest)  # last, so it runs first: no body is read for a request without the key
     return app
 
 

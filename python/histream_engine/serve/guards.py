@@ -47,27 +47,33 @@ def too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> str | None:
 
 class BodyLimit:
     """ASGI middleware: an HTTP request body over ``limit`` bytes gets 413, one whose JSON nests too deep 422; the rest
-    reach the app as sent. A body is at most ``limit`` bytes, so it is read whole before the app sees it."""
+    reach the app as sent. A body is at most ``limit`` bytes, so it is read whole before the app sees it. ``uploads``
+    raises the limit for multipart forms POSTed to the routes that take files (path -> bytes: /v1's
+    --max-upload-bytes; their JSON bodies keep ``limit``); a /v1 route's refusal is in OpenAI's error shape."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, uploads: dict[str, int] | None = None):
+        self.app, self.limit, self.uploads = app, limit, uploads or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            return await answer(send, 413, f"request body over this server's limit of {self.limit} bytes")
+        path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
+        form = headers.get(b"content-type", b"").lower().startswith(b"multipart/")  # files: no JSON to nest
+        limit = self.uploads.get(path, self.limit) if form and scope.get("method") == "POST" else self.limit
+        too_large = f"request body over this server's limit of {limit} bytes"
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await answer(send, 413, too_large, path)
         body, message = b"", {"more_body": True}
         while message.get("more_body"):
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client left
             body += message.get("body", b"")
-            if len(body) > self.limit:
-                return await answer(send, 413, f"request body over this server's limit of {self.limit} bytes")
-        if (why := too_deep(body.decode("utf-8", "replace"))) is not None:
-            return await answer(send, 422, why)
+            if len(body) > limit:
+                return await answer(send, 413, too_large, path)
+        if not form and (why := too_deep(body.decode("utf-8", "replace"))) is not None:
+            return await answer(send, 422, why, path)
         replayed = False
 
         async def replay():
@@ -80,16 +86,21 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-async def answer(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def answer(send, status: int, detail: str, path: str = "") -> None:
+    if path.startswith("/v1/"):  # OpenAI's shape, which its SDK reads (serve/openai/wire.py)
+        error = {"message": detail, "type": "invalid_request_error", "param": None,
+                 "code": "request_too_large" if status == 413 else "invalid_request"}
+        body = json.dumps({"error": error}).encode()
+    else:
+        body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
-def install(app: FastAPI, limit: int = MAX_BODY_BYTES) -> None:
-    app.add_middleware(BodyLimit, limit=limit)
+def install(app: FastAPI, limit: int = MAX_BODY_BYTES, uploads: dict[str, int] | None = None) -> None:
+    app.add_middleware(BodyLimit, limit=limit, uploads=uploads)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError):

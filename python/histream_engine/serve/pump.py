@@ -18,7 +18,7 @@ import asyncio
 from fastapi import WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from . import guards, protocol
+from . import auth, guards, protocol
 from .protocol import FINAL, PromptSwitchRequest, Refused
 from .session import Event
 from .transport import Transport, Watch
@@ -26,7 +26,7 @@ from ..wording import JSON_FIELDS, in_terms
 
 
 async def pump(ws: WebSocket, transport: Transport, stream_id: str) -> None:
-    await ws.accept()
+    await ws.accept(subprotocol=auth.chosen_subprotocol(ws.scope))  # the page offers `histream` beside its key
     try:
         watch = await transport.watch(stream_id)
     except Refused as refused:

@@ -52,6 +52,9 @@ class Session:
     video_path: Path
     max_record_seconds: float
     tags: dict = field(default_factory=dict)  # added to the started and chunk events (Ray: the replica)
+    # called once the stream has ended and before its end is told, with the stream, the final event and the mp4: what
+    # the stream made is handed on (a /v1 video's files and final state); a hook that raises fails a done stream
+    finish: Callable[[object, dict, Path], None] | None = None
 
 
 def run(session: Session, steering: Steering) -> Iterator[Event]:
@@ -88,4 +91,16 @@ def run(session: Session, steering: Steering) -> Iterator[Event]:
                 recorder.abort()
         if stream is not None:
             stream.close()  # the engine's stream and its caches go now, however the session ended
+    if session.finish is not None:
+        end = finished(session, stream, end)
     yield Event(end)
+
+
+def finished(session: Session, stream, end: dict) -> dict:
+    """The end, once the session's ``finish`` has taken what the stream made."""
+    try:
+        session.finish(stream, end, session.video_path)
+    except Exception as exc:  # noqa: BLE001 - the stream's end says what went wrong; the transport serves the next
+        if end["type"] == "done":
+            return protocol.final_event("failed", end["chunks"], end["seconds"], error=f"{type(exc).__name__}: {exc}")
+    return end

@@ -43,6 +43,7 @@ class StreamJob:
         self.log = EventLog(limits.replay_frames, limits.replay_seconds)
         self._lock = threading.Lock()
         self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = []
+        self.finish = None  # the session's finish hook (a /v1 video's), or None
 
     def publish(self, event: Event) -> None:
         with self._lock:
@@ -138,7 +139,8 @@ class JobQueue:
         if len(self._waiting) >= self.limits.max_queue:
             raise QueueFull(f"{len(self._waiting)} streams are already waiting (the limit is {self.limits.max_queue}); try again later")
 
-    def submit(self, request: dict, results) -> StreamJob:
+    def submit(self, request: dict, results, finish=None) -> StreamJob:
+        """``finish``: the session's hook once the stream ends (``session.Session.finish``)."""
         with self._cond:
             try:
                 self._check_room()
@@ -146,6 +148,7 @@ class JobQueue:
                 results.close()
                 raise
             job = StreamJob(request, results, self.workdir / f"{uuid.uuid4().hex[:12]}.mp4", self.limits)
+            job.finish = finish
             self._jobs[job.id] = job
             self._order.append(job.id)
             while len(self._order) > self._keep:  # forget the oldest finished streams, and their videos
@@ -208,7 +211,7 @@ class JobQueue:
                 job.state = "running"
                 self._publish_positions()
             try:
-                session = Session(job.open, job.request, job.video_path, self.limits.max_record_seconds)
+                session = Session(job.open, job.request, job.video_path, self.limits.max_record_seconds, finish=job.finish)
                 for event in run(session, job):
                     job.record(event)
             except Exception as exc:  # noqa: BLE001 - whatever broke, the job ends and the worker serves the next

@@ -21,6 +21,10 @@ from .. import protocol
 from ..app import build_app
 from ..embeddings import EmbeddingsDir
 from ..protocol import FINAL, Limits, PromptSwitchRequest, Refused, StreamRequest
+from ..openai import jobs
+from ..openai.options import VideoOptions
+from ..openai.service import VideoService
+from ..openai.store import AsyncStore, VideoStore
 from .queue import JobQueue, QueueFull, StreamJob
 from ...wording import JSON_FIELDS, in_terms
 
@@ -40,11 +44,12 @@ class LocalWatch:
 
 class LocalTransport:
     def __init__(self, host: HostEngine, description: str, limits: Limits | None = None, embeds_dir: Path | None = None,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, videos: VideoStore | None = None):
         self.host, self.description = host, description
         self.limits = limits or Limits()
         self.embeds = EmbeddingsDir(embeds_dir)  # a missing folder stops the server here, not every request later
         self.queue = JobQueue(self.limits, workdir)
+        self.videos = videos  # the /v1 videos' store, which a video's stream reads its inputs from and hands its result to
         self._prompt_lock = threading.Lock()  # one prompt at a time is encoded (and checked) on the engine's device
 
     async def info(self) -> dict:
@@ -69,6 +74,23 @@ class LocalTransport:
         except QueueFull as exc:
             raise Refused(429, str(exc)) from exc
         except (ValueError, CheckpointError) as exc:  # every check of the engine's, before anything runs
+            raise Refused(400, in_terms(exc, JSON_FIELDS)) from exc
+        return job.status(self.queue.position(job))
+
+    async def start_video(self, record: dict) -> dict:
+        """A /v1 video's stream (``openai.service.stream_record``), checked by the engine now and queued as any other."""
+        return await asyncio.to_thread(self._start_video, record)
+
+    def _start_video(self, record: dict) -> dict:
+        try:
+            self.queue.check_room()
+            with self._prompt_lock:
+                results = jobs.open_video(self.host, record, self.videos, self.embeds)
+            finish = jobs.finisher(self.videos, record["video_id"], send_bytes=False)
+            job = self.queue.submit(record, results, finish=finish)
+        except QueueFull as exc:
+            raise Refused(429, str(exc)) from exc
+        except (ValueError, CheckpointError) as exc:
             raise Refused(400, in_terms(exc, JSON_FIELDS)) from exc
         return job.status(self.queue.position(job))
 
@@ -113,9 +135,17 @@ class LocalTransport:
 
     def close(self) -> None:
         self.queue.close()
+        if self.videos is not None:
+            self.videos.close()
 
 
 def local_app(host: HostEngine, description: str, limits: Limits | None = None, embeds_dir: Path | None = None,
-              workdir: Path | None = None) -> FastAPI:
-    """The app of plain ``histream serve`` on ``host``."""
-    return build_app(LocalTransport(host, description, limits, embeds_dir, workdir))
+              workdir: Path | None = None, videos: VideoOptions | None = None, key_digest: bytes | None = None) -> FastAPI:
+    """The app of plain ``histream serve`` on ``host``, with /v1's videos kept as ``videos`` says (default: in a
+    temporary folder) and, with ``key_digest``, every route behind the API key (``auth``)."""
+    options = videos or VideoOptions()
+    store = VideoStore(options)
+    transport = LocalTransport(host, description, limits, embeds_dir, workdir, store)
+    service = VideoService(transport, AsyncStore(lambda name, *args: asyncio.to_thread(getattr(store, name), *args)),
+                           options, transport.limits)
+    return build_app(transport, videos=service, key_digest=key_digest)

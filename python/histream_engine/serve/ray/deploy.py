@@ -24,12 +24,15 @@ from ...config import WanConfig
 from ...model_dir import find_model_files
 from ...runtime.parallel.ulysses import divisors
 from ..embeddings import EmbeddingsDir
+from ..openai.options import VideoOptions
 from ..protocol import Limits
 from .ingress import Ingress
 from .registry import NAMESPACE, StreamRegistry, Watching, registry_name
 from .replica import EngineReplica
+from .videos import start_store
 
 APP_NAME, ENGINE = "histream", "EngineReplica"
+_stores: dict = {}  # APP_NAME -> its /v1 store actor's handle, held by the deploying process
 
 
 @dataclass
@@ -93,19 +96,24 @@ class Scaling:
 
 
 def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embeds_dir: str | None = None,
-           route_prefix: str = "/", watching: Watching | None = None):
-    """Starts the registry, the engine deployment and the ingress on the connected Ray cluster. Returns the registry's
-    handle, which the caller keeps: the registry lives as long as someone holds it."""
+           route_prefix: str = "/", watching: Watching | None = None, videos: VideoOptions | None = None,
+           key_digest: bytes | None = None):
+    """Starts the registry, /v1's video store (``videos``: default, in a temporary folder), the engine deployment and
+    the ingress on the connected Ray cluster; ``key_digest``: every route needs that API key. Returns the registry's
+    handle, which the caller keeps: the registry lives as long as someone holds it (the store as long as this process
+    or the next deploy)."""
     EmbeddingsDir(embeds_dir)  # a missing folder is refused here, not by an ingress that fails to start
-    watching = watching or Watching()
+    watching, videos = watching or Watching(), videos or VideoOptions()
     max_waiting = limits.max_queue + scaling.most  # a burst's streams count as waiting until their replica starts them
     name = registry_name()
     registry = StreamRegistry.options(name=name, namespace=NAMESPACE).remote(
         APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s(), limits=limits)
+    _stores[APP_NAME] = start_store(videos, f"{name}-videos")  # the previous deployment's store goes with its handle
     engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(max_waiting)).bind(
-        {**spec, "embeds_dir": embeds_dir, "limits": limits, "ranks": scaling.ranks,
+        {**spec, "embeds_dir": embeds_dir, "limits": limits, "ranks": scaling.ranks, "videos": f"{name}-videos",
          "rank_resources": scaling.rank_resources(), "rank_timeout_s": scaling.rank_timeout_s}, name)
-    serve.run(Ingress.bind(engine, description, limits, embeds_dir, name, watching), name=APP_NAME, route_prefix=route_prefix)
+    ingress = Ingress.bind(engine, description, limits, embeds_dir, name, watching, (videos, f"{name}-videos", key_digest))
+    serve.run(ingress, name=APP_NAME, route_prefix=route_prefix)
     return registry
 
 
@@ -198,7 +206,8 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
+def serve_forever(args, spec: dict, description: str, limits: Limits, videos: VideoOptions | None = None,
+                  key_digest: bytes | None = None) -> int:
     scaling, watching = scaling_from_args(args), watching_from_args(args)  # refusals first, before a cluster starts
     check_ranks(scaling.ranks, spec)
     EmbeddingsDir(args.embeds_dir)
@@ -224,7 +233,7 @@ def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
     try:
         serve.start(http_options={"host": args.host, "port": args.port or free_port(args.host)})
         registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None,
-                          watching=watching)
+                          watching=watching, videos=videos, key_digest=key_digest)
         print(f"histream serve --ray: {description}\nopen {listening(args.host, args.port)} (Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)

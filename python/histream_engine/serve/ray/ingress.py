@@ -24,9 +24,12 @@ from ...runtime.video_request import check_video_request
 from .. import protocol
 from ..app import build_app
 from ..embeddings import EmbeddingsDir
+from ..openai.options import VideoOptions
+from ..openai.service import VideoService
 from ..protocol import FINAL, Limits, PromptSwitchRequest, Refused, StreamRequest
 from ..session import Event
 from .registry import NAMESPACE, Watching
+from .videos import async_store
 from ...wording import JSON_FIELDS, in_terms
 
 
@@ -126,6 +129,14 @@ class RayTransport:
             raise Refused(code, why)
         return RayWatch(self.registry, stream_id, watcher)
 
+    async def start_video(self, record: dict) -> dict:
+        """A /v1 video's stream (``openai.service.stream_record``, its size and length checked there); the replica that
+        takes it runs the engine's checks, and a refusal there fails the video."""
+        try:
+            return await self.registry.start.remote(record)
+        except OverflowError as exc:
+            raise Refused(429, str(exc).splitlines()[-1]) from exc
+
     def close(self) -> None:
         pass  # the registry belongs to the deploying process, not to an ingress replica
 
@@ -133,10 +144,14 @@ class RayTransport:
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Ingress:
-    def __init__(self, engine, description: str, limits: Limits, embeds_dir: str | None, registry: str, watching: Watching):
+    def __init__(self, engine, description: str, limits: Limits, embeds_dir: str | None, registry: str, watching: Watching,
+                 videos: tuple[VideoOptions, str, bytes | None] | None = None):
+        """``videos``: /v1's options, its store actor's name and the API key's digest (None: no key)."""
         self.engine = engine  # bound so that the application deploys the engine replicas with the ingress
         self.transport = RayTransport(ray.get_actor(registry, namespace=NAMESPACE), description, limits,
                                       EmbeddingsDir(embeds_dir), watching)
+        options, store, self.key_digest = videos or (VideoOptions(), None, None)
+        self.videos = None if store is None else VideoService(self.transport, async_store(store), options, limits)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_app(self.transport, "histream serve --ray")
+        return build_app(self.transport, "histream serve --ray", self.videos, self.key_digest)

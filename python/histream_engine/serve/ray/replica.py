@@ -29,17 +29,19 @@ from ...host import EngineOptions, HostEngine, HostRequest, open_engine, tiny_de
 from ...runtime import StreamClosedError
 from .. import protocol
 from ..embeddings import EmbeddingsDir
+from ..openai import jobs
 from ..protocol import FINAL, Limits, PromptSwitchRequest
 from ..session import Session, run
 from .rank_group import RankGroup
 from .registry import NAMESPACE
+from .videos import ReplicaStore
 from ...wording import JSON_FIELDS, in_terms
 
 
 def open_host(spec: dict) -> HostEngine:
     """The engine a replica holds, from the CLI's model options (``model_dir`` None: the tiny demo model)."""
     if spec["model_dir"] is None:
-        return tiny_demo(spec["device"] or "cpu", spec["attention"], 0)
+        return tiny_demo(spec["device"] or "cpu", spec["attention"], 0, encoder=True)  # encoder: /v1's given frames
     return open_engine(EngineOptions(spec["model_dir"], spec["checkpoint"] or "", spec["dtype"], spec["device"] or "",
                                      spec["attention"], text_encoder=spec["text_encoder"], tae_path=spec.get("tae_path", "")))
 
@@ -91,6 +93,7 @@ class EngineReplica:
         self.registry = ray.get_actor(registry, namespace=NAMESPACE)
         self.registry.replica_seen.remote(self.replica, self.info)
         self._tmp = tempfile.TemporaryDirectory(prefix="histream-replica-")
+        self.videos = ReplicaStore(spec["videos"]) if spec.get("videos") else None  # /v1's store
 
     @property
     def host(self) -> HostEngine:
@@ -118,6 +121,10 @@ class EngineReplica:
             pass
 
     def _results(self, req: dict):
+        if "v1" in req:  # a /v1 video: its own stream (a resumed state, given frames), on one rank
+            if self.group is not None:
+                raise ValueError("/v1 videos run on one-rank replicas; this replica is a sequence-parallel group")
+            return jobs.open_video(self.host, req, self.videos, self.embeds)
         request = HostRequest(req["prompt"], self.embeds.path(req["prompt_embeds"]), req["frames"], req["height"],
                               req["width"], req["schedule"], req["seed"], live=req["live"])
         if self.group is not None:
@@ -130,8 +137,9 @@ class EngineReplica:
             yield {"event": protocol.final_event("cancelled", 0, 0.0)}
             return
         path = Path(self._tmp.name) / f"{stream_id}.mp4"
+        finish = jobs.finisher(self.videos, req["video_id"], send_bytes=True) if "v1" in req else None
         session = Session(lambda: self._results(req), req, path, self.limits.max_record_seconds,
-                          tags={"replica": self.replica, "device": self.device})
+                          tags={"replica": self.replica, "device": self.device}, finish=finish)
         try:
             for event in run(session, RegistrySteering(self.registry, stream_id, self.embeds)):
                 item = {"event": event.data, "frames": event.frames}
