@@ -190,13 +190,20 @@ def run_serve(args) -> int:
     from .serve.local.server import serve_forever
     from .serve.local.transport import local_app
     from .serve.protocol import Limits, check_port
+    from .serve.resilience import Resilience, check_data_dir
 
     # a mistyped folder, a limit that would refuse every request (or none) or a port that cannot be stop the server
     # here, with one line, before a model loads or a port opens
     EmbeddingsDir(args.embeds_dir)
     limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds,
                     args.max_replay_seconds)
+    resilience = Resilience(args.max_resumes, args.resume_within)
     check_port(args.port)
+    if args.data_dir is not None:
+        if args.ray:
+            raise ValueError("--data-dir is plain serve's (its jobs outlive a restart there); --ray keeps each stream's "
+                             "checkpoints in its registry actor: drop --data-dir, or drop --ray")
+        check_data_dir(args.data_dir)
     if args.ray:
         engine = None  # each replica opens its own
         description = f"{args.checkpoint or args.model_dir or 'the embedded tiny demo model'} on Ray Serve"
@@ -217,8 +224,9 @@ def run_serve(args) -> int:
         require("ray", "ray", "histream serve --ray")
         from .serve.ray.deploy import serve_forever as serve_on_ray
 
-        return serve_on_ray(args, ray_spec(args), description, limits)
-    return serve_forever(local_app(engine, description, limits, args.embeds_dir), args.host, args.port, description)
+        return serve_on_ray(args, ray_spec(args), description, limits, resilience)
+    app = local_app(engine, description, limits, args.embeds_dir, args.data_dir, resilience)
+    return serve_forever(app, args.host, args.port, description)
 
 
 PARALLEL_HELP = ("one stream over torchrun's processes, sequence-parallel: torchrun --nproc-per-node N -m histream_engine "
@@ -335,6 +343,13 @@ def add_serve(sub) -> None:
     srv.add_argument("--max-replay-seconds", type=float, help="the frames a stream holds for watchers who join late (default: "
                      "--max-record-seconds)")
     srv.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP + " (with --model-dir)")
+    srv.add_argument("--data-dir", type=Path, metavar="DIR", help="keep jobs here (jobs/<id>/: request, checkpoint, segments, "
+                     "video): a restarted server resumes what was running and runs what was queued (plain serve; created "
+                     "if missing)")
+    srv.add_argument("--max-resumes", type=int, default=3, help="resume a stream whose worker was lost (a replica, a rank, "
+                         "the server's process) at most this many times, then fail it with that reason")
+    srv.add_argument("--resume-within", type=float, default=600.0, metavar="SECONDS",
+                     help="a stream's checkpoint older than this has expired: the stream fails instead of resuming")
     srv.add_argument("--ray", action="store_true", help="serve over Ray Serve replicas (needs the ray extra; docs/ray-serve.md)")
     srv.add_argument("--replicas", default="1", help="--ray: engine replicas, a count or 'auto' (autoscaling on ongoing streams)")
     srv.add_argument("--min-replicas", type=int, default=1, help="--ray --replicas auto: fewest replicas")

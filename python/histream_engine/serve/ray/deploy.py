@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray import serve
@@ -25,6 +26,8 @@ from ...model_dir import find_model_files
 from ...runtime.parallel.ulysses import divisors
 from ..embeddings import EmbeddingsDir
 from ..protocol import Limits
+from ..resilience import Resilience
+from . import scratch
 from .ingress import Ingress
 from .registry import NAMESPACE, StreamRegistry, Watching, registry_name
 from .replica import EngineReplica
@@ -93,17 +96,21 @@ class Scaling:
 
 
 def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embeds_dir: str | None = None,
-           route_prefix: str = "/", watching: Watching | None = None):
+           route_prefix: str = "/", watching: Watching | None = None, resilience: Resilience | None = None):
     """Starts the registry, the engine deployment and the ingress on the connected Ray cluster. Returns the registry's
-    handle, which the caller keeps: the registry lives as long as someone holds it."""
+    handle, which the caller keeps: the registry lives as long as someone holds it. The deployment's temporary folder
+    (``scratch``) is made here; whoever stops the server removes it (``scratch.remove(ray.get(registry.scratch_folder
+    .remote()))``), or the next deployment on this machine does."""
     EmbeddingsDir(embeds_dir)  # a missing folder is refused here, not by an ingress that fails to start
     watching = watching or Watching()
     max_waiting = limits.max_queue + scaling.most  # a burst's streams count as waiting until their replica starts them
     name = registry_name()
+    folder = str(scratch.server_folder(name))
     registry = StreamRegistry.options(name=name, namespace=NAMESPACE).remote(
-        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s(), limits=limits)
+        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s(), limits=limits, resilience=resilience,
+        scratch=folder)
     engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(max_waiting)).bind(
-        {**spec, "embeds_dir": embeds_dir, "limits": limits, "ranks": scaling.ranks,
+        {**spec, "embeds_dir": embeds_dir, "limits": limits, "ranks": scaling.ranks, "scratch": folder,
          "rank_resources": scaling.rank_resources(), "rank_timeout_s": scaling.rank_timeout_s}, name)
     serve.run(Ingress.bind(engine, description, limits, embeds_dir, name, watching), name=APP_NAME, route_prefix=route_prefix)
     return registry
@@ -198,7 +205,7 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
+def serve_forever(args, spec: dict, description: str, limits: Limits, resilience: Resilience | None = None) -> int:
     scaling, watching = scaling_from_args(args), watching_from_args(args)  # refusals first, before a cluster starts
     check_ranks(scaling.ranks, spec)
     EmbeddingsDir(args.embeds_dir)
@@ -220,11 +227,12 @@ def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
         raise
     # SIGTERM (docker stop, systemd) stops the server as Ctrl-C does, so the application leaves the cluster
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    registry = None
+    registry, folder = None, None
     try:
         serve.start(http_options={"host": args.host, "port": args.port or free_port(args.host)})
         registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None,
-                          watching=watching)
+                          watching=watching, resilience=resilience)
+        folder = Path(ray.get(registry.scratch_folder.remote()))
         print(f"histream serve --ray: {description}\nopen {listening(args.host, args.port)} (Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)
@@ -236,5 +244,6 @@ def serve_forever(args, spec: dict, description: str, limits: Limits) -> int:
             serve.delete(APP_NAME) if joined else serve.shutdown()
         del registry
         ray.shutdown()
+        scratch.remove(folder)  # the replicas' scratch folders, killed ones' included, and the kept segments
     print("histream serve --ray: stopped", flush=True)
     return 0
