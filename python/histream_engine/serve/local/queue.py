@@ -166,7 +166,7 @@ class JobQueue:
         else:
             job.crashes += 1
             why, lost = "the server stopped without saving (a crash, or SIGKILL)", job.crashes - 1
-        checkpoint = job.saved_checkpoint(record["checkpoint"])
+        checkpoint = job.checkpoint = job.saved_checkpoint(record["checkpoint"])
         published = checkpoint.chunk if checkpoint is not None else job.segments.chunks
         job.segments.drop_from(published)  # a chunk recorded after the checkpoint is made again from it
         job.chunks = published
