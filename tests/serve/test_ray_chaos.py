@@ -4,7 +4,7 @@ model), replicas killed under a seeded schedule, at chunk boundaries (the moment
 every chunk and frame once, or ``failed`` with a reason; at every seam the frames are those of the uninterrupted stream
 re-cached under the same prompt at that boundary (JPEG bytes equal, against this process's model on one thread, as a
 replica of under one CPU runs). The default form (3 streams, 3 kills) keeps the suite short; ``HISTREAM_SLOW_TESTS=1``
-runs 8 streams of 7 chunks and 8 kills. ``HISTREAM_CHAOS_OUT=path.json`` writes the figures (streams, kills, resumes,
+runs 4 streams of 7 chunks (the test deployment takes 4 at once) and 6 kills. ``HISTREAM_CHAOS_OUT=path.json`` writes the figures (streams, kills, resumes,
 the seconds from each kill to its stream's resumed event and to the next chunk)."""
 
 import json
@@ -30,7 +30,7 @@ from histream_engine.serve.session import encode_jpeg  # noqa: E402
 from ray_cluster import ray_cluster, ray_server  # noqa: E402,F401 - the session's cluster
 
 SLOW = os.environ.get("HISTREAM_SLOW_TESTS") == "1"
-STREAMS, KILLS, FRAMES = (8, 8, 81) if SLOW else (3, 3, 45)  # 45 frames: 4 chunks; 81: 7
+STREAMS, KILLS, FRAMES = (4, 6, 81) if SLOW else (3, 3, 45)  # 45 frames: 4 chunks; 81: 7 (4 streams: the queue bound)
 CHUNKS = (FRAMES - 9) // 12 + 1
 REQUEST = {"frames": FRAMES, "width": 32, "height": 32, "schedule": "histream", "prompt_embeds": "calm.pt"}
 SEED = 20261208
