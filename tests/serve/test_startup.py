@@ -54,7 +54,19 @@ LIMIT_ROWS = [
     ("side_tiny", ["--max-side", "8"], "--max-side 8: give a whole number >= 16"),
     ("port_high", ["--port", "70000"], "--port 70000: give a TCP port from 1 to 65535, or 0 for any free one"),
     ("port_negative", ["--port", "-1"], "--port -1: give a TCP port from 1 to 65535"),
+    ("resumes_negative", ["--max-resumes", "-1"], "--max-resumes -1: give a whole number >= 0 (0: never resume)"),
+    ("resume_within_zero", ["--resume-within", "0"], "--resume-within 0.0: give a finite number of seconds > 0"),
 ]
+
+
+def test_a_data_dir_that_cannot_keep_jobs_stops_the_server_with_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_bytes(b"")
+    assert cli.main(["serve", "--data-dir", str(tmp_path / "file"), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file: name a folder (the server keeps its jobs in it)" in err, err
+    assert cli.main(["serve", "--data-dir", str(tmp_path / "data"), "--ray", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ray keeps each stream's checkpoints in its registry actor" in err, err
 
 
 @pytest.mark.parametrize("ray", [False, True], ids=["one process", "ray"])
