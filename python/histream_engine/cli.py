@@ -192,17 +192,19 @@ def run_serve(args) -> int:
     from .serve import auth
     from .serve.openai.options import VideoOptions
     from .serve.protocol import Limits, check_port
+    from .serve.resilience import Resilience
 
     # a mistyped folder, a limit that would refuse every request (or none) or a port that cannot be stop the server
     # here, with one line, before a model loads or a port opens
     EmbeddingsDir(args.embeds_dir)
     limits = Limits(args.max_frames, args.max_side, args.max_queue, args.max_live_seconds, args.max_record_seconds,
                     args.max_replay_seconds)
+    resilience = Resilience(args.max_resumes, args.resume_within)
     check_port(args.port)
     key = auth.resolve_key(args.api_key, args.no_auth)
     auth.check_exposure(args.host, key, args.no_auth)
     videos = VideoOptions(args.data_dir, args.retention_seconds, args.max_stored_bytes, args.max_upload_bytes,
-                          stand_in_text=args.model_dir is None)
+                          stand_in_text=args.model_dir is None)  # checks --data-dir (made when missing)
     digest = None if key is None else auth.key_digest(key)
     if args.ray:
         engine = None  # each replica opens its own
@@ -224,8 +226,8 @@ def run_serve(args) -> int:
         require("ray", "ray", "histream serve --ray")
         from .serve.ray.deploy import serve_forever as serve_on_ray
 
-        return serve_on_ray(args, ray_spec(args), description, limits, videos, digest)
-    app = local_app(engine, description, limits, args.embeds_dir, videos=videos, key_digest=digest)
+        return serve_on_ray(args, ray_spec(args), description, limits, videos, digest, resilience)
+    app = local_app(engine, description, limits, args.embeds_dir, videos=videos, key_digest=digest, resilience=resilience)
     return serve_forever(app, args.host, args.port, description)
 
 
@@ -337,7 +339,9 @@ def add_serve(sub) -> None:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (anything but loopback needs --api-key or --no-auth)")
     srv.add_argument("--api-key", help=f"every route then needs Authorization: Bearer KEY (default: ${{{AUTH_ENV}}})")
     srv.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without an API key, on purpose")
-    srv.add_argument("--data-dir", type=Path, help="where /v1 videos are kept, across restarts; default: a temporary folder")
+    srv.add_argument("--data-dir", type=Path, metavar="DIR", help="keep /v1 videos (videos/<id>/) and, on plain serve, jobs "
+                     "(jobs/<id>/: request, checkpoint, segments, video) here: a restarted server lists the videos, resumes "
+                     "what was running and runs what was queued (created if missing; default: a temporary folder)")
     srv.add_argument("--retention-seconds", type=float, default=86400.0, help="a finished /v1 video is kept this long")
     srv.add_argument("--max-stored-bytes", type=int, default=10 << 30, help="all /v1 videos' files together; the oldest go first")
     srv.add_argument("--max-upload-bytes", type=int, default=64 << 20, help="the largest /v1 upload (an image or mp4) request")
@@ -350,6 +354,10 @@ def add_serve(sub) -> None:
     srv.add_argument("--max-replay-seconds", type=float, help="the frames a stream holds for watchers who join late (default: "
                      "--max-record-seconds)")
     srv.add_argument("--tae", type=Path, metavar="PATH", help=TAE_HELP + " (with --model-dir)")
+    srv.add_argument("--max-resumes", type=int, default=3, help="resume a stream whose worker was lost (a replica, a rank, "
+                         "the server's process) at most this many times, then fail it with that reason")
+    srv.add_argument("--resume-within", type=float, default=600.0, metavar="SECONDS",
+                     help="a stream's checkpoint older than this has expired: the stream fails instead of resuming")
     srv.add_argument("--ray", action="store_true", help="serve over Ray Serve replicas (needs the ray extra; docs/ray-serve.md)")
     srv.add_argument("--replicas", default="1", help="--ray: engine replicas, a count or 'auto' (autoscaling on ongoing streams)")
     srv.add_argument("--min-replicas", type=int, default=1, help="--ray --replicas auto: fewest replicas")

@@ -4,12 +4,14 @@ Resuming with new prompt embeddings equals the uninterrupted stream with ``set_p
 boundary; a state with its rings resumes the same prompt bit for bit; the state at a finished video's end extends it.
 """
 
+import json
+
 import pytest
 import torch
 
 from conftest import random_dit, rel_err
 from histream_engine import SCHEDULES, Engine, EngineConfig
-from histream_engine.runtime.stream_state import StreamStateError, load_stream_state
+from histream_engine.runtime.stream_state import METADATA_KEY, StreamStateError, load_stream_state, stream_state_from_bytes
 
 H, W = 64, 96  # high latent 8x12, low 4x6
 
@@ -129,6 +131,28 @@ def test_states_that_cannot_resume_here_are_refused_with_the_reason(engine, tmp_
     save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))  # fixed-device: a file's tensor, saved from the host
     with pytest.raises(StreamStateError, match="not a stream state"):
         load_stream_state(tmp_path / "plain.safetensors")
+
+
+def test_a_states_bytes_are_its_file_and_resume_the_same(engine, tmp_path):
+    """The bytes form (a server's checkpoint, sent between processes) is the file, byte for byte, and reads back whole."""
+    old, _ = prompts(engine.dit.device)
+    a = engine.stream(old, None, H, W, schedule=live("histream"), seed=2)
+    next(a)
+    state = a.state()
+    want = [next(a) for _ in range(2)]
+    a.close()
+    data = state.to_bytes()
+    assert data == state.save(tmp_path / "s.safetensors").read_bytes()
+    got = list(engine.resume(stream_state_from_bytes(data), chunks=2))
+    assert [c.index for c in got] == [1, 2] and all(rel_err(g.latents, w.latents) <= 1e-5 for g, w in zip(got, want))
+    with pytest.raises(StreamStateError, match="the checkpoint is not a stream state"):
+        stream_state_from_bytes(b"not a state")
+    from safetensors.torch import save
+
+    tensors, metadata = state._parts()
+    meta = json.loads(metadata[METADATA_KEY])
+    with pytest.raises(StreamStateError, match="damaged stream state"):
+        stream_state_from_bytes(save(tensors, metadata={METADATA_KEY: json.dumps({**meta, "next_chunk": "one"})}))
 
 
 def test_a_resumed_live_stream_runs_until_closed(engine):

@@ -41,10 +41,16 @@ def shutdown_cluster() -> None:
     import ray
     from ray import serve
 
+    import os
+    import tempfile
+
+    from histream_engine.serve.ray import scratch
+
     _server.clear()
     _started.clear()
     serve.shutdown()
     ray.shutdown()
+    scratch.sweep(tempfile.gettempdir(), owner=os.getpid())  # every deployment's folder this session made
 
 
 def server_config():

@@ -54,7 +54,17 @@ LIMIT_ROWS = [
     ("side_tiny", ["--max-side", "8"], "--max-side 8: give a whole number >= 16"),
     ("port_high", ["--port", "70000"], "--port 70000: give a TCP port from 1 to 65535, or 0 for any free one"),
     ("port_negative", ["--port", "-1"], "--port -1: give a TCP port from 1 to 65535"),
+    ("resumes_negative", ["--max-resumes", "-1"], "--max-resumes -1: give a whole number >= 0 (0: never resume)"),
+    ("resume_within_zero", ["--resume-within", "0"], "--resume-within 0.0: give a finite number of seconds > 0"),
 ]
+
+
+@pytest.mark.parametrize("ray", [[], ["--ray"]], ids=["one process", "ray"])
+def test_a_data_dir_that_cannot_keep_jobs_stops_the_server_with_one_line(tmp_path, capsys, ray):
+    (tmp_path / "file").write_bytes(b"")
+    assert cli.main(["serve", "--data-dir", str(tmp_path / "file"), "--port", "1", *ray]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder: name a folder for the stored videos" in err, err
 
 
 @pytest.mark.parametrize("ray", [False, True], ids=["one process", "ray"])

@@ -86,12 +86,9 @@ class StreamState:
         return dataclasses.replace(self, latents=move(self.latents), prompt_embeds=move(self.prompt_embeds),
                                    decoder=decoder, rings=rings, latent_ring=move(self.latent_ring))
 
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file: every tensor, and the rest as JSON in its metadata. Written beside and renamed into
-        place, so a reader never sees half a state."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
+    def _parts(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Every tensor (on the CPU, contiguous) and the rest as the safetensors metadata: what ``save`` and
+        ``to_bytes`` write."""
         tensors = {"latents": self.latents, "generator": self.generator, "prompt_embeds": self.prompt_embeds}
         if self.decoder is not None:
             tensors |= {f"decoder/{k}": t for k, t in self.decoder.tensors.items()}
@@ -104,36 +101,54 @@ class StreamState:
                 "seed": self.seed, "context_frames": self.context_frames, "generator_device": self.generator_device,
                 "model": self.model, "rings": {k: len(v) for k, v in (self.rings or {}).items()} if self.rings else None,
                 "decoder": None if self.decoder is None else {"name": self.decoder.name, "meta": self.decoder.meta}}
+        return {k: t.detach().contiguous().cpu() for k, t in tensors.items()}, {METADATA_KEY: json.dumps(meta)}
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: every tensor, and the rest as JSON in its metadata. Written beside and renamed into
+        place, so a reader never sees half a state."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
         tmp = path.with_name(f".{path.name}.partial")
-        save_file({k: t.detach().contiguous().cpu() for k, t in tensors.items()}, str(tmp),
-                  metadata={METADATA_KEY: json.dumps(meta)})
+        tensors, metadata = self._parts()
+        save_file(tensors, str(tmp), metadata=metadata)
         tmp.replace(path)
         return path
+
+    def to_bytes(self) -> bytes:
+        """What ``save`` writes, as bytes (a server's checkpoint, sent between processes; ``stream_state_from_bytes``)."""
+        from safetensors.torch import save
+
+        tensors, metadata = self._parts()
+        return save(tensors, metadata=metadata)
 
 
 def load_stream_state(path: str | Path) -> StreamState:
     """A state ``StreamState.save`` wrote, on the CPU (``Engine.resume`` moves it to the model's device)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise StreamStateError(f"stream state {path} does not exist" if not path.exists() else f"stream state {path} is not a file")
+    return stream_state_from_bytes(path.read_bytes(), str(path))
+
+
+def stream_state_from_bytes(data: bytes, source: str = "the checkpoint") -> StreamState:
+    """A state ``StreamState.to_bytes`` (or ``save``) wrote, on the CPU; ``source`` names it in errors."""
+    from safetensors.torch import load
+
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
         # fresh allocations: the tensors of a loaded file can sit at any byte offset, and a CPU matmul over a misaligned
         # operand may round differently (cross-attention K/V 1 ulp off), which a bit-exact resume must not see
-        tensors = {k: t.clone() for k, t in load_file(str(path)).items()}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own kinds for a file that is not one
-        raise StreamStateError(f"{path} is not a stream state (not a safetensors file: {exc})") from exc
+        tensors = {k: t.clone() for k, t in load(data).items()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own kinds for bytes that are not a file of its
+        raise StreamStateError(f"{source} is not a stream state (not a safetensors file: {exc})") from exc
     if METADATA_KEY not in header:
-        raise StreamStateError(f"{path} is a safetensors file but not a stream state (no {METADATA_KEY!r} metadata)")
+        raise StreamStateError(f"{source} is a safetensors file but not a stream state (no {METADATA_KEY!r} metadata)")
     try:
         meta = json.loads(header[METADATA_KEY])
         return _from_parts(meta, tensors)
     except (KeyError, TypeError, ValueError) as exc:
-        raise StreamStateError(f"{path} holds a damaged stream state: {exc}") from exc
+        raise StreamStateError(f"{source} holds a damaged stream state: {exc}") from exc
 
 
 def _from_parts(meta: dict, tensors: dict[str, torch.Tensor]) -> StreamState:

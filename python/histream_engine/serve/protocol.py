@@ -8,7 +8,7 @@ defines a request field, a limit, an event or a state of its own.
 - ``Limits``: the server's limits, checked once when they are made (the CLI's options: a limit that would refuse
   every request, or none, stops the server at startup with one line); ``check_port`` likewise.
 - ``plan``: a request checked against the limits (400 with the reason), as the record a stream's status shows.
-- Events: ``chunk_event``, ``final_event``, ``prompt_event``, ``replay_event``, ``error_event``; ``FINAL`` names the
+- Events: ``chunk_event``, ``final_event``, ``prompt_event``, ``replay_event``, ``resumed_event``, ``error_event``; ``FINAL`` names the
   states a stream ends in. ``Refused`` is a refusal with its HTTP status, which the WebSocket pump turns into an
   ``error`` event.
 - ``info``: the ``/api/info`` payload.
@@ -175,6 +175,13 @@ def replay_event(from_chunk: int, dropped_frames: int, why: str) -> dict:
     """The first message to a watcher whose history reaches back before the frames a stream still holds: chunk events
     before ``from_chunk`` come without their JPEG frames."""
     return {"type": "replay", "from_chunk": from_chunk, "dropped_frames": dropped_frames, "why": why}
+
+
+def resumed_event(index: int, attempt: int, why: str, tags: dict) -> dict:
+    """The stream goes on after its worker was lost (``resilience``): from chunk ``index`` on, every chunk before it
+    having been sent once, the frames after the seam those of the uninterrupted stream re-cached under the same prompt
+    at that boundary. ``attempt``: the stream's resumes so far; ``why``: what was lost. ``tags``: as ``started``'s."""
+    return {"type": "resumed", "index": index, "attempt": attempt, "why": why, **tags}
 
 
 def error_event(why: str) -> dict:

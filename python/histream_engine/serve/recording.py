@@ -1,111 +1,123 @@
-"""A stream's mp4 on the server: all of a bounded stream (``WholeRecorder``), at most the last ``max_seconds`` of a live
-one (``RollingRecorder``), kept as short segments on disk.
+"""A stream's mp4 on the server, kept as one mp4 segment a chunk, so that the recording outlives the worker that made it.
 
-A live stream has no end the server can plan for, so its recording is a ring of mp4 segments of ``segment_seconds``
-each: when the segments hold more than ``max_seconds`` the oldest is deleted. At the end the kept segments are joined
-without re-encoding (ffmpeg's concat demuxer, from imageio-ffmpeg) into one file, which says how much of the stream it
-holds.
+The session writes each chunk's frames as their own mp4 (``write_segment``; each starts with a keyframe) and hands it
+to its transport with the chunk's event. The transport keeps the segments where they outlive the worker (``Segments``:
+a folder in plain serve's job, the registry's folder over Ray), and at the end joins them without re-encoding
+(ffmpeg's concat demuxer, from imageio-ffmpeg) into one file. A stream resumed from a checkpoint goes on adding
+segments from its boundary, so the joined video holds every frame once, with no duplicate at the seam. A live
+stream's recording keeps at most its newest ``max_frames`` frames (whole chunks, the newest always): older segments
+are deleted as new ones come, and the mp4 says how much of the stream it holds.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
-from collections import deque
 from pathlib import Path
 
 import torch
 
 from ..video import FPS, Mp4Writer
 
+SEGMENT = re.compile(r"(\d{6})-(\d+)\.mp4")  # a chunk's index and its frame count: a restart re-reads them from the names
 
-class RollingRecorder:
-    def __init__(self, path: Path, width: int, height: int, max_seconds: float, segment_seconds: float = 10.0, fps: int = FPS):
-        if max_seconds <= 0:
-            raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
-        self.path, self.size, self.fps, self.max_seconds = Path(path), (width, height), fps, max_seconds
-        self.max_frames = max(1, int(max_seconds * fps))
-        # segments of at most a quarter of the limit, so what is kept stays between 3/4 of it and all of it
-        self.segment_frames = max(1, min(round(segment_seconds * fps), self.max_frames // 4))
+
+def segment_name(index: int, frames: int) -> str:
+    return f"{index:06d}-{frames}.mp4"
+
+
+def write_segment(folder: Path, index: int, frames: torch.Tensor, fps: int = FPS) -> Path:
+    """Chunk ``index``'s frames ``[T, H, W, 3]`` uint8 as one mp4 in ``folder`` (written beside, renamed into place)."""
+    path = Path(folder) / segment_name(index, frames.shape[0])
+    with Mp4Writer(path, frames.shape[2], frames.shape[1], fps=fps) as writer:
+        writer.write(frames)
+    return path
+
+
+class Segments:
+    """One stream's kept segments in ``folder``, oldest first. ``max_frames``: a live stream's bound (None: keep all)."""
+
+    def __init__(self, folder: Path, max_frames: int | None = None, fps: int = FPS):
+        self.folder, self.max_frames, self.fps = Path(folder), max_frames, fps
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._kept: list[tuple[int, int, Path]] = []  # (chunk index, frames, file)
         self.total_frames = 0
-        self._done: deque[tuple[Path, int]] = deque()  # finished segments and their frame counts
-        self._writer: Mp4Writer | None = None
-        self._count = 0
+        for path in sorted(self.folder.iterdir()):  # a restart: what the last run kept
+            if (m := SEGMENT.fullmatch(path.name)) is not None:
+                self._kept.append((int(m[1]), int(m[2]), path))
+                self.total_frames += int(m[2])
+            elif path.name.startswith("."):  # a segment whose writer died before renaming it into place
+                path.unlink(missing_ok=True)
 
-    def write(self, frames: torch.Tensor) -> None:
-        """``frames`` ``[T, H, W, 3]`` uint8."""
-        start = 0
-        while start < frames.shape[0]:
-            if self._writer is None:
-                self._writer = Mp4Writer(self.path.with_name(f"{self.path.stem}.seg{self._count:06d}.mp4"), *self.size, fps=self.fps)
-                self._count += 1
-            take = min(frames.shape[0] - start, self.segment_frames - self._writer.frames)
-            self._writer.write(frames[start : start + take])
-            start += take
-            self.total_frames += take
-            if self._writer.frames == self.segment_frames:
-                self._done.append((self._writer.close(), self._writer.frames))
-                self._writer = None
-            while self._done and self.kept_frames > self.max_frames:
-                self._done.popleft()[0].unlink(missing_ok=True)
+    def add(self, index: int, frames: int, source: Path | bytes) -> None:
+        """Chunk ``index``'s segment: a file (moved here) or its bytes. Chunks come in order; one at or before the last
+        kept one replaces what was kept from it on (a stream resumed from an earlier boundary)."""
+        self.drop_from(index)
+        path = self.folder / segment_name(index, frames)
+        if isinstance(source, bytes):
+            partial = path.with_name(f".{path.name}.partial")
+            partial.write_bytes(source)
+            partial.replace(path)
+        else:
+            Path(source).replace(path)
+        self._kept.append((index, frames, path))
+        self.total_frames += frames
+        while self.max_frames is not None and len(self._kept) > 1 and self.kept_frames > self.max_frames:
+            self._kept.pop(0)[2].unlink(missing_ok=True)
+
+    def drop_from(self, index: int) -> None:
+        """Forget the segments of chunk ``index`` and later (they will be made again from a checkpoint at ``index``)."""
+        while self._kept and self._kept[-1][0] >= index:
+            _, frames, path = self._kept.pop()
+            path.unlink(missing_ok=True)
+            self.total_frames -= frames
 
     @property
     def kept_frames(self) -> int:
-        return sum(n for _, n in self._done) + (self._writer.frames if self._writer else 0)
+        return sum(frames for _, frames, _ in self._kept)
 
-    def close(self) -> Path:
-        """Join the kept segments into ``path``."""
-        if self._writer is not None:
-            self._done.append((self._writer.close(), self._writer.frames))
-            self._writer = None
+    @property
+    def chunks(self) -> int:
+        """The chunk after the last kept segment: where a stream whose recording this is goes on."""
+        return self._kept[-1][0] + 1 if self._kept else 0
+
+    def join(self, out: Path) -> str | None:
+        """The kept segments joined into ``out`` (nothing is written when there are none), and what the mp4 holds of the
+        stream when that is not all of it (a status's ``video_note``)."""
+        if not self._kept:
+            return None
         import imageio_ffmpeg
 
-        listing = self.path.with_name(f".{self.path.stem}.segments.txt")
-        listing.write_text("".join(f"file '{p.resolve()}'\n" for p, _ in self._done))
-        partial = self.path.with_name(f".{self.path.stem}.partial.mp4")
+        out = Path(out)
+        listing = out.with_name(f".{out.stem}.segments.txt")
+        listing.write_text("".join(f"file '{path.resolve()}'\n" for _, _, path in self._kept))
+        partial = out.with_name(f".{out.stem}.partial.mp4")
         try:
-            subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i", str(listing),
-                            "-c", "copy", str(partial)], check=True, capture_output=True, timeout=300)
-            partial.replace(self.path)
+            subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "concat", "-safe", "0", "-i",
+                            str(listing), "-c", "copy", str(partial)], check=True, capture_output=True, timeout=300)
+            partial.replace(out)
         finally:
             listing.unlink(missing_ok=True)
             partial.unlink(missing_ok=True)
-            for p, _ in self._done:
-                p.unlink(missing_ok=True)
-        return self.path
-
-    def finish(self) -> str | None:
-        """``close``, and what the mp4 holds of the stream when that is not all of it (a status's ``video_note``)."""
         kept, total = self.kept_frames / self.fps, self.total_frames / self.fps
-        self.close()
-        if kept >= total:
+        if self.max_frames is None or self.kept_frames >= self.total_frames:
             return None
-        return f"the last {kept:.1f} s of {total:.1f} s (this server keeps at most {self.max_seconds:g} s of a live stream)"
+        return (f"the last {kept:.1f} s of {total:.1f} s (this server keeps at most {self.max_frames / self.fps:g} s of a "
+                "live stream)")
 
-    def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
-        for p, _ in self._done:
-            p.unlink(missing_ok=True)
-        self._done.clear()
-
-
-class WholeRecorder:
-    """A bounded stream's mp4: every frame (the stream's size is within the server's limits)."""
-
-    def __init__(self, path: Path, width: int, height: int, fps: int = FPS):
-        self._writer = Mp4Writer(path, width, height, fps=fps)
-
-    def write(self, frames: torch.Tensor) -> None:
-        self._writer.write(frames)
-
-    def finish(self) -> None:
-        self._writer.close()
-
-    def abort(self) -> None:
-        self._writer.abort()
+    def discard(self) -> None:
+        """The segments and their folder go (the stream failed, or its video has been joined)."""
+        for _, _, path in self._kept:
+            path.unlink(missing_ok=True)
+        self._kept.clear()
+        for path in self.folder.glob(".*"):
+            path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:  # something else lives there: leave it
+            pass
 
 
-def open_recorder(path: Path, width: int, height: int, live: bool, max_record_seconds: float):
-    """The recorder of a stream's mp4: the last ``max_record_seconds`` of a live stream, all of a bounded one."""
-    return RollingRecorder(path, width, height, max_record_seconds) if live else WholeRecorder(path, width, height)
+def record_frames(max_record_seconds: float, live: bool) -> int | None:
+    """The most frames a stream's recording keeps: a live stream's last ``max_record_seconds``, all of a bounded one."""
+    return max(1, int(max_record_seconds * FPS)) if live else None

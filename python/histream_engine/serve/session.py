@@ -1,16 +1,17 @@
 """One stream's session: drives an engine stream and turns it into the protocol's events, on either transport.
 
-``run`` opens the stream, yields ``started``, then each chunk's event with its JPEG frames, and at the end one final
-event (``done``, ``cancelled`` with the reason when the server ended it, or ``failed`` with the engine's message). It
-records the mp4 (a live stream's bounded to its last ``max_record_seconds``), ends a live stream at its duration, and
-asks the transport's ``Steering`` at every chunk boundary whether to stop, which is also where a transport that queues
-prompt switches (Ray's registry) hands them to the stream. The stream is closed however the session ends, so its
-caches go at once.
+``run`` opens the stream, yields ``started`` (or ``resumed``, going on from a checkpoint), then each chunk's event with
+its JPEG frames, and at the end one final event (``done``, ``cancelled`` with the reason when the server ended it, or
+``failed`` with the engine's message). Each chunk's event also carries what the transport keeps where it outlives
+this worker (``resilience``): the chunk's mp4 segment (``recording.write_segment``), and the stream's state at the
+boundary after it, once every chunk before that boundary is in an event. The session ends a live stream at its
+duration, and asks the transport's ``Steering`` at every chunk boundary whether to stop, which is also where a
+transport that queues prompt switches (Ray's registry) hands them to the stream. The stream is closed however the
+session ends, so its caches go at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import time
 from dataclasses import dataclass, field
@@ -21,13 +22,31 @@ import numpy as np
 import torch
 
 from . import protocol
-from .recording import open_recorder
+from ..runtime.stream_state import StreamStateError
+from .recording import write_segment
+from .resilience import Checkpoint, Resume
+
+
+class WorkerLost(RuntimeError):
+    """Part of the worker running a stream was lost mid-stream (a rank of a replica's group): the stream can go on from
+    its last checkpoint once the worker is whole again."""
 
 
 @dataclass
 class Event:
     data: dict  # JSON-ready
     frames: list[bytes] = field(default_factory=list)  # JPEG frames that follow it on the wire
+    # what the transport keeps and never sends: a chunk's mp4 segment, and the state at the boundary after it (or why
+    # there is none); on a failed final event, "lost" (the worker lost a part of itself) or "refused" (the engine
+    # refused a resume) where another attempt may go on
+    segment: Path | None = None
+    checkpoint: Checkpoint | None = None
+    no_checkpoint: str | None = None
+    retry: str | None = None
+
+    def public(self) -> "Event":
+        """What watchers get."""
+        return self if self.segment is None and self.checkpoint is None and self.retry is None else Event(self.data, self.frames)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 85) -> bytes:
@@ -47,22 +66,48 @@ class Steering(Protocol):
 
 @dataclass
 class Session:
-    open_stream: Callable[[], object]  # -> an iterator of (ChunkResult, frames [T, H, W, 3] uint8) with close()
+    open_stream: Callable[[], object]  # -> an iterator of (ChunkResult, frames [T, H, W, 3] uint8) with close(), state()
     request: dict  # protocol.plan's record
-    video_path: Path
-    max_record_seconds: float
+    scratch: Path  # where each chunk's mp4 segment is written, for the transport to take
     tags: dict = field(default_factory=dict)  # added to the started and chunk events (Ray: the replica)
-    # called once the stream has ended and before its end is told, with the stream, the final event and the mp4: what
-    # the stream made is handed on (a /v1 video's files and final state); a hook that raises fails a done stream
-    finish: Callable[[object, dict, Path], None] | None = None
+    resume: Resume | None = None  # going on after a lost worker: from its checkpoint (the stream opened resumes it)
+
+
+class Checkpoints:
+    """The stream's state at each boundary, handed to the chunk event whose publication makes it consistent. On a CPU
+    that is the chunk just made; on a GPU ``state()`` finishes the decode in flight first, whose chunk is handed out
+    next, so the state waits for that chunk's event."""
+
+    def __init__(self):
+        self.pending: Checkpoint | None = None
+        self.last = -1  # the newest boundary taken
+        self.unavailable: str | None = None  # why this stream has no state to keep (a full-history schedule)
+
+    def attach(self, stream, event: Event, index: int, seconds: float) -> None:
+        if self.unavailable is None and index + 1 > self.last:
+            try:
+                state = stream.state()
+            except StreamStateError as exc:
+                self.unavailable = str(exc)
+            else:
+                self.last = state.next_chunk
+                self.pending = Checkpoint(state.next_chunk, seconds, state.to_bytes())
+        if self.pending is not None and self.pending.chunk <= index + 1:
+            event.checkpoint, self.pending = self.pending, None
+        event.no_checkpoint = self.unavailable
 
 
 def run(session: Session, steering: Steering) -> Iterator[Event]:
     """The session's events, the final one last. Never raises for the engine's errors: they end it ``failed``."""
-    req, stream, recorder = session.request, None, None
-    yield Event({"type": "started", **session.tags})
-    t0 = time.perf_counter()
-    chunks, stop_reason = 0, None
+    req, resume, stream = session.request, session.resume, None
+    first = 0 if resume is None else resume.chunk
+    if resume is None:
+        yield Event({"type": "started", **session.tags})
+    else:
+        yield Event(protocol.resumed_event(first, resume.attempt, resume.why, session.tags))
+    t0 = time.perf_counter() - (resume.checkpoint.seconds if resume is not None and resume.checkpoint is not None else 0.0)
+    chunks, stop_reason, retry = first, None, None  # chunks: published, the ones before the checkpoint included
+    checkpoints = Checkpoints()
     try:
         stream = session.open_stream()
         stopped = steering.boundary(stream)
@@ -71,36 +116,25 @@ def run(session: Session, steering: Steering) -> Iterator[Event]:
             if item is None:
                 break
             c, frames = item
-            if recorder is None:
-                recorder = open_recorder(session.video_path, req["width"], req["height"], req["live"], session.max_record_seconds)
-            recorder.write(torch.from_numpy(frames))
+            segment = write_segment(session.scratch, c.index, torch.from_numpy(frames))
             chunks += 1
-            yield Event(protocol.chunk_event(c, frames, time.perf_counter() - t0, session.tags), [encode_jpeg(f) for f in frames])
+            seconds = time.perf_counter() - t0
+            event = Event(protocol.chunk_event(c, frames, seconds, session.tags), [encode_jpeg(f) for f in frames], segment)
+            checkpoints.attach(stream, event, c.index, seconds)
+            yield event
             stopped = steering.boundary(stream)
             if not stopped and req["live"] and time.perf_counter() - t0 >= req["duration"]:
                 stop_reason = f"reached its duration of {req['duration']:g} s"
                 break
-        note, recorder = (recorder.finish() if recorder is not None else None), None
         state = "cancelled" if stopped else "done"
-        end = protocol.final_event(state, chunks, time.perf_counter() - t0, video_note=note, reason=stop_reason)
+        end = protocol.final_event(state, chunks, time.perf_counter() - t0, reason=stop_reason)
     except Exception as exc:  # noqa: BLE001 - the engine's message ends this stream; the transport serves the next
+        if isinstance(exc, WorkerLost):
+            retry = "lost"
+        elif resume is not None and resume.checkpoint is not None and chunks == first:
+            retry = "refused"  # the engine refused the state, or failed going on from it: another attempt may not
         end = protocol.final_event("failed", chunks, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
     finally:
-        if recorder is not None:  # failed, or the transport stopped listening: no partial mp4 is left
-            with contextlib.suppress(Exception):  # the error that ended the stream is the one to report
-                recorder.abort()
         if stream is not None:
             stream.close()  # the engine's stream and its caches go now, however the session ended
-    if session.finish is not None:
-        end = finished(session, stream, end)
-    yield Event(end)
-
-
-def finished(session: Session, stream, end: dict) -> dict:
-    """The end, once the session's ``finish`` has taken what the stream made."""
-    try:
-        session.finish(stream, end, session.video_path)
-    except Exception as exc:  # noqa: BLE001 - the stream's end says what went wrong; the transport serves the next
-        if end["type"] == "done":
-            return protocol.final_event("failed", end["chunks"], end["seconds"], error=f"{type(exc).__name__}: {exc}")
-    return end
+    yield Event(end, retry=retry)

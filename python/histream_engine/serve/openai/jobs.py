@@ -17,7 +17,7 @@ from typing import Protocol
 from ...demo import stand_in_prompt
 from ...host import HostEngine, HostStream
 from ...runtime.denoise.schedules import resolve_schedule
-from ...runtime.stream_state import StreamStateError, load_stream_state
+from ...runtime.stream_state import load_stream_state
 from ..embeddings import EmbeddingsDir
 from . import media
 
@@ -74,28 +74,18 @@ def clip(mp4: bytes, frames: int):
         return media.last_frames(path, frames)
 
 
-def state_bytes(stream) -> bytes | None:
-    """The ended stream's final state (without its rings) as safetensors bytes; None where there is none to keep (a
-    full-history schedule, whose state needs the rings, or a sequence-parallel group's stream)."""
-    take = getattr(stream, "state", None)
-    if take is None:
-        return None
-    try:
-        state = take()
-    except StreamStateError:
-        return None
-    with tempfile.TemporaryDirectory(prefix="histream-state-") as tmp:
-        return state.save(Path(tmp) / "state.safetensors").read_bytes()
+def outcome(end: dict, mp4: Path | bytes | None, state: bytes | None) -> tuple[str, tuple]:
+    """What the store is told when a /v1 video's stream ended (``end``, its final event): ``("complete", (mp4,
+    state))`` for a done one (its final state: its last checkpoint, without rings; None where it keeps none, a
+    full-history schedule), else ``("fail", (code, message))`` with the reason."""
+    if end["type"] == "done" and mp4 is not None:
+        return "complete", (mp4, state)
+    if end["type"] == "cancelled":
+        return "fail", ("cancelled", f"its stream was cancelled{': ' + end['reason'] if end.get('reason') else ''}")
+    return "fail", ("generation_failed", end.get("error") or "its stream failed")
 
 
-def finisher(store: EngineStore, video_id: str, send_bytes: bool):
-    """The session's ``finish`` for a /v1 video: a done stream's mp4 and final state go to the store (as bytes when the
-    store is another process's), a stream that ended otherwise fails the video with the reason."""
-    def finish(stream, end: dict, video: Path) -> None:
-        if end["type"] == "done":
-            store.complete(video_id, video.read_bytes() if send_bytes else video, state_bytes(stream))
-        elif end["type"] == "cancelled":
-            store.fail(video_id, "cancelled", f"its stream was cancelled{': ' + end['reason'] if end.get('reason') else ''}")
-        else:
-            store.fail(video_id, "generation_failed", end.get("error") or "its stream failed")
-    return finish
+def hand_over(store: EngineStore, video_id: str, end: dict, mp4: Path | bytes | None, state: bytes | None) -> None:
+    """``outcome`` told to a store in this process."""
+    name, args = outcome(end, mp4, state)
+    getattr(store, name)(video_id, *args)

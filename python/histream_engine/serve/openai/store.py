@@ -10,8 +10,9 @@
 A finished video (completed or failed) is kept until its ``expires_at`` (``--retention-seconds`` after it finished),
 and all videos' files stay within ``--max-stored-bytes``: the oldest finished videos go first. Expired videos are
 removed at every call (listing, reading, writing), so none is ever served late. A restarted server reads the
-folders back: its finished videos list and extend as before, and one still pending when the last server stopped is
-failed (its stream went with that server).
+folders back: its finished videos list and extend as before; one still pending goes on where the server kept its job
+(plain serve's ``--data-dir`` resumes it), and is failed with the reason when next read where it did not
+(``service.VideoService``: its stream is no longer known).
 
 Thread-safe: the routes, the engine's worker (plain serve) or the store actor's threads (Ray) call it at once.
 """
@@ -37,7 +38,6 @@ ID = re.compile(r"^video_[0-9a-f]{32}$")
 VARIANTS = {"video": ("video.mp4", "video/mp4"), "thumbnail": ("thumbnail.jpg", "image/jpeg"),
             "spritesheet": ("spritesheet.jpg", "image/jpeg")}
 INPUTS = ("reference.png", "source.mp4", "prefix.mp4", "resume.safetensors")
-RESTARTED = "the server stopped before this video was finished: create it again"
 
 
 def new_id() -> str:
@@ -70,8 +70,6 @@ class VideoStore:
             except (OSError, ValueError):
                 shutil.rmtree(folder, ignore_errors=True)  # a create that never finished writing its record
                 continue
-            if rec["status"] == "pending":
-                self._finish(rec, "failed", error={"code": "server_restarted", "message": RESTARTED})
             self._records[rec["id"]] = rec
         self.sweep()
 

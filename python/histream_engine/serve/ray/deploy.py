@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 from ray import serve
@@ -26,6 +27,8 @@ from ...runtime.parallel.ulysses import divisors
 from ..embeddings import EmbeddingsDir
 from ..openai.options import VideoOptions
 from ..protocol import Limits
+from ..resilience import Resilience
+from . import scratch
 from .ingress import Ingress
 from .registry import NAMESPACE, StreamRegistry, Watching, registry_name
 from .replica import EngineReplica
@@ -97,20 +100,24 @@ class Scaling:
 
 def deploy(spec: dict, description: str, limits: Limits, scaling: Scaling, embeds_dir: str | None = None,
            route_prefix: str = "/", watching: Watching | None = None, videos: VideoOptions | None = None,
-           key_digest: bytes | None = None):
+           key_digest: bytes | None = None, resilience: Resilience | None = None):
     """Starts the registry, /v1's video store (``videos``: default, in a temporary folder), the engine deployment and
     the ingress on the connected Ray cluster; ``key_digest``: every route needs that API key. Returns the registry's
     handle, which the caller keeps: the registry lives as long as someone holds it (the store as long as this process
-    or the next deploy)."""
+    or the next deploy). The deployment's temporary folder (``scratch``) is made here; whoever stops the server removes
+    it (``scratch.remove(ray.get(registry.scratch_folder.remote()))``), or the next deployment on this machine does."""
     EmbeddingsDir(embeds_dir)  # a missing folder is refused here, not by an ingress that fails to start
     watching, videos = watching or Watching(), videos or VideoOptions()
     max_waiting = limits.max_queue + scaling.most  # a burst's streams count as waiting until their replica starts them
     name = registry_name()
+    folder = str(scratch.server_folder(name))
     registry = StreamRegistry.options(name=name, namespace=NAMESPACE).remote(
-        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s(), limits=limits)
+        APP_NAME, ENGINE, max_waiting, watching, scaling.replica_ttl_s(), limits=limits, resilience=resilience,
+        scratch=folder, videos=f"{name}-videos")
     _stores[APP_NAME] = start_store(videos, f"{name}-videos")  # the previous deployment's store goes with its handle
     engine = serve.deployment(EngineReplica, name=ENGINE).options(**scaling.options(max_waiting)).bind(
         {**spec, "embeds_dir": embeds_dir, "limits": limits, "ranks": scaling.ranks, "videos": f"{name}-videos",
+         "scratch": folder,
          "rank_resources": scaling.rank_resources(), "rank_timeout_s": scaling.rank_timeout_s}, name)
     ingress = Ingress.bind(engine, description, limits, embeds_dir, name, watching, (videos, f"{name}-videos", key_digest))
     serve.run(ingress, name=APP_NAME, route_prefix=route_prefix)
@@ -207,7 +214,7 @@ def free_port(host: str) -> int:
 
 
 def serve_forever(args, spec: dict, description: str, limits: Limits, videos: VideoOptions | None = None,
-                  key_digest: bytes | None = None) -> int:
+                  key_digest: bytes | None = None, resilience: Resilience | None = None) -> int:
     scaling, watching = scaling_from_args(args), watching_from_args(args)  # refusals first, before a cluster starts
     check_ranks(scaling.ranks, spec)
     EmbeddingsDir(args.embeds_dir)
@@ -229,11 +236,12 @@ def serve_forever(args, spec: dict, description: str, limits: Limits, videos: Vi
         raise
     # SIGTERM (docker stop, systemd) stops the server as Ctrl-C does, so the application leaves the cluster
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    registry = None
+    registry, folder = None, None
     try:
         serve.start(http_options={"host": args.host, "port": args.port or free_port(args.host)})
         registry = deploy(spec, description, limits, scaling, str(args.embeds_dir) if args.embeds_dir else None,
-                          watching=watching, videos=videos, key_digest=key_digest)
+                          watching=watching, videos=videos, key_digest=key_digest, resilience=resilience)
+        folder = Path(ray.get(registry.scratch_folder.remote()))
         print(f"histream serve --ray: {description}\nopen {listening(args.host, args.port)} (Ctrl-C stops)", flush=True)
         while True:
             time.sleep(3600)
@@ -245,5 +253,6 @@ def serve_forever(args, spec: dict, description: str, limits: Limits, videos: Vi
             serve.delete(APP_NAME) if joined else serve.shutdown()
         del registry
         ray.shutdown()
+        scratch.remove(folder)  # the replicas' scratch folders, killed ones' included, and the kept segments
     print("histream serve --ray: stopped", flush=True)
     return 0

@@ -38,6 +38,7 @@ from ...host import (
     open_engine,
     tiny_demo,
 )
+from ...runtime.stream_state import StreamStateError
 from ..protocol import device_name
 from .registry import NAMESPACE, replica_lost
 
@@ -342,6 +343,12 @@ class GroupStream:
 
     def __next__(self):
         return self._guarded(lambda: next(self.local))
+
+    def state(self, include_cache: bool = False):
+        """A group's stream keeps no checkpoint yet (resuming one would take every rank): a lost rank fails its stream
+        with ``RankLost``, and the server says so as the reason it cannot be resumed."""
+        raise StreamStateError("a stream on a --gpus-per-replica group is not checkpointed (resuming it on a rebuilt "
+                               "group is not built yet)")
 
     def set_prompt(self, prompt: str, prompt_embeds_path: str, recache: bool = True) -> None:
         """A prompt switch on every rank; returns once each has queued it. It lands at the first chunk boundary where

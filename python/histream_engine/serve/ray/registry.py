@@ -13,23 +13,35 @@ what is queued at each chunk boundary (``commands``, the same call that tells it
 stream with the engine's one prompt check, and answers (``verdicts``), so the caller gets the same 200, 400 or 409 as
 on plain serve, once the switch is taken. A cancel, or the stream's end, answers every switch still waiting with 409.
 
-Bounded: streams kept, waiting streams, watchers per stream, and the bytes of a finished stream's mp4 (sent back
-from the replica, which keeps no state). Replicas report themselves at start and on every Serve health check, and
+A stream outlives its replica (docs/ray-serve.md, "Streams that survive"): the replica sends each chunk's mp4 segment
+and the stream's checkpoint with the chunk's event, and the registry keeps them (the segments in the deployment's
+folder, ``scratch``; the newest checkpoint in this actor). When the replica is lost mid-stream (``ray.kill``, a crash
+in its process), or refuses a resume, the registry calls the deployment again with a ``Resume``: the stream goes on
+from its checkpoint on another replica, or the restarted one, and its watchers see a ``resumed`` event; or it ends
+``failed`` with why it cannot (``resilience.resumption``: no state yet, the state expired, resumed too often). The
+final mp4 is the kept segments joined: every frame once.
+
+Bounded: streams kept, waiting streams, watchers per stream, and the bytes of a finished stream's mp4. Replicas report themselves at start and on every Serve health check, and
 leave the list when they stop cleanly or have not been heard from for ``replica_ttl_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 
 from .. import protocol
 from ..event_log import EventLog
+from ..openai.jobs import outcome
 from ..protocol import FINAL
+from ..recording import Segments, record_frames
+from ..resilience import Checkpoint, Resilience, Resume, resumption
 from ..session import Event
 
 NAMESPACE = "histream"
@@ -66,10 +78,16 @@ class Record:
     left_at: float | None = None  # when it was last watched, once nobody watches it; None while watched or never
     switches: list = field(default_factory=list)  # (switch id, PromptSwitchRequest as a dict) the replica has not taken yet
     answers: dict = field(default_factory=dict)  # switch id -> (the change, the future its caller awaits)
+    segments: Segments | None = None  # one mp4 a chunk, joined at the end (what a resumed attempt adds goes on from it)
+    checkpoint: Checkpoint | None = None  # the newest state at a published boundary: the replica keeps nothing
+    no_state: str | None = None  # why the stream keeps no state (a full-history schedule)
+    switch: dict | None = None  # the newest prompt switch accepted: a resume lands it at the seam
+    resumes: int = 0
 
     def status(self) -> dict:
         return protocol.status(self.id, self.state, self.request, self.chunks, error=self.error, reason=self.reason,
-                               video=self.video is not None, video_note=self.video_note, replica=self.replica)
+                               video=self.video is not None, video_note=self.video_note, replica=self.replica,
+                               resumes=self.resumes)
 
     def answer(self, switch_id: str, verdict: tuple[int, str | None]) -> dict | None:
         """Answer a waiting switch; returns the change when it was accepted."""
@@ -94,11 +112,16 @@ def replica_lost(exc: BaseException) -> bool:
 class StreamRegistry:
     def __init__(self, app_name: str, deployment: str, max_waiting: int, watching: Watching | None = None,
                  replica_ttl_s: float = 30.0, keep: int = 32, max_video_bytes: int = 256 << 20,
-                 limits: protocol.Limits | None = None):
+                 limits: protocol.Limits | None = None, resilience: Resilience | None = None, scratch: str | None = None,
+                 videos: str | None = None):
         self.app_name, self.deployment = app_name, deployment
+        self.videos = videos  # the name of /v1's store actor, which a video's stream hands its mp4 and state to
         self.max_waiting, self.keep, self.max_video_bytes = max_waiting, keep, max_video_bytes
         self.watching = watching or Watching()
         self.limits = limits or protocol.Limits()
+        self.resilience = resilience or Resilience()
+        self._own_scratch = None if scratch else tempfile.TemporaryDirectory(prefix="histream-registry-")
+        self.scratch = Path(scratch or self._own_scratch.name)  # the deployment's folder (``scratch``)
         self.replica_ttl_s = replica_ttl_s
         self.streams: dict[str, Record] = {}
         self.replicas: dict[str, dict] = {}
@@ -106,6 +129,9 @@ class StreamRegistry:
         self.changed = asyncio.Condition()
         self._handle = None
         self._reaper = None
+
+    def scratch_folder(self) -> str:
+        return str(self.scratch)
 
     # ---- replicas ----
     def replica_seen(self, replica: str, info: dict) -> None:
@@ -137,6 +163,8 @@ class StreamRegistry:
         if waiting >= self.max_waiting:
             raise OverflowError(f"{waiting} streams are already waiting (the limit is {self.max_waiting}); try again later")
         rec = Record(uuid.uuid4().hex[:12], request, EventLog(self.limits.replay_frames, self.limits.replay_seconds))
+        rec.segments = Segments(self.scratch / "streams" / rec.id, record_frames(self.limits.max_record_seconds,
+                                                                                request["live"]))
         self.streams[rec.id] = rec
         self._forget_old()
         asyncio.get_running_loop().create_task(self._drive(rec))
@@ -193,6 +221,7 @@ class StreamRegistry:
         for switch_id, status, why in verdicts:
             change = None if rec is None else rec.answer(switch_id, (status, why))
             if change is not None:
+                rec.switch = change
                 await self._publish(rec, protocol.prompt_event(protocol.PromptSwitchRequest(**change)))
 
     def watch(self, stream_id: str) -> tuple[str | None, int, str | None]:
@@ -267,50 +296,124 @@ class StreamRegistry:
             self.changed.notify_all()
 
     async def _drive(self, rec: Record) -> None:
+        """Runs the stream on the engine deployment until it ends; each time its replica is lost (or refuses a resume),
+        it goes on from its last checkpoint on another replica, or the restarted one, or ends failed with the reason."""
         from ray import serve
 
         if self._handle is None:
             self._handle = serve.get_deployment_handle(self.deployment, app_name=self.app_name)
+        resume = None
         try:
-            async for item in self._handle.options(stream=True).run.remote(rec.id, rec.request):
-                rec.started = True
-                data = item["event"]
-                if rec.state in FINAL:  # cancelled while it waited: the replica only confirms it
-                    continue
-                if data["type"] == "started":
-                    rec.state, rec.replica = "running", data["replica"]
-                    if rec.replica in self.replicas:
-                        self.replicas[rec.replica]["state"] = "busy"
-                elif data["type"] == "chunk":
-                    rec.chunks += 1
-                elif data["type"] in FINAL:
-                    if item.get("video") is not None and len(item["video"]) <= self.max_video_bytes:
-                        rec.video = item["video"]
-                    if data["type"] != "failed":
-                        data = {**data, "video": protocol.video_url(rec.id) if rec.video is not None else None,
-                                "reason": rec.reason or data.get("reason")}
-                    rec.state, rec.error, rec.reason = data["type"], data.get("error"), data.get("reason")
-                    rec.video_note = data.get("video_note")
-                    rec.refuse_switches()
-                await self._publish(rec, data, item.get("frames"))
-            if rec.state not in FINAL:
-                raise RuntimeError("the replica's stream ended without a final event")
-        except Exception as exc:  # noqa: BLE001 - whatever broke, this stream ends failed with the reason
-            if rec.state not in FINAL:
-                lost = replica_lost(exc)
-                rec.state = "failed"
-                rec.error = f"replica lost: {type(exc).__name__}: {exc}" if lost else f"{type(exc).__name__}: {exc}"
-                if lost and rec.replica in self.replicas:
-                    self.replicas[rec.replica]["state"] = "lost"
-                await self._publish(rec, protocol.final_event("failed", rec.chunks, 0.0, error=rec.error))
+            while (lost := await self._attempt(rec, resume)) is not None:
+                if (resume := await self._after_loss(rec, lost)) is None:
+                    break
         finally:
             rec.driving = False
             rec.refuse_switches()
+            rec.segments.discard()
+            rec.checkpoint = None
             if rec.replica in self.replicas and self.replicas[rec.replica].get("state") == "busy":
                 self.replicas[rec.replica]["state"] = "idle"
             async with self.changed:
                 rec.events.forget_frames()  # the mp4 has the frames now
                 self.changed.notify_all()
+
+    async def _attempt(self, rec: Record, resume: Resume | None) -> str | None:
+        """One call to a replica: None once the stream ended, or why the attempt was lost (the stream may go on)."""
+        try:
+            async for item in self._handle.options(stream=True).run.remote(rec.id, rec.request, resume):
+                rec.started = True
+                if rec.state in FINAL:  # cancelled while it waited: the replica only confirms it
+                    continue
+                if item["event"]["type"] in FINAL and item.get("retry") is not None:
+                    return item["event"]["error"]
+                await self._take(rec, item)
+            if rec.state not in FINAL:
+                raise RuntimeError("the replica's stream ended without a final event")
+        except Exception as exc:  # noqa: BLE001 - whatever broke, this stream goes on or ends failed with the reason
+            if rec.state in FINAL:
+                return None
+            if replica_lost(exc):
+                if rec.replica in self.replicas:
+                    self.replicas[rec.replica]["state"] = "lost"
+                return f"replica lost: {type(exc).__name__}: {first_line(exc)}"
+            await self._end(rec, protocol.final_event("failed", rec.chunks, 0.0, error=f"{type(exc).__name__}: {exc}"))
+        return None
+
+    async def _take(self, rec: Record, item: dict) -> None:
+        """One event from the replica: kept (a chunk's segment and checkpoint), then published."""
+        data = item["event"]
+        if data["type"] in ("started", "resumed"):
+            rec.state, rec.replica = "running", data["replica"]
+            if rec.replica in self.replicas:
+                self.replicas[rec.replica]["state"] = "busy"
+        elif data["type"] == "chunk":
+            rec.chunks += 1
+            if item.get("segment") is not None:
+                await asyncio.to_thread(rec.segments.add, data["index"], data["frames"], item["segment"])
+            if item.get("checkpoint") is not None:
+                rec.checkpoint = item["checkpoint"]
+            rec.no_state = item.get("no_checkpoint")
+        elif data["type"] in FINAL:
+            await self._end(rec, data)
+            return
+        await self._publish(rec, data, item.get("frames"))
+
+    async def _after_loss(self, rec: Record, why: str) -> Resume | None:
+        """After a lost attempt: the ``Resume`` to run next, or None once the stream has ended (cancelled meanwhile,
+        or failed with the reason it cannot go on)."""
+        if rec.cancel:
+            await self._end(rec, protocol.final_event("cancelled", rec.chunks, 0.0, reason=rec.reason))
+            return None
+        decision = resumption(self.resilience, why, rec.resumes, rec.chunks, rec.checkpoint, rec.no_state, rec.switch)
+        if isinstance(decision, str):
+            await self._end(rec, protocol.final_event("failed", rec.chunks, 0.0, error=decision))
+            return None
+        rec.resumes = decision.attempt
+        rec.segments.drop_from(decision.chunk)
+        return decision
+
+    async def _end(self, rec: Record, data: dict) -> None:
+        """The stream's final event: its mp4 joined from the kept segments (unless it failed), its record final."""
+        mp4 = None
+        if data["type"] != "failed":
+            note, mp4 = await asyncio.to_thread(self._join, rec)
+            data = {**data, "video": protocol.video_url(rec.id) if rec.video is not None else None, "video_note": note,
+                    "reason": rec.reason or data.get("reason")}
+        if "v1" in rec.request and self.videos is not None:  # before the end is told: a reader then finds it stored
+            data = await self._hand_video(rec, data, mp4)
+        rec.state, rec.error, rec.reason = data["type"], data.get("error"), data.get("reason")
+        rec.video_note = data.get("video_note")
+        rec.refuse_switches()
+        await self._publish(rec, data)
+
+    def _join(self, rec: Record) -> tuple[str | None, bytes | None]:
+        """The kept segments joined: (what the mp4 holds of the stream, its bytes); the bytes are kept for
+        ``/api/streams/{id}/video`` within ``max_video_bytes``."""
+        out = rec.segments.folder.with_name(f"{rec.id}.mp4")
+        try:
+            note = rec.segments.join(out)
+            mp4 = out.read_bytes() if out.is_file() else None
+            if mp4 is not None and len(mp4) <= self.max_video_bytes:
+                rec.video = mp4
+            return note, mp4
+        finally:
+            out.unlink(missing_ok=True)
+            rec.segments.discard()
+
+    async def _hand_video(self, rec: Record, data: dict, mp4: bytes | None) -> dict:
+        """A /v1 video's stream ended: its stitched mp4 (every chunk once, whichever replicas made them) and final
+        state (the last checkpoint) go to the store, or it fails there with the reason; a store that cannot take it
+        fails the stream too."""
+        state = rec.checkpoint.state if rec.checkpoint is not None else None
+        name, args = outcome(data, mp4, state)
+        try:
+            store = ray.get_actor(self.videos, namespace=NAMESPACE)
+            await store.call.remote(name, rec.request["video_id"], *args)
+        except Exception as exc:  # noqa: BLE001 - the stream's end says what went wrong
+            if data["type"] == "done":
+                return protocol.final_event("failed", rec.chunks, data.get("seconds", 0.0), error=f"{type(exc).__name__}: {exc}")
+        return data
 
     def _forget_old(self) -> None:
         for sid in list(self.streams):
@@ -318,3 +421,7 @@ class StreamRegistry:
                 break
             if self.streams[sid].state in FINAL:
                 del self.streams[sid]
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]

@@ -1,8 +1,10 @@
 """The engine deployment of ``histream serve --ray``: each replica holds one engine and runs one stream at a time.
 
 ``run`` is a streaming method (the caller uses ``handle.options(stream=True)``): it runs the stream as a ``session``
-(the same loop as plain serve's worker) and yields each of its events, the chunks with their JPEG frames, and the end
-with the mp4's bytes (sent back, so no state stays on the replica's node). A request the engine refuses, or an error
+(the same loop as plain serve's worker) and yields each of its events, the chunks with their JPEG frames, their mp4
+segment's bytes and the stream's checkpoint (``resilience``), all sent back to the registry, so nothing a stream needs
+stays only on the replica: when the replica dies, the registry goes on from the checkpoint on another (``run`` with a
+``Resume``). A request the engine refuses, or an error
 while it runs (an out-of-memory on a GPU), ends that stream with the engine's message; the replica stays up for the
 next one. The session's steering is the stream registry: at each chunk boundary the replica asks it whether to stop
 and takes the prompt switches queued for this stream, applies them (``HostStream.set_prompt``: the engine's one prompt
@@ -18,6 +20,7 @@ With ``spec["ranks"]`` N > 1 (``--gpus-per-replica N``) the replica is rank 0 of
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,10 +30,12 @@ from ray import serve
 from ...checkpoint import CheckpointError
 from ...host import EngineOptions, HostEngine, HostRequest, open_engine, tiny_demo
 from ...runtime import StreamClosedError
+from ...runtime.stream_state import stream_state_from_bytes
 from .. import protocol
 from ..embeddings import EmbeddingsDir
 from ..openai import jobs
-from ..protocol import FINAL, Limits, PromptSwitchRequest
+from ..protocol import Limits, PromptSwitchRequest
+from ..resilience import Resume
 from ..session import Session, run
 from .rank_group import RankGroup
 from .registry import NAMESPACE
@@ -92,7 +97,8 @@ class EngineReplica:
         self.device = self.info["device"]
         self.registry = ray.get_actor(registry, namespace=NAMESPACE)
         self.registry.replica_seen.remote(self.replica, self.info)
-        self._tmp = tempfile.TemporaryDirectory(prefix="histream-replica-")
+        # under the deployment's folder, which the server removes when it stops: a killed replica never cleans its own
+        self._tmp = tempfile.TemporaryDirectory(prefix="histream-replica-", dir=spec.get("scratch"))
         self.videos = ReplicaStore(spec["videos"]) if spec.get("videos") else None  # /v1's store
 
     @property
@@ -120,31 +126,44 @@ class EngineReplica:
         except Exception:  # noqa: BLE001 - the registry may be gone first; the list ages the replica out then
             pass
 
-    def _results(self, req: dict):
-        if "v1" in req:  # a /v1 video: its own stream (a resumed state, given frames), on one rank
+    def _results(self, req: dict, resume: Resume | None):
+        """The stream: fresh (the newest accepted switch landing at its first boundary, after a lost attempt that
+        published nothing), or going on from ``resume``'s checkpoint (that switch landing at the seam). A /v1 video's
+        fresh stream is its own (a resumed state, given frames), on one rank."""
+        switch = None if resume is None else resume.switch
+        prompt, path = ("", "") if switch is None else (switch["prompt"], self.embeds.path(switch["prompt_embeds"]))
+        if resume is not None and resume.checkpoint is not None:
+            if self.group is not None:
+                raise RuntimeError("resuming a stream on a --gpus-per-replica group is not supported yet")
+            return self.host.resume_state(stream_state_from_bytes(resume.checkpoint.state), prompt, path)
+        if "v1" in req:
             if self.group is not None:
                 raise ValueError("/v1 videos run on one-rank replicas; this replica is a sequence-parallel group")
             return jobs.open_video(self.host, req, self.videos, self.embeds)
         request = HostRequest(req["prompt"], self.embeds.path(req["prompt_embeds"]), req["frames"], req["height"],
                               req["width"], req["schedule"], req["seed"], live=req["live"])
-        if self.group is not None:
-            return self.group.stream(request)
-        return self.host.results(request)
+        stream = self.group.stream(request) if self.group is not None else self.host.results(request)
+        if switch is not None:
+            stream.set_prompt(prompt, path, switch["recache"])
+        return stream
 
-    def run(self, stream_id: str, req: dict):
-        """``req``: ``protocol.plan``'s record. Yields {"event", "frames"}, the final one with "video" (the mp4's bytes)."""
+    def run(self, stream_id: str, req: dict, resume: Resume | None = None):
+        """``req``: ``protocol.plan``'s record; ``resume``: going on after a lost attempt. Yields {"event", "frames"},
+        a chunk's with "segment" (its mp4's bytes) and "checkpoint" or "no_checkpoint", a final one with "retry"."""
         if ray.get(self.registry.cancelled.remote(stream_id)):  # cancelled while it waited in Ray's queue: no work
-            yield {"event": protocol.final_event("cancelled", 0, 0.0)}
+            yield {"event": protocol.final_event("cancelled", 0 if resume is None else resume.chunk, 0.0)}
             return
-        path = Path(self._tmp.name) / f"{stream_id}.mp4"
-        finish = jobs.finisher(self.videos, req["video_id"], send_bytes=True) if "v1" in req else None
-        session = Session(lambda: self._results(req), req, path, self.limits.max_record_seconds,
-                          tags={"replica": self.replica, "device": self.device}, finish=finish)
+        scratch = Path(self._tmp.name) / stream_id
+        scratch.mkdir(exist_ok=True)
+        session = Session(lambda: self._results(req, resume), req, scratch,
+                          tags={"replica": self.replica, "device": self.device}, resume=resume)
         try:
             for event in run(session, RegistrySteering(self.registry, stream_id, self.embeds)):
-                item = {"event": event.data, "frames": event.frames}
-                if event.data["type"] in FINAL and path.is_file():
-                    item["video"] = path.read_bytes()
+                item = {"event": event.data, "frames": event.frames, "checkpoint": event.checkpoint,
+                        "no_checkpoint": event.no_checkpoint, "retry": event.retry}
+                if event.segment is not None:
+                    item["segment"] = event.segment.read_bytes()
+                    event.segment.unlink()
                 yield item
         finally:
-            path.unlink(missing_ok=True)
+            shutil.rmtree(scratch, ignore_errors=True)
