@@ -21,6 +21,7 @@ from histream_engine.serve.local.transport import local_app  # noqa: E402
 from histream_engine.serve.openai.options import VideoOptions  # noqa: E402
 from histream_engine.serve.openai.store import VideoStore  # noqa: E402
 from histream_engine.serve.protocol import Limits  # noqa: E402
+from histream_engine.video import FPS  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")  # SDK 3.63 on every videos call
 LIMITS = Limits(max_frames=45, max_side=128, max_queue=4)
@@ -111,7 +112,10 @@ def test_a_restarted_server_lists_and_extends_the_stored_videos_and_delete_remov
     with server(demo, (embeds, tmp_path)) as http:  # a new server over the same --data-dir
         again = sdk(http)
         assert {kept.id, left.id} <= {v.id for v in again.videos.list(limit=100).data}
-        assert again.videos.retrieve(left.id).status == "failed"  # its stream went with the server that stopped
+        # the stopping server drained its job at a chunk boundary: the new one goes on from that checkpoint
+        resumed = checks.poll(again, again.videos.retrieve(left.id))
+        assert resumed.status == "completed" and resumed.seconds == left.seconds
+        assert checks.decode(checks.content(again, left.id)).shape[0] == round(float(left.seconds) * FPS)
         assert again.videos.retrieve(kept.id).status == "completed"
         body = {"video": {"id": kept.id}, "prompt": "more", "seconds": checks.ONE_CHUNK}
         extended = checks.poll(again, again.post("/videos/extensions", body=body, cast_to=openai.types.Video))
