@@ -5,6 +5,7 @@ HISTREAM_SLOW_TESTS=1) a redeployment over the same --data-dir, behind an API ke
 videos."""
 
 import os
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ pytest.importorskip("multipart")
 
 import openai_checks as checks  # noqa: E402
 from openai_checks import openai  # noqa: E402
+from histream_engine.video import FPS  # noqa: E402
 from ray_cluster import (ray_cluster, ray_server, server_config, shared_data_dir, take_over,  # noqa: E402,F401
                          video_options)
 
@@ -86,3 +88,22 @@ def test_a_redeployed_server_lists_and_extends_the_stored_videos_behind_a_key(cl
     assert not (data_dir / "videos" / first.id).exists()
     take_over()  # the next module that needs the shared server deploys it afresh
     del registry
+
+
+def test_a_video_whose_replica_is_killed_mid_stream_completes_with_every_frame(client):
+    """The registry keeps a video's chunks and checkpoints (serve/ray/registry.py), so its stream goes on on another
+    replica, and the stored video is every chunk once, whichever replica made it."""
+    from test_ray_failover import kill_with_ray  # noqa: PLC0415 - the failover tests' kill, on this module's cluster
+    from ray_cluster import shared_registry  # noqa: PLC0415
+
+    video = client.videos.create(prompt="a survivor", seconds="4", size=checks.SIZE)  # 69 frames: 6 chunks
+    deadline = time.monotonic() + 120
+    while (now := client.videos.retrieve(video.id)).progress == 0 and now.status != "failed":
+        assert time.monotonic() < deadline, "no chunk in 120 s"
+        time.sleep(0.02)
+    busy = [r["replica"] for r in ray.get(shared_registry().replica_info.remote()) if r["state"] == "busy"]
+    assert now.status == "in_progress" and len(busy) == 1, (now, busy)
+    kill_with_ray(busy[0])
+    done = checks.poll(client, video)
+    assert done.status == "completed" and done.seconds == video.seconds, done
+    assert checks.decode(checks.content(client, video.id)).shape[0] == round(float(video.seconds) * FPS)

@@ -108,7 +108,7 @@ _references: dict = {}
 def reference(seams: frozenset) -> dict:
     """The uninterrupted stream re-cached under the same prompt at each of ``seams``: each chunk's JPEG frames."""
     if seams not in _references:
-        demo = _references.setdefault("demo", host.tiny_demo("cpu", "torch", 0))
+        demo = _references.setdefault("demo", host.tiny_demo("cpu", "torch", 0, encoder=True))  # as a replica serves it
         path = Path(tempfile.mkdtemp()) / "calm.pt"  # the fixture's calm.pt, made the same way
         torch.save(torch.randn(8, WanDiT("tiny").config.text_dim, generator=torch.Generator().manual_seed(1)), path)
         stream = demo.results(host.HostRequest("", str(path), FRAMES, 32, 32, "histream", 0))

@@ -84,7 +84,7 @@ def kill_process(replica: str) -> None:
 def reference(recache_at: int) -> dict[int, list[bytes]]:
     """The uninterrupted stream on this process's copy of the replicas' model, the same prompt re-cached at boundary
     ``recache_at``: each chunk's JPEG frames."""
-    demo = host.tiny_demo("cpu", "torch", 0)
+    demo = host.tiny_demo("cpu", "torch", 0, encoder=True)  # as a replica serves it (/v1 encodes given frames)
     path = Path(tempfile.mkdtemp()) / "calm.pt"  # the fixture's calm.pt, made the same way
     torch.save(torch.randn(8, WanDiT("tiny").config.text_dim, generator=torch.Generator().manual_seed(1)), path)
     stream = demo.results(host.HostRequest("", str(path), 45, 32, 32, "histream", 0))
