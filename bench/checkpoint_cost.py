@@ -27,12 +27,11 @@ from histream_engine.config import WanConfig
 from histream_engine.host import HostRequest, tiny_demo
 from histream_engine.model.decoder import VAE_SPACE_STRIDE, state_nbytes_at
 from histream_engine.model.taehv import TAEHV
-from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.provenance import environment
 from histream_engine.runtime.denoise.schedules import SCHEDULES
 from histream_engine.runtime.stream_state import state_nbytes
 
-from .report import write_json
+from .report import check_json_out_or_exit, size_or_exit, write_json
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = ((832, 480), (1920, 1088))
@@ -114,16 +113,10 @@ def main(argv=None) -> int:
     p.add_argument("--device-note", default="CPU, 2 cores, no GPU", help="how the results name this machine")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    w, _, h = args.size.partition("x")
-    if not (w.isdigit() and h.isdigit()) or int(w) % 16 or int(h) % 16 or not int(w) or not int(h):
-        p.exit(2, f"{p.prog}: error: --size {args.size!r} is not WxH with multiples of 16\n")
+    w, h = size_or_exit(p, "--size", args.size, 16)
     if args.chunks < 2:
         p.exit(2, f"{p.prog}: error: --chunks must be at least 2\n")
-    if args.out is not None:
-        try:
-            check_output_file(args.out, (".json",), "--out")
-        except OutputPathError as e:
-            p.exit(2, f"{p.prog}: error: {e}\n")
+    check_json_out_or_exit(p, args.out)
     record = {"command": "python -m bench.checkpoint_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "device": args.device_note, "environment": environment(torch.device("cpu")),
               "counted": counted(), "timed": timed(args.chunks, int(w), int(h))}

@@ -25,10 +25,9 @@ import torch
 from histream_engine import VAEConfig, WanVAE, flops
 from histream_engine.model.decoder import VAE_SPACE_STRIDE, state_nbytes_at
 from histream_engine.model.vae import LATENT_FRAMES_PER_PASS
-from histream_engine.output_paths import OutputPathError, check_output_file
 from histream_engine.provenance import environment
 
-from .report import write_json
+from .report import check_json_out_or_exit, size_or_exit, write_json
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = ((832, 480), (1920, 1088))
@@ -100,16 +99,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    w, _, h = args.resolution.partition("x")
-    if not (w.isdigit() and h.isdigit()) or int(w) % 8 or int(h) % 8 or not int(w) or not int(h):
-        p.exit(2, f"{p.prog}: error: resolution {args.resolution!r} is not WxH with multiples of 8\n")
+    w, h = size_or_exit(p, "--resolution", args.resolution, 8)
     if args.repeats < 1:
         p.exit(2, f"{p.prog}: error: --repeats must be at least 1\n")
-    if args.out is not None:
-        try:
-            check_output_file(args.out, (".json",), "--out")
-        except OutputPathError as e:
-            p.exit(2, f"{p.prog}: error: {e}\n")
+    check_json_out_or_exit(p, args.out)
     env = environment(torch.device("cpu"))
     record = {"command": "python -m bench.decoder_state " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "environment": env, "resolution": args.resolution,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from histream_engine.optional import OptionalDependencyError, require
+from histream_engine.output_paths import OutputPathError, check_output_file
 
 
 def default_out(date: str, slug: str, name: str) -> Path:
@@ -97,3 +99,20 @@ def plot_chunks(record: dict, path: Path) -> str | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
+
+
+def size_or_exit(parser: argparse.ArgumentParser, flag: str, text: str, multiple: int) -> tuple[int, int]:
+    """``WxH`` with both sides positive multiples of ``multiple`` -> (width, height); else the parser exits 2."""
+    w, _, h = text.partition("x")
+    if not (w.isdigit() and h.isdigit()) or int(w) % multiple or int(h) % multiple or not int(w) or not int(h):
+        parser.exit(2, f"{parser.prog}: error: {flag} {text!r} is not WxH with multiples of {multiple}\n")
+    return int(w), int(h)
+
+
+def check_json_out_or_exit(parser: argparse.ArgumentParser, out: Path | None) -> None:
+    """``--out``, a .json file that can be written, checked before any work; else the parser exits 2."""
+    if out is not None:
+        try:
+            check_output_file(out, (".json",), "--out")
+        except OutputPathError as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
