@@ -31,7 +31,7 @@ from histream_engine.provenance import environment
 from histream_engine.runtime.denoise.schedules import SCHEDULES
 from histream_engine.runtime.stream_state import state_nbytes
 
-from .report import check_json_out_or_exit, size_or_exit, write_json
+from .report import check_json_out_or_exit, size_or_exit, write_record
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = ((832, 480), (1920, 1088))
@@ -121,9 +121,7 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d"), "device": args.device_note, "environment": environment(torch.device("cpu")),
               "counted": counted(), "timed": timed(args.chunks, int(w), int(h))}
     out = args.out or RESULTS / f"{record['date']}-cpu-checkpoint-cost.json"
-    write_json(record, out)
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record) + f"wrote {out} and {out.with_suffix('.md')}")
+    write_record(record, out, markdown(record))
     return 0
 
 

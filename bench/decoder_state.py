@@ -27,7 +27,7 @@ from histream_engine.model.decoder import VAE_SPACE_STRIDE, state_nbytes_at
 from histream_engine.model.vae import LATENT_FRAMES_PER_PASS
 from histream_engine.provenance import environment
 
-from .report import check_json_out_or_exit, size_or_exit, write_json
+from .report import check_json_out_or_exit, size_or_exit, write_record
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = ((832, 480), (1920, 1088))
@@ -111,9 +111,7 @@ def main(argv=None) -> int:
         record["timed"][name] = timed(config, int(w), int(h), args.repeats)
         print(name, record["timed"][name], flush=True)
     out = args.out or RESULTS / f"{record['date']}-cpu-decoder-state.json"
-    write_json(record, out)
-    out.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record) + f"wrote {out} and {out.with_suffix('.md')}")
+    write_record(record, out, markdown(record))
     return 0
 
 

@@ -116,3 +116,10 @@ def check_json_out_or_exit(parser: argparse.ArgumentParser, out: Path | None) ->
             check_output_file(out, (".json",), "--out")
         except OutputPathError as e:
             parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def write_record(record: dict, out: Path, markdown: str) -> None:
+    """A recording script's output: the record as JSON at ``out`` and its table beside it (``.md``), both named."""
+    write_json(record, out)
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown + f"wrote {out} and {out.with_suffix('.md')}")

@@ -26,6 +26,7 @@ from histream_engine.serve.ray import scratch  # noqa: E402
 from histream_engine.serve.session import encode_jpeg  # noqa: E402
 
 from ray_cluster import ray_cluster, ray_server, shared_registry  # noqa: E402,F401 - the session's cluster
+from test_ray import start, status  # noqa: E402
 
 RESUMABLE = {"frames": 45, "width": 32, "height": 32, "schedule": "histream", "prompt_embeds": "calm.pt"}  # 4 chunks
 
@@ -54,16 +55,6 @@ def watch(base, stream_id, on_chunk=None):
                     on_chunk(event)
             if event["type"] in ("done", "cancelled", "failed"):
                 return events, frames
-
-
-def start(base, body):
-    r = httpx.post(base + "/api/streams", json=body, timeout=60)
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
-def status(base, stream_id):
-    return httpx.get(base + f"/api/streams/{stream_id}", timeout=30).json()
 
 
 def replica_actor(replica: str) -> str:
