@@ -2,6 +2,7 @@
 (never a bare AttributeError/KeyError, never a silent coercion), plus the per-chunk finiteness check of the latents."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -56,6 +57,12 @@ ROWS = [
     ("schedule_file", lambda h: stream(h, schedule="/nonexist/s.json"), ValueError, "cannot read schedule file"),
     ("chunk_size_str", lambda h: EngineConfig(chunk_size="3"), RequestTypeError, "chunk_size must be an integer"),
     ("chunk_size_zero", lambda h: EngineConfig(chunk_size=0), RequestError, "chunk_size must be >= 1"),
+    # F11: a config is checked whole when it is made, and a change is a new config (replace), checked again
+    ("cuda_graphs_str", lambda h: EngineConfig(cuda_graphs="no"), RequestTypeError, "cuda_graphs must be True or False, got 'no'"),
+    ("compile_str", lambda h: EngineConfig(compile="no"), RequestTypeError, "compile must be True or False, got 'no'"),
+    ("replace_chunk_size_zero", lambda h: EngineConfig().replace(chunk_size=0), RequestError, "chunk_size must be >= 1"),
+    ("replace_kv_dtype", lambda h: EngineConfig().replace(kv_dtype="float8"), ValueError, "kv_dtype must be None (the model dtype) or 'float8_e4m3fn', got 'float8'"),
+    ("edit_in_place", lambda h: setattr(EngineConfig(), "chunk_size", 0), dataclasses.FrozenInstanceError, "chunk_size"),
     ("dit_float64", lambda h: Engine(h.engine.dit.to(torch.float64)), RequestError, "the DiT is float64"),
     ("device_cuda", lambda h: resolve_device("cuda") if not torch.cuda.is_available() else resolve_device("cuda:99"),
      RequestError, "CUDA device"),
