@@ -20,7 +20,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 httpx = pytest.importorskip("httpx")
-websockets_sync = pytest.importorskip("websockets.sync.client")
+pytest.importorskip("websockets.sync.client")
 import torch  # noqa: E402
 
 from histream_engine import host  # noqa: E402
@@ -28,6 +28,7 @@ from histream_engine.model.dit import WanDiT  # noqa: E402
 from histream_engine.serve.session import encode_jpeg  # noqa: E402
 
 from ray_cluster import ray_cluster, ray_server  # noqa: E402,F401 - the session's cluster
+from test_ray_failover import watch  # noqa: E402 - its timed form
 
 SLOW = os.environ.get("HISTREAM_SLOW_TESTS") == "1"
 STREAMS, KILLS, FRAMES = (4, 6, 81) if SLOW else (3, 3, 45)  # 45 frames: 4 chunks; 81: 7 (4 streams: the queue bound)
@@ -82,26 +83,6 @@ class Chaos:
                               "at": time.monotonic()})
 
 
-def watch(base: str, stream_id: str, on_chunk) -> tuple[list, dict]:
-    """(events with their arrival times, each chunk's JPEG frames) of a stream's WebSocket until its end."""
-    events, frames, current = [], {}, None
-    with websockets_sync.connect(base.replace("http", "ws") + f"/api/streams/{stream_id}/ws", open_timeout=60) as ws:
-        while True:
-            msg = ws.recv(timeout=240)
-            if isinstance(msg, bytes):
-                frames[current].append(msg)
-                continue
-            event = json.loads(msg)
-            events.append((time.monotonic(), event))
-            if event["type"] == "chunk":
-                current = event["index"]
-                assert current not in frames, f"chunk {current} sent twice"
-                frames[current] = []
-                on_chunk(event)
-            if event["type"] in ("done", "cancelled", "failed"):
-                return events, frames
-
-
 _references: dict = {}
 
 
@@ -132,7 +113,7 @@ def test_streams_survive_replicas_killed_at_random(server):
     def one(i):
         r = httpx.post(server + "/api/streams", json=REQUEST, timeout=60)
         assert r.status_code == 201, r.text
-        results[i] = watch(server, r.json()["id"], lambda e: chaos.on_chunk(i, e))
+        results[i] = watch(server, r.json()["id"], lambda e: chaos.on_chunk(i, e), timed=True)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(STREAMS)]
     for t in threads:

@@ -9,6 +9,7 @@ removes."""
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -36,17 +37,18 @@ def server(ray_server):
     return ray_server
 
 
-def watch(base, stream_id, on_chunk=None):
-    """(events, the JPEG frames of each chunk index) of a stream's WebSocket until its end."""
+def watch(base, stream_id, on_chunk=None, timed=False):
+    """(events, the JPEG frames of each chunk index) of a stream's WebSocket until its end; ``timed``: each event as
+    (its arrival time, the event)."""
     events, frames, current = [], {}, None
-    with websockets_sync.connect(base.replace("http", "ws") + f"/api/streams/{stream_id}/ws", open_timeout=30) as ws:
+    with websockets_sync.connect(base.replace("http", "ws") + f"/api/streams/{stream_id}/ws", open_timeout=60) as ws:
         while True:
-            msg = ws.recv(timeout=180)
+            msg = ws.recv(timeout=240)
             if isinstance(msg, bytes):
                 frames[current].append(msg)
                 continue
             event = json.loads(msg)
-            events.append(event)
+            events.append((time.monotonic(), event) if timed else event)
             if event["type"] == "chunk":
                 current = event["index"]
                 assert current not in frames, f"chunk {current} sent twice"
