@@ -51,8 +51,9 @@ def video(engine, name, schedule, frames, height, width, seed: int = 5):
     return {"latents": torch.cat([c.latents for c in chunks], dim=2), "cache_bytes": chunks[-1].cache_bytes}
 
 
-def live(engine, switch_after: int, chunks: int = 6) -> dict:
-    """A live stream with one prompt switch (re-cache) queued after chunk ``switch_after``, closed after ``chunks``."""
+def live(engine, switch_after: int, chunks: int = 6, new_prompt: torch.Tensor | None = None) -> dict:
+    """A live stream with one prompt switch (re-cache) to ``new_prompt`` (None: another prompt) queued after chunk
+    ``switch_after``, closed after ``chunks``."""
     from histream_engine import SCHEDULES
 
     stream = engine.stream(prompt(), None, 96, 160, schedule=SCHEDULES["histream_plus"].replace(positions="window"), seed=5)
@@ -60,12 +61,30 @@ def live(engine, switch_after: int, chunks: int = 6) -> dict:
     for chunk in stream:
         got.append(chunk)
         if chunk.index == switch_after:
-            stream.set_prompt(prompt(seed=2), recache=True)
+            stream.set_prompt(prompt(seed=2) if new_prompt is None else new_prompt, recache=True)
         if len(got) == chunks:
             break
     stream.close()
     return {"latents": torch.cat([c.latents for c in got], dim=2), "switched": [c.index for c in got if c.prompt_switch],
             "freed": not stream.holds_caches}
+
+
+def resumed(engine, rank: int, after: int, chunks: int = 6) -> dict:
+    """A live stream stopped after chunk ``after``; rank 0's state at that boundary, as bytes (what a server keeps), is
+    handed to every rank, and each resumes it for the rest of ``chunks``, as a rebuilt group does."""
+    from histream_engine import SCHEDULES
+    from histream_engine.runtime.stream_state import stream_state_from_bytes
+
+    stream = engine.stream(prompt(), None, 96, 160, schedule=SCHEDULES["histream_plus"].replace(positions="window"), seed=5)
+    got = list(itertools.islice(stream, after + 1))
+    state = [stream.state().to_bytes() if rank == 0 else None]
+    stream.close()
+    dist.broadcast_object_list(state, src=0)
+    stream = engine.resume(stream_state_from_bytes(state[0]))
+    got += list(itertools.islice(stream, chunks - after - 1))
+    stream.close()
+    return {"latents": torch.cat([c.latents for c in got], dim=2), "indices": [c.index for c in got],
+            "switched": [c.index for c in got if c.prompt_switch], "freed": not stream.holds_caches}
 
 
 class FailingDecoder:
@@ -115,6 +134,9 @@ def run(rank: int, world: int, init_file: str, out: str, attention: str) -> None
 
         # each rank queues the switch a chunk later than the one before: it lands when the last rank has it
         results["live_staggered_switch"] = live(engine, switch_after=1 + rank)
+
+        # rank 0's state after chunk 2, resumed on every rank: the stream goes on as with a same-prompt re-cache there
+        results["resumed"] = resumed(engine, rank, after=2)
 
         # the first rank closes a live stream after chunk 2 from its own loop; the others stop at the next boundary
         from histream_engine import SCHEDULES

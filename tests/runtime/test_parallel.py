@@ -65,6 +65,18 @@ def test_a_live_switch_lands_on_every_rank_at_the_chunk_the_last_rank_asked_for(
         assert err <= TOLERANCE, f"rank {r}: {err:.2e}"
 
 
+def test_every_rank_resumes_rank_0s_state_as_one_process_recaches_at_that_boundary(sharded):
+    _world, results = sharded
+    # the uninterrupted stream on one process, the same prompt re-cached at the boundary after chunk 2
+    reference = ranks.live(Engine(ranks.model(), EngineConfig()), switch_after=2, new_prompt=ranks.prompt())
+    assert reference["switched"] == [3]
+    for r, res in enumerate(results):
+        got = res["resumed"]
+        assert got["indices"] == list(range(6)) and got["switched"] == [3] and got["freed"], got
+        err = rel_err(got["latents"], reference["latents"])
+        assert err <= TOLERANCE, f"rank {r}: {err:.2e}"
+
+
 def test_a_rank_that_closes_stops_every_rank_at_the_next_boundary(sharded):
     _world, results = sharded
     for res in results:

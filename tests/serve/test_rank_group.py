@@ -12,6 +12,7 @@ pytest.importorskip("ray")
 from histream_engine.runtime.denoise.finite_check import NonFiniteLatents  # noqa: E402
 from histream_engine.serve.ray import rank_group  # noqa: E402
 from histream_engine.serve.ray.rank_group import GroupStream, RankEnd, RankLost  # noqa: E402
+from histream_engine.serve.session import WorkerLost  # noqa: E402
 
 
 class Group:
@@ -56,8 +57,9 @@ def test_a_rank_that_raises_alone_breaks_the_group_up_and_fails_the_stream_namin
         next(stream)
     stream.close()
     assert str(failed.value) == ("rank 1 of this replica's 2 ranks failed alone mid-stream (MemoryError: CUDA out of memory "
-                                 "(rank 1's GPU)); the replica rebuilds its group for the next stream")
+                                 "(rank 1's GPU)); the replica rebuilds its group")
     assert group.broken == "rank 1 failed alone"
+    assert isinstance(failed.value, WorkerLost)  # the session's retry="lost": the registry resumes it on the new group
 
 
 def test_an_error_every_rank_raises_is_rank_0s_own_and_keeps_the_group():

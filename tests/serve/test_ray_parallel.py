@@ -1,8 +1,9 @@
 """histream serve --ray with --gpus-per-replica 2 on the session's CPU cluster: one replica that is a 2-rank gloo
 sequence-parallel group of the tiny model (2 heads). /api/info shows its world size and devices; its stream is the
-one-process engine's, JPEG for JPEG; a cancel stops both ranks at one boundary; a rank actor killed mid-stream fails
-that stream naming the rank, and the stream waiting behind it runs on the rebuilt group (as does the next one after a
-rank lost between streams); a live stream switched over REST through the ingress lands on both ranks, and the group
+one-process engine's, JPEG for JPEG; a cancel stops both ranks at one boundary; a rank actor killed mid-stream ends
+that attempt naming the rank, and the stream resumes from its checkpoint on the rebuilt group, every frame once and
+the seam that of one process re-caching there, while the stream waiting behind it runs too (as does the next one after
+a rank lost between streams); a live stream switched over REST through the ingress lands on both ranks, and the group
 serves the next stream whole. With HISTREAM_SLOW_TESTS=1
 also a live prompt switch over a 2-rank group, driven from a Ray task through the group a replica uses
 (rank_group.RankGroup), so that its latents can be compared with one process's."""
@@ -23,6 +24,7 @@ from ray_cluster import DESCRIPTION, SPEC, ray_cluster, take_over  # noqa: E402,
 
 SHORT = {"frames": 21, "width": 64, "height": 64, "schedule": "histream", "seed": 3}  # 2 chunks
 LONG = {"frames": 45, "width": 96, "height": 96, "schedule": "self_forcing"}  # 4 chunks
+RESUMABLE = {"frames": 45, "width": 64, "height": 64, "schedule": "histream", "seed": 3}  # 4 chunks, a windowed schedule
 
 
 @pytest.fixture(scope="module")
@@ -109,29 +111,63 @@ def test_a_cancel_stops_every_rank_and_the_next_stream_runs(server):
     assert events[-1]["type"] == "done" and len(frames) == 21, events[-1]
 
 
-def test_a_lost_rank_fails_only_its_stream_and_the_group_is_rebuilt(server):
+def kill_rank_1(replica: str) -> str:
+    """Kills the rank-1 actor of ``replica``'s current group; returns its name."""
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"histream-{replica}-rank1-")]
+    name = max(names, key=lambda n: int(n.rsplit("-", 1)[1]))  # the current group's rank 1
+    ray.kill(ray.get_actor(name, namespace="histream"), no_restart=True)
+    return name
+
+
+def recached_reference(request: dict, recache_at: int) -> dict[int, list[bytes]]:
+    """The uninterrupted stream on one process, its own prompt re-cached at boundary ``recache_at``: each chunk's JPEG
+    frames (one thread, as a replica with half a CPU runs)."""
+    import torch
+
+    from histream_engine import host as hosting
+    from histream_engine.serve.session import encode_jpeg
+
+    one = hosting.tiny_demo("cpu", "torch", 0)
+    stream = one.results(hosting.HostRequest("", "", request["frames"], request["height"], request["width"],
+                                             request["schedule"], request["seed"]))
+    out, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for c, frames in stream:
+            out[c.index] = [encode_jpeg(f) for f in frames]
+            if c.index + 1 == recache_at:
+                stream.chunks.set_prompt(one.default_prompt, recache=True)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_a_lost_ranks_stream_resumes_on_the_rebuilt_group_with_every_frame_once(server):
+    from test_ray_failover import watch as watch_chunks  # frames by chunk index, each chunk once
+
     replica = replicas(server)[0]["replica"]
-    victim = start(server, LONG)
+    victim = start(server, RESUMABLE)
     waiting = start(server, SHORT)  # one stream a replica: this one waits in Ray's queue behind the victim
     killed = []
-
-    def kill_rank_1(event=None):
-        if event is None or event["index"] == 0:
-            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                     if a["name"].startswith(f"histream-{replica}-rank1-")]
-            name = max(names, key=lambda n: int(n.rsplit("-", 1)[1]))  # the current group's rank 1
-            ray.kill(ray.get_actor(name, namespace="histream"), no_restart=True)
-            killed.append(name)
-
-    events, frames = watch(server, victim, on_chunk=kill_rank_1)
-    assert killed and events[-1]["type"] == "failed", events[-1]
-    error = events[-1]["error"]
-    assert error.startswith("RankLost: rank 1 of this replica's 2 ranks was lost mid-stream") and "rebuilds its group" in error
-    events, frames = watch(server, waiting)  # accepted before the loss: it runs, on a fresh group of the same replica
-    assert events[-1]["type"] == "done" and len(frames) == 21, events[-1]
+    events, frames = watch_chunks(server, victim, on_chunk=lambda e: e["index"] == 0 and killed.append(kill_rank_1(replica)))
+    assert killed and events[-1]["type"] == "done" and events[-1]["chunks"] == 4, events[-1]
+    resumed = [e for e in events if e["type"] == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["attempt"] == 1, resumed
+    assert resumed[0]["why"].startswith("RankLost: rank 1 of this replica's 2 ranks was lost mid-stream"), resumed[0]
+    seam = resumed[0]["index"]  # the boundary of the newest checkpoint when the rank died: after chunk 0 or a later one
+    assert 1 <= seam < 4 and [e["index"] for e in events if e["type"] == "chunk"] == [0, 1, 2, 3]
+    assert sum(len(f) for f in frames.values()) == 45
+    # before the seam the group's frames, after it the rebuilt group's: both those of one process re-caching there
+    reference = recached_reference(RESUMABLE, seam)
+    assert [i for i in range(4) if frames[i] != reference[i]] == []
+    # accepted before the loss, it ran too on the replica's new group (Ray's queue may give it the group before the
+    # resume: it ended before this watch then, and its frames are in its mp4, not replayed)
+    events, _ = watch(server, waiting)
+    assert events[-1]["type"] == "done" and events[-1]["chunks"] == 2, events[-1]
     assert [(r["replica"], r["world_size"]) for r in replicas(server)] == [(replica, 2)]
     # a rank lost between streams fails none: the replica finds it gone and rebuilds before the next one
-    kill_rank_1()
+    killed.append(kill_rank_1(replica))
     events, frames = watch(server, start(server, SHORT))
     assert killed[1] != killed[0] and events[-1]["type"] == "done" and len(frames) == 21, events[-1]
 

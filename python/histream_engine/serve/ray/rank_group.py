@@ -11,10 +11,15 @@ same ``Engine.stream`` arguments to every other rank, which runs it and drops it
 returns frames. Prompt switches and closes go to every rank's stream, as the engine asks of SPMD callers.
 
 A rank that dies mid-stream: gloo raises on rank 0 as soon as the peer's connection closes; NCCL would wait for its
-timeout, so a watcher aborts the group as soon as Ray reports the rank's actor dead. Rank 0 then ends the stream with
-``RankLost`` naming the rank, and the group is rebuilt (fresh actors, a fresh process group, rank 0's weights kept)
-before the next stream, so the streams waiting for this replica still run. A rebuild that fails makes the replica
-unhealthy (``EngineReplica.check_health``), and Serve replaces it.
+timeout, so a watcher aborts the group as soon as Ray reports the rank's actor dead. Rank 0 then ends the attempt with
+``RankLost`` naming the rank (a ``WorkerLost``: the registry resumes the stream from its last checkpoint), and the
+group is rebuilt (fresh actors, a fresh process group, rank 0's weights kept) before the next stream or resume, so the
+lost stream and the streams waiting for this replica still run. A rebuild that fails makes the replica unhealthy
+(``EngineReplica.check_health``), and Serve replaces it.
+
+A group's checkpoint is rank 0's stream state without rings: every rank holds the same latents, noise generator and
+prompt (only the rings are split by heads), and only rank 0 decodes. ``RankGroup.resume`` hands it to every rank, and
+each resumes it (``Engine.resume``, which the ranks agree on first).
 """
 
 from __future__ import annotations
@@ -38,16 +43,18 @@ from ...host import (
     open_engine,
     tiny_demo,
 )
-from ...runtime.stream_state import StreamStateError
+from ...runtime.stream_state import StreamState, stream_state_from_bytes
 from ..protocol import device_name
+from ..session import WorkerLost
 from .registry import NAMESPACE, replica_lost
 
 SETTLE_S = 10.0  # how long rank 0 waits, after its stream ended, for the other ranks' streams to end with it
 PING_S = 10.0  # how long rank 0 waits for the other ranks to answer before it hands them a stream
 
 
-class RankLost(RuntimeError):
-    """A rank of this replica's group died (its actor was killed, its node lost); the group is rebuilt."""
+class RankLost(WorkerLost):
+    """A rank of this replica's group died (its actor was killed, its node lost) or failed alone; the group is rebuilt
+    and the stream resumed from its last checkpoint."""
 
 
 def join_group(address: str, rank: int, world: int, backend: str, timeout_s: float) -> None:
@@ -103,9 +110,19 @@ class RankActor:
 
     def run_stream(self, key: str, embeds: torch.Tensor, num_frames, height: int, width: int, schedule, seed: int) -> int:
         engine = self.host.engine
+        return self._run(key, lambda: engine.stream(embeds.to(engine.dit.device), num_frames, height, width,
+                                                     schedule=schedule, seed=seed))
+
+    def resume_stream(self, key: str, state: bytes, embeds: torch.Tensor | None) -> int:
+        """Rank 0's checkpoint (``StreamState.to_bytes``), resumed here; ``embeds``: a prompt switch landing at the seam."""
+        engine = self.host.engine
+        embeds = None if embeds is None else embeds.to(engine.dit.device)
+        return self._run(key, lambda: engine.resume(stream_state_from_bytes(state), embeds))
+
+    def _run(self, key: str, open_stream) -> int:
         stream = None
         try:
-            stream = engine.stream(embeds.to(engine.dit.device), num_frames, height, width, schedule=schedule, seed=seed)
+            stream = open_stream()
             with self._changed:
                 self.streams[key] = stream
                 self._changed.notify_all()
@@ -241,15 +258,31 @@ class RankGroup:
     def stream(self, request: HostRequest) -> "GroupStream":
         """As ``HostEngine.results``, on every rank. What only rank 0 can check (the prompt, its text encoder) is
         checked before any other rank is asked; the engine's own checks run on every rank and agree."""
-        if self.broken is None and (lost := self.lost_rank([a.ready.remote() for a in self.actors], PING_S)) is not None:
-            self.broken = f"rank {lost.rank} lost between streams"  # no stream fails for it: the group is rebuilt first
-        if self.broken is not None:
-            self.rebuild()
+        self._make_whole()
         embeds, *args = self.host.stream_args(request)
         key = uuid.uuid4().hex
         refs = [a.run_stream.remote(key, embeds.cpu(), *args, request.seed) for a in self.actors]
         return GroupStream(self, key, refs,
                            lambda: HostStream(self.host, self.host.engine.stream(embeds, *args, seed=request.seed)))
+
+    def resume(self, state: bytes, prompt: str = "", prompt_embeds_path: str = "") -> "GroupStream":
+        """As ``HostEngine.resume_state``, on every rank: ``state`` (a checkpoint's bytes, taken on this group before it
+        lost a rank, or on another replica's) goes to each rank. A new prompt (a switch that had not landed) is resolved
+        here and lands at the seam on every rank."""
+        self._make_whole()
+        parsed: StreamState = stream_state_from_bytes(state)  # checked here first: bytes that are no state reach no rank
+        embeds = self.host._prompt(prompt, prompt_embeds_path) if (prompt or prompt_embeds_path) else None
+        key = uuid.uuid4().hex
+        shared = ray.put(state)
+        refs = [a.resume_stream.remote(key, shared, None if embeds is None else embeds.cpu()) for a in self.actors]
+        return GroupStream(self, key, refs, lambda: HostStream(self.host, self.host.engine.resume(parsed, embeds)))
+
+    def _make_whole(self) -> None:
+        """Before a stream: a rank found dead now fails no stream (``PING_S``); a broken group is rebuilt."""
+        if self.broken is None and (lost := self.lost_rank([a.ready.remote() for a in self.actors], PING_S)) is not None:
+            self.broken = f"rank {lost.rank} lost between streams"
+        if self.broken is not None:
+            self.rebuild()
 
     def ends(self, refs: list, wait_s: float | None):
         """Each stream call's ``RankEnd`` (ranks 1..N-1) as it finishes, for up to ``wait_s`` seconds (None: until all
@@ -335,8 +368,7 @@ class GroupStream:
                 raise  # rank 0's own error (a rank that raised the same was not alone)
             how, end = self.cause
             raise RankLost(f"rank {end.rank} of this replica's {self.group.world} ranks {how} mid-stream "
-                           f"({type(end.error).__name__}: {end.error}); the replica rebuilds its group for the next "
-                           "stream") from exc
+                           f"({type(end.error).__name__}: {end.error}); the replica rebuilds its group") from exc
 
     def __iter__(self):
         return self
@@ -344,11 +376,10 @@ class GroupStream:
     def __next__(self):
         return self._guarded(lambda: next(self.local))
 
-    def state(self, include_cache: bool = False):
-        """A group's stream keeps no checkpoint yet (resuming one would take every rank): a lost rank fails its stream
-        with ``RankLost``, and the server says so as the reason it cannot be resumed."""
-        raise StreamStateError("a stream on a --gpus-per-replica group is not checkpointed (resuming it on a rebuilt "
-                               "group is not built yet)")
+    def state(self, include_cache: bool = False) -> StreamState:
+        """Rank 0's state at the boundary (every rank's is the same without the rings, which a group cannot give):
+        ``RankGroup.resume`` goes on from it on every rank."""
+        return self.local.chunks.state(include_cache)
 
     def set_prompt(self, prompt: str, prompt_embeds_path: str, recache: bool = True) -> None:
         """A prompt switch on every rank; returns once each has queued it. It lands at the first chunk boundary where

@@ -15,7 +15,8 @@ when it starts and on every Serve health check, and says goodbye when Serve stop
 the replicas that exist.
 
 With ``spec["ranks"]`` N > 1 (``--gpus-per-replica N``) the replica is rank 0 of an N-rank sequence-parallel group
-(``rank_group``): it runs each stream on every rank and alone decodes and sends frames.
+(``rank_group``): it runs each stream on every rank and alone decodes and sends frames. A stream whose group lost a
+rank ends its attempt with ``RankLost``, and the registry resumes it from its last checkpoint on the rebuilt group.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class EngineReplica:
         prompt, path = ("", "") if switch is None else (switch["prompt"], self.embeds.path(switch["prompt_embeds"]))
         if resume is not None and resume.checkpoint is not None:
             if self.group is not None:
-                raise RuntimeError("resuming a stream on a --gpus-per-replica group is not supported yet")
+                return self.group.resume(resume.checkpoint.state, prompt, path)
             return self.host.resume_state(stream_state_from_bytes(resume.checkpoint.state), prompt, path)
         if "v1" in req:
             if self.group is not None:
