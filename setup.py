@@ -210,7 +210,7 @@ if __name__ == "__main__":  # pip runs this file as __main__; tests import its b
             "tensorrt": ["tensorrt>=10"],  # histream build-trt, dit="tensorrt" (NVIDIA GPUs only)
             "serve": ["fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10", "python-multipart>=0.0.9"],  # histream serve (multipart: /v1 forms)
             "ray": ["ray[serve]>=2.56", "fastapi>=0.110", "pillow>=10", "python-multipart>=0.0.9"],  # histream serve --ray (docs/ray-serve.md)
-            "test": ["pytest>=8", "diffusers>=0.33", "triton>=3.6", "matplotlib", "transformers>=4.45", "pybind11>=2.12",
+            "test": ["pytest>=8", "pytest-xdist>=3.5", "diffusers>=0.33", "triton>=3.6", "matplotlib", "transformers>=4.45", "pybind11>=2.12",
                      "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.17",
                      "fastapi>=0.110", "uvicorn[standard]>=0.29", "pillow>=10", "httpx>=0.27", "playwright>=1.45", "hypothesis>=6",
                      "ray[serve]>=2.56", "python-multipart>=0.0.9", "openai>=3.63"],  # openai: the /v1 tests drive serve with its SDK

@@ -89,8 +89,35 @@ def cli_tiny_export():
 
 _LAST_RAY_TEST: list[str] = []  # the node id of the last test using the session's Ray cluster
 
+# The long tests: tens of seconds each, or minutes of a core beside them. The default run skips them so that it takes a
+# few minutes on 2 cores, in parallel (README's command: pytest-xdist, ``-n auto``); .ci/run runs them after it, in one
+# process (``-m long``). Those on the session's Ray cluster and those that wait for a background job are long by that
+# alone; the others carry ``@pytest.mark.long``.
+LONG = os.environ.get("HISTREAM_LONG_TESTS") == "1" or os.environ.get("HISTREAM_SLOW_TESTS") == "1"
+LONG_BY_FIXTURE = {"ray_cluster"} | {job.fixture for job in background.JOBS.values()}
+SKIP_LONG = pytest.mark.skip(reason="a long test: HISTREAM_LONG_TESTS=1 runs it, in one process (.ci/run does, after "
+                                    "the default run)")
 
+
+def pytest_configure(config):
+    if LONG and (os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "numprocesses", None)):
+        raise pytest.UsageError("the long tests share one Ray cluster and one set of background jobs: run them in one "
+                                "process (add -n 0: HISTREAM_LONG_TESTS=1 python -m pytest -q -n 0 -m long)")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)  # a core per worker: two workers of two threads each run slower than one
+
+
+def is_long(item) -> bool:
+    return item.get_closest_marker("long") is not None or bool(LONG_BY_FIXTURE & set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by mark
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if is_long(item):
+            item.add_marker(pytest.mark.long)  # so that ``-m long`` selects those long by their fixtures too
+            if not LONG:
+                item.add_marker(SKIP_LONG)
     items[:] = background.run_last(items)
     _LAST_RAY_TEST[:] = [i.nodeid for i in items if "ray_cluster" in getattr(i, "fixturenames", ())][-1:]
 
@@ -103,7 +130,8 @@ def pytest_runtest_teardown(item, nextitem):
 def pytest_collection_finish(session):
     """Start the background jobs (``background.JOBS``) the collected tests will wait for."""
     if not session.config.option.collectonly:
-        background.start({f for item in session.items for f in getattr(item, "fixturenames", ())})
+        running = [item for item in session.items if LONG or not is_long(item)]
+        background.start({f for item in running for f in getattr(item, "fixturenames", ())})
 
 
 def pytest_sessionfinish(session):

@@ -27,7 +27,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module", params=["one process", "ray"])
+@pytest.fixture(scope="module", params=["one process", pytest.param("ray", marks=pytest.mark.long)])
 def server(request, tmp_path_factory):
     if request.param == "ray":  # the same page over Ray Serve: two replicas of the tiny model on the test cluster
         yield request.getfixturevalue("ray_server") + "/"
