@@ -70,6 +70,7 @@ def text_model_dir(tmp_path):
     return tmp_path / "model"
 
 
+@pytest.mark.long  # torchrun, an agent and two ranks importing torch: .ci/run runs it after the default run
 def test_torchrun_generates_from_a_text_prompt_from_the_root(tmp_path, text_model_dir):
     """How docs/parallel.md starts a sequence-parallel run (one rank here), with a text prompt: transformers' UMT5
     is imported and run inside ``-m histream_engine``."""

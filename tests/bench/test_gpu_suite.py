@@ -127,6 +127,7 @@ def test_a_step_reports_ok_failed_timed_out_and_skipped(tmp_path):
     assert any("TIMED OUT" in line for line in lines) and any("FAILED with exit code 3" in line for line in lines)
 
 
+@pytest.mark.long  # a real attention bench and a bench run, about 15 s: .ci/run runs it after the default run
 def test_summary_reads_real_step_outputs(tmp_path):
     """The summary is built from the files the steps write: a real (small) attention and bench record here."""
     work, out = tmp_path / "work", tmp_path / "out"

@@ -1,8 +1,9 @@
 """Plain ``histream serve --data-dir`` outlives its process (serve/local/queue.py, jobs.py), on the tiny model in a real
 server process: SIGTERM drains (the running chunk finishes, the state is saved, the running and queued jobs are written
 down) and the next start resumes the running job from its checkpoint and runs the queued one; after SIGKILL the next
-start resumes the running job from its last checkpoint and counts the crash; a job that crashed its server more often
-than --max-resumes allows is failed with that reason. Every finished video holds every frame once."""
+start resumes the running job from its last checkpoint and counts the crash. Every finished video holds every frame
+once. A long test (three more server processes): a job that crashed its server more often than --max-resumes allows
+is failed with that reason, and a finished job is kept across the restarts."""
 
 import json
 import os
@@ -113,16 +114,24 @@ def test_sigterm_drains_and_sigkill_resumes_from_the_last_checkpoint(tmp_path, e
     assert video_frames(third, done, tmp_path) == 153  # every frame once, over three processes
     short_done = finished(third, short)
     assert short_done["state"] == "done" and video_frames(third, short_done, tmp_path) == 21
-    # a job whose server keeps crashing: resumed once (--max-resumes 1), then failed with the reason
-    again = third.post(LONG)
-    third.wait(lambda: third.status(again)["chunks"] >= 1, 120, "a chunk")
-    third.stop(signal.SIGKILL)
+    third.stop(signal.SIGTERM)
+
+
+@pytest.mark.long  # three more server processes: .ci/run runs it after the default run
+def test_a_job_that_keeps_crashing_its_server_fails_with_the_reason_and_finished_jobs_are_kept(tmp_path, embeds):
+    data = tmp_path / "data"
+    first = Server(data, embeds, "--max-resumes", "1")
+    short = finished(first, first.post(SHORT))
+    again = first.post(LONG)
+    first.wait(lambda: first.status(again)["chunks"] >= 1, 120, "a chunk")
+    first.stop(signal.SIGKILL)
     at = record(data, again)["checkpoint"]["chunk"]
-    fourth = Server(data, embeds, "--max-resumes", "1")
-    fourth.wait(lambda: fourth.status(again)["chunks"] >= at + 1, 120, "a chunk after the resume")
-    fourth.stop(signal.SIGKILL)
-    fifth = Server(data, embeds, "--max-resumes", "1")
-    failed = finished(fifth, again, 30)
+    # resumed once (--max-resumes 1), crashed again, then failed with the reason
+    second = Server(data, embeds, "--max-resumes", "1")
+    second.wait(lambda: second.status(again)["chunks"] >= at + 1, 120, "a chunk after the resume")
+    second.stop(signal.SIGKILL)
+    third = Server(data, embeds, "--max-resumes", "1")
+    failed = finished(third, again, 30)
     assert failed["state"] == "failed" and "at most 1 times" in failed["error"], failed
-    assert done == {**fifth.status(long), "position": None}  # finished jobs are kept across restarts
-    fifth.stop(signal.SIGTERM)
+    assert short["state"] == "done" and short == {**third.status(short["id"]), "position": None}  # kept across restarts
+    third.stop(signal.SIGTERM)
