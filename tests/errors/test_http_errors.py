@@ -4,9 +4,7 @@ stream, answered with an error on that socket, after which the listener still ta
 raises, and on a queued stream, whose watcher's leaving still cancels it). Then the body limit under load: /api/info
 answers within 100 ms while a 10 MB body is refused with 413, on a real server."""
 
-import contextlib
 import json
-import socket
 import threading
 import time
 
@@ -21,6 +19,8 @@ from hypothesis import strategies as st  # noqa: E402
 from histream_engine.serve.guards import MAX_BODY_BYTES  # noqa: E402
 from histream_engine.serve.local.transport import local_app  # noqa: E402
 from histream_engine.serve.protocol import Limits, PromptSwitchRequest, StreamRequest  # noqa: E402
+
+from live_server import serving  # noqa: E402
 
 from .language import python_words  # noqa: E402
 
@@ -276,25 +276,6 @@ def test_any_request_body_gets_a_clear_answer(tight_client, body):
     if r.status_code == 201:
         client.delete(f"/api/streams/{r.json()['id']}")
         assert finish(client, r.json()["id"]) in ("done", "cancelled")
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` on a real server (uvicorn in a thread): its base URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def test_switches_racing_a_cancel_get_200_or_409_never_500_or_400(tiny_host, embeds_dir):

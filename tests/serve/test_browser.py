@@ -9,15 +9,13 @@ HISTREAM_SCREENSHOT=PATH it also saves a screenshot of the page mid-stream (docs
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
+from live_server import serving  # noqa: E402
 from ray_cluster import ray_cluster, ray_server  # noqa: E402,F401 - the session's one Ray deployment (the [ray] case)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,8 +31,6 @@ def server(request, tmp_path_factory):
         yield request.getfixturevalue("ray_server") + "/"
         return
     import torch
-    import uvicorn
-
     from histream_engine import host
     from histream_engine.serve.local.transport import local_app
     from histream_engine.serve.protocol import Limits
@@ -43,18 +39,9 @@ def server(request, tmp_path_factory):
     embeds = tmp_path_factory.mktemp("embeds")  # two prompts to steer a live stream between
     for name, seed in (("calm.pt", 1), ("storm.pt", 2)):
         torch.save(torch.randn(8, tiny.engine.dit.config.text_dim, generator=torch.Generator().manual_seed(seed)), embeds / name)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     app = local_app(tiny, "the embedded tiny demo model", Limits(max_frames=81, max_side=256), embeds)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving(app, "warning") as base:
+        yield base + "/"
 
 
 def canvas_pixels(page) -> list[int]:
@@ -143,8 +130,6 @@ def test_page_steers_a_live_stream_and_stops_it(server):
 def test_a_keyed_server_asks_for_the_key_once_and_the_page_works_with_it(tmp_path):
     """With --api-key the page asks once, keeps the key for the tab (a reload does not ask again), and its calls, its
     WebSocket and its mp4 download carry it."""
-    import uvicorn
-
     from histream_engine import host
     from histream_engine.serve import auth
     from histream_engine.serve.local.transport import local_app
@@ -152,37 +137,26 @@ def test_a_keyed_server_asks_for_the_key_once_and_the_page_works_with_it(tmp_pat
 
     app = local_app(host.tiny_demo("cpu", "torch", 0), "the embedded tiny demo model", Limits(max_frames=81, max_side=256),
                     key_digest=auth.key_digest("page-key"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    while not srv.started:
-        time.sleep(0.05)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = browser.new_page(accept_downloads=True)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.fill("#key", "not-the-key")
-            page.click("button")
-            sync_api.expect(page.locator("#key-status")).to_contain_text("not this server's")
-            page.fill("#key", "page-key")
-            page.click("button")
-            sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model", timeout=30_000)  # /api/info, keyed
-            page.reload()  # the same tab: the key is kept, nothing is asked
-            sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model", timeout=30_000)
-            for field, value in (("#frames", "9"), ("#width", "32"), ("#height", "32")):
-                page.fill(field, value)
-            page.click("#start")  # the POST and the WebSocket carry the key
-            sync_api.expect(page.locator("#status")).to_contain_text("Done: 1 chunks", timeout=60_000)
-            with page.expect_download() as download:
-                page.click("#mp4")
-            path = tmp_path / "keyed.mp4"
-            download.value.save_as(path)
-            assert path.read_bytes()[4:8] == b"ftyp"
-            browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
+    with serving(app, "warning") as base, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(accept_downloads=True)
+        page.goto(base + "/")
+        page.fill("#key", "not-the-key")
+        page.click("button")
+        sync_api.expect(page.locator("#key-status")).to_contain_text("not this server's")
+        page.fill("#key", "page-key")
+        page.click("button")
+        sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model", timeout=30_000)  # /api/info, keyed
+        page.reload()  # the same tab: the key is kept, nothing is asked
+        sync_api.expect(page.locator("#model")).to_contain_text("tiny demo model", timeout=30_000)
+        for field, value in (("#frames", "9"), ("#width", "32"), ("#height", "32")):
+            page.fill(field, value)
+        page.click("#start")  # the POST and the WebSocket carry the key
+        sync_api.expect(page.locator("#status")).to_contain_text("Done: 1 chunks", timeout=60_000)
+        with page.expect_download() as download:
+            page.click("#mp4")
+        path = tmp_path / "keyed.mp4"
+        download.value.save_as(path)
+        assert path.read_bytes()[4:8] == b"ftyp"
+        browser.close()
+
