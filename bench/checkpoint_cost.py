@@ -31,7 +31,7 @@ from histream_engine.provenance import environment
 from histream_engine.runtime.denoise.schedules import SCHEDULES
 from histream_engine.runtime.stream_state import state_nbytes
 
-from .report import check_json_out_or_exit, size_or_exit, write_record
+from .report import check_json_out_or_exit, command_line, size_or_exit, write_record
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = ((832, 480), (1920, 1088))
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     if args.chunks < 2:
         p.exit(2, f"{p.prog}: error: --chunks must be at least 2\n")
     check_json_out_or_exit(p, args.out)
-    record = {"command": "python -m bench.checkpoint_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
+    record = {"command": command_line("python -m bench.checkpoint_cost", argv),
               "date": time.strftime("%Y-%m-%d"), "device": args.device_note, "environment": environment(torch.device("cpu")),
               "counted": counted(), "timed": timed(args.chunks, int(w), int(h))}
     out = args.out or RESULTS / f"{record['date']}-cpu-checkpoint-cost.json"

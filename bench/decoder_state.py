@@ -27,7 +27,7 @@ from histream_engine.model.decoder import VAE_SPACE_STRIDE, state_nbytes_at
 from histream_engine.model.vae import LATENT_FRAMES_PER_PASS
 from histream_engine.provenance import environment
 
-from .report import check_json_out_or_exit, size_or_exit, write_record
+from .report import check_json_out_or_exit, command_line, size_or_exit, write_record
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = ((832, 480), (1920, 1088))
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         p.exit(2, f"{p.prog}: error: --repeats must be at least 1\n")
     check_json_out_or_exit(p, args.out)
     env = environment(torch.device("cpu"))
-    record = {"command": "python -m bench.decoder_state " + " ".join(argv if argv is not None else sys.argv[1:]),
+    record = {"command": command_line("python -m bench.decoder_state", argv),
               "date": time.strftime("%Y-%m-%d"), "environment": env, "resolution": args.resolution,
               "repeats": args.repeats, "counted": counted(), "timed": {}}
     for name, config in TINY.items():

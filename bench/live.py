@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from histream_engine.runtime.video_request import check_video_request
 from .presets import PRESETS
 from histream_engine.provenance import environment
 
-from .report import default_out, write_json
+from .report import command_line, default_out, write_json
 
 def rss_bytes() -> int:
     """Resident memory now (Linux /proc), else the peak."""
@@ -137,7 +136,7 @@ def main(argv=None) -> int:
     steady = statistics.median(seconds[1:])
     switch_chunks = {s["chunk"] for s in switches}
     record = {
-        "command": "histream bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("histream bench", argv),
         "date": time.strftime("%Y-%m-%d"),
         "environment": env,
         "model": preset.model,

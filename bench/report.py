@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from histream_engine.optional import OptionalDependencyError, require
 from histream_engine.output_paths import OutputPathError, check_output_file
+
+
+def command_line(prog: str, argv: list[str] | None) -> str:
+    """How a record names the command that made it: ``prog`` and its arguments (``sys.argv`` when ``argv`` is None)."""
+    return " ".join([prog, *(argv if argv is not None else sys.argv[1:])])
 
 
 def default_out(date: str, slug: str, name: str) -> Path:

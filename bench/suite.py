@@ -39,7 +39,7 @@ from .presets import PRESETS, BenchPreset
 from .profile import profile_last_chunk
 from histream_engine.provenance import environment
 
-from .report import default_out, device_peak, fp8_peak, markdown_table, plot_chunks, write_json
+from .report import command_line, default_out, device_peak, fp8_peak, markdown_table, plot_chunks, write_json
 from .vae import RANDOM_TAE, build_decoder
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +334,7 @@ def make_record(run: BenchRun, argv, env, engine, decoders, schedules, profiles,
            "tae_weights": (str(args.tae) if args.tae else RANDOM_TAE) if "tae" in decoders else None}
     return {
         "preset": preset.name,
-        "command": "histream bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("histream bench", argv),
         "date": time.strftime("%Y-%m-%d"),
         "environment": env,
         "model": preset.model,

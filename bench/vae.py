@@ -29,7 +29,7 @@ from histream_engine.taehv_checkpoint import load_taehv, taehv_from_state
 
 from histream_engine.provenance import environment
 
-from .report import default_out, write_json
+from .report import command_line, default_out, write_json
 
 DECODERS = ("wan", "tae")
 RANDOM_TAE = "random weights in taew2_1's layout"
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
             rows.append({"decoder": decoder.name, "width": w, "height": h, "seconds_per_frame": spf,
                          "flops_per_frame": count, "achieved_gflops": count / spf / 1e9})
             print(f"{decoder.name:>6} {w}x{h}: {spf:.4f} s/frame, {count / 1e9:.1f} GFLOP/frame, {count / spf / 1e9:.1f} GFLOP/s", flush=True)
-    record = {"command": "python -m bench.vae " + " ".join(argv if argv is not None else sys.argv[1:]),
+    record = {"command": command_line("python -m bench.vae", argv),
               "date": time.strftime("%Y-%m-%d"), "environment": env, "dtype": args.dtype,
               "tae_weights": str(args.tae) if args.tae else RANDOM_TAE,
               "latent_frames": args.latent_frames, "repeats": args.repeats, "rows": rows}

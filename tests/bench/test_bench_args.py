@@ -18,3 +18,12 @@ def test_a_bad_argument_exits_2_with_one_line_before_any_work(main, argv, messag
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_record_names_its_command_with_the_arguments_given_or_the_process_own(monkeypatch):
+    from histream_engine.bench.report import command_line
+
+    assert command_line("python -m bench.vae", ["--repeats", "2"]) == "python -m bench.vae --repeats 2"
+    assert command_line("histream bench", []) == "histream bench"
+    monkeypatch.setattr("sys.argv", ["bench", "--preset", "cpu-small"])
+    assert command_line("histream bench", None) == "histream bench --preset cpu-small"
